@@ -1,0 +1,213 @@
+"""Named network namespaces, made without forking, with an owner marker for reclaim.
+
+A namespace is made the way `ip netns add` makes it (a bind mount of the namespace
+file under /run/netns), but from a thread of this process: `unshare(CLONE_NEWNET)`
+moves only the calling thread, which then returns to its own namespace. That is
+what lets the testbed beat a script of `ip` commands.
+
+Every namespace carries an owner marker (pid and process start time) under
+/run/mptcp-lab/. A namespace whose owner is gone was left by a run killed with
+SIGKILL, and `reclaim_stale()` removes it and kills whatever still runs in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+
+from testbed import _linux
+from testbed.errors import NotRootError, TestbedError
+
+RUN_NETNS = "/run/netns"
+MARKER_DIR = "/run/mptcp-lab"
+PREFIX = "mptl-"
+
+_mount_lock = threading.Lock()
+_run_netns_ready = False
+
+
+def _ensure_run_netns() -> None:
+    """Make /run/netns a shared mount point, as `ip netns add` does, once per process."""
+    global _run_netns_ready
+    with _mount_lock:
+        if _run_netns_ready:
+            return
+        os.makedirs(RUN_NETNS, exist_ok=True)
+        os.makedirs(MARKER_DIR, exist_ok=True)
+        if not os.path.ismount(RUN_NETNS):
+            _linux.mount(RUN_NETNS, RUN_NETNS, None, _linux.MS_BIND | _linux.MS_REC)
+        with contextlib.suppress(OSError):
+            _linux.mount("none", RUN_NETNS, None, _linux.MS_SHARED | _linux.MS_REC)
+        _run_netns_ready = True
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRootError(
+            "the testbed needs root to create network namespaces; run it as root "
+            "(e.g. `sudo`), or in a container with CAP_NET_ADMIN and CAP_SYS_ADMIN"
+        )
+
+
+@contextlib.contextmanager
+def _entered(fd: int) -> Iterator[None]:
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _linux.setns(fd)
+        try:
+            yield
+        finally:
+            _linux.setns(home)
+    finally:
+        os.close(home)
+
+
+class Namespace:
+    """One named network namespace, owned by this process until `delete()`."""
+
+    def __init__(self, name: str, fd: int):
+        self.name = name
+        self.fd = fd
+        self.path = f"{RUN_NETNS}/{name}"
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+    @classmethod
+    def create(cls, name: str) -> Namespace:
+        require_root()
+        _ensure_run_netns()
+        path = f"{RUN_NETNS}/{name}"
+        # The marker comes first: a namespace never exists without its owner recorded.
+        _write_marker(name)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o444))
+        except FileExistsError:
+            _remove_marker(name)
+            raise TestbedError(f"network namespace {name!r} already exists") from None
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            try:
+                _linux.unshare(_linux.CLONE_NEWNET)
+                try:
+                    _linux.mount("/proc/thread-self/ns/net", path, None, _linux.MS_BIND)
+                finally:
+                    _linux.setns(home)
+            finally:
+                os.close(home)
+            fd = os.open(path, os.O_RDONLY)
+        except BaseException:
+            _remove_namespace_file(name)
+            _remove_marker(name)
+            raise
+        return cls(name, fd)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run the body with the calling thread inside this namespace.
+
+        Sockets (netlink included) created in the body stay bound to it, and
+        processes started in the body are born in it.
+        """
+        with _entered(self.fd):
+            yield
+
+    @property
+    def inode(self) -> int:
+        return os.fstat(self.fd).st_ino
+
+    def delete(self) -> None:
+        """Kill what runs inside, then remove the namespace. Safe to call twice."""
+        if self.fd < 0:
+            return
+        kill_processes_in([self.inode])
+        os.close(self.fd)
+        self.fd = -1
+        _remove_namespace_file(self.name)
+        _remove_marker(self.name)
+
+
+def _write_marker(name: str) -> None:
+    pid = os.getpid()
+    marker = {"pid": pid, "start_time": _linux.process_start_time(pid)}
+    with open(f"{MARKER_DIR}/{name}", "w") as f:
+        json.dump(marker, f)
+
+
+def _remove_marker(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{MARKER_DIR}/{name}")
+
+
+def _remove_namespace_file(name: str) -> None:
+    path = f"{RUN_NETNS}/{name}"
+    with contextlib.suppress(OSError):
+        _linux.umount(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _owner_alive(name: str) -> bool:
+    try:
+        with open(f"{MARKER_DIR}/{name}") as f:
+            marker = json.load(f)
+        pid, start_time = int(marker["pid"]), marker["start_time"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return False
+    return _linux.process_start_time(pid) == start_time
+
+
+def kill_processes_in(inodes: Iterable[int]) -> list[int]:
+    """SIGKILL every process whose network namespace is one of `inodes`.
+
+    Deleting a namespace does not end the processes inside it, so a teardown that
+    missed one (or a run killed with SIGKILL) must find them through /proc.
+    """
+    wanted = {f"net:[{inode}]" for inode in inodes}
+    if not wanted:
+        return []
+    me = os.getpid()
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/net") in wanted:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return killed
+
+
+def ours() -> list[str]:
+    """Names of every namespace this project made, live owner or not."""
+    try:
+        return sorted(n for n in os.listdir(RUN_NETNS) if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def reclaim_stale() -> list[str]:
+    """Remove namespaces (and processes in them) whose owning process is gone."""
+    if os.geteuid() != 0:
+        return []
+    stale = [name for name in ours() if not _owner_alive(name)]
+    inodes = []
+    for name in stale:
+        with contextlib.suppress(OSError):
+            inodes.append(os.stat(f"{RUN_NETNS}/{name}").st_ino)
+    kill_processes_in(inodes)
+    for name in stale:
+        _remove_namespace_file(name)
+        _remove_marker(name)
+    # Markers whose namespace is already gone.
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(MARKER_DIR):
+            if not os.path.exists(f"{RUN_NETNS}/{name}") and not _owner_alive(name):
+                _remove_marker(name)
+    return stale
