@@ -25,6 +25,7 @@ from testbed.errors import NotRootError, TestbedError
 RUN_NETNS = "/run/netns"
 MARKER_DIR = "/run/mptcp-lab"
 PREFIX = "mptl-"
+SESSION_ENV = "MPTL_SESSION"
 
 _mount_lock = threading.Lock()
 _run_netns_ready = False
@@ -133,7 +134,12 @@ class Namespace:
 
 def _write_marker(name: str) -> None:
     pid = os.getpid()
-    marker = {"pid": pid, "start_time": _linux.process_start_time(pid)}
+    marker = {
+        "pid": pid,
+        "start_time": _linux.process_start_time(pid),
+        # Set by the test session so that it can tell its own leftovers from others'.
+        "session": os.environ.get(SESSION_ENV, ""),
+    }
     with open(f"{MARKER_DIR}/{name}", "w") as f:
         json.dump(marker, f)
 
@@ -190,6 +196,19 @@ def ours() -> list[str]:
         return sorted(n for n in os.listdir(RUN_NETNS) if n.startswith(PREFIX))
     except FileNotFoundError:
         return []
+
+
+def owned_by_session(session: str) -> list[str]:
+    """Names of our namespaces whose marker carries `session`."""
+    names = []
+    for name in ours():
+        try:
+            with open(f"{MARKER_DIR}/{name}") as f:
+                if json.load(f).get("session") == session:
+                    names.append(name)
+        except (FileNotFoundError, ValueError, AttributeError):
+            continue
+    return names
 
 
 def reclaim_stale() -> list[str]:
