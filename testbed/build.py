@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from testbed import _linux, nft, shaping
 from testbed.errors import TestbedError, TopologyError
@@ -311,6 +312,7 @@ class Topology:
         self.links: dict[str, LinkHandle] = {}
         self._namespaces: list[Namespace] = []
         self._torn_down = False
+        self.step = "starting"  # what the build is doing, for error messages
 
     def __enter__(self) -> Topology:
         return self
@@ -376,6 +378,13 @@ def build(spec: TopologySpec) -> Topology:
         _live.add(topo)
     try:
         _build(topo)
+    except NetlinkError as error:
+        topo.teardown()
+        raise TestbedError(
+            f"building topology {spec.name!r} failed while {topo.step}: the kernel said "
+            f"{os.strerror(error.code) if error.code else error} (errno {error.code}); "
+            "nothing was left behind"
+        ) from error
     except BaseException:
         topo.teardown()
         raise
@@ -398,6 +407,7 @@ def _build(topo: Topology) -> None:
     spec = topo.spec
     needs_delay_box = not shaping.netem_available()
     for host in spec.hosts:
+        topo.step = f"creating the namespace of host {host.name!r}"
         ns = Namespace.create(_ns_name(topo, host.name))
         topo._namespaces.append(ns)
         with ns.entered():
@@ -407,6 +417,7 @@ def _build(topo: Topology) -> None:
 
     for link in spec.links:
         ha, hb = topo.hosts[link.a.host], topo.hosts[link.b.host]
+        topo.step = f"creating link {link.name!r}"
         mtu = link.props.mtu
         if link.props.delay is not None and needs_delay_box:
             # a/ifname <-> box/a ... box/b <-> b/ifname; the box forwards in userspace.
@@ -466,8 +477,10 @@ def _build(topo: Topology) -> None:
                     handle.interfaces[iface.ifname] = iface
 
     for handle in topo.hosts.values():
+        topo.step = f"configuring addresses and routes of host {handle.name!r}"
         _configure_host(topo, handle)
     for live in topo.links.values():
+        topo.step = f"applying rate, loss and delay to link {live.name!r}"
         live._apply_impairments()
         if live.rate is not None:
             for iface in (live.a, live.b):
