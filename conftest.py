@@ -81,17 +81,17 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 def topology(request: pytest.FixtureRequest) -> Iterator[Callable[..., object]]:
-    from testbed.capture import CaptureSet
-
     from testbed import build
 
     built = []
-    captures: list[CaptureSet] = []
+    captures = []
 
     def make(spec, *, capture: bool = False):  # type: ignore[no-untyped-def]
         topo = build(spec)
         built.append(topo)
         if capture:
+            from testbed.capture import CaptureSet
+
             captures.append(CaptureSet.for_topology(topo, hosts=("client", "server")))
         return topo
 

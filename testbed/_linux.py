@@ -72,6 +72,28 @@ def ethtool_set(ifname: str, command: int, value: int) -> None:
         fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
 
 
+ETHTOOL_GTXCSUM = 0x16
+ETHTOOL_GTSO = 0x1E
+ETHTOOL_GGSO = 0x23
+
+
+def ethtool_get(ifname: str, command: int) -> int:
+    """Run one ETHTOOL_G* value command on `ifname`; returns the value."""
+    data = ctypes.create_string_buffer(struct.pack("II", command, 0))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(data))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack_from("II", data.raw)[1])
+
+
+def offloads(ifname: str) -> dict[str, bool]:
+    return {
+        "tx-checksumming": bool(ethtool_get(ifname, ETHTOOL_GTXCSUM)),
+        "tcp-segmentation-offload": bool(ethtool_get(ifname, ETHTOOL_GTSO)),
+        "generic-segmentation-offload": bool(ethtool_get(ifname, ETHTOOL_GGSO)),
+    }
+
+
 def disable_offloads(ifname: str) -> None:
     """Make the kernel send MTU-sized frames with their checksums filled in.
 

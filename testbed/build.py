@@ -16,8 +16,9 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import signal
+import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from testbed import _linux, nft, shaping
+from testbed import delay as delay_element
 from testbed.errors import TestbedError, TopologyError
 from testbed.netns import PREFIX, Namespace, kill_processes_in, reclaim_stale
 from testbed.spec import (
@@ -158,20 +160,28 @@ class DelayBox:
     """The hidden namespace and forwarder that delay one link on kernels without netem."""
 
     ns: Namespace
-    process: subprocess.Popen[str]
+    pid: int
+    control: int
+    replies: int
 
     def set(self, delay: float, jitter: float) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"delay {delay} {jitter}\n")
-        self.process.stdin.flush()
+        """Change the hold time; returns once the forwarder applies it to new frames."""
+        os.write(self.control, f"delay {delay} {jitter}\n".encode())
+        reply = delay_element.read_line(self.replies, timeout=5.0)
+        if reply != "ok":
+            raise TestbedError(
+                f"the delay element in {self.ns.name} did not apply the delay: "
+                f"{reply or 'no answer within 5 s'}"
+            )
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.process.stdin:
-                self.process.stdin.close()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        for fd in (self.control, self.replies):  # the forwarder leaves at end of file
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
         self.ns.delete()
 
 
@@ -627,6 +637,20 @@ def _install_routes(host: HostHandle, only: str | None = None) -> None:
                 oif=iface.index,
                 table=table,
             )
+        if not any(ipaddress.ip_address(g).version == 4 for g in iface.gateways) and any(
+            a.version == 4 for a in iface.addresses
+        ):
+            # No gateway: an on-link default keeps traffic from this address on this
+            # interface even towards the peer's other addresses. The peer (Linux, or our
+            # stack) answers ARP for any of its addresses on any interface.
+            ipr.route(
+                "replace",
+                dst="default",
+                family=socket.AF_INET,
+                oif=iface.index,
+                table=table,
+                scope=253,
+            )
     if only is None:
         for route in host.spec.routes:
             network = ipaddress.ip_network(route.destination)
@@ -640,8 +664,6 @@ def _install_routes(host: HostHandle, only: str | None = None) -> None:
 
 
 def _family(version: int) -> int:
-    import socket
-
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
@@ -663,31 +685,13 @@ def _start_delay_box(ns: Namespace, props: LinkProps) -> DelayBox:
     delay = parse_duration(props.delay) if props.delay else 0.0
     jitter = parse_duration(props.jitter) if props.jitter else 0.0
     with ns.entered():
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "testbed.delay",
-                "a",
-                "b",
-                "--delay",
-                str(delay),
-                "--jitter",
-                str(jitter),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # blocks until the forwarder is bound, or dies
-    if line.strip() != "ready":
-        process.kill()
-        _, stderr = process.communicate()
-        raise TestbedError(f"the delay element did not start: {stderr.strip() or line}")
-    return DelayBox(ns, process)
+        try:
+            pid, control, replies = delay_element.start("a", "b", delay, jitter)
+        except OSError as error:
+            raise TestbedError(
+                f"the delay element of namespace {ns.name} failed: {error}"
+            ) from None
+    return DelayBox(ns, pid, control, replies)
 
 
 @atexit.register

@@ -5,9 +5,10 @@ veth pairs around a hidden namespace that runs this forwarder. Frames keep their
 jitter varies each frame's hold time, but a frame never leaves before the one ahead of
 it (netem would reorder; we document that we do not).
 
-Run as `python -m testbed.delay IF_A IF_B --delay SECONDS [--jitter SECONDS]` inside the
-namespace. It prints `ready` once both sockets are bound. It reads commands on stdin,
-one per line: `delay SECONDS JITTER_SECONDS` changes the hold time while traffic flows.
+The testbed forks it into the hidden namespace (`start()`); it can also run as
+`python -m testbed.delay IF_A IF_B --delay SECONDS [--jitter SECONDS]`. It reads commands
+one per line (stdin when run as a program): `delay SECONDS JITTER_SECONDS` changes the
+hold time while traffic flows, and end of file stops it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _open(ifname: str) -> socket.socket:
     return sock
 
 
-def forward(if_a: str, if_b: str, delay: float, jitter: float, seed: int) -> None:
+def forward(if_a: str, if_b: str, delay: float, jitter: float, seed: int, control: int = 0) -> None:
+    """Forward until `control` (a file descriptor of command lines) reaches end of file."""
     rng = random.Random(seed)
     sock_a, sock_b = _open(if_a), _open(if_b)
     # Each direction: a FIFO of (release time, frame) and the socket it leaves by.
@@ -46,24 +48,27 @@ def forward(if_a: str, if_b: str, delay: float, jitter: float, seed: int) -> Non
     }
     last_release = {sock_a.fileno(): 0.0, sock_b.fileno(): 0.0}
     sockets = {sock_a.fileno(): sock_a, sock_b.fileno(): sock_b}
-    stdin = sys.stdin.fileno()
+    control_file = os.fdopen(control, "r", closefd=False)
+    watched = [sock_a.fileno(), sock_b.fileno(), control]
     print("ready", flush=True)
     while True:
         now = time.monotonic()
         next_release = min((q[0][0] for q, _ in queues.values() if q), default=None)
         timeout = None if next_release is None else max(0.0, next_release - now)
-        readable, _, _ = select.select([sock_a, sock_b, stdin], [], [], timeout)
+        readable, _, _ = select.select(watched, [], [], timeout)
         now = time.monotonic()
-        for item in readable:
-            if isinstance(item, int):
-                line = sys.stdin.readline()
+        for fd in readable:
+            if fd == control:
+                line = control_file.readline()
                 if not line:
                     return  # the testbed closed our stdin: tear down
                 parts = line.split()
                 if len(parts) == 3 and parts[0] == "delay":
                     delay, jitter = float(parts[1]), float(parts[2])
+                    print("ok", flush=True)  # the change is in force from here on
+                else:
+                    print(f"error: unknown command {line.strip()!r}", flush=True)
                 continue
-            fd = item.fileno()
             queue, _ = queues[fd]
             sock = sockets[fd]
             for _ in range(256):
@@ -84,6 +89,57 @@ def forward(if_a: str, if_b: str, delay: float, jitter: float, seed: int) -> Non
                     out.send(frame)
                 except OSError:
                     pass  # a full or downed link drops the frame, as a wire would
+
+
+def start(if_a: str, if_b: str, delay: float, jitter: float) -> tuple[int, int, int]:
+    """Fork the forwarder from the calling thread (which is inside the box's namespace).
+
+    Returns (pid, control fd to write commands to, reply fd to read answers from).
+    Forking skips a Python start-up (about 100 ms). The child runs nothing but the
+    forwarder and leaves with os._exit, bypassing the parent's atexit handlers; it stops
+    when the control pipe closes, which also happens when the parent dies.
+    """
+    control_read, control_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
+        try:
+            os.close(control_write)
+            os.close(ready_read)
+            os.dup2(ready_write, 1)  # "ready" goes to the parent
+            os.dup2(os.open(os.devnull, os.O_RDWR), 2)
+            sys.stdout = os.fdopen(1, "w")
+            forward(if_a, if_b, delay, jitter, os.getpid(), control_read)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(control_read)
+    os.close(ready_write)
+    line = read_line(ready_read, timeout=10.0)
+    if line != "ready":
+        os.close(control_write)
+        os.close(ready_read)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise OSError(f"the delay forwarder between {if_a} and {if_b} failed to start")
+    return pid, control_write, ready_read
+
+
+def read_line(fd: int, timeout: float) -> str:
+    """One line from a pipe, or "" when it closes or nothing comes within `timeout`."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return ""
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode().strip()
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ SIGKILL, and `reclaim_stale()` removes it and kills whatever still runs in it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -32,17 +33,26 @@ _run_netns_ready = False
 
 
 def _ensure_run_netns() -> None:
-    """Make /run/netns a shared mount point, as `ip netns add` does, once per process."""
+    """Make /run/netns a shared mount point, as `ip netns add` does, once per process.
+
+    Like iproute2: try to mark it shared; only when that fails because it is not a
+    mount point, bind-mount it onto itself first. (Binding unconditionally would stack
+    a new recursive bind on every run, doubling the mounts each time.)
+    """
     global _run_netns_ready
     with _mount_lock:
         if _run_netns_ready:
             return
         os.makedirs(RUN_NETNS, exist_ok=True)
         os.makedirs(MARKER_DIR, exist_ok=True)
-        if not os.path.ismount(RUN_NETNS):
+        shared = _linux.MS_SHARED | _linux.MS_REC
+        try:
+            _linux.mount("none", RUN_NETNS, None, shared)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
             _linux.mount(RUN_NETNS, RUN_NETNS, None, _linux.MS_BIND | _linux.MS_REC)
-        with contextlib.suppress(OSError):
-            _linux.mount("none", RUN_NETNS, None, _linux.MS_SHARED | _linux.MS_REC)
+            _linux.mount("none", RUN_NETNS, None, shared)
         _run_netns_ready = True
 
 
