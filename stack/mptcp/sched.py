@@ -68,14 +68,15 @@ class RedundantScheduler:
         return [s for s in _candidates(subflows) if s.send_space > 0]
 
 
-SCHEDULERS = {
+Scheduler = LowestRttScheduler | RoundRobinScheduler | RedundantScheduler
+SCHEDULERS: dict[str, type[Scheduler]] = {
     "lowest-rtt": LowestRttScheduler,
     "round-robin": RoundRobinScheduler,
     "redundant": RedundantScheduler,
 }
 
 
-def make_scheduler(name: str) -> LowestRttScheduler | RoundRobinScheduler | RedundantScheduler:
+def make_scheduler(name: str) -> Scheduler:
     try:
         return SCHEDULERS[name]()
     except KeyError:
