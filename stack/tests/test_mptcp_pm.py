@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from stack.mptcp.pm import (
+    Announce,
+    Echo,
+    Endpoint,
+    Limits,
+    OpenSubflow,
+    PathManager,
+    PathManagerError,
+    PeerAddress,
+)
+
+ip = ipaddress.ip_address
+CLIENT0, CLIENT1 = ip("192.0.2.1"), ip("198.51.100.1")
+SERVER0 = PeerAddress(0, ip("192.0.2.2"), None)
+SERVER1 = PeerAddress(1, ip("198.51.100.2"), None)
+
+
+def test_subflow_endpoint_joins_the_initial_address_once_established() -> None:
+    pm = PathManager([Endpoint(1, CLIENT1, "eth1", subflow=True)], Limits(subflows=2))
+    conn = pm.connection(CLIENT0, SERVER0)
+    actions = conn.on_established()
+    assert actions == [OpenSubflow(pm.endpoints[0], SERVER0, backup=False)]
+    assert conn.retry() == []  # already there
+
+
+def test_signal_endpoint_is_announced_and_backup_flag_carries() -> None:
+    signal = Endpoint(2, CLIENT1, "eth1", signal=True)
+    backup = Endpoint(3, ip("203.0.113.1"), "eth2", subflow=True, backup=True)
+    conn = PathManager([signal, backup], Limits(subflows=2)).connection(CLIENT0, SERVER0)
+    actions = conn.on_established()
+    assert Announce(signal) in actions
+    assert OpenSubflow(backup, SERVER0, backup=True) in actions
+
+
+def test_add_addr_is_always_echoed_but_accepted_within_the_limit() -> None:
+    pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=4, add_addr_accepted=0))
+    conn = pm.connection(CLIENT0, SERVER0)
+    conn.on_established()
+    assert conn.on_add_addr(SERVER1) == [Echo(SERVER1)]  # echoed, not acted on
+    pm2 = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=4, add_addr_accepted=1))
+    conn2 = pm2.connection(CLIENT0, SERVER0)
+    conn2.on_established()
+    actions = conn2.on_add_addr(SERVER1)
+    assert actions[0] == Echo(SERVER1)
+    assert OpenSubflow(pm2.endpoints[0], SERVER1, backup=False) in actions
+    assert conn2.on_add_addr(SERVER1) == [Echo(SERVER1)]  # a retransmission
+
+
+def test_subflow_limit_bounds_created_and_accepted_joins() -> None:
+    pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=1))
+    conn = pm.connection(CLIENT0, SERVER0)
+    assert len(conn.on_established()) == 1
+    assert conn.accept_join() is False  # the limit is spent: reject with reason 3
+    conn.subflow_closed(CLIENT1, SERVER0.address, None)
+    assert conn.accept_join() is True
+
+
+def test_closed_subflow_is_re_established_on_retry() -> None:
+    pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=2))
+    conn = pm.connection(CLIENT0, SERVER0)
+    first = conn.on_established()
+    conn.subflow_closed(CLIENT1, SERVER0.address, None)
+    assert conn.retry() == first
+
+
+def test_fullmesh_connects_every_local_to_every_peer() -> None:
+    mesh = Endpoint(1, CLIENT1, fullmesh=True)
+    conn = PathManager([mesh], Limits(subflows=8, add_addr_accepted=8)).connection(CLIENT0, SERVER0)
+    conn.on_established()
+    actions = conn.on_add_addr(SERVER1)
+    opened = {(a.local.address, a.remote.address) for a in actions if isinstance(a, OpenSubflow)}
+    assert opened == {(CLIENT1, SERVER1.address), (CLIENT0, SERVER1.address)}
+
+
+def test_remove_addr_names_the_subflows_to_close() -> None:
+    conn = PathManager([], Limits(add_addr_accepted=2)).connection(CLIENT0, SERVER0)
+    conn.on_add_addr(SERVER1)
+    assert conn.on_remove_addr([1, 9]) == [(SERVER1.address, None)]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Endpoint(0, CLIENT1), "address ID 0 not in 1..255"),
+        (lambda: Endpoint(1, CLIENT1, signal=True, fullmesh=True), "fullmesh cannot"),
+        (lambda: Limits(subflows=9), "limit subflows=9"),
+        (lambda: PathManager([Endpoint(1, CLIENT1), Endpoint(1, CLIENT0)]), "used twice"),
+    ],
+)
+def test_impossible_configuration_is_named(build, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PathManagerError, match=message.replace(".", r"\.")):
+        build()
