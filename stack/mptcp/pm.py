@@ -118,9 +118,8 @@ class ConnectionPaths:
 
     def on_add_addr(self, announced: PeerAddress) -> list[Action]:
         actions: list[Action] = [Echo(announced)]
-        if (
-            announced.id in self.remote
-            or announced.address == self.initial_remote.address
+        if announced.id in self.remote or (
+            announced.address == self.initial_remote.address
             and (announced.port in (None, self.initial_remote.port))
         ):
             return actions  # a retransmission, or our initial peer address
