@@ -38,6 +38,7 @@ from stack.wire.mptcp import (
     MpTcpRst,
     RemoveAddr,
     UnknownMptcpOption,
+    fast_constructor,
     parse_mptcp_at,
 )
 
@@ -165,6 +166,7 @@ _WS = struct.Struct("!BBB")
 _TS = struct.Struct("!BBII")
 _EXPECTED_LENGTH = {TCPOPT_MSS: 4, TCPOPT_WINDOW: 3, TCPOPT_SACK_PERM: 2, TCPOPT_TIMESTAMP: 10}
 _SACK_PERMITTED = SackPermitted()
+_new_timestamps = fast_constructor(Timestamps)  # on every data segment: skip __init__
 
 
 def _pack_or_explain(s: struct.Struct, name: str, values: tuple[int, ...], why: str) -> bytes:
@@ -211,7 +213,7 @@ def parse_tcp_options(
                 append(parse_mptcp_at(data, i, n, version))
         elif kind == TCPOPT_TIMESTAMP and n == 10:
             _, _, tsval, tsecr = _TS.unpack_from(data, i)
-            append(Timestamps(tsval, tsecr))
+            append(_new_timestamps(tsval, tsecr))
         elif kind == TCPOPT_MSS and n == 4:
             append(MaxSegmentSize(_MSS.unpack_from(data, i)[2]))
         elif kind == TCPOPT_WINDOW and n == 3:
