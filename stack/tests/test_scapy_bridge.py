@@ -45,7 +45,7 @@ from stack.wire.tcp import NOP, EndOfOptionList
 h = bytes.fromhex
 
 
-@settings(deadline=None, max_examples=200)
+@settings(deadline=None, derandomize=True, max_examples=200)
 @given(OPTIONS)
 def test_scapy_keeps_mptcp_bytes_exact_both_ways(option: object) -> None:
     raw = option.emit()  # type: ignore[attr-defined]

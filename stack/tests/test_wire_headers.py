@@ -81,7 +81,7 @@ def _reference_sum(data: bytes) -> int:
     return total
 
 
-@settings(deadline=None, max_examples=500)
+@settings(deadline=None, derandomize=True, max_examples=500)
 @given(st.binary(max_size=2000) | st.sampled_from([b"", b"\0" * 7, b"\xff" * 9, b"\xff\xff"]))
 def test_checksum_modulo_trick_matches_the_word_loop(data: bytes) -> None:
     assert ones_complement_sum(data) == _reference_sum(data)
@@ -248,7 +248,7 @@ VALID_OPTIONS = st.lists(st.one_of(
 ), max_size=8)
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, derandomize=True, max_examples=300)
 @given(VALID_OPTIONS)
 def test_option_list_round_trip(options: list) -> None:
     raw = emit_tcp_options(options)
@@ -256,7 +256,7 @@ def test_option_list_round_trip(options: list) -> None:
     assert emit_tcp_options(parse_tcp_options(raw)) == raw
 
 
-@settings(deadline=None, max_examples=500)
+@settings(deadline=None, derandomize=True, max_examples=500)
 @given(st.binary(max_size=60), st.sampled_from([None, 0, 1]))
 def test_option_walker_never_raises(raw: bytes, version: int | None) -> None:
     out = parse_tcp_options(raw, version=version)
@@ -268,7 +268,7 @@ def test_option_walker_never_raises(raw: bytes, version: int | None) -> None:
 # --------------------------------------------------------------------------- header fuzzing
 
 
-@settings(deadline=None, max_examples=400)
+@settings(deadline=None, derandomize=True, max_examples=400)
 @given(st.binary(max_size=120))
 def test_header_parsers_never_raise(raw: bytes) -> None:
     for parse in (parse_ip, parse_ipv4, parse_ipv6, parse_tcp, parse_ethernet, parse_arp):
@@ -279,7 +279,7 @@ def test_header_parsers_never_raise(raw: bytes) -> None:
         tcp_checksum_ok(ip)
 
 
-@settings(deadline=None, max_examples=200)
+@settings(deadline=None, derandomize=True, max_examples=200)
 @given(st.data())
 def test_truncated_tcp_ip_is_typed(data: st.DataObject) -> None:
     packet = emit_tcp_ip(bytes(4), bytes(4), 1, 2, 3, 4, 0x10, 5,

@@ -61,8 +61,9 @@ MPTCP_RST_EWQ2BIG = 4
 MPTCP_RST_EBADPERF = 5
 MPTCP_RST_EMIDDLEBOX = 6
 
-# The most address IDs a REMOVE_ADDR can carry inside 40 bytes of TCP options.
-MAX_REMOVE_ADDR_IDS = 37
+# TCP option space, and the most address IDs a REMOVE_ADDR can carry inside it.
+MAX_OPTION_LENGTH = 40
+MAX_REMOVE_ADDR_IDS = MAX_OPTION_LENGTH - 3
 
 T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
@@ -210,6 +211,8 @@ _new_mp_capable = fast_constructor(MpCapable)
 
 def _parse_mp_capable(d: Buffer, off: int, n: int, version: int | None) -> object:
     v = d[off + 2] & 0x0F
+    if n < 4:
+        return _malformed(d, off, n, f"MP_CAPABLE of length {n} (at least 4)")
     flags = d[off + 3]
     if n == 12:
         return _new_mp_capable(v, flags, _Q.unpack_from(d, off + 4)[0], None, None, None)
@@ -423,6 +426,8 @@ _new_dss = fast_constructor(Dss)
 
 
 def _parse_dss(d: Buffer, off: int, n: int, version: int | None) -> object:
+    if n < 4:
+        return _malformed(d, off, n, f"DSS of length {n} (at least 4)")
     b2 = d[off + 2]
     b3 = d[off + 3]
     f = b3 & 0x0F
@@ -556,6 +561,8 @@ def _ip(raw: bytes) -> IPv4Address | IPv6Address:
 
 
 def _parse_add_addr(d: Buffer, off: int, n: int, version: int | None) -> object:
+    if n < 8:
+        return _malformed(d, off, n, f"ADD_ADDR of length {n} (at least 8)")
     nibble = d[off + 2] & 0x0F
     aid = d[off + 3]
     if version == 0 or (
@@ -694,8 +701,8 @@ class MpFastclose:
 
 def _parse_12(d: Buffer, off: int, n: int, version: int | None) -> object:
     subtype = d[off + 2] >> 4
-    name = "MP_FAIL" if subtype == MPTCPOPT_MP_FAIL else "MP_FASTCLOSE"
     if n != 12:
+        name = "MP_FAIL" if subtype == MPTCPOPT_MP_FAIL else "MP_FASTCLOSE"
         return _malformed(d, off, n, f"{name} of length {n} (expected 12)")
     reserved = ((d[off + 2] & 0x0F) << 8) | d[off + 3]
     value = _Q.unpack_from(d, off + 4)[0]
@@ -753,14 +760,14 @@ class UnknownMptcpOption:
         raw = self.raw
         if (
             not isinstance(raw, bytes | bytearray)
-            or len(raw) < 3
+            or not 3 <= len(raw) <= MAX_OPTION_LENGTH
             or raw[0] != TCPOPT_MPTCP
             or raw[1] != len(raw)
             or raw[2] >> 4 != self.subtype
         ):
             raise EncodeError(
                 "unknown MPTCP option: raw must be the whole option (kind 30, a length "
-                "equal to len(raw), the subtype in the high nibble of the third byte)"
+                "equal to len(raw), 3..40 bytes, the subtype in the third byte's high nibble)"
             )
         return bytes(raw)
 
@@ -797,6 +804,9 @@ def parse_mptcp_at(
     d: Buffer, off: int, n: int, version: int | None
 ) -> MptcpOption | MalformedOption:
     """Parse the option at `off` whose length byte `n` (>= 3) is known to fit in `d`."""
+    if n > MAX_OPTION_LENGTH:  # only from a buffer that is not a TCP header's options
+        return _malformed(d, off, n, f"MPTCP option of length {n} exceeds the 40-byte "
+                          "TCP option space")
     return _PARSERS[d[off + 2] >> 4](d, off, n, version)  # type: ignore[return-value]
 
 
@@ -829,4 +839,4 @@ def parse_mptcp_option(
             offset, f"MPTCP option of length {n} truncated to {end - offset} bytes",
             data[offset + 2] >> 4 if offset + 2 < end else None, bytes(data[offset:]),
         )
-    return _PARSERS[data[offset + 2] >> 4](data, offset, n, version)  # type: ignore[return-value]
+    return parse_mptcp_at(data, offset, n, version)
