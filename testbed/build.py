@@ -429,53 +429,28 @@ def _build(topo: Topology) -> None:
         ha, hb = topo.hosts[link.a.host], topo.hosts[link.b.host]
         topo.step = f"creating link {link.name!r}"
         mtu = link.props.mtu
-        if link.props.delay is not None and needs_delay_box:
-            # a/ifname <-> box/a ... box/b <-> b/ifname; the box forwards in userspace.
-            box_ns = Namespace.create(_ns_name(topo, f"d-{link.name}"))
-            topo._namespaces.append(box_ns)
-            with box_ns.entered():
-                box_ipr = IPRoute()
-            try:
-                ha.ipr.link(
-                    "add",
-                    ifname=link.a.ifname,
-                    kind="veth",
-                    mtu=mtu,
-                    state="up",
-                    peer={"ifname": "a", "net_ns_fd": box_ns.fd, "mtu": mtu},
-                )
-                box_ipr.link(
-                    "add",
-                    ifname="b",
-                    kind="veth",
-                    mtu=mtu,
-                    state="up",
-                    peer={"ifname": link.b.ifname, "net_ns_fd": hb.ns.fd, "mtu": mtu},
-                )
-                for ifname in ("a", "b"):
-                    box_ipr.link("set", ifname=ifname, state="up", promiscuity=1)
-            finally:
-                box_ipr.close()
-            with box_ns.entered():
-                _write_sysctls({"net.ipv6.conf.all.disable_ipv6": "1"})
-                for ifname in ("a", "b"):
-                    _linux.disable_offloads(ifname)
-            topo.links[link.name] = LinkHandle(
-                topo, link, _iface(link.a, link, -1), _iface(link.b, link, -1)
-            )
-            topo.links[link.name].delay_box = _start_delay_box(box_ns, link.props)
-        else:
-            ha.ipr.link(
-                "add",
-                ifname=link.a.ifname,
-                kind="veth",
-                mtu=mtu,
-                state="up",
-                peer={"ifname": link.b.ifname, "net_ns_fd": hb.ns.fd, "mtu": mtu},
-            )
-            topo.links[link.name] = LinkHandle(
-                topo, link, _iface(link.a, link, -1), _iface(link.b, link, -1)
-            )
+        handle = LinkHandle(topo, link, _iface(link.a, link, -1), _iface(link.b, link, -1))
+        topo.links[link.name] = handle
+        if link.props.delay is None or not needs_delay_box:
+            _add_veth(ha.ipr, link.a.ifname, link.b.ifname, hb.ns, mtu)
+            continue
+        # a/ifname <-> box/a ... box/b <-> b/ifname; the box forwards in userspace.
+        box_ns = Namespace.create(_ns_name(topo, f"d-{link.name}"))
+        topo._namespaces.append(box_ns)
+        with box_ns.entered():
+            box_ipr = IPRoute()
+        try:
+            _add_veth(ha.ipr, link.a.ifname, "a", box_ns, mtu)
+            _add_veth(box_ipr, "b", link.b.ifname, hb.ns, mtu)
+            for ifname in ("a", "b"):
+                box_ipr.link("set", ifname=ifname, state="up", promiscuity=1)
+        finally:
+            box_ipr.close()
+        with box_ns.entered():
+            _write_sysctls({"net.ipv6.conf.all.disable_ipv6": "1"})
+            for ifname in ("a", "b"):
+                _linux.disable_offloads(ifname)
+        handle.delay_box = _start_delay_box(box_ns, link.props)
 
     # Interfaces got kernel-chosen indexes: one dump per namespace learns them.
     for name, handle in topo.hosts.items():
@@ -496,6 +471,18 @@ def _build(topo: Topology) -> None:
             for iface in (live.a, live.b):
                 live._apply_qdisc(iface)
     _configure_middleboxes(topo)
+
+
+def _add_veth(ipr: IPRoute, ifname: str, peer: str, peer_ns: Namespace, mtu: int) -> None:
+    """A veth pair: `ifname` (up) in `ipr`'s namespace, `peer` created straight in peer_ns."""
+    ipr.link(
+        "add",
+        ifname=ifname,
+        kind="veth",
+        mtu=mtu,
+        state="up",
+        peer={"ifname": peer, "net_ns_fd": peer_ns.fd, "mtu": mtu},
+    )
 
 
 def _iface(end: End, link: Link, index: int) -> Interface:
