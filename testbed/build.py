@@ -429,8 +429,8 @@ def _build(topo: Topology) -> None:
         ha, hb = topo.hosts[link.a.host], topo.hosts[link.b.host]
         topo.step = f"creating link {link.name!r}"
         mtu = link.props.mtu
-        handle = LinkHandle(topo, link, _iface(link.a, link, -1), _iface(link.b, link, -1))
-        topo.links[link.name] = handle
+        live_link = LinkHandle(topo, link, _iface(link.a, link, -1), _iface(link.b, link, -1))
+        topo.links[link.name] = live_link
         if link.props.delay is None or not needs_delay_box:
             _add_veth(ha.ipr, link.a.ifname, link.b.ifname, hb.ns, mtu)
             continue
@@ -450,7 +450,7 @@ def _build(topo: Topology) -> None:
             _write_sysctls({"net.ipv6.conf.all.disable_ipv6": "1"})
             for ifname in ("a", "b"):
                 _linux.disable_offloads(ifname)
-        handle.delay_box = _start_delay_box(box_ns, link.props)
+        live_link.delay_box = _start_delay_box(box_ns, link.props)
 
     # Interfaces got kernel-chosen indexes: one dump per namespace learns them.
     for name, handle in topo.hosts.items():
