@@ -1,0 +1,422 @@
+"""One userspace host: its interfaces, ARP/NDP, IP, and the single I/O loop of the stack.
+
+The host owns the interfaces it is given (through `stack.link`), answers ARP and NDP for
+any of its addresses on any of them (weak host model, as Linux), routes per source
+address, and hands TCP segments to whoever registered for their 4-tuple or port. A
+segment nobody wants gets the RFC 9293 reset. Everything runs in one thread: protocol
+objects are sans-I/O and only this loop calls them, so they need no locks; other
+threads talk to the loop through `call_soon`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from stack.link import RawLink, open_in_netns
+from stack.neighbour import NeighbourTable, Release, Solicit
+from stack.route import InterfaceConfig, IPAddress, Route, RoutingTable
+from stack.wire.errors import MalformedHeader
+from stack.wire.ethernet import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ETH_P_ARP,
+    ArpPacket,
+    NeighborAdvertisement,
+    NeighborSolicitation,
+    emit_ethernet,
+    multicast_mac,
+    parse_arp,
+    parse_ethernet,
+    parse_ndp,
+    solicited_node_multicast,
+)
+from stack.wire.ip import (
+    ETH_P_IP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPv4Header,
+    IPv6Header,
+    emit_ip,
+    ones_complement_sum,
+    parse_ipv4,
+    parse_ipv6,
+    pseudo_header_value,
+)
+from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, emit_tcp, parse_tcp, tcp_checksum_ok
+
+ETH_P_IPV6 = 0x86DD
+BROADCAST = b"\xff" * 6
+EPHEMERAL_PORTS = range(32768, 61000)  # as Linux's ip_local_port_range
+
+FourTuple = tuple[IPAddress, int, IPAddress, int]  # local address, port, remote address, port
+
+
+class SegmentReceiver(Protocol):
+    def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None: ...
+
+
+class PortListener(Protocol):
+    def on_syn(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> bool:
+        """A segment for the port that no connection claims; True if it was handled."""
+        ...
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0  # the kernel refused them (queue full, link down)
+    bad_checksum: int = 0
+    malformed: int = 0
+    resets_sent: int = 0
+    unreachable: int = 0
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[float], None]):
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Host:
+    def __init__(
+        self,
+        interfaces: list[InterfaceConfig],
+        *,
+        netns: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.routing = RoutingTable(interfaces)
+        self.clock = clock
+        self.counters = Counters()
+        self.links: dict[str, RawLink] = {}
+        try:
+            for config in interfaces:
+                if config.ifname not in self.links:
+                    self.links[config.ifname] = open_in_netns(config.ifname, netns)
+        except OSError:
+            self.close()
+            raise
+        self._macs = {name: link.info.mac for name, link in self.links.items()}
+        self._by_fd = {link.fileno(): (name, link) for name, link in self.links.items()}
+        self.neighbours = NeighbourTable()
+        self._connections: dict[FourTuple, SegmentReceiver] = {}
+        self._listeners: dict[int, PortListener] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+        self._calls: deque[Callable[[], None]] = deque()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng_port = itertools.cycle(
+            EPHEMERAL_PORTS[int.from_bytes(os.urandom(2), "big") % len(EPHEMERAL_PORTS) :]
+        )
+        self.loop_thread_id: int | None = None
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self) -> None:
+        """Run the I/O loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="stack-io", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop()
+        for link in self.links.values():
+            link.close()
+        with contextlib.suppress(AttributeError):
+            self._wake_read.close()
+            self._wake_write.close()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the loop thread (safe from any thread)."""
+        self._calls.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_write.send(b"x")
+
+    def call_at(self, deadline: float, callback: Callable[[float], None]) -> Timer:
+        """Run callback(now) on the loop at `deadline` (loop thread only)."""
+        timer = Timer(deadline, callback)
+        heapq.heappush(self._timers, (deadline, next(self._sequence), timer))
+        return timer
+
+    # ------------------------------------------------------------------ registry
+
+    def register(self, four_tuple: FourTuple, receiver: SegmentReceiver) -> None:
+        self._connections[four_tuple] = receiver
+
+    def unregister(self, four_tuple: FourTuple) -> None:
+        self._connections.pop(four_tuple, None)
+
+    def listen(self, port: int, listener: PortListener) -> None:
+        if port in self._listeners:
+            raise OSError(98, f"port {port} is already in use by a listener of this stack")
+        self._listeners[port] = listener
+
+    def unlisten(self, port: int) -> None:
+        self._listeners.pop(port, None)
+
+    def allocate_port(self, local: IPAddress, remote: IPAddress, remote_port: int) -> int:
+        for _ in range(len(EPHEMERAL_PORTS)):
+            port = next(self._rng_port)
+            if (local, port, remote, remote_port) not in self._connections:
+                return port
+        raise OSError(99, f"no free local port towards {remote}:{remote_port}")
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        self.loop_thread_id = threading.get_ident()
+        fds = [self._wake_read.fileno(), *self._by_fd]
+        poller = select.epoll()
+        for fd in fds:
+            poller.register(fd, select.EPOLLIN)
+        try:
+            while not self._stop.is_set():
+                timeout = self._run_timers()
+                events = poller.poll(timeout)
+                for fd, _ in events:
+                    if fd == self._wake_read.fileno():
+                        with contextlib.suppress(BlockingIOError):
+                            self._wake_read.recv(4096)
+                        continue
+                    name, link = self._by_fd[fd]
+                    for frame, trusted in link.receive(128):
+                        self._on_frame(name, frame, trusted)
+                while self._calls:
+                    self._calls.popleft()()
+        finally:
+            poller.close()
+
+    def _run_timers(self) -> float:
+        """Fire due timers; return the poll timeout in seconds (-1: none)."""
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback(now)
+        next_neighbour = self.neighbours.next_timer()
+        if next_neighbour is not None and next_neighbour <= now:
+            self._neighbour_timer(now)
+            next_neighbour = self.neighbours.next_timer()
+        deadlines = [t[0] for t in self._timers[:1]]
+        if next_neighbour is not None:
+            deadlines.append(next_neighbour)
+        if not deadlines:
+            return -1
+        return max(0.0, min(deadlines) - self.clock())
+
+    # ------------------------------------------------------------------ receive
+
+    def _on_frame(self, ifname: str, frame: bytes, trusted: bool) -> None:
+        self.counters.frames_in += 1
+        eth = parse_ethernet(frame)
+        if isinstance(eth, MalformedHeader):
+            self.counters.malformed += 1
+            return
+        if eth.ethertype == ETH_P_IP:
+            ip4 = parse_ipv4(eth.payload)
+            if isinstance(ip4, MalformedHeader) or ip4.is_fragment:
+                self.counters.malformed += 1
+                return
+            if ip4.protocol == IPPROTO_TCP:
+                self._on_tcp(ip4, ipaddress.IPv4Address(ip4.dst), trusted)
+        elif eth.ethertype == ETH_P_IPV6:
+            ip6 = parse_ipv6(eth.payload)
+            if isinstance(ip6, MalformedHeader):
+                self.counters.malformed += 1
+                return
+            if ip6.next_header == IPPROTO_TCP:
+                self._on_tcp(ip6, ipaddress.IPv6Address(ip6.dst), trusted)
+            elif ip6.next_header == IPPROTO_ICMPV6:
+                self._on_icmpv6(ifname, eth.src, ip6)
+        elif eth.ethertype == ETH_P_ARP:
+            self._on_arp(ifname, eth.payload)
+
+    def _on_arp(self, ifname: str, payload: memoryview) -> None:
+        arp = parse_arp(payload)
+        if isinstance(arp, MalformedHeader):
+            self.counters.malformed += 1
+            return
+        sender = ipaddress.IPv4Address(arp.sender_ip)
+        now = self.clock()
+        if arp.operation in (ARP_REQUEST, ARP_REPLY) and sender != ipaddress.IPv4Address(0):
+            self._flush(self.neighbours.learn(ifname, sender, arp.sender_mac, now))
+        if arp.operation == ARP_REQUEST and self.routing.is_local(
+            ipaddress.IPv4Address(arp.target_ip)
+        ):
+            reply = arp.reply(self._macs[ifname])
+            self._transmit(ifname, emit_ethernet(arp.sender_mac, self._macs[ifname],
+                                                 ETH_P_ARP, reply.emit()))  # fmt: skip
+
+    def _on_icmpv6(self, ifname: str, src_mac: bytes, ip6: IPv6Header) -> None:
+        if ip6.hop_limit != 255:
+            return  # RFC 4861 §7.1: NDP from off-link is discarded
+        message = parse_ndp(ip6.src, ip6.dst, ip6.payload)
+        if message is None or isinstance(message, MalformedHeader):
+            return
+        now = self.clock()
+        if isinstance(message, NeighborSolicitation):
+            source = ipaddress.IPv6Address(ip6.src)
+            if message.source_lladdr is not None and not source.is_unspecified:
+                self._flush(self.neighbours.learn(ifname, source, message.source_lladdr, now))
+            target = ipaddress.IPv6Address(message.target)
+            if not self.routing.is_local(target):
+                return
+            advert = NeighborAdvertisement(message.target, self._macs[ifname])
+            dst = ip6.src if not source.is_unspecified else bytes.fromhex("ff02" + "0" * 27 + "1")
+            payload = advert.emit(message.target, dst)
+            packet = emit_ip(message.target, dst, IPPROTO_ICMPV6, payload, ttl=255)
+            mac = src_mac if not source.is_unspecified else multicast_mac(dst)
+            self._transmit(ifname, emit_ethernet(mac, self._macs[ifname], ETH_P_IPV6, packet))
+        elif isinstance(message, NeighborAdvertisement) and message.target_lladdr is not None:
+            target = ipaddress.IPv6Address(message.target)
+            self._flush(self.neighbours.learn(ifname, target, message.target_lladdr, now))
+
+    def _on_tcp(self, ip: IPv4Header | IPv6Header, dst: IPAddress, trusted: bool) -> None:
+        if not self.routing.is_local(dst):
+            return  # not ours (the kernel has no address here either: stay silent)
+        if not trusted and not tcp_checksum_ok(ip):
+            self.counters.bad_checksum += 1
+            return
+        tcp = parse_tcp(ip.payload)
+        if isinstance(tcp, MalformedHeader):
+            self.counters.malformed += 1
+            return
+        src = ipaddress.ip_address(ip.src)
+        now = self.clock()
+        receiver = self._connections.get((dst, tcp.dst_port, src, tcp.src_port))
+        if receiver is not None:
+            receiver.on_segment(ip, tcp, now)
+            return
+        listener = self._listeners.get(tcp.dst_port)
+        if listener is not None and listener.on_syn(ip, tcp, now):
+            return
+        self.reset_for(ip, tcp)
+
+    # ------------------------------------------------------------------ transmit
+
+    def reset_for(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, options: bytes = b"") -> None:
+        """The RFC 9293 §3.10.7.1 answer to a segment no connection owns (never to a RST)."""
+        if tcp.flags & RST:
+            return
+        if tcp.flags & ACK:
+            seq, ack, flags = tcp.ack, 0, RST
+        else:
+            length = (
+                len(tcp.payload) + (1 if tcp.flags & SYN else 0) + (1 if tcp.flags & FIN else 0)
+            )
+            seq, ack, flags = 0, (tcp.seq + length) & 0xFFFFFFFF, RST | ACK
+        segment = emit_tcp(tcp.dst_port, tcp.src_port, seq, ack, flags, 0, options=options,
+                           src=ip.dst, dst=ip.src)  # fmt: skip
+        self.counters.resets_sent += 1
+        self.send_ip(ipaddress.ip_address(ip.dst), ipaddress.ip_address(ip.src), segment)
+
+    def send_ip(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        segment: bytes | bytearray,
+        *,
+        gso_mss: int = 0,
+        route: Route | None = None,
+    ) -> None:
+        """Send a TCP segment (checksum filled, or partial when gso_mss is set)."""
+        route = route or self.routing.route(dst, src)
+        packet = emit_ip(src.packed, dst.packed, IPPROTO_TCP, segment)
+        ethertype = ETH_P_IP if dst.version == 4 else ETH_P_IPV6
+        mac, solicits = self.neighbours.lookup(route.ifname, route.next_hop, packet, self.clock())
+        for solicit in solicits:
+            self._solicit(solicit, route.source)
+        if mac is None:
+            return  # waits for resolution (GSO frames too: released as plain sends)
+        frame = emit_ethernet(mac, self._macs[route.ifname], ethertype, packet)
+        if gso_mss and len(segment) - ((segment[12] >> 4) * 4) > gso_mss:
+            ok = self.links[route.ifname].send_segments(
+                frame, mss=gso_mss, l4_offset=14 + (20 if dst.version == 4 else 40),
+                ipv6=dst.version == 6,
+            )  # fmt: skip
+            self._count(ok)
+        else:
+            self._transmit(route.ifname, frame)
+
+    def _transmit(self, ifname: str, frame: bytes) -> None:
+        self._count(self.links[ifname].send(frame))
+
+    def _count(self, ok: bool) -> None:
+        if ok:
+            self.counters.frames_out += 1
+        else:
+            self.counters.frames_dropped += 1
+
+    def _flush(self, release: Release | None) -> None:
+        if release is None:
+            return
+        for packet in release.frames:
+            ethertype = ETH_P_IP if packet[0] >> 4 == 4 else ETH_P_IPV6
+            self._transmit(
+                release.ifname,
+                emit_ethernet(release.mac, self._macs[release.ifname], ethertype, packet),
+            )
+
+    def _solicit(self, solicit: Solicit, source: IPAddress) -> None:
+        mac = self._macs[solicit.ifname]
+        if solicit.address.version == 4:
+            request = ArpPacket(ARP_REQUEST, mac, source.packed, bytes(6), solicit.address.packed)
+            self._transmit(solicit.ifname, emit_ethernet(BROADCAST, mac, ETH_P_ARP, request.emit()))
+            return
+        target = solicit.address.packed
+        group = solicited_node_multicast(target)
+        payload = NeighborSolicitation(target, mac).emit(source.packed, group)
+        packet = emit_ip(source.packed, group, IPPROTO_ICMPV6, payload, ttl=255)
+        self._transmit(solicit.ifname, emit_ethernet(multicast_mac(group), mac, ETH_P_IPV6, packet))
+
+    def _neighbour_timer(self, now: float) -> None:
+        solicits, failures = self.neighbours.on_timer(now)
+        for solicit in solicits:
+            for config in self.routing.interfaces:
+                if config.ifname == solicit.ifname and (
+                    config.address.version == solicit.address.version
+                ):
+                    self._solicit(solicit, config.address.ip)
+                    break
+        for failure in failures:
+            self.counters.unreachable += failure.dropped
+
+
+def partial_checksum(src: IPAddress, dst: IPAddress, length: int) -> int:
+    """The folded pseudo-header sum a GSO segment's checksum field must hold."""
+    return ones_complement_sum(
+        b"", pseudo_header_value(src.packed, dst.packed, IPPROTO_TCP, length)
+    )
