@@ -1,0 +1,181 @@
+"""MP_CAPABLE and MP_JOIN decisions, as pure functions of what was received and configured.
+
+MP_CAPABLE (RFC 8684 §3.1, RFC 6824 §3.1)
+- The initiator sends its highest version. v1 sends no key on the SYN; v0 sends Key-A.
+- The listener answers with a version it supports that is <= the SYN's. A v1-only
+  listener cannot speak v0 (it would need v0's checksums and SHA-1 tokens) and falls back
+  (no MP_CAPABLE in the SYN/ACK), as Linux does. A v0-only listener facing a v1 SYN
+  has no Key-A to work with and falls back too (RFC 8684 §3.1's caveat).
+- A version above 1 on a SYN is answered with v1 (Linux accepts ≥ 1 on a SYN); on any
+  later packet the version must match the negotiated one exactly.
+- Checksums: used when either side sets A (v1: "if either host requires them").
+- A v1 initiator whose SYN/ACK comes back without MP_CAPABLE either falls back to TCP or
+  retries the connection with a v0 SYN, by policy (`V0Policy`).
+
+MP_JOIN (RFC 8684 §3.2): HMACs over the connection's keys and the two nonces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from stack.crypto import generate_nonce, join_ack_hmac, join_synack_hmac
+from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, MpCapable
+
+
+class V0Policy(Enum):
+    """What a v1 initiator does when the SYN/ACK carries no MP_CAPABLE."""
+
+    FALLBACK = "fallback"  # continue as plain TCP (the RFC's default outcome)
+    RETRY_V0 = "retry-v0"  # reset, and open again with a v0 SYN carrying Key-A
+
+
+@dataclass(frozen=True)
+class CapableConfig:
+    versions: frozenset[int] = frozenset({1})
+    want_checksum: bool = False
+    v0_policy: V0Policy = V0Policy.FALLBACK
+
+    @property
+    def highest(self) -> int:
+        return max(self.versions)
+
+
+@dataclass(frozen=True)
+class ListenerDecision:
+    """What to put in the SYN/ACK. `version` None: no MP_CAPABLE, plain TCP."""
+
+    version: int | None
+    checksum: bool = False
+    remote_key: int | None = None  # v0: Key-A from the SYN
+    reason: str = ""
+
+
+def syn_option(config: CapableConfig, local_key: int, version: int | None = None) -> MpCapable:
+    """The initiator's SYN option for `version` (default: the highest configured)."""
+    version = config.highest if version is None else version
+    flags = MPC_FLAG_H | (MPC_FLAG_A if config.want_checksum or version == 0 else 0)
+    if version == 0:
+        return MpCapable(version=0, flags=flags, sender_key=local_key)
+    return MpCapable(version=version, flags=flags)
+
+
+def listener_decision(config: CapableConfig, syn: MpCapable) -> ListenerDecision:
+    """How a listener answers a SYN's MP_CAPABLE."""
+    if syn.extensibility:
+        # B set: an extension this implementation does not know; RFC 8684 §3.1 says the
+        # option must then be ignored, i.e. answered as plain TCP.
+        return ListenerDecision(None, reason="B (extensibility) flag set: option ignored")
+    if not syn.hmac_sha:
+        return ListenerDecision(None, reason="no supported HMAC algorithm (H flag clear)")
+    requested = syn.version
+    if requested >= 1:
+        if 1 not in config.versions:
+            return ListenerDecision(None, reason="v1 SYN to a v0-only listener: no Key-A")
+        checksum = bool(syn.flags & MPC_FLAG_A) or config.want_checksum
+        return ListenerDecision(1, checksum)
+    if 0 not in config.versions:
+        return ListenerDecision(None, reason="v0 SYN to a listener without v0")
+    if syn.sender_key is None:
+        return ListenerDecision(None, reason="v0 SYN without Key-A")
+    # v0 (RFC 6824 §3.1): checksums are used unless both sides agree to drop them.
+    checksum = bool(syn.flags & MPC_FLAG_A) or config.want_checksum
+    return ListenerDecision(0, checksum, remote_key=syn.sender_key)
+
+
+def synack_option(decision: ListenerDecision, local_key: int) -> MpCapable:
+    assert decision.version is not None
+    flags = MPC_FLAG_H | (MPC_FLAG_A if decision.checksum else 0)
+    return MpCapable(version=decision.version, flags=flags, sender_key=local_key)
+
+
+@dataclass(frozen=True)
+class InitiatorOutcome:
+    version: int | None  # None: the connection continues as plain TCP
+    checksum: bool = False
+    remote_key: int | None = None
+    retry_v0: bool = False
+    reason: str = ""
+
+
+def initiator_outcome(
+    config: CapableConfig, sent_version: int, synack: MpCapable | None
+) -> InitiatorOutcome:
+    """The initiator's reading of the SYN/ACK."""
+    if synack is None:
+        if sent_version >= 1 and 0 in config.versions and config.v0_policy is V0Policy.RETRY_V0:
+            return InitiatorOutcome(None, retry_v0=True, reason="no MP_CAPABLE: retry with v0")
+        return InitiatorOutcome(None, reason="SYN/ACK without MP_CAPABLE: fall back to TCP")
+    if synack.version > sent_version or synack.version not in config.versions:
+        return InitiatorOutcome(
+            None, reason=f"SYN/ACK offers version {synack.version} to our {sent_version}"
+        )
+    if synack.sender_key is None or synack.receiver_key is not None:
+        return InitiatorOutcome(None, reason="SYN/ACK MP_CAPABLE without exactly Key-B")
+    checksum = bool(synack.flags & MPC_FLAG_A) or config.want_checksum
+    return InitiatorOutcome(synack.version, checksum, remote_key=synack.sender_key)
+
+
+def ack_option(version: int, checksum: bool, local_key: int, remote_key: int) -> MpCapable:
+    """The third ACK's MP_CAPABLE: both keys (Key-A first)."""
+    flags = MPC_FLAG_H | (MPC_FLAG_A if checksum else 0)
+    return MpCapable(version=version, flags=flags, sender_key=local_key, receiver_key=remote_key)
+
+
+def first_data_option(
+    checksum_used: bool, local_key: int, remote_key: int, length: int, checksum: int | None
+) -> MpCapable:
+    """v1: the MP_CAPABLE the initiator repeats on its first data (RFC 8684 §3.1)."""
+    flags = MPC_FLAG_H | (MPC_FLAG_A if checksum_used else 0)
+    return MpCapable(
+        version=1,
+        flags=flags,
+        sender_key=local_key,
+        receiver_key=remote_key,
+        data_level_length=length,
+        checksum=checksum if checksum_used else None,
+    )
+
+
+@dataclass
+class JoinCrypto:
+    """One side of an MP_JOIN exchange: its nonce, and the HMACs it sends and expects."""
+
+    version: int
+    local_key: int
+    remote_key: int
+    local_nonce: int
+    remote_nonce: int | None = None
+
+    @classmethod
+    def fresh(cls, version: int, local_key: int, remote_key: int) -> JoinCrypto:
+        return cls(version, local_key, remote_key, generate_nonce())
+
+    def synack_hmac(self) -> bytes:
+        """What the responder (B) sends: leftmost 64 bits of HMAC-B."""
+        assert self.remote_nonce is not None
+        return join_synack_hmac(
+            self.version, self.local_key, self.remote_key, self.local_nonce, self.remote_nonce
+        )
+
+    def expected_synack_hmac(self) -> bytes:
+        """What the initiator (A) expects from B."""
+        assert self.remote_nonce is not None
+        return join_synack_hmac(
+            self.version, self.remote_key, self.local_key, self.remote_nonce, self.local_nonce
+        )
+
+    def ack_hmac(self) -> bytes:
+        """What the initiator (A) sends: leftmost 160 bits of HMAC-A."""
+        assert self.remote_nonce is not None
+        return join_ack_hmac(
+            self.version, self.local_key, self.remote_key, self.local_nonce, self.remote_nonce
+        )
+
+    def expected_ack_hmac(self) -> bytes:
+        """What the responder (B) expects from A."""
+        assert self.remote_nonce is not None
+        return join_ack_hmac(
+            self.version, self.remote_key, self.local_key, self.remote_nonce, self.local_nonce
+        )

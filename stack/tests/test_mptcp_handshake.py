@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from stack.mptcp.handshake import (
+    CapableConfig,
+    JoinCrypto,
+    V0Policy,
+    initiator_outcome,
+    listener_decision,
+    syn_option,
+    synack_option,
+)
+from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_B, MPC_FLAG_H, MpCapable, parse_mptcp_option
+
+V1 = CapableConfig(frozenset({1}))
+V0 = CapableConfig(frozenset({0}))
+BOTH = CapableConfig(frozenset({0, 1}), v0_policy=V0Policy.RETRY_V0)
+
+
+def test_syn_formats_on_the_wire() -> None:
+    assert len(syn_option(V1, 1).emit()) == 4  # v1: no key
+    v0 = syn_option(V0, 0x1122334455667788)
+    assert len(v0.emit()) == 12 and v0.sender_key == 0x1122334455667788
+    assert parse_mptcp_option(v0.emit()) == v0
+
+
+@pytest.mark.parametrize(
+    ("config", "syn", "version"),
+    [
+        (V1, MpCapable(1, MPC_FLAG_H), 1),
+        (V1, MpCapable(2, MPC_FLAG_H), 1),  # a future version gets v1
+        (V1, MpCapable(0, MPC_FLAG_H | MPC_FLAG_A, sender_key=5), None),  # v1-only: fallback
+        (V0, MpCapable(1, MPC_FLAG_H), None),  # v0-only and no Key-A: fallback
+        (V0, MpCapable(0, MPC_FLAG_H | MPC_FLAG_A, sender_key=5), 0),
+        (BOTH, MpCapable(0, MPC_FLAG_H, sender_key=5), 0),
+        (V1, MpCapable(1, MPC_FLAG_H | MPC_FLAG_B), None),  # unknown extension: ignored
+        (V1, MpCapable(1, 0), None),  # no HMAC algorithm we support
+    ],
+)
+def test_listener_version_negotiation(config, syn, version) -> None:  # type: ignore[no-untyped-def]
+    assert listener_decision(config, syn).version == version
+
+
+def test_checksum_is_used_when_either_side_asks() -> None:
+    decision = listener_decision(V1, MpCapable(1, MPC_FLAG_H | MPC_FLAG_A))
+    assert decision.checksum
+    assert synack_option(decision, 7).checksum_required
+    outcome = initiator_outcome(V1, 1, MpCapable(1, MPC_FLAG_H | MPC_FLAG_A, sender_key=7))
+    assert outcome.version == 1 and outcome.checksum and outcome.remote_key == 7
+
+
+def test_initiator_v0_policy() -> None:
+    assert initiator_outcome(V1, 1, None).version is None
+    assert not initiator_outcome(V1, 1, None).retry_v0
+    assert initiator_outcome(BOTH, 1, None).retry_v0
+    # A SYN/ACK that offers a higher version than we asked for is not MPTCP.
+    assert initiator_outcome(BOTH, 0, MpCapable(1, MPC_FLAG_H, sender_key=1)).version is None
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_join_hmacs_agree_between_the_two_sides(version: int) -> None:
+    key_a, key_b = 0x0102030405060708, 0x1112131415161718
+    a = JoinCrypto.fresh(version, key_a, key_b)
+    b = JoinCrypto.fresh(version, key_b, key_a)
+    a.remote_nonce, b.remote_nonce = b.local_nonce, a.local_nonce
+    assert b.synack_hmac() == a.expected_synack_hmac() and len(b.synack_hmac()) == 8
+    assert a.ack_hmac() == b.expected_ack_hmac() and len(a.ack_hmac()) == 20
+    assert a.ack_hmac() != b.synack_hmac()[:20]
