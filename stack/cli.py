@@ -1,0 +1,176 @@
+"""Command-line parsing of the stack's `serve` and `connect` (the harness depends on these flags).
+
+python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
+                        [,signal][,backup][,fullmesh] [--interface ...] --port PORT
+                        [--version 0|1] [--mode sink|echo|source] [--bytes N]
+                        [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
+python -m stack connect ... --to ADDR:PORT
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+
+from stack.mptcp.pm import Endpoint, Limits, PathManagerError
+from stack.mptcp.sched import SCHEDULERS
+from stack.route import InterfaceConfig, RoutingError
+
+ENDPOINT_FLAGS = ("subflow", "signal", "backup", "fullmesh")
+CONGESTION_CONTROLS = ("lia", "reno")
+MODES = ("sink", "echo", "source")
+
+
+class CliError(ValueError):
+    """A flag the stack cannot honour; the message names it."""
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    config: InterfaceConfig
+    flags: frozenset[str]
+
+
+def parse_interface(text: str) -> InterfaceSpec:
+    name, sep, rest = text.partition("=")
+    fields = rest.split(",") if sep else []
+    flags = frozenset(f for f in fields[1:] if f in ENDPOINT_FLAGS)
+    unknown = [f for f in fields[1:] if f not in ENDPOINT_FLAGS and not f.startswith("gw=")]
+    if unknown:
+        raise CliError(
+            f"--interface {text!r}: unknown flag(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(ENDPOINT_FLAGS)}, gw=ADDR"
+        )
+    plain = ",".join([fields[0], *[f for f in fields[1:] if f.startswith("gw=")]]) if fields else ""
+    try:
+        config = InterfaceConfig.parse(f"{name}={plain}" if sep else text)
+    except RoutingError as error:
+        raise CliError(f"--interface: {error}") from None
+    return InterfaceSpec(config, flags)
+
+
+def parse_limits(text: str) -> Limits:
+    try:
+        subflows, accepted = (int(v) for v in text.split(","))
+        return Limits(subflows=subflows, add_addr_accepted=accepted)
+    except ValueError as error:
+        if isinstance(error, PathManagerError):
+            raise CliError(f"--limits: {error}") from None
+        raise CliError(
+            f"--limits {text!r}: expected SUBFLOWS,ADD_ADDR_ACCEPTED, e.g. 2,2"
+        ) from None
+
+
+def parse_destination(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """ADDR:PORT, with IPv6 as [ADDR]:PORT."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise CliError(f"--to {text!r}: expected ADDR:PORT (IPv6: [ADDR]:PORT)")
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise CliError(f"--to {text!r}: expected ADDR:PORT (IPv6: [ADDR]:PORT)") from None
+    if not 1 <= number <= 65535:
+        raise CliError(f"--to {text!r}: port {number} not in 1..65535")
+    return address, number
+
+
+def endpoints_of(interfaces: list[InterfaceSpec]) -> list[Endpoint]:
+    """Path-manager endpoints: one per address, IDs in declaration order from 1."""
+    endpoints = []
+    for position, spec in enumerate(interfaces, start=1):
+        endpoints.append(
+            Endpoint(
+                position,
+                spec.config.address.ip,
+                spec.config.ifname,
+                signal="signal" in spec.flags,
+                subflow="subflow" in spec.flags,
+                backup="backup" in spec.flags,
+                fullmesh="fullmesh" in spec.flags,
+            )
+        )
+    return endpoints
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack",
+        description="A userspace MPTCP host (RFC 6824 v0, RFC 8684 v1) in a network namespace.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command, help_text in (
+        ("serve", "accept connections until SIGTERM"),
+        ("connect", "open one connection"),
+    ):
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument("--netns", help="network namespace to work in (as `ip netns` names it)")
+        p.add_argument(
+            "--interface",
+            action="append",
+            required=True,
+            type=_wrap(parse_interface),
+            metavar="IFNAME=ADDR/PLEN[,gw=ADDR][,subflow][,signal][,backup][,fullmesh]",
+            help="an interface the stack owns and one of its addresses, with endpoint flags "
+            "(repeat for more addresses or interfaces)",
+        )
+        if command == "serve":
+            p.add_argument("--port", type=_port, required=True, help="port to listen on")
+        else:
+            p.add_argument(
+                "--to", type=_wrap(parse_destination), required=True, metavar="ADDR:PORT",
+                help="the peer to connect to",
+            )  # fmt: skip
+        p.add_argument("--version", type=int, choices=(0, 1), default=1, help="MPTCP version")
+        p.add_argument(
+            "--mode", choices=MODES, default="sink" if command == "serve" else "source",
+            help="sink: read to EOF; echo: return what arrives; source: send --bytes",
+        )  # fmt: skip
+        p.add_argument("--bytes", type=_non_negative, default=0, help="bytes to send as source")
+        p.add_argument(
+            "--limits", type=_wrap(parse_limits), default=Limits(),
+            metavar="SUBFLOWS,ADD_ADDR_ACCEPTED", help="path-manager limits (default 2,0)",
+        )  # fmt: skip
+        p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="lowest-rtt")
+        p.add_argument("--cc", choices=CONGESTION_CONTROLS, default="lia")
+        p.add_argument("--checksum", action="store_true", help="ask for DSS checksums")
+        p.add_argument(
+            "--v0-policy", choices=("fallback", "retry-v0"), default="fallback",
+            help="a v1 initiator whose SYN/ACK lacks MP_CAPABLE: fall back or retry with v0",
+        )  # fmt: skip
+        p.add_argument("--timeout", type=float, default=120.0, help="give up after S seconds")
+    return parser
+
+
+def _wrap(parse):  # type: ignore[no-untyped-def]
+    def wrapped(text: str):  # type: ignore[no-untyped-def]
+        try:
+            return parse(text)
+        except CliError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} not in 1..65535")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
