@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from pyroute2 import IPRoute
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.netns
 PATHS = (("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"),
          ("203.0.113.1", "203.0.113.2"))  # fmt: skip
 _names = itertools.count()
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -64,6 +66,19 @@ def linked_namespaces(paths: int = 1) -> Iterator[tuple[Namespace, Namespace]]:
     finally:
         for ns in made:
             ns.delete()
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `predicate` until it returns something true; its value. Fails the test with
+    `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
 @pytest.fixture
