@@ -54,6 +54,8 @@ SOL_MPTCP = 284
 MPTCP_INFO = 1
 MPTCP_INFO_FLAG_FALLBACK = 0x1
 MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 0x2
+MPTCP_INFO_SIZE = 96  # sizeof(struct mptcp_info) in 6.18
+TCP_IS_MPTCP = 43  # SOL_TCP option: 1 while the socket speaks MPTCP, 0 after a fallback
 
 # MPTCP_SUBFLOW_FLAG_* (include/uapi/linux/mptcp.h)
 SUBFLOW_FLAG_MCAP_REM = 0x1
@@ -352,7 +354,7 @@ class KernelMptcp:
             for header, attrs in self._diag(family, IPPROTO_MPTCP):
                 if header.state == TCP_LISTEN:
                     continue
-                info = _unpack_fields(_MPTCP_INFO, attrs.get(INET_DIAG_INFO, b""))
+                info = parse_mptcp_info(attrs.get(INET_DIAG_INFO, b""))
                 found.append(
                     Connection(
                         token=info["token"],
@@ -503,6 +505,12 @@ class _DiagHeader:
     local_port: int
     remote_address: IPAddress
     remote_port: int
+
+
+def parse_mptcp_info(raw: bytes) -> dict[str, int]:
+    """struct mptcp_info (from getsockopt(SOL_MPTCP, MPTCP_INFO) or sock_diag) as a dict
+    of the fields in `_MPTCP_INFO`; fields past the end of `raw` (older kernel) are 0."""
+    return _unpack_fields(_MPTCP_INFO, raw)
 
 
 def _unpack_fields(layout: Iterable[tuple[str, int, str]], data: bytes) -> dict[str, int]:

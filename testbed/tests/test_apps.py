@@ -1,0 +1,148 @@
+"""Traffic apps between two namespaces: MPTCP and TCP transfers checked end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from testbed.apps import AppReport, TransferResult, stream_sha256, transfer
+from testbed.mptcp import KernelMptcp
+from testbed.netns import Namespace
+from testbed.process import run, spawn
+from testbed.tests.test_process import linked_namespaces
+
+pytestmark = pytest.mark.netns
+MB20 = 20 * 1000 * 1000
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Namespace, Namespace]]:
+    """Client a (192.0.2.1) and server b (192.0.2.2) over one veth; shared by the module's
+    tests, which each use their own port."""
+    with linked_namespaces(1) as namespaces:
+        yield namespaces
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_20mb_mptcp_transfer_arrives_intact(
+    pair: tuple[Namespace, Namespace], direction: str
+) -> None:
+    client, server = pair
+    port = 5200 if direction == "upload" else 5201
+    result = transfer(server, client, "192.0.2.2", port, MB20, direction=direction, timeout=20)
+    assert result.intact, result
+    sender, receiver = (
+        (result.client, result.server) if direction == "upload" else (result.server, result.client)
+    )
+    assert sender.bytes_sent == receiver.bytes_received == MB20
+    assert sender.sha256_sent == receiver.sha256_received == stream_sha256(MB20)
+    assert (sender.role, receiver.role) == ("source", "sink")
+    for end in (result.client, result.server):
+        assert end.mptcp["in_use"] is True and end.mptcp["fallback"] is False
+        assert end.mptcp["token"] != 0 and end.mptcp["subflows_total"] == 1
+    # Each end has its own token; both count the data they moved at the MPTCP level.
+    assert result.client.mptcp["token"] != result.server.mptcp["token"]
+    assert sender.mptcp["bytes_sent"] == MB20
+    assert result.goodput_mbps > 0
+
+
+def test_20mb_plain_tcp_transfer_arrives_intact(pair: tuple[Namespace, Namespace]) -> None:
+    client, server = pair
+    result = transfer(server, client, "192.0.2.2", 5202, MB20, protocol="tcp", timeout=20)
+    assert result.intact, result
+    assert result.server.sha256_received == stream_sha256(MB20)
+    assert result.client.mptcp == {} and result.server.protocol == "tcp"
+
+
+def test_echo_round_trip_returns_every_byte(pair: tuple[Namespace, Namespace]) -> None:
+    client, server = pair
+    # Larger than the socket buffers both ways: the source must read while it sends.
+    nbytes = 8 * 1000 * 1000 + 7
+    result = transfer(server, client, "192.0.2.2", 5203, nbytes, direction="echo", timeout=20)
+    assert result.intact, result
+    assert result.client.bytes_received == nbytes
+    assert result.client.sha256_received == result.client.sha256_sent == stream_sha256(nbytes)
+    assert result.server.role == "echo" and result.server.bytes_sent == nbytes
+
+
+def test_mptcp_client_to_a_tcp_server_reports_the_fallback(
+    pair: tuple[Namespace, Namespace],
+) -> None:
+    client, server = pair
+    with KernelMptcp(client) as kernel, kernel.counters_delta() as moved:
+        result = transfer(server, client, "192.0.2.2", 5204, 100_000, server_protocol="tcp",
+                          timeout=10)  # fmt: skip
+    assert result.intact, result
+    assert result.client.mptcp["in_use"] is False and result.client.mptcp["fallback"] is True
+    assert moved.get("MPCapableFallbackSYNACK") == 1
+
+
+def test_intact_is_false_when_the_ends_disagree() -> None:
+    good = AppReport("source", "client", "tcp", bytes_sent=10, sha256_sent="a")
+    short = AppReport("sink", "server", "tcp", bytes_received=9, sha256_received="a")
+    assert not TransferResult(good, short, "upload", 10).intact
+    other = AppReport("sink", "server", "tcp", bytes_received=10, sha256_received="b")
+    assert not TransferResult(good, other, "upload", 10).intact
+    same = AppReport("sink", "server", "tcp", bytes_received=10, sha256_received="a")
+    assert TransferResult(good, same, "upload", 10).intact
+    assert not TransferResult(good, AppReport("sink", "server", "tcp", error="x"), "upload",
+                              10).intact  # fmt: skip
+
+
+def test_refused_connection_is_reported_not_raised(pair: tuple[Namespace, Namespace]) -> None:
+    from testbed.apps import connect_one
+
+    report = connect_one(pair[0], "192.0.2.2", 5299, "source", 10, "mptcp", timeout=5)
+    assert "Connection refused" in report.error
+
+
+# ---------------------------------------------------------------------- the program
+
+APPS = [sys.executable, "-m", "testbed.apps"]
+
+
+def test_cli_server_and_client_in_two_namespaces(pair: tuple[Namespace, Namespace]) -> None:
+    client, server = pair
+    nbytes = 3 * 1000 * 1000
+    with spawn(server, [*APPS, "sink", "--bind", "192.0.2.2", "--port", "5210", "--json",
+                        "--timeout", "10"]) as sink:  # fmt: skip
+        ready = json.loads(sink.wait_for_line('"listening"', timeout=15))
+        assert ready == {"event": "listening", "address": "192.0.2.2", "port": 5210,
+                         "protocol": "mptcp", "role": "sink"}  # fmt: skip
+        sent = run(client, [*APPS, "source", "--connect", "192.0.2.2:5210", "--bytes",
+                            str(nbytes), "--json"], timeout=30)  # fmt: skip
+        assert sink.wait(15) == 0
+    (client_line,) = sent.stdout.splitlines()
+    client_report = json.loads(client_line)
+    server_report = json.loads(sink.stdout.splitlines()[-1])
+    assert client_report["bytes_sent"] == server_report["bytes_received"] == nbytes
+    assert client_report["sha256_sent"] == server_report["sha256_received"]
+    assert server_report["mptcp"]["in_use"] is True
+    assert client_report["mptcp"]["token"] > 0
+    for key in ("role", "protocol", "bytes_sent", "bytes_received", "sha256_sent",
+                "sha256_received", "duration_s", "goodput_mbps"):  # fmt: skip
+        assert key in client_report and key in server_report
+
+
+def test_cli_summary_line_and_error_line(pair: tuple[Namespace, Namespace]) -> None:
+    client, server = pair
+    with spawn(server, [*APPS, "echo", "--bind", "192.0.2.2", "--port", "5211"]) as echo:
+        echo.wait_for_line('"listening"', timeout=15)
+        done = run(client, [*APPS, "source", "--connect", "192.0.2.2:5211", "--bytes", "1000"],
+                   timeout=30)  # fmt: skip
+        assert echo.wait(15) == 0
+    assert done.stdout.count("\n") == 1
+    assert "client source" in done.stdout and "received 1000 B" in done.stdout
+    assert "MPTCP token" in done.stdout and ": ok" in done.stdout
+    failed = run(client, [*APPS, "sink", "--connect", "192.0.2.2:5299", "--json"], timeout=30,
+                 check=False)  # fmt: skip
+    assert failed.returncode == 1
+    assert "Connection refused" in json.loads(failed.stdout)["error"]
+    assert "Traceback" not in failed.stderr
+    busy = run(server, [*APPS, "sink", "--bind", "203.0.113.99", "--port", "1"], timeout=30,
+               check=False)  # fmt: skip
+    assert busy.returncode == 1 and json.loads(busy.stdout)["event"] == "error"
+    assert "Traceback" not in busy.stderr
