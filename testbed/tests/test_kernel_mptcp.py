@@ -42,10 +42,11 @@ def mptcp_connection(
 ) -> Iterator[tuple[socket.socket, socket.socket]]:
     """A connected (client socket, accepted server socket) pair over IPPROTO_MPTCP, with
     a byte exchanged both ways so that the connection is fully established."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with server.entered():
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        listener = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
     with client.entered():
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        conn = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
     with listener, conn:
         listener.bind((address, port))
         listener.listen(1)
@@ -242,3 +243,20 @@ def test_set_endpoint_backup_on_a_live_connection_sends_mp_prio(
         assert sent.get("MPPrioTx") == 1 and "backup" not in endpoint.flags
     with pytest.raises(KernelMptcpError, match="no endpoint"):
         client.set_endpoint_backup("203.0.113.77", True)
+
+
+def test_ipv6_connection_and_subflow_are_listed(
+    one_path: tuple[KernelMptcp, KernelMptcp],
+) -> None:
+    client, server = one_path
+    with mptcp_connection(client.ns, server.ns, "2001:db8:0::2", 5101) as (c, _):
+        (conn,) = client.connections()
+        assert conn.local_address == ipaddress.ip_address("2001:db8::1")
+        assert (conn.remote_address, conn.remote_port) == (
+            ipaddress.ip_address("2001:db8::2"),
+            5101,
+        )
+        assert conn.token == info_token(c)
+        (flow,) = client.subflows()
+        assert flow.token_local == conn.token
+        assert str(flow.remote_address) == "2001:db8::2" and flow.remote_port == 5101

@@ -33,11 +33,13 @@ from testbed.process import (
 
 pytestmark = pytest.mark.netns
 
-# Path i joins a's eth{i} (PATHS[i][0]) and b's eth{i} (PATHS[i][1]), /24 each.
+# Path i joins a's eth{i} (PATHS[i][0]) and b's eth{i} (PATHS[i][1]), /24 each, and
+# 2001:db8:i::1 to 2001:db8:i::2 (/64).
 PATHS = (("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"),
          ("203.0.113.1", "203.0.113.2"))  # fmt: skip
 _names = itertools.count()
 T = TypeVar("T")
+IFA_F_NODAD = 0x02
 
 
 @contextlib.contextmanager
@@ -61,6 +63,9 @@ def linked_namespaces(paths: int = 1) -> Iterator[tuple[Namespace, Namespace]]:
                 for i in range(paths):
                     (index,) = ipr.link_lookup(ifname=f"eth{i}")
                     ipr.addr("add", index=index, address=PATHS[i][side], prefixlen=24)
+                    # IPv6 too, without duplicate address detection (usable at once).
+                    ipr.addr("add", index=index, address=f"2001:db8:{i}::{side + 1}",
+                             prefixlen=64, flags=IFA_F_NODAD)  # fmt: skip
                     ipr.link("set", index=index, state="up")
         yield a, b
     finally:
