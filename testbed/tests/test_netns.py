@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,19 @@ def test_a_live_owner_is_never_reclaimed() -> None:
     with build(topologies.single_path(LinkProps())) as topo:
         assert not set(topo.namespace_names()) & set(reclaim_stale())
         assert set(topo.namespace_names()) <= set(ours())
+
+
+def test_commands_run_inside_the_host(topology) -> None:
+    from testbed import CommandFailed
+
+    topo = topology(topologies.single_path())
+    output = topo.hosts["client"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    assert "192.0.2.1/24" in output
+    with pytest.raises(CommandFailed, match="exited 1"):
+        topo.hosts["client"].run(["sh", "-c", "echo boom >&2; exit 1"])
+    with pytest.raises(CommandFailed, match=r"did not finish within 0\.2 s"):
+        topo.hosts["client"].run(["sleep", "5"], timeout=0.2)
+    with topo.hosts["server"].entered():
+        probe = socket.socket()
+    probe.bind(("192.0.2.2", 0))  # only the server's namespace has this address
+    probe.close()

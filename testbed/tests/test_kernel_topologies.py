@@ -1,0 +1,135 @@
+"""Every shipped topology carries kernel MPTCP, and its paths behave as declared."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import topologies
+from testbed import Topology
+from testbed.apps import transfer
+from testbed.mptcp import KernelMptcp
+from testbed.smoke import SERVER_ADDRESS
+from testbed.spec import LinkProps
+
+pytestmark = [pytest.mark.netns, pytest.mark.kernel]
+
+
+def _enable_subflows(topo: Topology) -> tuple[KernelMptcp, KernelMptcp]:
+    """Kernel MPTCP on both ends: the client opens a subflow from each extra address."""
+    client, server = KernelMptcp(topo.hosts["client"].ns), KernelMptcp(topo.hosts["server"].ns)
+    for side in (client, server):
+        side.set_limits(subflows=4, add_addr_accepted=4)
+    first = topo.hosts["client"].interfaces["eth0"]
+    for iface in topo.hosts["client"].interfaces.values():
+        for address in iface.addresses:
+            if iface is not first:
+                client.add_endpoint(str(address.ip), flags={"subflow"})
+    return client, server
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_server_address_table_covers_every_topology() -> None:
+    assert set(SERVER_ADDRESS) == set(topologies.CATALOGUE)
+
+
+@pytest.mark.parametrize("name", sorted(topologies.CATALOGUE))
+def test_topology_builds_connects_and_carries_an_mptcp_transfer(
+    topology: Callable[..., Topology], name: str
+) -> None:
+    topo = topology(topologies.CATALOGUE[name](), capture=True)
+    client, server = topo.hosts["client"], topo.hosts["server"]
+    # Connectivity: every server address answers a ping from the client.
+    for address in server.addresses():
+        family = "-6" if ":" in address else "-4"
+        client.run(["ping", family, "-c1", "-W2", address])
+    _enable_subflows(topo)
+    result = transfer(
+        server.ns, client.ns, SERVER_ADDRESS[name], 5001, 2 << 20, protocol="mptcp", timeout=60
+    )
+    assert result.intact, f"{name}: {result}"
+
+
+def test_dual_homed_kernel_opens_two_subflows(topology: Callable[..., Topology]) -> None:
+    topo = topology(topologies.dual_homed(), capture=True)
+    client, server = _enable_subflows(topo)
+    before = server.counters()
+    outcome: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            transfer(topo.hosts["server"].ns, topo.hosts["client"].ns, "192.0.2.2", 5002,
+                     64 << 20, protocol="mptcp", timeout=60)
+        )
+    )  # fmt: skip
+    worker.start()
+    subflows = _wait_for(
+        lambda: len(client.subflows()) >= 2 and client.subflows(), 10, "2 subflows"
+    )
+    worker.join(60)
+    assert outcome and outcome[0].intact
+    locals_ = sorted(str(s.local_address) for s in subflows)
+    assert locals_ == ["192.0.2.1", "198.51.100.1"]
+    moved = {k: v - before.get(k, 0) for k, v in server.counters().items()}
+    assert moved.get("MPJoinSynRx", 0) == 1
+    assert moved.get("MPJoinAckRx", 0) == 1
+    assert moved.get("MPCapableSYNRX", 0) == 1
+
+
+def test_link_down_mid_transfer_moves_traffic_without_loss(
+    topology: Callable[..., Topology],
+) -> None:
+    paths = (LinkProps(rate="40mbit"), LinkProps(rate="40mbit"))
+    topo = topology(topologies.dual_homed(paths), capture=True)
+    client, _ = _enable_subflows(topo)
+    outcome: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            transfer(topo.hosts["server"].ns, topo.hosts["client"].ns, "192.0.2.2", 5003,
+                     16 << 20, protocol="mptcp", timeout=90)
+        )
+    )  # fmt: skip
+    worker.start()
+    _wait_for(lambda: len(client.subflows()) >= 2, 10, "2 subflows")
+    topo.links["path1"].down()
+    worker.join(90)
+    assert outcome, "the transfer did not finish after path1 went down"
+    assert outcome[0].intact, outcome[0]
+
+
+@pytest.mark.parametrize("after_handshake", [False, True])
+def test_option_stripping_middlebox_makes_the_kernel_fall_back(
+    topology: Callable[..., Topology], after_handshake: bool
+) -> None:
+    topo = topology(topologies.strip_mptcp(after_handshake=after_handshake), capture=True)
+    client, server = KernelMptcp(topo.hosts["client"].ns), KernelMptcp(topo.hosts["server"].ns)
+    client_before, server_before = client.counters(), server.counters()
+    result = transfer(
+        topo.hosts["server"].ns, topo.hosts["client"].ns, "203.0.113.1", 5004, 1 << 20,
+        protocol="mptcp", timeout=60,
+    )  # fmt: skip
+    assert result.intact, result
+    moved = {
+        **{f"client.{k}": v - client_before.get(k, 0) for k, v in client.counters().items()},
+        **{f"server.{k}": v - server_before.get(k, 0) for k, v in server.counters().items()},
+    }
+    moved = {k: v for k, v in moved.items() if v}
+    if after_handshake:
+        # The handshake completed as MPTCP; data without DSS forces the fallback.
+        assert moved.get("server.MPCapableSYNRX") == 1, moved
+        assert any("Fallback" in k or "DSSNoMatch" in k or "Infinite" in k for k in moved), moved
+    else:
+        assert moved.get("client.MPCapableFallbackSYNACK") == 1, moved
+        assert "server.MPCapableSYNRX" not in moved, moved
