@@ -62,11 +62,12 @@ def linked_namespaces(paths: int = 1) -> Iterator[tuple[Namespace, Namespace]]:
                 ipr.link("set", index=1, state="up")
                 for i in range(paths):
                     (index,) = ipr.link_lookup(ifname=f"eth{i}")
+                    # Up before the addresses: an IPv6 address added to a down link
+                    # answers neighbour solicitations only seconds after the link is up.
+                    ipr.link("set", index=index, state="up")
                     ipr.addr("add", index=index, address=PATHS[i][side], prefixlen=24)
-                    # IPv6 too, without duplicate address detection (usable at once).
                     ipr.addr("add", index=index, address=f"2001:db8:{i}::{side + 1}",
                              prefixlen=64, flags=IFA_F_NODAD)  # fmt: skip
-                    ipr.link("set", index=index, state="up")
         yield a, b
     finally:
         for ns in made:
