@@ -1,0 +1,95 @@
+"""The catalogue: one module per area, one short function per case.
+
+A case reads like a packetdrill script: send this, expect that within this deadline.
+It is registered with `@case(...)`, which records its RFC section, requirement level,
+versions, the IUT's role and the expected behaviour in one sentence:
+
+    @case(section="3.1", level=MUST, role=LISTENER,
+          expected="A v1 SYN with MP_CAPABLE gets a SYN/ACK with MP_CAPABLE v1 and Key-B.")
+    def v1_syn_gets_v1_synack(ctx: Context) -> None:
+        ctx.iut.listen(ctx.port)
+        sf = ctx.tester.subflow(ctx.port)
+        sf.send("S", [MaxSegmentSize(1460), MpCapable(version=1)])
+        synack = sf.expect("SA", MpCapable, within=1)
+        ...
+
+The case id is `<module>.<function>`. A case ends with a verdict by returning
+(conforms) or raising `deviates(...)` / `not_applicable(...)`; any other exception is a
+harness fault (`error`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from conformance.iut.base import Iut
+from conformance.model import Case, Level, Role
+from conformance.tester import Tester
+
+MUST, SHOULD, MAY = Level.MUST, Level.SHOULD, Level.MAY
+LISTENER, INITIATOR = Role.LISTENER, Role.INITIATOR
+
+AREAS = ("mp_capable", "token", "mp_join", "backup", "dss", "add_addr", "close")
+PORT = 5001
+
+_REGISTRY: list[Case] = []
+
+
+@dataclass
+class Context:
+    """What a case works with."""
+
+    tester: Tester
+    iut: Iut
+    topo: Any
+    version: int  # the MPTCP version this run of the case speaks (the IUT's, in the case's)
+    port: int = PORT
+
+
+def case(
+    *,
+    section: str,
+    level: Level,
+    role: Role,
+    expected: str,
+    versions: Iterable[int] = (1,),
+    rfc: str | None = None,
+    topology: str = "single_path",
+    title: str | None = None,
+) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    def register(function: Callable[[Context], None]) -> Callable[[Context], None]:
+        area = function.__module__.rsplit(".", 1)[-1]
+        version_set = frozenset(versions)
+        _REGISTRY.append(
+            Case(
+                id=f"{area}.{function.__name__}",
+                area=area,
+                title=title or function.__name__.replace("_", " "),
+                rfc=rfc or ("RFC 8684" if 1 in version_set else "RFC 6824"),
+                section=section,
+                level=level,
+                versions=version_set,
+                role=role,
+                expected=expected,
+                run=function,
+                topology=topology,
+            )
+        )
+        return function
+
+    return register
+
+
+def catalogue() -> list[Case]:
+    """Every case, in area order then definition order."""
+    for area in AREAS:
+        importlib.import_module(f"conformance.cases.{area}")
+    order = {area: i for i, area in enumerate(AREAS)}
+    return sorted(_REGISTRY, key=lambda c: order.get(c.area, len(order)))
+
+
+def by_id() -> dict[str, Case]:
+    return {c.id: c for c in catalogue()}

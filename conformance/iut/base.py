@@ -1,0 +1,138 @@
+"""One interface for every implementation under test (IUT).
+
+An IUT runs in the non-tester host of a case's topology (`server` by convention; the
+tester is the bare `client`). A case configures it (endpoints, limits, sysctls), starts
+it as a listener or an initiator, reads its counters, subflows and application reports,
+and the runner stops it. Adding an implementation is one subclass of `Iut`, registered
+in `conformance.iut.DRIVERS` (see docs/conformance.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+MODES = ("sink", "echo", "source")
+
+
+class IutError(Exception):
+    """The IUT could not be started or configured: a harness fault (verdict `error`)."""
+
+
+class NotSupported(IutError):
+    """The IUT has no way to do what the case asks (e.g. a live flag change through a
+    CLI that has none): the case is not applicable to it."""
+
+
+@dataclass
+class AppReport:
+    """What the IUT's application saw on one connection (one per connection, at its end
+    or when the IUT stops)."""
+
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    data: bytes = b""  # the first bytes received (up to 64 KB), when the driver keeps them
+    mptcp: bool | None = None  # MPTCP in use (False: fell back to TCP), None: unknown
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Iut(ABC):
+    """An implementation under test, bound to one host of a live topology."""
+
+    name: ClassVar[str]
+    versions: ClassVar[frozenset[int]]
+    bare: ClassVar[bool]  # True: runs in userspace on a bare host (answers ARP itself)
+    description: ClassVar[str] = ""
+
+    def __init__(self, topo: Any, host: str = "server") -> None:
+        self.topo = topo
+        self.host = topo.hosts[host]
+        self._reports: list[AppReport] = []
+        self._reports_changed = threading.Condition()
+
+    # -- availability and identity --
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when the IUT can run here, else why not (the runner skips it)."""
+        return None
+
+    @classmethod
+    def environment(cls) -> dict[str, str]:
+        """What identifies this IUT in a report (kernel release, version, ...)."""
+        return {}
+
+    # -- configuration (before listen/connect, unless the driver supports live changes) --
+
+    @abstractmethod
+    def set_limits(self, subflows: int, add_addr_accepted: int) -> None: ...
+
+    @abstractmethod
+    def add_endpoint(
+        self, address: str, *, flags: Iterable[str] = (), id: int | None = None,
+        port: int | None = None, ifname: str | None = None,
+    ) -> None: ...  # fmt: skip
+
+    def set_backup(self, address: str, backup: bool) -> None:
+        """Flip an endpoint's backup flag on a live connection (MP_PRIO)."""
+        raise NotSupported(f"{self.name} cannot change an endpoint's backup flag while running")
+
+    def delete_endpoint(self, address: str) -> None:
+        raise NotSupported(f"{self.name} cannot remove an endpoint while running")
+
+    @abstractmethod
+    def set_sysctl(self, name: str, value: str | int) -> None: ...
+
+    # -- running --
+
+    @abstractmethod
+    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
+        """Accept connections on every local address at `port`; play `mode` on each."""
+
+    @abstractmethod
+    def connect(
+        self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
+        source: str | None = None,
+    ) -> None:  # fmt: skip
+        """Open one connection to `address:port` (returns at once); play `mode` on it."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop everything started; idempotent; never raises for a dead IUT."""
+
+    # -- observation --
+
+    def counters(self) -> dict[str, int]:
+        """MIB-style counters (kernel names, without the MPTcpExt prefix)."""
+        return {}
+
+    def subflows(self) -> list[Any]:
+        raise NotSupported(f"{self.name} cannot list its subflows")
+
+    def connections(self) -> list[Any]:
+        raise NotSupported(f"{self.name} cannot list its connections")
+
+    def reports(self) -> list[AppReport]:
+        with self._reports_changed:
+            return list(self._reports)
+
+    def wait_report(self, within: float, count: int = 1) -> list[AppReport]:
+        """Wait (event-driven) until `count` connections have ended; returns all reports."""
+        deadline = time.monotonic() + within
+        with self._reports_changed:
+            while len(self._reports) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._reports_changed.wait(remaining)
+            return list(self._reports)
+
+    def _add_report(self, report: AppReport) -> None:
+        with self._reports_changed:
+            self._reports.append(report)
+            self._reports_changed.notify_all()

@@ -1,0 +1,219 @@
+"""The Linux kernel's MPTCP (RFC 8684, v1) in the non-bare host of the topology.
+
+No process is started per case: the listener and the initiator are IPPROTO_MPTCP sockets
+made inside the host's namespace from the calling thread (`HostHandle.entered()`), and
+served by threads of the worker process that select on the socket and a stop pipe.
+Endpoints, limits, sysctls, counters and subflows go through `testbed.mptcp.KernelMptcp`
+(netlink, sock_diag, /proc/net/netstat of the namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import select
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from conformance.iut.base import MODES, AppReport, Iut, IutError
+from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
+
+KEEP_DATA = 1 << 16
+
+
+class KernelIut(Iut):
+    name: ClassVar[str] = "kernel"
+    versions: ClassVar[frozenset[int]] = frozenset({1})
+    bare: ClassVar[bool] = False
+    description: ClassVar[str] = "Linux MPTCP (net/mptcp), RFC 8684 only"
+
+    def __init__(self, topo: Any, host: str = "server") -> None:
+        super().__init__(topo, host)
+        self.control = KernelMptcp(self.host.ns)
+        self._stop_r, self._stop_w = os.pipe()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if not os.path.exists("/proc/sys/net/mptcp/enabled"):
+            return "this kernel has no MPTCP (/proc/sys/net/mptcp/enabled is missing)"
+        return None
+
+    @classmethod
+    def environment(cls) -> dict[str, str]:
+        return {"kernel": platform.release()}
+
+    # -- configuration --
+
+    def set_limits(self, subflows: int, add_addr_accepted: int) -> None:
+        self.control.set_limits(subflows=subflows, add_addr_accepted=add_addr_accepted)
+
+    def add_endpoint(
+        self, address: str, *, flags: Iterable[str] = (), id: int | None = None,
+        port: int | None = None, ifname: str | None = None,
+    ) -> None:  # fmt: skip
+        kwargs: dict[str, Any] = {"flags": set(flags)}
+        if id is not None:
+            kwargs["id"] = id
+        if port is not None:
+            kwargs["port"] = port
+        if ifname is not None:
+            kwargs["ifname"] = ifname
+        self.control.add_endpoint(address, **kwargs)
+
+    def set_backup(self, address: str, backup: bool) -> None:
+        self.control.set_endpoint_backup(address, backup)
+
+    def delete_endpoint(self, address: str) -> None:
+        for endpoint in self.control.endpoints():
+            if endpoint.address == address:
+                self.control.delete_endpoint(endpoint.id)
+                return
+        raise IutError(f"kernel: no endpoint {address}")
+
+    def set_sysctl(self, name: str, value: str | int) -> None:
+        self.control.set_sysctl(name, value)
+
+    # -- observation --
+
+    def counters(self) -> dict[str, int]:
+        return self.control.counters()
+
+    def subflows(self) -> list[Any]:
+        return self.control.subflows()
+
+    def connections(self) -> list[Any]:
+        return self.control.connections()
+
+    # -- running --
+
+    def _socket(self) -> socket.socket:
+        with self.host.entered():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
+        if mode not in MODES:
+            raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
+        listener = self._socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(64)
+        listener.setblocking(False)
+        self._spawn(self._accept_loop, listener, mode, nbytes)
+
+    def connect(
+        self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
+        source: str | None = None,
+    ) -> None:  # fmt: skip
+        if mode not in MODES:
+            raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
+        sock = self._socket()
+        if source:
+            sock.bind((source, 0))
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect((address, port))
+        self._spawn(self._connect_then_play, sock, mode, nbytes)
+
+    def _wait(self, sock: socket.socket, write: bool = False) -> bool:
+        """Block until `sock` is ready (or stop was asked): True when ready."""
+        readers: list[Any] = [self._stop_r] if write else [sock, self._stop_r]
+        writers: list[Any] = [sock] if write else []
+        ready_r, _, _ = select.select(readers, writers, [])
+        return self._stop_r not in ready_r
+
+    def _accept_loop(self, listener: socket.socket, mode: str, nbytes: int) -> None:
+        while self._wait(listener):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, OSError):
+                continue
+            with self._lock:
+                self._sockets.append(conn)
+            conn.setblocking(False)
+            self._spawn(self._play, conn, mode, nbytes)
+
+    def _connect_then_play(self, sock: socket.socket, mode: str, nbytes: int) -> None:
+        if not self._wait(sock, write=True):
+            return
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._add_report(AppReport(error=f"connect: {os.strerror(error)}"))
+            return
+        self._play(sock, mode, nbytes)
+
+    def _play(self, conn: socket.socket, mode: str, nbytes: int) -> None:
+        report = AppReport()
+        with contextlib.suppress(OSError):
+            report.mptcp = bool(conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP))
+        pending = bytes((i * 7) & 0xFF for i in range(nbytes)) if mode == "source" else b""
+        shut = False
+        try:
+            while True:
+                watched: list[Any] = [conn, self._stop_r]
+                if pending:
+                    ready_r, ready_w, _ = select.select(watched, [conn], [])
+                else:
+                    if mode == "source" and not shut:
+                        conn.shutdown(socket.SHUT_WR)
+                        shut = True
+                    ready_r, ready_w, _ = select.select(watched, [], [])
+                if self._stop_r in ready_r:
+                    report.error = report.error or "stopped before the peer closed"
+                    break
+                if conn in ready_w and pending:
+                    with contextlib.suppress(BlockingIOError):
+                        sent = conn.send(pending)
+                        pending = pending[sent:]
+                        report.bytes_sent += sent
+                if conn in ready_r:
+                    try:
+                        chunk = conn.recv(1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        break
+                    report.bytes_received += len(chunk)
+                    if len(report.data) < KEEP_DATA:
+                        report.data += chunk[: KEEP_DATA - len(report.data)]
+                    if mode == "echo":
+                        pending += chunk
+        except OSError as error:
+            report.error = str(error)
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            self._add_report(report)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(2.0)
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self.control.close()
