@@ -57,6 +57,14 @@ def test_20mb_plain_tcp_transfer_arrives_intact(pair: tuple[Namespace, Namespace
     assert result.client.mptcp == {} and result.server.protocol == "tcp"
 
 
+def test_mptcp_over_ipv6_arrives_intact(pair: tuple[Namespace, Namespace]) -> None:
+    client, server = pair
+    result = transfer(server, client, "2001:db8::2", 5205, 2_000_000, timeout=10)
+    assert result.intact, result
+    assert result.client.remote == "[2001:db8::2]:5205"
+    assert result.client.mptcp["in_use"] is True
+
+
 def test_echo_round_trip_returns_every_byte(pair: tuple[Namespace, Namespace]) -> None:
     client, server = pair
     # Larger than the socket buffers both ways: the source must read while it sends.
