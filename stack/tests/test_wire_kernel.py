@@ -79,7 +79,8 @@ class Sniffer:
 
 
 def _tcp_segments(frames: list[bytes]):  # type: ignore[no-untyped-def]
-    """(src ip, dst ip, tcp flags, options area, payload length) of each TCP/IPv4 frame."""
+    """(src ip, (src port, dst port), tcp flags, options area, payload length) of each
+    TCP/IPv4 frame."""
     for frame in frames:
         if frame[12:14] != b"\x08\x00" or frame[23] != 6:
             continue
@@ -89,7 +90,7 @@ def _tcp_segments(frames: list[bytes]):  # type: ignore[no-untyped-def]
         offset = (tcp[12] >> 4) * 4
         yield (
             ipaddress.IPv4Address(frame[26:30]),
-            ipaddress.IPv4Address(frame[30:34]),
+            struct.unpack_from("!HH", tcp),
             tcp[13],
             tcp[20:offset],
             len(tcp) - offset,
@@ -153,7 +154,7 @@ def test_every_kernel_option_parses_re_emits_and_verifies(
 
     seen: dict[str, list] = {}
     keys: dict[ipaddress.IPv4Address, int] = {}  # sender address -> its key
-    for src, _dst, flags, area, payload in _tcp_segments(frames):
+    for src, ports, flags, area, payload in _tcp_segments(frames):
         for option in parse_tcp_options(area, version=1):
             if isinstance(option, MalformedOption):
                 pytest.fail(f"kernel option does not parse: {option}")
@@ -175,7 +176,7 @@ def test_every_kernel_option_parses_re_emits_and_verifies(
                 name = "Dss.data_fin"
             if isinstance(option, AddAddrV1) and option.echo:
                 name = "AddAddrV1.echo"
-            seen.setdefault(name, []).append((src, flags, option, payload))
+            seen.setdefault(name, []).append((src, ports, option, payload))
 
     for needed in (
         "MpCapable.syn", "MpCapable.synack", "MpCapable.ack", "MpCapable.data",
@@ -192,10 +193,11 @@ def test_every_kernel_option_parses_re_emits_and_verifies(
     assert {s.token_local for s in subflows_client} == {key_token(client_key, 1)}
     assert {s.token_local for s in subflows_server} == {key_token(server_key, 1)}
 
-    # MP_JOIN: the token names the server's connection; both HMACs verify.
-    (_, _, join_syn, _) = seen["MpJoinSyn"][0]
-    (_, _, join_synack, _) = seen["MpJoinSynAck"][0]
-    (_, _, join_ack, _) = seen["MpJoinAck"][0]
+    # MP_JOIN: the token names the server's connection; both HMACs verify. There may be
+    # several joins (to the initial and to the announced address): pair them by ports.
+    (_, ports, join_ack, _) = seen["MpJoinAck"][0]
+    join_syn = next(o for _, p, o, _ in seen["MpJoinSyn"] if p == ports)
+    join_synack = next(o for _, p, o, _ in seen["MpJoinSynAck"] if p == ports[::-1])
     assert isinstance(join_syn, MpJoinSyn) and isinstance(join_synack, MpJoinSynAck)
     assert isinstance(join_ack, MpJoinAck)
     assert join_syn.token == key_token(server_key, 1)
