@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from typing import Any
 
 import topologies
 from testbed import build
-from testbed.apps import transfer
+from testbed.apps import AppReport, TransferResult, transfer
 from testbed.mptcp import KernelMptcp
 
 # Where the client connects: over path1, through the middlebox where there is one.
@@ -41,7 +42,8 @@ KNOWN_KERNEL_FAILURES = {
         "takes reinjected bytes as new data: more bytes arrive than were sent"
     ),
 }
-TRANSFER_TIMEOUT = 20.0
+TRANSFER_TIMEOUT = 5.0  # per socket wait: a healthy transfer never stalls this long
+TRANSFER_DEADLINE = 15.0  # a whole transfer
 
 
 def smoke_one(name: str, nbytes: int) -> dict[str, Any]:
@@ -59,9 +61,9 @@ def smoke_one(name: str, nbytes: int) -> dict[str, Any]:
                     client.add_endpoint(str(address.ip), flags={"subflow"})
         before = server.counters()
         for direction in ("upload", "download"):
-            result = transfer(
+            result = _bounded_transfer(
                 server_host.ns, client_host.ns, SERVER_ADDRESS[name], 5000 + len(direction),
-                nbytes, protocol="mptcp", direction=direction, timeout=TRANSFER_TIMEOUT,
+                nbytes, direction,
             )  # fmt: skip
             row[direction] = _verdict(result)
             if not result.intact and (name, direction) in KNOWN_KERNEL_FAILURES:
@@ -72,6 +74,37 @@ def smoke_one(name: str, nbytes: int) -> dict[str, Any]:
         row["joins"] = moved.get("MPJoinAckRx", 0)
     row["seconds"] = round(time.monotonic() - started, 2)
     return row
+
+
+def _bounded_transfer(
+    server_ns: Any, client_ns: Any, address: str, port: int, nbytes: int, direction: str
+) -> Any:
+    """A transfer that ends by TRANSFER_DEADLINE even if bytes keep trickling in (a
+    per-wait timeout never fires then). The stuck thread's sockets die with the
+    topology's namespaces; its waits end within TRANSFER_TIMEOUT after that."""
+    outcome: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            transfer(
+                server_ns,
+                client_ns,
+                address,
+                port,
+                nbytes,
+                protocol="mptcp",
+                direction=direction,
+                timeout=TRANSFER_TIMEOUT,
+            )
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(TRANSFER_DEADLINE)
+    if outcome:
+        return outcome[0]
+    report = AppReport("sink", "client", "mptcp", error=f"no end within {TRANSFER_DEADLINE} s")
+    server = AppReport("source", "server", "mptcp", error="stalled")
+    return TransferResult(report, server, direction, nbytes)
 
 
 def _verdict(result: Any) -> str:
