@@ -368,6 +368,13 @@ class Topology:
             with contextlib.suppress(Exception):
                 host.ipr.close()
         live = [ns for ns in self._namespaces if ns.fd >= 0]
+        # Processes started through testbed.process get SIGTERM and a grace period first;
+        # anything else still inside is killed with the namespace.
+        from testbed.process import running, terminate_all
+
+        if running():
+            for ns in live:
+                terminate_all(ns, grace=1.0)
         kill_processes_in(ns.inode for ns in live)
         for ns in live:
             ns.delete()
