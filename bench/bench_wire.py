@@ -53,12 +53,18 @@ def option_mix() -> list[bytes]:
     """100 options: 80 DSS (ACK + mapping, some 64-bit, some with checksum), 20 others."""
     mix: list[bytes] = []
     for i in range(80):
-        mix.append(Dss(
-            data_ack=(1 << 40) + i if i % 4 == 0 else 1000 + i,
-            dsn=5000 + 1448 * i, subflow_seq=1 + 1448 * i, data_level_length=1448,
-            checksum=0xABCD if i % 5 == 0 else None,
-            data_ack_64=i % 4 == 0, dsn_64=i % 2 == 0, data_fin=i == 79,
-        ).emit())
+        mix.append(
+            Dss(
+                data_ack=(1 << 40) + i if i % 4 == 0 else 1000 + i,
+                dsn=5000 + 1448 * i,
+                subflow_seq=1 + 1448 * i,
+                data_level_length=1448,
+                checksum=0xABCD if i % 5 == 0 else None,
+                data_ack_64=i % 4 == 0,
+                dsn_64=i % 2 == 0,
+                data_fin=i == 79,
+            ).emit()
+        )
     others = [
         MpCapable(1, 0x01),
         MpCapable(1, 0x01, 0x0102030405060708),
@@ -103,10 +109,14 @@ def bench_options(seconds: float) -> float:
 
 
 def bench_option_lists(seconds: float) -> float:
-    area = build_options([
-        NoOperation(), NoOperation(), Timestamps(123456, 654321),
-        Dss(1000, 5000, 1, 1448, 0xABCD),
-    ]).data
+    area = build_options(
+        [
+            NoOperation(),
+            NoOperation(),
+            Timestamps(123456, 654321),
+            Dss(1000, 5000, 1, 1448, 0xABCD),
+        ]
+    ).data
     batch = [area] * 100
 
     def work() -> int:
@@ -118,14 +128,27 @@ def bench_option_lists(seconds: float) -> float:
 
 
 def data_frame() -> bytes:
-    options = build_options([
-        NoOperation(), NoOperation(), Timestamps(123456, 654321), Dss(1000, 5000, 1, 1448),
-    ]).data
+    options = build_options(
+        [
+            NoOperation(),
+            NoOperation(),
+            Timestamps(123456, 654321),
+            Dss(1000, 5000, 1, 1448),
+        ]
+    ).data
     payload = bytes(range(256)) * 6
     payload = payload[: 1500 - 20 - 20 - len(options)]
     packet = emit_tcp_ip(
-        IPv4Address("192.0.2.1").packed, IPv4Address("198.51.100.2").packed,
-        40000, 80, 1, 2, 0x18, 512, options=options, payload=payload,
+        IPv4Address("192.0.2.1").packed,
+        IPv4Address("198.51.100.2").packed,
+        40000,
+        80,
+        1,
+        2,
+        0x18,
+        512,
+        options=options,
+        payload=payload,
     )
     assert len(packet) == 1500
     return emit_ethernet(b"\x02" * 6, b"\x04" * 6, 0x0800, packet)
@@ -158,12 +181,24 @@ def main() -> int:
     lists = bench_option_lists(args.seconds)
     segments = bench_segments(args.seconds)
     results = [
-        {"figure": "MPTCP option parse+emit (80% DSS)", "per_second": round(options),
-         "goal": OPTION_GOAL, "met": options >= OPTION_GOAL},
-        {"figure": "TCP option list parse (NOP NOP TS DSS)", "per_second": round(lists),
-         "goal": None, "met": True},
-        {"figure": "1514 B frame: parse + IPv4/TCP checksum verify + options",
-         "per_second": round(segments), "goal": SEGMENT_GOAL, "met": segments >= SEGMENT_GOAL},
+        {
+            "figure": "MPTCP option parse+emit (80% DSS)",
+            "per_second": round(options),
+            "goal": OPTION_GOAL,
+            "met": options >= OPTION_GOAL,
+        },
+        {
+            "figure": "TCP option list parse (NOP NOP TS DSS)",
+            "per_second": round(lists),
+            "goal": None,
+            "met": True,
+        },
+        {
+            "figure": "1514 B frame: parse + IPv4/TCP checksum verify + options",
+            "per_second": round(segments),
+            "goal": SEGMENT_GOAL,
+            "met": segments >= SEGMENT_GOAL,
+        },
     ]
     ok = all(r["met"] for r in results)
     if args.json:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from stack.mptcp.pm import Endpoint, Limits, PathManagerError
 from stack.mptcp.sched import SCHEDULERS
 from stack.route import InterfaceConfig, RoutingError
 
+T = TypeVar("T")
 ENDPOINT_FLAGS = ("subflow", "signal", "backup", "fullmesh")
 CONGESTION_CONTROLS = ("lia", "reno")
 MODES = ("sink", "echo", "source")
@@ -145,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wrap(parse):  # type: ignore[no-untyped-def]
-    def wrapped(text: str):  # type: ignore[no-untyped-def]
+def _wrap(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Turn our CliError into argparse's error, so a bad flag gets usage and exit 2."""
+
+    def wrapped(text: str) -> T:
         try:
             return parse(text)
         except CliError as error:

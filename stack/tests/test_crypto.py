@@ -17,12 +17,21 @@ from stack.wire import EncodeError
 # integers; key "0b0b0b0b0b0b0b0b" is key1 = "0b0b0b0b", key2 = "0b0b0b0b", msg = nonce1
 # "4869" then nonce2 "2054", HMAC-SHA256 via mptcp_crypto_hmac_sha.
 KERNEL_HMAC_VECTORS = [
-    ("0b0b0b0b0b0b0b0b", "48692054",
-     "8385e24fb4235ac37556b6b886db106284a1da671699f46db1f235ec622dcafa"),
-    ("aaaaaaaaaaaaaaaa", "dddddddd",
-     "2c5e219164ff1dca1c4a92318d847bb6b9d44492984e1eb71aff9022f71046e9"),
-    ("0102030405060708", "cdcdcdcd",
-     "e73b9ba9969969cefb04aa0d6df18ec2fcc075b6f23b4d8c4da736a5dbbc6e7d"),
+    (
+        "0b0b0b0b0b0b0b0b",
+        "48692054",
+        "8385e24fb4235ac37556b6b886db106284a1da671699f46db1f235ec622dcafa",
+    ),
+    (
+        "aaaaaaaaaaaaaaaa",
+        "dddddddd",
+        "2c5e219164ff1dca1c4a92318d847bb6b9d44492984e1eb71aff9022f71046e9",
+    ),
+    (
+        "0102030405060708",
+        "cdcdcdcd",
+        "e73b9ba9969969cefb04aa0d6df18ec2fcc075b6f23b4d8c4da736a5dbbc6e7d",
+    ),
 ]
 
 
@@ -49,8 +58,9 @@ V0_CAPTURED_TOKENS = [
 ]
 
 
-@pytest.mark.parametrize(("sender", "receiver", "receiver_token", "sender_token"),
-                         V0_CAPTURED_TOKENS)
+@pytest.mark.parametrize(
+    ("sender", "receiver", "receiver_token", "sender_token"), V0_CAPTURED_TOKENS
+)
 def test_v0_tokens_match_captured_connections(
     sender: int, receiver: int, receiver_token: int, sender_token: int
 ) -> None:
@@ -80,7 +90,8 @@ def test_join_hmacs_swap_roles() -> None:
     hmac_a = crypto.join_ack_hmac(0, key_a, key_b, r_a, r_b)  # sent by A on the third ACK
     expected_a = hmac.new(
         key_a.to_bytes(8, "big") + key_b.to_bytes(8, "big"),
-        r_a.to_bytes(4, "big") + r_b.to_bytes(4, "big"), "sha1",
+        r_a.to_bytes(4, "big") + r_b.to_bytes(4, "big"),
+        "sha1",
     ).digest()
     assert hmac_a == expected_a and len(hmac_a) == 20  # v0: the full SHA-1 HMAC
     assert len(hmac_b) == 8 and hmac_b != expected_a[:8]
@@ -94,7 +105,8 @@ def test_add_addr_hmac_follows_the_kernel() -> None:
     addr = IPv4Address("198.51.100.2")
     full = hmac.new(
         sender.to_bytes(8, "big") + receiver.to_bytes(8, "big"),
-        b"\x02" + addr.packed + (8080).to_bytes(2, "big"), "sha256",
+        b"\x02" + addr.packed + (8080).to_bytes(2, "big"),
+        "sha256",
     ).digest()
     with_port = crypto.add_addr_hmac(sender, receiver, 2, addr, 8080)
     assert with_port == full[-8:]  # rightmost 64 bits, not leftmost

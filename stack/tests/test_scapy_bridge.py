@@ -59,8 +59,16 @@ def test_scapy_keeps_mptcp_bytes_exact_both_ways(option: object) -> None:
 
 
 def test_other_tcp_options_through_scapy() -> None:
-    options = [MaxSegmentSize(1460), SackPermitted(), Timestamps(5, 6), NOP, WindowScale(7),
-               Sack(((1, 2),)), UnknownTcpOption(253, h("fd03aa")), EndOfOptionList()]
+    options = [
+        MaxSegmentSize(1460),
+        SackPermitted(),
+        Timestamps(5, 6),
+        NOP,
+        WindowScale(7),
+        Sack(((1, 2),)),
+        UnknownTcpOption(253, h("fd03aa")),
+        EndOfOptionList(),
+    ]
     wire = bytes(TCP(options=[to_scapy_option(o) for o in options]))
     assert wire[20:].startswith(emit_tcp_options(options))
     assert tcp_options_from_scapy(TCP(wire))[:-1] == options[:-1]
@@ -76,7 +84,8 @@ def test_malformed_kind_30_from_a_dissected_packet() -> None:
     found = mptcp_options_from_scapy(TCP(wire))
     assert len(found) == 1 and isinstance(found[0], MalformedOption) and found[0].offset == 0
     assert describe_mptcp(TCP(wire)).startswith(
-        "malformed option at 0: option kind 30 of length 12 does not fit the 4 bytes left")
+        "malformed option at 0: option kind 30 of length 12 does not fit the 4 bytes left"
+    )
     # scapy's own list hides the damage (it shows a 2-byte value): why we walk the bytes.
     assert TCP(wire).options == [(30, h("0081"))]
 
@@ -84,19 +93,29 @@ def test_malformed_kind_30_from_a_dissected_packet() -> None:
 DESCRIPTIONS = [
     (MpCapable(1, 0x01), "mp_capable v1 syn flags [h]"),
     (MpCapable(1, 0x81, 0xAB), "mp_capable v1 syn/synack flags [a,h] key 0xab"),
-    (MpCapable(1, 0x01, 1, 2, 100, 0xAB),
-     "mp_capable v1 data flags [h] key 0x1 key 0x2 len 100 csum 0xab"),
+    (
+        MpCapable(1, 0x01, 1, 2, 100, 0xAB),
+        "mp_capable v1 data flags [h] key 0x1 key 0x2 len 100 csum 0xab",
+    ),
     (MpJoinSyn(1, 0x1A2B3C4D, 0x55, True), "mp_join syn backup id 1 token 0x1a2b3c4d nonce 0x55"),
-    (MpJoinSynAck(2, h("0102030405060708"), 9),
-     "mp_join synack id 2 hmac 0x0102030405060708 nonce 0x9"),
+    (
+        MpJoinSynAck(2, h("0102030405060708"), 9),
+        "mp_join synack id 2 hmac 0x0102030405060708 nonce 0x9",
+    ),
     (MpJoinAck(b"\xaa" * 20), "mp_join ack hmac 0x" + "aa" * 20),
     (Dss(1234, 5, 1, 100, 0xAB), "dss ack 1234 seq 5 subseq 1 len 100 csum 0xab"),
-    (Dss(1, 2, 3, 4, data_fin=True, data_ack_64=True, reserved=1),
-     "dss fin ack64 1 seq 2 subseq 3 len 4 reserved 0x1"),
-    (AddAddrV1(2, IPv4Address("198.51.100.2"), 8080, h("0102030405060708")),
-     "add_addr v1 id 2 198.51.100.2:8080 hmac 0x0102030405060708"),
-    (AddAddrV1(3, IPv6Address("2001:db8::1"), None, None, True),
-     "add_addr v1 echo id 3 [2001:db8::1]"),
+    (
+        Dss(1, 2, 3, 4, data_fin=True, data_ack_64=True, reserved=1),
+        "dss fin ack64 1 seq 2 subseq 3 len 4 reserved 0x1",
+    ),
+    (
+        AddAddrV1(2, IPv4Address("198.51.100.2"), 8080, h("0102030405060708")),
+        "add_addr v1 id 2 198.51.100.2:8080 hmac 0x0102030405060708",
+    ),
+    (
+        AddAddrV1(3, IPv6Address("2001:db8::1"), None, None, True),
+        "add_addr v1 echo id 3 [2001:db8::1]",
+    ),
     (AddAddrV0(4, IPv4Address("10.0.0.1"), 80), "add_addr v0 id 4 10.0.0.1:80"),
     (RemoveAddr((1, 2)), "remove_addr id 1,2"),
     (MpPrio(True), "mp_prio backup"),

@@ -42,57 +42,75 @@ KNOWN = [
     # RFC 8684 Figure 4: v1 SYN with A (checksum) and H, and the C flag.
     (h("1e0401a1"), MpCapable(1, 0xA1), None),
     # RFC 8684 Figure 4: v1 SYN/ACK, 12 bytes, Key-B.
-    (h("1e0c0101" "1112131415161718"), MpCapable(1, 0x01, KEY_B), None),
+    (h("1e0c01011112131415161718"), MpCapable(1, 0x01, KEY_B), None),
     # RFC 8684 Figure 4: v1 third ACK, 20 bytes, Key-A then Key-B.
-    (h("1e140101" "0102030405060708" "1112131415161718"), MpCapable(1, 0x01, KEY_A, KEY_B), None),
+    (h("1e14010101020304050607081112131415161718"), MpCapable(1, 0x01, KEY_A, KEY_B), None),
     # RFC 8684 Figure 4: v1 ACK with data, 22 bytes: keys and data-level length 100.
-    (h("1e160101" "0102030405060708" "1112131415161718" "0064"),
-     MpCapable(1, 0x01, KEY_A, KEY_B, 100), None),
+    (
+        h("1e160101010203040506070811121314151617180064"),
+        MpCapable(1, 0x01, KEY_A, KEY_B, 100),
+        None,
+    ),
     # RFC 8684 Figure 4: v1 ACK with data and checksum 0xabcd, 24 bytes.
-    (h("1e180181" "0102030405060708" "1112131415161718" "0064" "abcd"),
-     MpCapable(1, 0x81, KEY_A, KEY_B, 100, 0xABCD), None),
+    (
+        h("1e180181010203040506070811121314151617180064abcd"),
+        MpCapable(1, 0x81, KEY_A, KEY_B, 100, 0xABCD),
+        None,
+    ),
     # RFC 6824 §3.1, Figure 4: v0 SYN, 12 bytes, Key-A, flags A and H (SHA-1).
-    (h("1e0c0081" "0102030405060708"), MpCapable(0, 0x81, KEY_A), None),
+    (h("1e0c00810102030405060708"), MpCapable(0, 0x81, KEY_A), None),
     # RFC 6824 Figure 4: v0 third ACK, 20 bytes.
-    (h("1e140081" "0102030405060708" "1112131415161718"), MpCapable(0, 0x81, KEY_A, KEY_B), None),
+    (h("1e14008101020304050607081112131415161718"), MpCapable(0, 0x81, KEY_A, KEY_B), None),
     # RFC 8684 §3.2, Figure 5 (MP_JOIN SYN): B=1, address ID 1, token, nonce R-A.
-    (h("1e0c1101" "1a2b3c4d" "00000007"), MpJoinSyn(1, 0x1A2B3C4D, 7, True), None),
+    (h("1e0c11011a2b3c4d00000007"), MpJoinSyn(1, 0x1A2B3C4D, 7, True), None),
     # RFC 8684 Figure 6 (MP_JOIN SYN/ACK): B=0, address ID 2, truncated HMAC, nonce R-B.
-    (h("1e101002" "0102030405060708" "00000009"),
-     MpJoinSynAck(2, h("0102030405060708"), 9, False), None),
+    (h("1e101002010203040506070800000009"), MpJoinSynAck(2, h("0102030405060708"), 9, False), None),
     # RFC 8684 Figure 7 (MP_JOIN ACK): 160-bit HMAC.
     (h("1e181000" + "aa" * 20), MpJoinAck(b"\xaa" * 20), None),
     # RFC 8684 §3.3, Figure 9 (DSS): flags A only, 32-bit data ACK 1234.
-    (h("1e082001" "000004d2"), Dss(data_ack=1234), None),
+    (h("1e082001000004d2"), Dss(data_ack=1234), None),
     # RFC 8684 Figure 9: A a, 64-bit data ACK.
-    (h("1e0c2003" "00000001000004d2"), Dss(data_ack=(1 << 32) + 1234, data_ack_64=True), None),
+    (h("1e0c200300000001000004d2"), Dss(data_ack=(1 << 32) + 1234, data_ack_64=True), None),
     # RFC 8684 Figure 9: A M, 32-bit ack and DSN 5, subflow seq 1, length 100, no checksum.
-    (h("1e122005" "000004d2" "00000005" "00000001" "0064"),
-     Dss(1234, 5, 1, 100), None),
+    (h("1e122005000004d200000005000000010064"), Dss(1234, 5, 1, 100), None),
     # RFC 8684 Figure 9: A M with checksum 0x00ab.
-    (h("1e142005" "000004d2" "00000005" "00000001" "0064" "00ab"),
-     Dss(1234, 5, 1, 100, 0xAB), None),
+    (h("1e142005000004d20000000500000001006400ab"), Dss(1234, 5, 1, 100, 0xAB), None),
     # RFC 8684 Figure 9: F A a M m, 64-bit ack and DSN, checksum: the longest DSS (28 bytes).
-    (h("1e1c201f" "0000000000000001" "0000000000000002" "00000003" "0004" "0005"),
-     Dss(1, 2, 3, 4, 5, data_fin=True, data_ack_64=True, dsn_64=True), None),
+    (
+        h("1e1c201f000000000000000100000000000000020000000300040005"),
+        Dss(1, 2, 3, 4, 5, data_fin=True, data_ack_64=True, dsn_64=True),
+        None,
+    ),
     # RFC 8684 Figure 9: mapping only (M), 32-bit DSN.
-    (h("1e0e2004" "00000005" "00000001" "0064"), Dss(None, 5, 1, 100), None),
+    (h("1e0e200400000005000000010064"), Dss(None, 5, 1, 100), None),
     # RFC 8684 §3.4.1 (ADD_ADDR figure): v1 IPv4 with port and truncated HMAC, 18 bytes.
-    (h("1e123002" "c6336402" "1f90" "0102030405060708"),
-     AddAddrV1(2, IPv4Address("198.51.100.2"), 8080, h("0102030405060708")), None),
+    (
+        h("1e123002c63364021f900102030405060708"),
+        AddAddrV1(2, IPv4Address("198.51.100.2"), 8080, h("0102030405060708")),
+        None,
+    ),
     # RFC 8684 §3.4.1: v1 IPv4 without port, 16 bytes.
-    (h("1e103002" "c6336402" "0102030405060708"),
-     AddAddrV1(2, IPv4Address("198.51.100.2"), None, h("0102030405060708")), 1),
+    (
+        h("1e103002c63364020102030405060708"),
+        AddAddrV1(2, IPv4Address("198.51.100.2"), None, h("0102030405060708")),
+        1,
+    ),
     # RFC 8684 §3.4.1: v1 echo (E=1) of an IPv4 address: no HMAC, 8 bytes.
-    (h("1e083102" "c6336402"), AddAddrV1(2, IPv4Address("198.51.100.2"), None, None, True), 1),
+    (h("1e083102c6336402"), AddAddrV1(2, IPv4Address("198.51.100.2"), None, None, True), 1),
     # RFC 8684 §3.4.1: v1 IPv6 with port and HMAC, 30 bytes.
-    (h("1e1e3003" "20010db8000000000000000000000001" "0050" "0102030405060708"),
-     AddAddrV1(3, IPv6Address("2001:db8::1"), 80, h("0102030405060708")), None),
+    (
+        h("1e1e300320010db800000000000000000000000100500102030405060708"),
+        AddAddrV1(3, IPv6Address("2001:db8::1"), 80, h("0102030405060708")),
+        None,
+    ),
     # RFC 6824 §3.4.1 (ADD_ADDR figure): v0 IPVer 4, 8 bytes.
-    (h("1e083402" "c6336402"), AddAddrV0(2, IPv4Address("198.51.100.2")), 0),
+    (h("1e083402c6336402"), AddAddrV0(2, IPv4Address("198.51.100.2")), 0),
     # RFC 6824 §3.4.1: v0 IPVer 6 with port, 22 bytes.
-    (h("1e163603" "20010db8000000000000000000000001" "0050"),
-     AddAddrV0(3, IPv6Address("2001:db8::1"), 80), None),
+    (
+        h("1e16360320010db80000000000000000000000010050"),
+        AddAddrV0(3, IPv6Address("2001:db8::1"), 80),
+        None,
+    ),
     # RFC 8684 §3.4.2 (REMOVE_ADDR figure): address IDs 1 and 2.
     (h("1e05400102"), RemoveAddr((1, 2)), None),
     # RFC 8684 §3.3.8 (MP_PRIO figure): B=1, 3 bytes.
@@ -100,9 +118,9 @@ KNOWN = [
     # RFC 6824 §3.3.8 (MP_PRIO figure): B=0 with address ID 4.
     (h("1e045004"), MpPrio(False, 4), None),
     # RFC 8684 §3.7 (MP_FAIL figure): 64-bit DSN.
-    (h("1e0c6000" "0000000000001000"), MpFail(0x1000), None),
+    (h("1e0c60000000000000001000"), MpFail(0x1000), None),
     # RFC 8684 §3.5 (MP_FASTCLOSE figure): the receiver's key.
-    (h("1e0c7000" "1112131415161718"), MpFastclose(KEY_B), None),
+    (h("1e0c70001112131415161718"), MpFastclose(KEY_B), None),
     # RFC 8684 §3.6 (MP_TCPRST figure): T=1, reason 3 (administratively prohibited).
     (h("1e048103"), MpTcpRst(3, 0x1), None),
     # RFC 8684 §3.6: unknown reason 200 and flags U V W preserved.
@@ -121,7 +139,10 @@ def test_known_vectors(raw: bytes, value: object, version: int | None) -> None:
 def test_flag_properties() -> None:
     mpc = MpCapable(1, 0xE1)
     assert (mpc.checksum_required, mpc.extensibility, mpc.do_not_join, mpc.hmac_sha) == (
-        True, True, True, True,
+        True,
+        True,
+        True,
+        True,
     )
     assert MpTcpRst(1, 1).transient and not MpTcpRst(1, 0).transient
     assert Dss(1, 2, 3, 4, data_fin=True).flags == 0x15
@@ -207,23 +228,32 @@ def dss(draw: st.DrawFn) -> Dss:
         draw(u32) if mapping else None,
         draw(u16) if mapping else None,
         draw(u16) if mapping and draw(st.booleans()) else None,
-        draw(st.booleans()), ack64, dsn64, draw(st.integers(0, 127)),
+        draw(st.booleans()),
+        ack64,
+        dsn64,
+        draw(st.integers(0, 127)),
     )
 
 
 @st.composite
 def add_addr_v1(draw: st.DrawFn) -> AddAddrV1:
     echo = draw(st.booleans())
-    return AddAddrV1(draw(u8), draw(addresses), draw(ports),
-                     None if echo else draw(st.binary(min_size=8, max_size=8)), echo,
-                     draw(st.integers(0, 7)))
+    return AddAddrV1(
+        draw(u8),
+        draw(addresses),
+        draw(ports),
+        None if echo else draw(st.binary(min_size=8, max_size=8)),
+        echo,
+        draw(st.integers(0, 7)),
+    )
 
 
 OPTIONS = st.one_of(
     mp_capable(),
     st.builds(MpJoinSyn, u8, u32, u32, st.booleans(), st.integers(0, 7)),
-    st.builds(MpJoinSynAck, u8, st.binary(min_size=8, max_size=8), u32, st.booleans(),
-              st.integers(0, 7)),
+    st.builds(
+        MpJoinSynAck, u8, st.binary(min_size=8, max_size=8), u32, st.booleans(), st.integers(0, 7)
+    ),
     st.builds(MpJoinAck, st.binary(min_size=20, max_size=20), st.integers(0, 0xFFF)),
     dss(),
     st.builds(AddAddrV0, u8, addresses, ports),
@@ -237,7 +267,8 @@ OPTIONS = st.one_of(
         lambda subtype, body: UnknownMptcpOption(
             subtype, bytes((30, 3 + len(body), subtype << 4)) + body
         ),
-        st.integers(9, 15), st.binary(max_size=30),
+        st.integers(9, 15),
+        st.binary(max_size=30),
     ),
 )
 

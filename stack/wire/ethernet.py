@@ -50,8 +50,10 @@ class EthernetHeader:
         self.payload = payload
 
     def __repr__(self) -> str:
-        return (f"EthernetHeader({mac_text(self.src)} > {mac_text(self.dst)}, "
-                f"type 0x{self.ethertype:04x}, {len(self.payload)} B)")
+        return (
+            f"EthernetHeader({mac_text(self.src)} > {mac_text(self.dst)}, "
+            f"type 0x{self.ethertype:04x}, {len(self.payload)} B)"
+        )
 
 
 def mac_text(mac: bytes) -> str:
@@ -72,8 +74,9 @@ def emit_ethernet(
     """An Ethernet II frame (no FCS; the NIC or veth adds none we must write)."""
     if not 0 <= ethertype <= 0xFFFF:
         raise EncodeError(f"ethertype {ethertype!r} is not 16 bits")
-    return _ETH.pack(_check("destination MAC", dst, 6), _check("source MAC", src, 6),
-                     ethertype) + bytes(payload)
+    return _ETH.pack(
+        _check("destination MAC", dst, 6), _check("source MAC", src, 6), ethertype
+    ) + bytes(payload)
 
 
 # --------------------------------------------------------------------------- ARP
@@ -93,7 +96,11 @@ class ArpPacket:
         if not isinstance(self.operation, int) or not 0 <= self.operation <= 0xFFFF:
             raise EncodeError(f"ARP operation {self.operation!r} is not 16 bits")
         return _ARP.pack(
-            1, ETH_P_IP, 6, 4, self.operation,
+            1,
+            ETH_P_IP,
+            6,
+            4,
+            self.operation,
             _check("ARP sender MAC", self.sender_mac, 6),
             _check("ARP sender IP", self.sender_ip, 4),
             _check("ARP target MAC", self.target_mac, 6),
@@ -112,7 +119,8 @@ def parse_arp(data: bytes | bytearray | memoryview) -> ArpPacket | MalformedHead
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(data)
     if (htype, ptype, hlen, plen) != (1, ETH_P_IP, 6, 4):
         return MalformedHeader(
-            "arp", 0,
+            "arp",
+            0,
             f"hardware {htype}/{hlen} and protocol 0x{ptype:04x}/{plen}: only Ethernet/IPv4",
         )
     return ArpPacket(op, sha, spa, tha, tpa)
@@ -167,8 +175,7 @@ class NeighborAdvertisement:
         body = bytes((self.flags, 0, 0, 0)) + _check("NA target", self.target, 16)
         if self.target_lladdr is not None:
             body += _lladdr_option(NDP_OPT_TARGET_LLADDR, self.target_lladdr)
-        return _icmpv6(ICMPV6_NEIGHBOR_ADVERTISEMENT, body + _options(self.other_options),
-                       src, dst)
+        return _icmpv6(ICMPV6_NEIGHBOR_ADVERTISEMENT, body + _options(self.other_options), src, dst)
 
 
 def _lladdr_option(option_type: int, mac: bytes) -> bytes:
@@ -183,8 +190,9 @@ def _options(raw: bytes) -> bytes:
 
 def _icmpv6(icmp_type: int, body: bytes, src: bytes, dst: bytes) -> bytes:
     message = bytes((icmp_type, 0, 0, 0)) + body
-    csum = transport_checksum(_check("IPv6 source", src, 16), _check("IPv6 destination", dst, 16),
-                              IPPROTO_ICMPV6, message)
+    csum = transport_checksum(
+        _check("IPv6 source", src, 16), _check("IPv6 destination", dst, 16), IPPROTO_ICMPV6, message
+    )
     return message[:2] + csum.to_bytes(2, "big") + message[4:]
 
 
@@ -212,8 +220,11 @@ def parse_ndp(
     target = bytes(message[8:24])
     lladdr: bytes | None = None
     other = b""
-    want = NDP_OPT_SOURCE_LLADDR if icmp_type == ICMPV6_NEIGHBOR_SOLICITATION else \
-        NDP_OPT_TARGET_LLADDR
+    want = (
+        NDP_OPT_SOURCE_LLADDR
+        if icmp_type == ICMPV6_NEIGHBOR_SOLICITATION
+        else NDP_OPT_TARGET_LLADDR
+    )
     i = 24
     while i < n:
         if i + 2 > n:

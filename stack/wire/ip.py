@@ -73,15 +73,35 @@ class IPv4Header:
     """A parsed IPv4 header. `payload` ends at total_length (link padding is dropped)."""
 
     __slots__ = (
-        "checksum", "dst", "flags_fragment", "header", "identification", "options",
-        "payload", "protocol", "src", "tos", "total_length", "ttl",
+        "checksum",
+        "dst",
+        "flags_fragment",
+        "header",
+        "identification",
+        "options",
+        "payload",
+        "protocol",
+        "src",
+        "tos",
+        "total_length",
+        "ttl",
     )
     version = 4
 
     def __init__(
-        self, tos: int, total_length: int, identification: int, flags_fragment: int,
-        ttl: int, protocol: int, checksum: int, src: bytes, dst: bytes,
-        header: memoryview, options: memoryview, payload: memoryview,
+        self,
+        tos: int,
+        total_length: int,
+        identification: int,
+        flags_fragment: int,
+        ttl: int,
+        protocol: int,
+        checksum: int,
+        src: bytes,
+        dst: bytes,
+        header: memoryview,
+        options: memoryview,
+        payload: memoryview,
     ) -> None:
         self.tos = tos
         self.total_length = total_length
@@ -127,14 +147,27 @@ class IPv6Header:
     """A parsed IPv6 fixed header; extension headers are not walked (see next_header)."""
 
     __slots__ = (
-        "dst", "flow_label", "hop_limit", "next_header", "payload", "payload_length", "src",
+        "dst",
+        "flow_label",
+        "hop_limit",
+        "next_header",
+        "payload",
+        "payload_length",
+        "src",
         "traffic_class",
     )
     version = 6
 
     def __init__(
-        self, traffic_class: int, flow_label: int, payload_length: int, next_header: int,
-        hop_limit: int, src: bytes, dst: bytes, payload: memoryview,
+        self,
+        traffic_class: int,
+        flow_label: int,
+        payload_length: int,
+        next_header: int,
+        hop_limit: int,
+        src: bytes,
+        dst: bytes,
+        payload: memoryview,
     ) -> None:
         self.traffic_class = traffic_class
         self.flow_label = flow_label
@@ -224,8 +257,15 @@ def _address(name: str, value: bytes, size: int) -> bytes:
 
 
 def emit_ipv4(
-    src: bytes, dst: bytes, protocol: int, payload: bytes | bytearray | memoryview = b"", *,
-    ttl: int = 64, identification: int = 0, tos: int = 0, dont_fragment: bool = True,
+    src: bytes,
+    dst: bytes,
+    protocol: int,
+    payload: bytes | bytearray | memoryview = b"",
+    *,
+    ttl: int = 64,
+    identification: int = 0,
+    tos: int = 0,
+    dont_fragment: bool = True,
 ) -> bytes:
     """An IPv4 header (no options) with its checksum, followed by `payload`."""
     total = 20 + len(payload)
@@ -233,19 +273,35 @@ def emit_ipv4(
         raise EncodeError(f"IPv4: total length {total} exceeds 65535")
     try:
         header = _IPV4.pack(
-            0x45, tos, total, identification, _IPV4_DF if dont_fragment else 0, ttl, protocol,
-            0, _address("IPv4 source", src, 4), _address("IPv4 destination", dst, 4),
+            0x45,
+            tos,
+            total,
+            identification,
+            _IPV4_DF if dont_fragment else 0,
+            ttl,
+            protocol,
+            0,
+            _address("IPv4 source", src, 4),
+            _address("IPv4 destination", dst, 4),
         )
     except struct.error as e:
-        raise EncodeError(f"IPv4: a field is out of range ({e}): ttl, tos and protocol are "
-                          "8 bits, identification 16") from None
+        raise EncodeError(
+            f"IPv4: a field is out of range ({e}): ttl, tos and protocol are "
+            "8 bits, identification 16"
+        ) from None
     csum = internet_checksum(header)
     return header[:10] + csum.to_bytes(2, "big") + header[12:] + bytes(payload)
 
 
 def emit_ipv6(
-    src: bytes, dst: bytes, next_header: int, payload: bytes | bytearray | memoryview = b"", *,
-    hop_limit: int = 64, traffic_class: int = 0, flow_label: int = 0,
+    src: bytes,
+    dst: bytes,
+    next_header: int,
+    payload: bytes | bytearray | memoryview = b"",
+    *,
+    hop_limit: int = 64,
+    traffic_class: int = 0,
+    flow_label: int = 0,
 ) -> bytes:
     """An IPv6 fixed header followed by `payload`."""
     if len(payload) > 0xFFFF:
@@ -254,8 +310,12 @@ def emit_ipv6(
         raise EncodeError("IPv6: traffic class is 8 bits and flow label 20 bits")
     try:
         header = _IPV6.pack(
-            (6 << 28) | (traffic_class << 20) | flow_label, len(payload), next_header, hop_limit,
-            _address("IPv6 source", src, 16), _address("IPv6 destination", dst, 16),
+            (6 << 28) | (traffic_class << 20) | flow_label,
+            len(payload),
+            next_header,
+            hop_limit,
+            _address("IPv6 source", src, 16),
+            _address("IPv6 destination", dst, 16),
         )
     except struct.error as e:
         raise EncodeError(f"IPv6: a field is out of range ({e})") from None
@@ -263,7 +323,11 @@ def emit_ipv6(
 
 
 def emit_ip(
-    src: bytes, dst: bytes, protocol: int, payload: bytes | bytearray | memoryview = b"", *,
+    src: bytes,
+    dst: bytes,
+    protocol: int,
+    payload: bytes | bytearray | memoryview = b"",
+    *,
     ttl: int = 64,
 ) -> bytes:
     """IPv4 or IPv6 by the address length (4 or 16 bytes)."""

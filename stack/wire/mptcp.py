@@ -369,9 +369,7 @@ class Dss:
         if mapping != (self.subflow_seq is not None) or mapping != (
             self.data_level_length is not None
         ):
-            raise EncodeError(
-                "DSS: a mapping needs all of dsn, subflow_seq and data_level_length"
-            )
+            raise EncodeError("DSS: a mapping needs all of dsn, subflow_seq and data_level_length")
         if self.checksum is not None and not mapping:
             raise EncodeError("DSS: a checksum is only carried with a mapping")
         try:
@@ -383,8 +381,12 @@ class Dss:
             head = (0x20 | (r >> 3), ((r & 7) << 5) | flags)
             if mapping:
                 if self.data_ack is not None:
-                    values: tuple[int, ...] = (self.data_ack, self.dsn, self.subflow_seq,
-                                               self.data_level_length)  # type: ignore[assignment]
+                    values: tuple[int, ...] = (
+                        self.data_ack,
+                        self.dsn,
+                        self.subflow_seq,
+                        self.data_level_length,
+                    )  # type: ignore[assignment]
                 else:
                     values = (self.dsn, self.subflow_seq, self.data_level_length)  # type: ignore[assignment]
                 if self.checksum is not None:
@@ -438,7 +440,9 @@ def _parse_dss(d: Buffer, off: int, n: int, version: int | None) -> object:
         csum = 0x10
     else:
         return _malformed(
-            d, off, n,
+            d,
+            off,
+            n,
             f"DSS with flags 0x{b3 & 0x1F:02x} of length {n} (expected {expected}"
             + (f" or {expected + 2} with checksum)" if f & DSS_MAPPING else ")"),
         )
@@ -452,12 +456,26 @@ def _parse_dss(d: Buffer, off: int, n: int, version: int | None) -> object:
         i = 0
     if f & DSS_MAPPING:
         return _new_dss(
-            ack, t[i], t[i + 1], t[i + 2], t[i + 3] if csum else None,
-            bool(b3 & DSS_DATA_FIN), bool(f & DSS_ACK64), bool(f & DSS_DSN64), reserved,
+            ack,
+            t[i],
+            t[i + 1],
+            t[i + 2],
+            t[i + 3] if csum else None,
+            bool(b3 & DSS_DATA_FIN),
+            bool(f & DSS_ACK64),
+            bool(f & DSS_DSN64),
+            reserved,
         )
     return _new_dss(
-        ack, None, None, None, None,
-        bool(b3 & DSS_DATA_FIN), bool(f & DSS_ACK64), bool(f & DSS_DSN64), reserved,
+        ack,
+        None,
+        None,
+        None,
+        None,
+        bool(b3 & DSS_DATA_FIN),
+        bool(f & DSS_ACK64),
+        bool(f & DSS_DSN64),
+        reserved,
     )
 
 
@@ -549,10 +567,14 @@ class AddAddrV1:
 _V0_ADD_ADDR_LENGTHS = {4: (8, 10), 6: (20, 22)}
 # v1: (echo, length) -> (address size, port present)
 _V1_ADD_ADDR_LAYOUT = {
-    (False, 16): (4, False), (False, 18): (4, True),
-    (False, 28): (16, False), (False, 30): (16, True),
-    (True, 8): (4, False), (True, 10): (4, True),
-    (True, 20): (16, False), (True, 22): (16, True),
+    (False, 16): (4, False),
+    (False, 18): (4, True),
+    (False, 28): (16, False),
+    (False, 30): (16, True),
+    (True, 8): (4, False),
+    (True, 10): (4, True),
+    (True, 20): (16, False),
+    (True, 22): (16, True),
 }
 
 
@@ -572,7 +594,9 @@ def _parse_add_addr(d: Buffer, off: int, n: int, version: int | None) -> object:
             return _malformed(d, off, n, f"ADD_ADDR v0 with IP version {nibble} (expected 4 or 6)")
         if n not in _V0_ADD_ADDR_LENGTHS[nibble]:
             return _malformed(
-                d, off, n,
+                d,
+                off,
+                n,
                 f"ADD_ADDR v0 IPv{nibble} of length {n} "
                 f"(expected {' or '.join(map(str, _V0_ADD_ADDR_LENGTHS[nibble]))})",
             )
@@ -779,8 +803,19 @@ def _parse_unknown(d: Buffer, off: int, n: int, version: int | None) -> object:
 # --------------------------------------------------------------------------- entry points
 
 MptcpOption = (
-    MpCapable | MpJoinSyn | MpJoinSynAck | MpJoinAck | Dss | AddAddrV0 | AddAddrV1
-    | RemoveAddr | MpPrio | MpFail | MpFastclose | MpTcpRst | UnknownMptcpOption
+    MpCapable
+    | MpJoinSyn
+    | MpJoinSynAck
+    | MpJoinAck
+    | Dss
+    | AddAddrV0
+    | AddAddrV1
+    | RemoveAddr
+    | MpPrio
+    | MpFail
+    | MpFastclose
+    | MpTcpRst
+    | UnknownMptcpOption
 )
 
 _ParseFn = Callable[[Buffer, int, int, "int | None"], object]
@@ -805,8 +840,9 @@ def parse_mptcp_at(
 ) -> MptcpOption | MalformedOption:
     """Parse the option at `off` whose length byte `n` (>= 3) is known to fit in `d`."""
     if n > MAX_OPTION_LENGTH:  # only from a buffer that is not a TCP header's options
-        return _malformed(d, off, n, f"MPTCP option of length {n} exceeds the 40-byte "
-                          "TCP option space")
+        return _malformed(
+            d, off, n, f"MPTCP option of length {n} exceeds the 40-byte TCP option space"
+        )
     return _PARSERS[d[off + 2] >> 4](d, off, n, version)  # type: ignore[return-value]
 
 
@@ -827,16 +863,22 @@ def parse_mptcp_option(
             offset, f"TCP option kind {kind} is not MPTCP (30)", None, bytes(data[offset:]), kind
         )
     if offset + 2 > end:
-        return MalformedOption(offset, "MPTCP option truncated before its length", None,
-                               bytes(data[offset:]))
+        return MalformedOption(
+            offset, "MPTCP option truncated before its length", None, bytes(data[offset:])
+        )
     n = data[offset + 1]
     if n < 3:
-        return MalformedOption(offset, f"MPTCP option of length {n} (at least 3)",
-                               data[offset + 2] >> 4 if offset + 2 < end else None,
-                               bytes(data[offset : offset + max(n, 2)]))
+        return MalformedOption(
+            offset,
+            f"MPTCP option of length {n} (at least 3)",
+            data[offset + 2] >> 4 if offset + 2 < end else None,
+            bytes(data[offset : offset + max(n, 2)]),
+        )
     if offset + n > end:
         return MalformedOption(
-            offset, f"MPTCP option of length {n} truncated to {end - offset} bytes",
-            data[offset + 2] >> 4 if offset + 2 < end else None, bytes(data[offset:]),
+            offset,
+            f"MPTCP option of length {n} truncated to {end - offset} bytes",
+            data[offset + 2] >> 4 if offset + 2 < end else None,
+            bytes(data[offset:]),
         )
     return parse_mptcp_at(data, offset, n, version)

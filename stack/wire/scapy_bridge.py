@@ -139,8 +139,9 @@ def describe_option(option: object, tcp_flags: int | None = None) -> str:
         if option.sender_key is None:
             text = f"mp_capable v{option.version} syn"
         elif option.receiver_key is None:
-            stage = {SYN: "syn", SYN | ACK: "synack"}.get((tcp_flags or 0) & (SYN | ACK),
-                                                         "syn/synack")
+            stage = {SYN: "syn", SYN | ACK: "synack"}.get(
+                (tcp_flags or 0) & (SYN | ACK), "syn/synack"
+            )
             text = f"mp_capable v{option.version} {stage}"
         else:
             stage = "ack" if option.data_level_length is None else "data"
@@ -156,13 +157,15 @@ def describe_option(option: object, tcp_flags: int | None = None) -> str:
             text += f" csum {_hex(option.checksum)}"
         return text
     if isinstance(option, MpJoinSyn):
-        return (f"mp_join syn{' backup' if option.backup else ''} id {option.address_id} "
-                f"token {_hex(option.token)} nonce {_hex(option.nonce)}"
-                + _reserved(option.reserved))
+        return (
+            f"mp_join syn{' backup' if option.backup else ''} id {option.address_id} "
+            f"token {_hex(option.token)} nonce {_hex(option.nonce)}" + _reserved(option.reserved)
+        )
     if isinstance(option, MpJoinSynAck):
-        return (f"mp_join synack{' backup' if option.backup else ''} id {option.address_id} "
-                f"hmac {_hex(option.hmac)} nonce {_hex(option.nonce)}"
-                + _reserved(option.reserved))
+        return (
+            f"mp_join synack{' backup' if option.backup else ''} id {option.address_id} "
+            f"hmac {_hex(option.hmac)} nonce {_hex(option.nonce)}" + _reserved(option.reserved)
+        )
     if isinstance(option, MpJoinAck):
         return f"mp_join ack hmac {_hex(option.hmac)}" + _reserved(option.reserved)
     if isinstance(option, Dss):
@@ -172,8 +175,10 @@ def describe_option(option: object, tcp_flags: int | None = None) -> str:
         if option.data_ack is not None:
             parts.append(f"ack{'64' if option.data_ack_64 else ''} {option.data_ack}")
         if option.dsn is not None:
-            parts.append(f"seq{'64' if option.dsn_64 else ''} {option.dsn} "
-                         f"subseq {option.subflow_seq} len {option.data_level_length}")
+            parts.append(
+                f"seq{'64' if option.dsn_64 else ''} {option.dsn} "
+                f"subseq {option.subflow_seq} len {option.data_level_length}"
+            )
         if option.checksum is not None:
             parts.append(f"csum {_hex(option.checksum)}")
         return " ".join(parts) + _reserved(option.reserved)
@@ -186,8 +191,9 @@ def describe_option(option: object, tcp_flags: int | None = None) -> str:
     if isinstance(option, AddAddrV0):
         return f"add_addr v0 id {option.address_id} {_endpoint(option)}"
     if isinstance(option, RemoveAddr):
-        return "remove_addr id " + ",".join(map(str, option.address_ids)) + _reserved(
-            option.reserved)
+        return (
+            "remove_addr id " + ",".join(map(str, option.address_ids)) + _reserved(option.reserved)
+        )
     if isinstance(option, MpPrio):
         text = "mp_prio" + (" backup" if option.backup else " regular")
         if option.address_id is not None:
@@ -199,8 +205,10 @@ def describe_option(option: object, tcp_flags: int | None = None) -> str:
         return f"mp_fastclose key {_hex(option.receiver_key)}" + _reserved(option.reserved)
     if isinstance(option, MpTcpRst):
         reason = TCPRST_REASONS.get(option.reason, "unknown")
-        return (f"mp_tcprst reason {option.reason} ({reason}) "
-                f"flags {_flag_letters(option.flags, 'uvwt')}")
+        return (
+            f"mp_tcprst reason {option.reason} ({reason}) "
+            f"flags {_flag_letters(option.flags, 'uvwt')}"
+        )
     if isinstance(option, UnknownMptcpOption):
         return f"mptcp subtype {option.subtype} raw {option.raw.hex()}"
     if isinstance(option, MalformedOption):
@@ -218,9 +226,11 @@ def describe_mptcp(packet_or_options: Any, version: int | None = None) -> str:
     Takes a scapy packet (or its TCP layer) or an iterable of our option values.
     """
     tcp_flags = None
-    if isinstance(packet_or_options, Iterable) and not isinstance(
-        packet_or_options, bytes | bytearray
-    ) and not hasattr(packet_or_options, "getlayer"):
+    if (
+        isinstance(packet_or_options, Iterable)
+        and not isinstance(packet_or_options, bytes | bytearray)
+        and not hasattr(packet_or_options, "getlayer")
+    ):
         options: list[Any] = list(packet_or_options)
     else:
         options = mptcp_options_from_scapy(packet_or_options, version)

@@ -152,13 +152,32 @@ class UnknownTcpOption:
 
 
 TcpOption = (
-    EndOfOptionList | NoOperation | MaxSegmentSize | WindowScale | SackPermitted | Sack
-    | Timestamps | UnknownTcpOption | MptcpOption | MalformedOption
+    EndOfOptionList
+    | NoOperation
+    | MaxSegmentSize
+    | WindowScale
+    | SackPermitted
+    | Sack
+    | Timestamps
+    | UnknownTcpOption
+    | MptcpOption
+    | MalformedOption
 )
 
 MPTCP_OPTION_TYPES: tuple[type, ...] = (
-    MpCapable, MpJoinSyn, MpJoinSynAck, MpJoinAck, Dss, AddAddrV0, AddAddrV1, RemoveAddr,
-    MpPrio, MpFail, MpFastclose, MpTcpRst, UnknownMptcpOption,
+    MpCapable,
+    MpJoinSyn,
+    MpJoinSynAck,
+    MpJoinAck,
+    Dss,
+    AddAddrV0,
+    AddAddrV1,
+    RemoveAddr,
+    MpPrio,
+    MpFail,
+    MpFastclose,
+    MpTcpRst,
+    UnknownMptcpOption,
 )
 
 _MSS = struct.Struct("!BBH")
@@ -194,21 +213,35 @@ def parse_tcp_options(
             append(EndOfOptionList(bytes(data[i + 1 :])))
             break
         if i + 1 >= end:
-            append(MalformedOption(i, f"option kind {kind} truncated before its length", None,
-                                   bytes(data[i:]), kind))
+            append(
+                MalformedOption(
+                    i,
+                    f"option kind {kind} truncated before its length",
+                    None,
+                    bytes(data[i:]),
+                    kind,
+                )
+            )
             break
         n = data[i + 1]
         if n < 2 or i + n > end:
-            append(MalformedOption(
-                i, f"option kind {kind} of length {n} does not fit the {end - i} bytes left",
-                data[i + 2] >> 4 if kind == TCPOPT_MPTCP and i + 2 < end else None,
-                bytes(data[i:]), kind,
-            ))
+            append(
+                MalformedOption(
+                    i,
+                    f"option kind {kind} of length {n} does not fit the {end - i} bytes left",
+                    data[i + 2] >> 4 if kind == TCPOPT_MPTCP and i + 2 < end else None,
+                    bytes(data[i:]),
+                    kind,
+                )
+            )
             break
         if kind == TCPOPT_MPTCP:
             if n < 3:
-                append(MalformedOption(i, f"MPTCP option of length {n} (at least 3)", None,
-                                       bytes(data[i : i + n])))
+                append(
+                    MalformedOption(
+                        i, f"MPTCP option of length {n} (at least 3)", None, bytes(data[i : i + n])
+                    )
+                )
             else:
                 append(parse_mptcp_at(data, i, n, version))
         elif kind == TCPOPT_TIMESTAMP and n == 10:
@@ -225,13 +258,25 @@ def parse_tcp_options(
                 edges = struct.unpack_from(f"!{(n - 2) // 4}I", data, i + 2)
                 append(Sack(tuple(zip(edges[0::2], edges[1::2], strict=True))))
             else:
-                append(MalformedOption(i, f"SACK of length {n} (expected 10, 18, 26 or 34)",
-                                       None, bytes(data[i : i + n]), kind))
+                append(
+                    MalformedOption(
+                        i,
+                        f"SACK of length {n} (expected 10, 18, 26 or 34)",
+                        None,
+                        bytes(data[i : i + n]),
+                        kind,
+                    )
+                )
         elif kind in _EXPECTED_LENGTH:
-            append(MalformedOption(
-                i, f"option kind {kind} of length {n} (expected {_EXPECTED_LENGTH[kind]})",
-                None, bytes(data[i : i + n]), kind,
-            ))
+            append(
+                MalformedOption(
+                    i,
+                    f"option kind {kind} of length {n} (expected {_EXPECTED_LENGTH[kind]})",
+                    None,
+                    bytes(data[i : i + n]),
+                    kind,
+                )
+            )
         else:
             append(UnknownTcpOption(kind, bytes(data[i : i + n])))
         i += n
@@ -246,7 +291,11 @@ def emit_tcp_options(options: Iterable[TcpOption]) -> bytes:
 # --------------------------------------------------------------------------- option space
 
 DEFAULT_OPTION_PRIORITY: tuple[type | tuple[type, ...], ...] = (
-    MPTCP_OPTION_TYPES, MaxSegmentSize, SackPermitted, Timestamps, WindowScale,
+    MPTCP_OPTION_TYPES,
+    MaxSegmentSize,
+    SackPermitted,
+    Timestamps,
+    WindowScale,
 )
 
 
@@ -315,13 +364,32 @@ class TcpHeader:
     """
 
     __slots__ = (
-        "ack", "checksum", "data_offset", "dst_port", "flags", "options", "payload", "seq",
-        "src_port", "urgent", "window",
+        "ack",
+        "checksum",
+        "data_offset",
+        "dst_port",
+        "flags",
+        "options",
+        "payload",
+        "seq",
+        "src_port",
+        "urgent",
+        "window",
     )
 
     def __init__(
-        self, src_port: int, dst_port: int, seq: int, ack: int, data_offset: int, flags: int,
-        window: int, checksum: int, urgent: int, options: memoryview, payload: memoryview,
+        self,
+        src_port: int,
+        dst_port: int,
+        seq: int,
+        ack: int,
+        data_offset: int,
+        flags: int,
+        window: int,
+        checksum: int,
+        urgent: int,
+        options: memoryview,
+        payload: memoryview,
     ) -> None:
         self.src_port = src_port
         self.dst_port = dst_port
@@ -364,8 +432,19 @@ class TcpHeader:
 
 def flags_text(flags: int) -> str:
     """tcpdump's flag letters: S, F, R, P, ., U, E, W."""
-    text = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
-                                    (URG, "U"), (ECE, "E"), (CWR, "W")) if flags & bit)
+    text = "".join(
+        c
+        for bit, c in (
+            (SYN, "S"),
+            (FIN, "F"),
+            (RST, "R"),
+            (PSH, "P"),
+            (URG, "U"),
+            (ECE, "E"),
+            (CWR, "W"),
+        )
+        if flags & bit
+    )
     return text + "." if flags & ACK else text or "none"
 
 
@@ -394,9 +473,18 @@ def tcp_checksum_ok(ip: IPv4Header | IPv6Header, segment: bytes | memoryview | N
 
 
 def emit_tcp(
-    src_port: int, dst_port: int, seq: int, ack: int, flags: int, window: int, *,
-    options: bytes = b"", payload: bytes | bytearray | memoryview = b"", urgent: int = 0,
-    src: bytes | None = None, dst: bytes | None = None,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    *,
+    options: bytes = b"",
+    payload: bytes | bytearray | memoryview = b"",
+    urgent: int = 0,
+    src: bytes | None = None,
+    dst: bytes | None = None,
 ) -> bytes:
     """A TCP segment. With `src` and `dst` (4 or 16 bytes each) the checksum is filled in.
 
@@ -428,13 +516,32 @@ def emit_tcp(
 
 
 def emit_tcp_ip(
-    src: bytes, dst: bytes, src_port: int, dst_port: int, seq: int, ack: int, flags: int,
-    window: int, *, options: bytes = b"", payload: bytes | bytearray | memoryview = b"",
-    urgent: int = 0, ttl: int = 64,
+    src: bytes,
+    dst: bytes,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    *,
+    options: bytes = b"",
+    payload: bytes | bytearray | memoryview = b"",
+    urgent: int = 0,
+    ttl: int = 64,
 ) -> bytes:
     """A whole IPv4 or IPv6 packet (by address length) carrying a checksummed TCP segment."""
     segment = emit_tcp(
-        src_port, dst_port, seq, ack, flags, window, options=options, payload=payload,
-        urgent=urgent, src=src, dst=dst,
+        src_port,
+        dst_port,
+        seq,
+        ack,
+        flags,
+        window,
+        options=options,
+        payload=payload,
+        urgent=urgent,
+        src=src,
+        dst=dst,
     )
     return emit_ip(src, dst, IPPROTO_TCP, segment, ttl=ttl)
