@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stack.crypto import dss_checksum
+from stack.mptcp.mapping import (
+    ChecksumFailed,
+    DataFin,
+    Deliver,
+    Mapping,
+    MappingError,
+    SubflowReceiveMapper,
+    Unmapped,
+)
+
+DSN = 1 << 40
+
+
+def test_a_mapping_spans_segments() -> None:
+    mapper = SubflowReceiveMapper(checksums=False)
+    assert mapper.add_mapping(Mapping(DSN, 1, 10), next_in_order=1) == []
+    assert mapper.deliver(1, b"abcd") == [Deliver(DSN, b"abcd")]
+    assert mapper.deliver(5, b"efghijXY") == [Deliver(DSN + 4, b"efghij"), Unmapped(11, 2)]
+
+
+def test_checksum_verified_per_whole_mapping() -> None:
+    data = b"0123456789"
+    good = dss_checksum(DSN, 1, 10, data)
+    mapper = SubflowReceiveMapper(checksums=True)
+    mapper.add_mapping(Mapping(DSN, 1, 10, checksum=good), 1)
+    assert mapper.deliver(1, data[:4]) == []  # held until the mapping is complete
+    assert mapper.deliver(5, data[4:]) == [Deliver(DSN, data)]
+    bad = SubflowReceiveMapper(checksums=True)
+    bad.add_mapping(Mapping(DSN + 10, 11, 4, checksum=good ^ 1), 11)
+    assert bad.deliver(11, b"wxyz") == [ChecksumFailed(DSN + 10, 11)]
+
+
+def test_data_fin_with_data_and_bare() -> None:
+    mapper = SubflowReceiveMapper(checksums=False)
+    mapper.add_mapping(Mapping(DSN, 1, 4, data_fin=True), 1)
+    assert mapper.deliver(1, b"abc") == [Deliver(DSN, b"abc"), DataFin(DSN + 3)]
+    bare = SubflowReceiveMapper(checksums=False)
+    assert bare.add_mapping(Mapping(DSN + 3, 4, 1, data_fin=True), 4) == [DataFin(DSN + 3)]
+
+
+def test_a_changed_mapping_is_a_protocol_error_and_a_repeat_is_fine() -> None:
+    mapper = SubflowReceiveMapper(checksums=False)
+    mapper.add_mapping(Mapping(DSN, 1, 10), 1)
+    assert mapper.add_mapping(Mapping(DSN, 1, 10), 1) == []
+    (error,) = mapper.add_mapping(Mapping(DSN + 5, 1, 10), 1)
+    assert isinstance(error, MappingError) and "changed" in error.reason
+
+
+def test_infinite_mapping_maps_everything_after_it() -> None:
+    mapper = SubflowReceiveMapper(checksums=False)
+    mapper.add_mapping(Mapping(DSN, 100, 0), 100)
+    assert mapper.fallen_back
+    assert mapper.deliver(150, b"tail") == [Deliver(DSN + 50, b"tail")]
+
+
+@settings(deadline=None, max_examples=150)
+@given(data=st.binary(min_size=1, max_size=3000), seed=st.integers(0, 2**32), csum=st.booleans())
+def test_any_mapping_and_segment_cuts_translate_the_stream(
+    data: bytes, seed: int, csum: bool
+) -> None:
+    rng = random.Random(seed)
+    mappings, position = [], 0
+    while position < len(data):
+        length = rng.randint(1, 700)
+        chunk = data[position : position + length]
+        checksum = dss_checksum(DSN + position, position + 1, len(chunk), chunk) if csum else None
+        mappings.append(Mapping(DSN + position, position + 1, len(chunk), checksum))
+        position += length
+    mapper = SubflowReceiveMapper(checksums=csum)
+    out = bytearray()
+    position = 0
+    pending = list(mappings)
+    while position < len(data):
+        piece = data[position : position + rng.randint(1, 400)]
+        # Every mapping the piece touches has arrived (with it or earlier); sometimes
+        # the next one arrives early too.
+        early = rng.randint(0, 400)
+        while pending and pending[0].subflow_seq <= position + len(piece) + early:
+            assert mapper.add_mapping(pending.pop(0), position + 1) == []
+        for event in mapper.deliver(position + 1, piece):
+            assert isinstance(event, Deliver), event
+            assert event.dsn == DSN + len(out)
+            out += event.data
+        position += len(piece)
+    assert bytes(out) == data
