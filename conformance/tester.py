@@ -172,6 +172,13 @@ class Segment:
                 return option
         return None
 
+    def need(self, kind: type[OptionT]) -> OptionT:
+        """The option of that type, or the case deviates (the segment lacks it)."""
+        option = self.option(kind)
+        if option is None:
+            raise deviates(f"{kind.__name__} missing from {self.describe()}")
+        return option
+
     def describe(self) -> str:
         text = (
             f"{self.src}:{self.sport} > {self.dst}:{self.dport} {flags_text(self.flags)} "
@@ -648,11 +655,12 @@ class Tester:
 
     def send_frame(self, ifname: str, frame: bytes) -> None:
         port = self.ports[ifname]
+        when = time.time()  # before the send: the IUT's answer may be stamped before we return
         try:
             port.sock.send(frame)
         except OSError as error:
             raise TesterError(f"sending on {ifname} failed: {error.strerror}") from None
-        self.records.append(Record(time.time(), "out", ifname, frame))
+        self.records.append(Record(when, "out", ifname, frame))
 
     def _poll(self, timeout: float) -> None:
         """Wait up to `timeout` s for frames, then read everything waiting."""

@@ -1,1 +1,211 @@
-"""Cases of this area."""
+"""ADD_ADDR and REMOVE_ADDR: announcements, HMAC, echo, port, removal (RFC 8684 §3.4)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from conformance.cases import LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, exchange
+from conformance.model import deviates
+from conformance.tester import MptcpConnection, Segment, Subflow
+from stack import crypto
+from stack.wire.mptcp import AddAddrV0, AddAddrV1, RemoveAddr
+from stack.wire.tcp import FIN, RST
+
+DUAL = "dual_homed"
+
+
+def _announce(ctx: Context, **endpoint: Any) -> tuple[MptcpConnection, Subflow, Segment]:
+    address = ctx.topo.hosts["server"].address("eth1")
+    ctx.iut.add_endpoint(address, flags={"signal"}, **endpoint)
+    conn, sf = established(ctx)
+    announce = sf.expect(option=AddAddrV1, within=1, what="ADD_ADDR", where=_not_echo)
+    return conn, sf, announce
+
+
+def _not_echo(segment: Segment) -> bool:
+    option = segment.option(AddAddrV1)
+    return option is not None and not option.echo
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="The IUT's ADD_ADDR (v1) for its signal endpoint carries the address and the "
+    "rightmost 64 bits of HMAC-SHA256(Key-B‖Key-A, ID‖address‖port).",
+)
+def iut_add_addr_hmac_valid(ctx: Context) -> None:
+    conn, _, announce = _announce(ctx)
+    option = announce.need(AddAddrV1)
+    expected = crypto.add_addr_hmac(
+        conn.remote_key or 0, conn.local_key, option.address_id, option.address, option.port
+    )
+    if str(option.address) != ctx.topo.hosts["server"].address("eth1"):
+        raise deviates(f"announced {option.address}, not the endpoint: {announce.describe()}")
+    if option.hmac != expected:
+        raise deviates(f"ADD_ADDR HMAC {option.hmac!r}, expected {expected.hex()}")
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="An endpoint with a port is announced with that port, and the HMAC covers it.",
+)
+def iut_add_addr_with_port(ctx: Context) -> None:
+    conn, _, announce = _announce(ctx, port=6001)
+    option = announce.need(AddAddrV1)
+    if option.port != 6001:
+        raise deviates(f"expected port 6001: {announce.describe()}")
+    expected = crypto.add_addr_hmac(
+        conn.remote_key or 0, conn.local_key, option.address_id, option.address, 6001
+    )
+    if option.hmac != expected:
+        raise deviates(f"ADD_ADDR HMAC does not cover the port: {announce.describe()}")
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="An ADD_ADDR that the tester does not echo is retransmitted.",
+)
+def iut_add_addr_retransmitted_until_echo(ctx: Context) -> None:
+    ctx.iut.set_sysctl("net.mptcp.add_addr_timeout", 1)
+    _, sf, first = _announce(ctx)
+    again = sf.expect(option=AddAddrV1, within=2.5, what="the ADD_ADDR again", where=_not_echo)
+    if again.need(AddAddrV1).address != first.need(AddAddrV1).address:
+        raise deviates(f"a different address was announced: {again.describe()}")
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="An ADD_ADDR echoed by the tester (E=1) stops the retransmissions.",
+)
+def iut_add_addr_echo_stops_retransmission(ctx: Context) -> None:
+    ctx.iut.set_sysctl("net.mptcp.add_addr_timeout", 1)
+    conn, sf, first = _announce(ctx)
+    option = first.need(AddAddrV1)
+    sf.send("A", [AddAddrV1(option.address_id, option.address, option.port, None, True),
+                  conn.data_ack()])  # fmt: skip
+    sf.expect_none(option=AddAddrV1, within=1.3, what="a retransmitted ADD_ADDR", where=_not_echo)
+
+
+def _tester_announce(ctx: Context, *, good: bool) -> tuple[MptcpConnection, Subflow]:
+    ctx.iut.set_limits(2, 2)
+    conn, sf = established(ctx)
+    address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
+    mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, 5, address, None)
+    if not good:
+        mac = bytes(b ^ 0xFF for b in mac)
+    sf.send("A", [AddAddrV1(5, address, None, mac), conn.data_ack()])
+    return conn, sf
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="A valid ADD_ADDR from the tester is echoed: ADD_ADDR with E=1, the same ID "
+    "and address, and no HMAC.",
+)
+def tester_add_addr_echoed(ctx: Context) -> None:
+    _, sf = _tester_announce(ctx, good=True)
+    echo = sf.expect(
+        option=AddAddrV1,
+        within=1,
+        what="the ADD_ADDR echo",
+        where=lambda s: s.need(AddAddrV1).echo,
+    )
+    option = echo.need(AddAddrV1)
+    if option.address_id != 5 or option.hmac is not None:
+        raise deviates(f"echo with a wrong ID or an HMAC: {echo.describe()}")
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="An ADD_ADDR whose HMAC is wrong is ignored: no echo, no join to the address.",
+)
+def tester_add_addr_bad_hmac_ignored(ctx: Context) -> None:
+    _tester_announce(ctx, good=False)
+    ctx.tester.expect_none(option=AddAddrV1, within=0.5, what="an ADD_ADDR echo")
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    topology=DUAL,
+    expected="A v0 ADD_ADDR (no HMAC, IP version nibble) for the tester's second address "
+    "is accepted: the connection goes on carrying data.",
+)
+def tester_add_addr_v0(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
+    sf.send("A", [AddAddrV0(5, address), conn.data_ack()])
+    exchange(ctx, conn, sf, b"after the v0 ADD_ADDR")
+
+
+@case(
+    section="3.4.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="REMOVE_ADDR for the address ID of the tester's joined subflow makes the IUT "
+    "close that subflow (RST or FIN) while the connection goes on.",
+)
+def remove_addr_closes_subflow(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", address_id=4)
+    second.expect("A", within=1, what="the fourth ACK")
+    first.send("A", [RemoveAddr((4,)), conn.data_ack()])
+    second.expect(
+        within=1, what="RST or FIN on the removed subflow",
+        where=lambda s: bool(s.flags & (RST | FIN)),
+    )  # fmt: skip
+    exchange(ctx, conn, first, b"still here", on=first)
+
+
+@case(
+    section="3.4.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT removes an announced endpoint, it sends REMOVE_ADDR with that "
+    "address ID.",
+)
+def iut_remove_addr_on_endpoint_removal(ctx: Context) -> None:
+    conn, sf, announce = _announce(ctx)
+    option = announce.need(AddAddrV1)
+    sf.send("A", [AddAddrV1(option.address_id, option.address, option.port, None, True),
+                  conn.data_ack()])  # fmt: skip
+    ctx.iut.delete_endpoint(str(option.address))
+    removal = sf.expect(option=RemoveAddr, within=1, what="REMOVE_ADDR")
+    if option.address_id not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR without ID {option.address_id}: {removal.describe()}")
+
+
+@case(
+    section="3.4.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="REMOVE_ADDR for an address ID that no subflow uses changes nothing: the "
+    "connection goes on carrying data.",
+)
+def remove_addr_unknown_id_ignored(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    sf.send("A", [RemoveAddr((99,)), conn.data_ack()])
+    exchange(ctx, conn, sf, b"unchanged", on=sf)

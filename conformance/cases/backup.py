@@ -1,1 +1,173 @@
-"""Cases of this area."""
+"""Backup subflows: the B bit per direction, MP_PRIO, where data goes (RFC 8684 §3.2, §3.3.8)."""
+
+from __future__ import annotations
+
+from conformance.cases import LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, exchange
+from conformance.model import deviates
+from stack.wire.mptcp import MpJoinSynAck, MpPrio
+
+DUAL = "dual_homed"
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="A join to an address that the IUT marks as backup carries B=1 in the "
+    "SYN/ACK, although the tester's SYN had B=0.",
+)
+def synack_b_bit_from_backup_endpoint(ctx: Context) -> None:
+    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"signal", "backup"})
+    conn, _ = established(ctx)
+    _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=False)
+    if not synack.need(MpJoinSynAck).backup:
+        raise deviates(f"SYN/ACK without B from a backup endpoint: {synack.describe()}")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="The B bit is per direction, not an echo: a SYN with B=1 to a regular address "
+    "gets a SYN/ACK with B=0.",
+)
+def synack_b_bit_is_not_an_echo(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
+    if synack.need(MpJoinSynAck).backup:
+        raise deviates(f"SYN/ACK echoes B=1 from a regular address: {synack.describe()}")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="While the regular subflow is usable, the IUT sends no data on a subflow the "
+    "tester joined as backup (B=1): its data goes on the regular subflow.",
+)
+def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
+    conn, regular = established(ctx)
+    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
+    backup.expect("A", within=1, what="the fourth ACK")
+    for index in range(5):
+        exchange(ctx, conn, backup, f"on the backup path {index}".encode(), on=regular)
+    backup.expect_none(data=True, within=0.2, what="data on the backup subflow")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the regular subflow is reset, the IUT moves its data to the backup subflow.",
+)
+def data_moves_to_backup_after_reset(ctx: Context) -> None:
+    conn, regular = established(ctx)
+    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
+    backup.expect("A", within=1, what="the fourth ACK")
+    regular.send("R", seq=regular.snd_nxt)
+    exchange(ctx, conn, backup, b"after the reset", on=backup)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the regular path is blackholed, the IUT retransmits its data on the "
+    "backup subflow.",
+)
+def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
+    backup.expect("A", within=1, what="the fourth ACK")
+    ctx.topo.links["path1"].blackhole(True)
+    exchange(ctx, conn, backup, b"regular path is gone", on=backup, within=4)
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="After MP_PRIO (v1, 3 bytes, B=1) on the first subflow, the IUT sends its data "
+    "on the other, regular subflow.",
+)
+def mp_prio_v1_makes_subflow_backup(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    second.expect("A", within=1, what="the fourth ACK")
+    first.send("A", [MpPrio(backup=True), conn.data_ack()])
+    for index in range(5):
+        exchange(ctx, conn, first, f"prio {index}".encode(), on=second)
+    first.expect_none(data=True, within=0.2, what="data on the subflow made backup")
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    expected="MP_PRIO of RFC 6824 (4 bytes, with the address ID of the first subflow) "
+    "makes that subflow backup: data goes on the other subflow.",
+)
+def mp_prio_v0_with_address_id(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth0")
+    second.expect("A", within=1, what="the fourth ACK")
+    first.send("A", [MpPrio(backup=True, address_id=0), conn.data_ack()])
+    for index in range(5):
+        exchange(ctx, conn, first, f"prio {index}".encode(), on=second)
+
+
+@case(
+    section="3.3.8",
+    level=SHOULD,
+    role=LISTENER,
+    expected="MP_PRIO naming an address ID that no subflow uses (4-byte form) changes "
+    "nothing: the connection goes on carrying data.",
+)
+def mp_prio_for_unknown_subflow_ignored(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    sf.send("A", [MpPrio(backup=True, address_id=42), conn.data_ack()])
+    exchange(ctx, conn, sf, b"still regular", on=sf)
+
+
+@case(
+    section="3.3.8",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When every subflow is backup, the IUT still sends data (on a backup subflow).",
+)
+def all_backup_connection_carries_data(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
+    second.expect("A", within=1, what="the fourth ACK")
+    first.send("A", [MpPrio(backup=True), conn.data_ack()])
+    exchange(ctx, conn, first, b"all backup")
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT's endpoint becomes backup during a connection, it sends MP_PRIO "
+    "(3 bytes, B=1) on the subflow that uses it.",
+)
+def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
+    address = ctx.topo.hosts["server"].address("eth1")
+    ctx.iut.add_endpoint(address, flags={"signal"})
+    conn, _ = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    second.expect("A", within=1, what="the fourth ACK")
+    ctx.iut.set_backup(address, True)
+    prio = second.expect(option=MpPrio, within=1, what="MP_PRIO")
+    option = prio.need(MpPrio)
+    if not option.backup or option.address_id is not None:
+        raise deviates(f"expected a 3-byte MP_PRIO with B=1: {prio.describe()}")

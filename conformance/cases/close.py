@@ -1,1 +1,142 @@
-"""Cases of this area."""
+"""Closing, resets and fallback: MP_FASTCLOSE, MP_TCPRST, infinite mapping (§3.5-3.7)."""
+
+from __future__ import annotations
+
+from conformance.cases import LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, exchange
+from conformance.model import deviates
+from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
+from stack.wire.tcp import RST
+
+
+def _is_rst(segment: object) -> bool:
+    return bool(segment.flags & RST)  # type: ignore[attr-defined]
+
+
+@case(
+    section="3.5",
+    level=MUST,
+    role=LISTENER,
+    expected="MP_FASTCLOSE carrying the IUT's key closes the connection: the IUT answers with RST.",
+)
+def fastclose_with_right_key_resets(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    sf.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)])
+    sf.expect(within=1, what="RST", where=_is_rst)
+
+
+@case(
+    section="3.5",
+    level=MUST,
+    role=LISTENER,
+    expected="MP_FASTCLOSE with a wrong key is ignored: no RST, the connection carries data.",
+)
+def fastclose_with_wrong_key_ignored(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    sf.send("A", [MpFastclose(receiver_key=(conn.remote_key or 0) ^ 1)])
+    exchange(ctx, conn, sf, b"still open", on=sf)
+
+
+@case(
+    section="3.5",
+    level=MUST,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="After MP_FASTCLOSE on one subflow, the IUT resets every subflow of the connection.",
+)
+def fastclose_resets_all_subflows(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    second.expect("A", within=1, what="the fourth ACK")
+    first.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)])
+    second.expect(within=1, what="RST on the other subflow", where=_is_rst)
+
+
+@case(
+    section="3.6",
+    level=MUST,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="A RST with MP_TCPRST on one subflow closes only that subflow: the connection "
+    "carries data on the other.",
+)
+def tcprst_closes_only_its_subflow(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    second.expect("A", within=1, what="the fourth ACK")
+    second.send("R", [MpTcpRst(reason=5)], seq=second.snd_nxt)
+    exchange(ctx, conn, first, b"the connection lives", on=first)
+
+
+@case(
+    section="3.6",
+    level=SHOULD,
+    role=LISTENER,
+    expected="When the IUT refuses a join (unknown token), its RST carries MP_TCPRST with "
+    "reason 1 (MPTCP-specific error).",
+)
+def refused_join_rst_reason(ctx: Context) -> None:
+    from stack.wire.mptcp import MpJoinSyn
+    from stack.wire.tcp import MaxSegmentSize
+
+    conn, _ = established(ctx)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [MaxSegmentSize(1460), MpJoinSyn(1, conn.remote_token ^ 0xFFFF, 9)])
+    rst = sf.expect(within=1, what="RST", where=_is_rst)
+    option = rst.option(MpTcpRst)
+    if option is None or option.reason != 1:
+        raise deviates(f"RST without MP_TCPRST reason 1: {rst.describe()}")
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    expected="When the first data after MP_CAPABLE carries no DSS (options stripped), the "
+    "IUT falls back to TCP: the data is delivered and echoed without MPTCP options.",
+)
+def fallback_when_first_data_has_no_dss(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    _, sf = ctx.tester.connect(ctx.port)
+    sf.send("PA", payload=b"stripped")
+    echo = sf.expect(data=True, within=1, what="the echo")
+    if echo.option(Dss) is not None:
+        raise deviates(f"echo still carries DSS after the fallback: {echo.describe()}")
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    expected="An infinite mapping (data-level length 0) from the tester makes the IUT fall "
+    "back: later data is delivered without a DSS mapping.",
+)
+def infinite_mapping_falls_back(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    payload = b"infinite mapping"
+    dss = Dss(
+        data_ack=conn.data_rcv_nxt,
+        data_ack_64=True,
+        dsn=conn.data_snd_nxt,
+        dsn_64=True,
+        subflow_seq=0,
+        data_level_length=0,
+    )
+    sf.send("PA", [dss], payload)
+    echo = sf.expect(data=True, within=1, what="the echo")
+    if echo.option(Dss) is not None and echo.need(Dss).dsn is not None:
+        raise deviates(f"echo still carries a mapping after the fallback: {echo.describe()}")
+
+
+@case(
+    section="3.6",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A RST with MP_TCPRST of an unknown reason code (99) on the only subflow is "
+    "handled as a RST: the IUT does not answer it.",
+)
+def tcprst_unknown_reason_accepted(ctx: Context) -> None:
+    _, sf = established(ctx)
+    ctx.tester.flush()
+    sf.send("R", [MpTcpRst(reason=99)], seq=sf.snd_nxt)
+    sf.expect_none(within=0.3, what="an answer to a RST")

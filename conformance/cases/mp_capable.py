@@ -1,31 +1,27 @@
-"""MP_CAPABLE: the handshake, version negotiation, flags, keys, fallback (§3.1, §3.7)."""
+"""MP_CAPABLE: the handshake, version negotiation, flags, keys (RFC 8684 §3.1, RFC 6824 §3.1)."""
 
 from __future__ import annotations
 
-from conformance.cases import LISTENER, MUST, Context, case
+from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, has_mapping, initiated
 from conformance.model import deviates
-from conformance.tester import Segment
-from stack import crypto
-from stack.wire.mptcp import MPC_FLAG_H, Dss, MpCapable
+from stack.wire.mptcp import MPC_FLAG_B, MPC_FLAG_C, MPC_FLAG_H, Dss, MpCapable, MpJoinSyn
 from stack.wire.tcp import MaxSegmentSize
 
-
-def _has_mapping(segment: Segment) -> bool:
-    dss = segment.option(Dss)
-    return dss is not None and dss.dsn is not None
+SYN_OPTIONS = (MaxSegmentSize(1460),)
 
 
 @case(
     section="3.1",
     level=MUST,
     role=LISTENER,
-    expected="A SYN with MP_CAPABLE v1 (no key) gets a SYN/ACK with MP_CAPABLE v1 of 12 "
-    "bytes carrying Key-B, with H set and B clear.",
+    expected="A SYN with MP_CAPABLE v1 (4 bytes, no key) gets a SYN/ACK with MP_CAPABLE "
+    "v1 of 12 bytes carrying Key-B, with H set and B clear.",
 )
 def v1_syn_gets_v1_synack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [MaxSegmentSize(1460), MpCapable(version=1, flags=MPC_FLAG_H)])
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H)])
     synack = sf.expect("SA", MpCapable, within=1)
     option = synack.option(MpCapable)
     assert option is not None
@@ -39,18 +35,291 @@ def v1_syn_gets_v1_synack(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=LISTENER,
-    expected="After the third ACK, data from the IUT carries a DSS whose DSN starts at "
-    "IDSN-B + 1, IDSN-B being the low 64 bits of SHA-256(Key-B).",
+    versions=(0,),
+    expected="A v0 SYN with MP_CAPABLE and Key-A gets a SYN/ACK with MP_CAPABLE v0 carrying Key-B.",
 )
-def idsn_from_key(ctx: Context) -> None:
-    ctx.iut.listen(ctx.port, mode="echo")
+def v0_syn_gets_v0_synack(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
     t = ctx.tester
-    conn, sf = t.connect(ctx.port)
-    t.first_data_v1(conn, sf, b"ping")
-    echo = sf.expect(option=Dss, data=True, within=1, where=_has_mapping)
+    conn = t.connection(0)
+    sf = t.subflow(ctx.port)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=conn.local_key)])
+    synack = sf.expect("SA", MpCapable, within=1)
+    option = synack.option(MpCapable)
+    assert option is not None
+    if option.version != 0 or option.sender_key is None:
+        raise deviates(f"SYN/ACK is not MP_CAPABLE v0 with Key-B: {synack.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="A v1-only host that gets a v0 SYN (MP_CAPABLE v0 with Key-A) answers "
+    "with a version no higher than 0, i.e. falls back: a SYN/ACK without MP_CAPABLE.",
+)
+def v0_syn_to_v1_host_falls_back(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send(
+        "S", [*SYN_OPTIONS, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=0x1122334455667788)]
+    )
+    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A SYN asking for a higher version (2) gets a SYN/ACK with MP_CAPABLE "
+    "version 1, the highest the responder supports.",
+)
+def higher_version_syn_gets_v1(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=2, flags=MPC_FLAG_H)])
+    synack = sf.expect("SA", within=1)
+    option = synack.option(MpCapable)
+    if option is None or option.version != 1:
+        raise deviates(f"expected MP_CAPABLE v1 in the SYN/ACK: {synack.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN whose MP_CAPABLE has the B (extensibility) flag set is not "
+    "understood, so the option is ignored: a plain SYN/ACK (fallback).",
+)
+def b_flag_syn_is_ignored(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H | MPC_FLAG_B)])
+    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN whose MP_CAPABLE has no crypto algorithm bit (H clear) gets a "
+    "SYN/ACK without MP_CAPABLE: no common algorithm, fall back.",
+)
+def no_h_flag_syn_falls_back(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=0)])
+    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=LISTENER,
+    expected="D..H are crypto algorithm bits: a SYN offering unknown algorithms (D..G) "
+    "besides H gets a SYN/ACK with MP_CAPABLE that picks H alone.",
+)
+def unassigned_flags_ignored(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H | 0x1E)])
+    synack = sf.expect("SA", within=1)
+    option = synack.option(MpCapable)
+    if option is None:
+        raise deviates(f"no MP_CAPABLE in the SYN/ACK: {synack.describe()}")
+    if option.flags & 0x1E:
+        raise deviates(f"SYN/ACK sets unassigned flags: {synack.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN with the A (checksum) flag makes checksums mandatory: the IUT's DSS "
+    "mappings then carry a valid DSS checksum.",
+)
+def a_flag_requires_checksums(ctx: Context) -> None:
+    from stack import crypto
+
+    conn, sf = established(ctx, checksum=True)
+    echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1]
     dss = echo.option(Dss)
-    assert dss is not None and dss.dsn is not None
-    expected = (crypto.key_idsn(conn.remote_key or 0, 1) + 1) & (2**64 - 1)
-    got = dss.dsn if dss.dsn_64 else dss.dsn | (expected & ~0xFFFFFFFF)
-    if got != expected:
-        raise deviates(f"first DSN {got:#x}, expected IDSN+1 {expected:#x}")
+    if dss is None or dss.dsn is None:
+        raise deviates(f"echoed data without a DSS mapping: {echo.describe()}")
+    if dss.checksum is None:
+        raise deviates(f"DSS mapping without checksum after A was set: {echo.describe()}")
+    relative = dss.subflow_seq or 0
+    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.remote_idsn & ~0xFFFFFFFF)
+    if not crypto.dss_checksum_ok(
+        dsn, relative, dss.data_level_length or 0, dss.checksum, echo.payload
+    ):
+        raise deviates(f"DSS checksum {dss.checksum:#x} does not verify: {echo.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN with an MP_CAPABLE option of impossible length (5) is not an "
+    "MP_CAPABLE: the SYN/ACK carries no MP_CAPABLE.",
+)
+def bad_option_length_syn(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", raw_options=MaxSegmentSize(1460).emit() + bytes((30, 5, 0x01, MPC_FLAG_H, 0)))
+    sf.expect("SA", absent=[MpCapable], within=1, what="a SYN/ACK without MP_CAPABLE")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="When the third ACK is lost, the first data segment carrying MP_CAPABLE "
+    "with both keys and the data-level length establishes the connection: the data "
+    "is delivered (echoed with a DSS mapping).",
+)
+def lost_third_ack_first_data_establishes(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    t = ctx.tester
+    conn = t.connection(1)
+    sf = t.subflow(ctx.port)
+    sf.connection = conn
+    conn.subflows.append(sf)
+    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H)])
+    synack = sf.expect("SA", MpCapable, within=1)
+    option = synack.option(MpCapable)
+    assert option is not None and option.sender_key is not None
+    conn.learn_remote_key(option.sender_key)
+    conn.start_data()
+    # no third ACK: straight to the first data
+    t.first_data_v1(conn, sf, b"lost third ack")
+    sf.expect(data=True, where=has_mapping, within=1, what="echoed data with a DSS mapping")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="The IUT's SYN carries MP_CAPABLE v1 of 4 bytes (no key) with H set, B clear.",
+)
+def initiator_v1_syn_format(ctx: Context) -> None:
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    option = syn.option(MpCapable)
+    assert option is not None
+    if option.version != 1 or option.sender_key is not None:
+        raise deviates(f"SYN MP_CAPABLE is not v1 without a key: {syn.describe()}")
+    if not option.hmac_sha or option.extensibility:
+        raise deviates(f"SYN MP_CAPABLE flags H clear or B set: {syn.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0,),
+    expected="The IUT's v0 SYN carries MP_CAPABLE v0 of 12 bytes with Key-A.",
+)
+def initiator_v0_syn_format(ctx: Context) -> None:
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    option = syn.option(MpCapable)
+    if option is None or option.version != 0 or option.sender_key is None:
+        raise deviates(f"SYN is not MP_CAPABLE v0 with Key-A: {syn.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="The IUT's third ACK carries MP_CAPABLE with Key-A and the tester's Key-B "
+    "echoed exactly.",
+)
+def initiator_third_ack_has_both_keys(ctx: Context) -> None:
+    conn, _, ack = initiated(ctx)
+    option = ack.option(MpCapable)
+    assert option is not None
+    if option.receiver_key != conn.local_key:
+        raise deviates(
+            f"third ACK echoes key {option.receiver_key:#x}, the tester's is {conn.local_key:#x}"
+        )
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="The IUT's first data segment carries MP_CAPABLE (v1, 22 or 24 bytes) with "
+    "both keys and the data-level length, or a DSS mapping once the peer acknowledged.",
+)
+def initiator_first_data_carries_keys(ctx: Context) -> None:
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=200)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    conn, sf = t.accept_mp_capable(syn)
+    data = sf.expect(data=True, within=1, what="the IUT's first data")
+    option = data.option(MpCapable)
+    if option is None:
+        raise deviates(f"first data without MP_CAPABLE: {data.describe()}")
+    if option.receiver_key != conn.local_key or option.data_level_length is None:
+        raise deviates(f"first data MP_CAPABLE lacks Key-B or the length: {data.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="A SYN/ACK without MP_CAPABLE makes the initiator fall back to TCP: its ACK "
+    "and its data carry no MPTCP option.",
+)
+def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=100)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    sf = t.accept(syn)
+    sf.send("SA", [MaxSegmentSize(1460)])
+    data = sf.expect(data=True, within=1, what="the IUT's data")
+    if data.mptcp:
+        raise deviates(f"data after a plain SYN/ACK carries MPTCP options: {data.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="A SYN/ACK with an MP_CAPABLE version other than the one asked for (2) is "
+    "not accepted: the initiator falls back (no MPTCP option on its ACK or data).",
+)
+def initiator_rejects_higher_version_synack(ctx: Context) -> None:
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=100)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    sf = t.accept(syn)
+    sf.send(
+        "SA",
+        [
+            MaxSegmentSize(1460),
+            MpCapable(version=2, flags=MPC_FLAG_H, sender_key=0x0102030405060708),
+        ],
+    )
+    answer = sf.expect(within=1, what="the IUT's ACK or data")
+    if any(isinstance(o, MpCapable | Dss) for o in answer.options):
+        raise deviates(f"IUT went on with MPTCP after a v2 SYN/ACK: {answer.describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    topology="dual_homed",
+    expected="With the C flag set in the tester's SYN/ACK, the IUT never opens a subflow "
+    "to the tester's source address, even with a subflow endpoint configured.",
+)
+def initiator_respects_c_flag(ctx: Context) -> None:
+    ctx.iut.set_limits(2, 2)
+    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"subflow"})
+    conn, sf, _ = initiated(ctx, synack_flags=MPC_FLAG_H | MPC_FLAG_C)
+    ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN to the tester")
+    del conn, sf

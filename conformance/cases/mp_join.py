@@ -1,1 +1,406 @@
-"""Cases of this area."""
+"""MP_JOIN: joining a connection, HMACs, nonces, address IDs, the fourth ACK (§3.2)."""
+
+from __future__ import annotations
+
+from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, exchange, initiated
+from conformance.model import deviates
+from conformance.tester import MptcpConnection, Segment, Subflow
+from stack import crypto
+from stack.wire.mptcp import (
+    MPTCP_RST_EPROHIBIT,
+    MpCapable,
+    MpJoinAck,
+    MpJoinSyn,
+    MpJoinSynAck,
+    MpTcpRst,
+)
+from stack.wire.tcp import MaxSegmentSize
+
+DUAL = "dual_homed"
+
+
+def _join_syn(
+    ctx: Context,
+    token: int,
+    *,
+    ifname: str = "eth0",
+    port: int | None = None,
+    address_id: int = 1,
+    backup: bool = False,
+) -> tuple[Subflow, int]:
+    sf = ctx.tester.subflow(port or ctx.port, ifname=ifname)
+    nonce = crypto.generate_nonce()
+    sf.local_nonce = nonce
+    sf.send(
+        "S",
+        [
+            MaxSegmentSize(1460),
+            MpJoinSyn(address_id=address_id, token=token, nonce=nonce, backup=backup),
+        ],
+    )
+    return sf, nonce
+
+
+# ------------------------------------------------------------------ IUT as responder
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A valid join gets a SYN/ACK with MP_JOIN carrying HMAC-B, and after the "
+    "third ACK (HMAC-A) the IUT sends the fourth ACK without MP_JOIN.",
+)
+def valid_join_completes(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0")
+    sf.expect("A", absent=[MpJoinAck, MpJoinSynAck], within=1, what="the fourth ACK")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="A join over a second path, from an address the tester never announced, is "
+    "accepted: SYN/ACK with MP_JOIN and a valid HMAC-B.",
+)
+def join_from_unannounced_address(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    ctx.tester.join(conn, ctx.port, ifname="eth1")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="Data sent on a joined subflow is delivered at the data level: it comes back "
+    "echoed with a DSS mapping.",
+)
+def data_on_joined_subflow_delivered(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    sf.expect("A", absent=[MpJoinAck], within=1, what="the fourth ACK")
+    exchange(ctx, conn, sf, b"via the second path")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A third ACK whose HMAC-A is wrong gets the subflow reset (RST).",
+)
+def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=bytes(20))
+    _rst(sf)
+
+
+def _rst(sf: Subflow, within: float = 1.0) -> Segment:
+    return sf.expect(within=within, what="RST", where=lambda s: bool(s.flags & 0x04))
+
+
+def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
+    """After a join SYN: a RST, either at once or, when the IUT answered SYN/ACK with
+    MP_JOIN, after a valid third ACK (the join is never completed)."""
+    answer = sf.expect(
+        within=1,
+        what="RST or SYN/ACK with MP_JOIN",
+        where=lambda s: bool(s.flags & 0x04) or s.option(MpJoinSynAck) is not None,
+    )
+    if answer.flags & 0x04:
+        return answer
+    sf.connection = conn
+    sf.remote_nonce = answer.option(MpJoinSynAck).nonce  # type: ignore[union-attr]
+    sf.send("A", [MpJoinAck(hmac=ctx.tester.join_ack_hmac(conn, sf))])
+    return _rst(sf)
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A third ACK of a join without the MP_JOIN option (no HMAC-A) does not "
+    "establish the subflow: it is reset.",
+)
+def third_ack_without_hmac_reset(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf, _ = _join_syn(ctx, conn.remote_token)
+    sf.connection = conn
+    sf.expect("SA", MpJoinSynAck, within=1)
+    sf.send("A", [conn.data_ack()])
+    _rst(sf)
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A join SYN whose MP_JOIN is truncated (length 10) is not a join: no SYN/ACK "
+    "with MP_JOIN.",
+)
+def truncated_join_syn(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf = ctx.tester.subflow(ctx.port)
+    raw = MpJoinSyn(address_id=1, token=conn.remote_token, nonce=7).emit()
+    sf.send("S", raw_options=MaxSegmentSize(1460).emit() + bytes((30, 10)) + raw[2:10])
+    sf.expect_none(option=MpJoinSynAck, within=0.3, what="a SYN/ACK with MP_JOIN")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A join SYN whose MP_JOIN is oversized (length 14) is not a valid join: no "
+    "SYN/ACK with MP_JOIN.",
+)
+def oversized_join_syn(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    sf = ctx.tester.subflow(ctx.port)
+    raw = MpJoinSyn(address_id=1, token=conn.remote_token, nonce=7).emit()
+    sf.send("S", raw_options=MaxSegmentSize(1460).emit() + bytes((30, 14)) + raw[2:] + b"\0\0")
+    sf.expect_none(option=MpJoinSynAck, within=0.3, what="a SYN/ACK with MP_JOIN")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A join to the address of the initial subflow gets address ID 0 in the "
+    "SYN/ACK (the initial subflow's address has ID 0).",
+)
+def synack_address_id_of_initial_address(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    _, synack = ctx.tester.join(conn, ctx.port, ifname="eth0")
+    option = synack.option(MpJoinSynAck)
+    if option is None or option.address_id != 0:
+        raise deviates(f"expected address ID 0: {synack.describe()}")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="A join to an address the IUT has as endpoint ID 7 carries address ID 7 in "
+    "the SYN/ACK.",
+)
+def synack_address_id_of_endpoint(ctx: Context) -> None:
+    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), id=7, flags={"signal"})
+    conn, _ = established(ctx)
+    _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    option = synack.option(MpJoinSynAck)
+    if option is None or option.address_id != 7:
+        raise deviates(f"expected address ID 7: {synack.describe()}")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="Every SYN/ACK with MP_JOIN carries a fresh random nonce R-B.",
+)
+def fresh_nonces(ctx: Context) -> None:
+    conn, _ = established(ctx)
+    ctx.iut.set_limits(8, 0)
+    nonces = []
+    for _ in range(4):
+        sf, _ = _join_syn(ctx, conn.remote_token)
+        synack = sf.expect("SA", MpJoinSynAck, within=1)
+        nonces.append(synack.option(MpJoinSynAck).nonce)  # type: ignore[union-attr]
+        sf.send("R", seq=sf.snd_nxt)
+    if len(set(nonces)) != len(nonces):
+        raise deviates(f"nonces repeat: {[hex(n) for n in nonces]}")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A join beyond the IUT's subflow limit (0) is refused with RST carrying "
+    "MP_TCPRST reason 3 (administratively prohibited), at the SYN or after the third ACK.",
+)
+def subflow_limit_reason_3(ctx: Context) -> None:
+    ctx.iut.set_limits(0, 0)
+    conn, _ = established(ctx)
+    sf, _ = _join_syn(ctx, conn.remote_token)
+    rst = _join_refused(ctx, conn, sf)
+    option = rst.option(MpTcpRst)
+    if option is None or option.reason != MPTCP_RST_EPROHIBIT:
+        raise deviates(f"RST without MP_TCPRST reason 3: {rst.describe()}")
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    expected="A join to a connection that fell back to TCP is refused with RST (at the "
+    "SYN, or at the latest after the third ACK).",
+)
+def join_to_fallen_back_connection(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    t = ctx.tester
+    conn, sf = t.connect(ctx.port)
+    sf.send("PA", payload=b"no mapping: fall back")  # first data without DSS
+    sf.expect(data=True, within=1, what="the echo")
+    join, _ = _join_syn(ctx, conn.remote_token)
+    _join_refused(ctx, conn, join)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A join that arrives before the MP_CAPABLE third ACK (connection not yet "
+    "established) is refused with RST.",
+)
+def join_before_mp_capable_ack(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = ctx.tester.subflow(ctx.port)
+    sf.send("S", [MaxSegmentSize(1460), MpCapable(version=1)])
+    synack = sf.expect("SA", MpCapable, within=1)
+    key = synack.option(MpCapable).sender_key  # type: ignore[union-attr]
+    join, _ = _join_syn(ctx, crypto.key_token(key or 0, 1))
+    _rst(join)
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="A join to an address and port the IUT announced (ADD_ADDR with a port) is "
+    "accepted: SYN/ACK with MP_JOIN.",
+)
+def join_to_announced_port(ctx: Context) -> None:
+    from stack.wire.mptcp import AddAddrV1
+
+    address = ctx.topo.hosts["server"].address("eth1")
+    ctx.iut.add_endpoint(address, flags={"signal"}, port=6000)
+    conn, sf = established(ctx)
+    sf.expect(
+        option=AddAddrV1,
+        within=1,
+        what="ADD_ADDR with port 6000",
+        where=lambda s: s.option(AddAddrV1) is not None and s.need(AddAddrV1).port == 6000,
+    )
+    ctx.tester.join(conn, 6000, ifname="eth1")
+
+
+# ------------------------------------------------------------------ IUT as initiator
+
+
+def _initiator_join(
+    ctx: Context, *, mode: str = "sink", nbytes: int = 0
+) -> tuple[MptcpConnection, Subflow, Subflow, Segment]:
+    """The IUT connects with a subflow endpoint on its second interface: the tester
+    accepts MP_CAPABLE and waits for the IUT's join SYN."""
+    ctx.iut.set_limits(2, 0)
+    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"subflow"}, id=3)
+    conn, sf, _ = initiated(ctx, mode=mode, nbytes=nbytes)
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's join SYN")
+    join = ctx.tester.accept(syn)
+    join.connection = conn
+    conn.subflows.append(join)
+    option = syn.option(MpJoinSyn)
+    assert option is not None
+    join.remote_nonce = option.nonce
+    join.local_nonce = crypto.generate_nonce()
+    return conn, sf, join, syn
+
+
+def _answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:
+    """SYN/ACK with MP_JOIN to the IUT's join SYN: HMAC-B (or `hmac`) and a fresh R-B."""
+    mac = _synack_hmac(conn, join) if hmac is None else hmac
+    option = MpJoinSynAck(address_id=0, hmac=mac, nonce=join.local_nonce or 0)
+    join.send("SA", [MaxSegmentSize(1460), option])
+
+
+def _synack_hmac(conn: MptcpConnection, join: Subflow) -> bytes:
+    return crypto.join_synack_hmac(
+        1, conn.local_key, conn.remote_key or 0, join.local_nonce or 0, join.remote_nonce or 0
+    )
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="The IUT's join SYN carries the tester's token (from SHA-256 of Key-B) and "
+    "the address ID of its endpoint (3).",
+)
+def initiator_join_syn_token(ctx: Context) -> None:
+    conn, _, _, syn = _initiator_join(ctx)
+    option = syn.option(MpJoinSyn)
+    assert option is not None
+    if option.token != conn.local_token:
+        raise deviates(f"token {option.token:#x}, expected {conn.local_token:#x}")
+    if option.address_id != 3:
+        raise deviates(f"address ID {option.address_id}, expected the endpoint's 3")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="The IUT's third ACK of a join carries a valid HMAC-A (160 bits).",
+)
+def initiator_third_ack_hmac(ctx: Context) -> None:
+    conn, _, join, _ = _initiator_join(ctx)
+    _answer_join(conn, join)
+    ack = join.expect("A", MpJoinAck, within=1)
+    expected = crypto.join_ack_hmac(
+        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
+    )
+    if ack.need(MpJoinAck).hmac != expected:
+        raise deviates(f"HMAC-A wrong: {ack.describe()}, expected {expected.hex()}")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A SYN/ACK with a wrong HMAC-B makes the joining IUT reset the subflow.",
+)
+def initiator_bad_hmac_in_synack(ctx: Context) -> None:
+    conn, _, join, _ = _initiator_join(ctx)
+    _answer_join(conn, join, hmac=bytes(8))
+    _rst(join)
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="With the fourth ACK withheld, the joining IUT retransmits its third ACK "
+    "(with MP_JOIN and HMAC-A) within 3 s.",
+)
+def initiator_retransmits_third_ack(ctx: Context) -> None:
+    conn, _, join, _ = _initiator_join(ctx)
+    _answer_join(conn, join)
+    first = join.expect("A", MpJoinAck, within=1)
+    again = join.expect("A", MpJoinAck, within=3, what="a retransmitted third ACK")
+    if again.time - first.time < 0.005:
+        raise deviates(f"retransmitted after only {again.time - first.time:.4f} s")
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="The joining IUT sends no data on the new subflow before its third ACK is "
+    "acknowledged (the fourth ACK), even while it has data to send.",
+)
+def initiator_no_data_before_fourth_ack(ctx: Context) -> None:
+    conn, sf, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
+    _answer_join(conn, join)
+    join.expect("A", MpJoinAck, within=1)
+    join.expect_none(data=True, within=0.5, what="data before the fourth ACK")
+    del sf
