@@ -10,6 +10,7 @@ Endpoints, limits, sysctls, counters and subflows go through `testbed.mptcp.Kern
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import select
@@ -94,8 +95,15 @@ class KernelIut(Iut):
     # -- running --
 
     def _socket(self) -> socket.socket:
+        """An MPTCP socket in the host; plain TCP when MPTCP is disabled there
+        (net.mptcp.enabled=0 refuses IPPROTO_MPTCP), as an application would fall back."""
         with self.host.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+            except OSError as error:
+                if error.errno not in (errno.ENOPROTOOPT, errno.EPROTONOSUPPORT):
+                    raise
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         with self._lock:
             self._sockets.append(sock)
         return sock

@@ -1,0 +1,81 @@
+"""Benchmark of the conformance run: wall time with -n 2, median case time, flakiness.
+
+    python -m bench.bench_conformance [--runs N] [--workers 2] [--iut ...] [--json FILE]
+
+Runs the whole catalogue N times against every available IUT; reports the wall time of
+each run, the median time per case, and the verdict changes across runs (flakiness: a
+(case, IUT) whose verdict is not the same in every run). Goal: full run ≤ 120 s,
+median case ≤ 0.5 s, no verdict change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tabulate import tabulate
+
+from conformance.cases import catalogue
+from conformance.iut import DRIVERS
+from conformance.runner import available, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_conformance")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--iut", default=",".join(DRIVERS))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    iuts, skipped = available(n for n in args.iut.split(",") if n)
+    for name, reason in skipped.items():
+        print(f"skipping {name}: {reason}")
+    cases = catalogue()
+    walls: list[float] = []
+    durations: list[float] = []
+    verdicts: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for index in range(args.runs):
+        started = time.monotonic()
+        results = run(cases, iuts, workers=args.workers, artifacts=None)
+        walls.append(time.monotonic() - started)
+        for result in results:
+            verdicts[(result.case_id, result.iut)].add(result.verdict.value)
+            durations.append(result.duration_s)
+        print(f"run {index + 1}/{args.runs}: {len(results)} results in {walls[-1]:.1f} s",
+              flush=True)  # fmt: skip
+    flaky = sorted(f"{iut} {case}: {sorted(v)}" for (case, iut), v in verdicts.items()
+                   if len(v) > 1)  # fmt: skip
+    figures = {
+        "runs": args.runs,
+        "workers": args.workers,
+        "iuts": iuts,
+        "cases": len(cases),
+        "wall_s_max": round(max(walls), 2),
+        "wall_s_median": round(statistics.median(walls), 2),
+        "case_s_median": round(statistics.median(durations), 3),
+        "case_s_max": round(max(durations), 3),
+        "verdict_changes": len(flaky),
+        "flaky": flaky,
+    }
+    rows = [[k, v] for k, v in figures.items() if k != "flaky"]
+    print(tabulate(rows, headers=["figure", "value"]))
+    for line in flaky:
+        print(f"  flaky: {line}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    ok = figures["wall_s_max"] <= 120 and figures["case_s_median"] <= 0.5 and not flaky
+    print(
+        f"{'OK' if ok else 'FAIL'}: {len(cases)} cases x {len(iuts)} IUT(s), {args.runs} runs: "
+        f"wall {figures['wall_s_max']} s max, median case {figures['case_s_median']} s, "
+        f"{len(flaky)} verdict change(s)"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
