@@ -386,8 +386,10 @@ def initiator_retransmits_third_ack(ctx: Context) -> None:
     _answer_join(conn, join)
     first = join.expect("A", MpJoinAck, within=1)
     again = join.expect("A", MpJoinAck, within=3, what="a retransmitted third ACK")
-    if again.time - first.time < 0.005:
-        raise deviates(f"retransmitted after only {again.time - first.time:.4f} s")
+    # The RFC sets no interval; Linux resends after its minimum timer (2 jiffies, a few
+    # ms on a veth's tiny RTT). Only a back-to-back duplicate is no timer retransmission.
+    if again.time - first.time < 0.001:
+        raise deviates(f"a duplicate {again.time - first.time:.4f} s later, not a retransmission")
 
 
 @case(
