@@ -1,0 +1,956 @@
+"""One TCP connection as a sans-I/O state machine (RFC 9293 with 5681, 5961, 6298, 6582,
+7323, 2018, 6528).
+
+Feed it `handle_segment(segment, now)`, `handle_timer(now)` and the application calls;
+collect `poll_segments()`, `poll_events()` and `next_timer()`. It never reads a clock or
+touches a socket.
+
+Every sequence-number attribute (`snd_una`, `snd_nxt`, `snd_max`, `rcv_nxt`, ...) is
+*relative to its ISN* and unbounded: the SYN is 0 and the first data byte 1, exactly the
+relative subflow sequence numbers of MPTCP DSS mappings. `iss` and `irs` are the wire
+ISNs; conversion to 32-bit fields happens only when a segment is built or read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stack.tcp.congestion import CongestionController, NewReno
+from stack.tcp.events import (
+    Closed,
+    CloseReason,
+    DataAcked,
+    DataReceived,
+    Established,
+    Event,
+    PeerFinished,
+    Reset,
+    SendSpaceAvailable,
+    TcpState,
+)
+from stack.tcp.isn import initial_sequence_number, timestamp_offset
+from stack.tcp.reassembly import ReceiveBuffer
+from stack.tcp.rto import RtoEstimator
+from stack.tcp.scoreboard import Scoreboard
+from stack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
+from stack.tcp.sendbuffer import SendBuffer
+from stack.tcp.seq import SEQ_MASK, seq_lt, unwrap
+
+Address = tuple[Any, int]
+# hooks: (segment, relative sequence number of its first byte)
+SegmentHook = Callable[[Segment, int], None]
+
+_DEFAULT_MSS = 536  # RFC 9293 §3.7.1 when the peer sends no MSS option (IPv4)
+_TS_LEN = 12  # timestamps option with its padding
+_SYNCHRONIZED_SEND = frozenset(
+    {
+        TcpState.ESTABLISHED,
+        TcpState.CLOSE_WAIT,
+        TcpState.FIN_WAIT_1,
+        TcpState.CLOSING,
+        TcpState.LAST_ACK,
+    }
+)
+_RECEIVES_DATA = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2})
+
+
+def _default_congestion(mss: int, initial_window: int) -> CongestionController:
+    return NewReno(mss, initial_window)
+
+
+@dataclass
+class TcpConfig:
+    mss: int = 1460  # what we announce and the cap on what we send
+    receive_buffer: int = 256 * 1024
+    send_buffer: int = 256 * 1024
+    window_scaling: bool = True
+    timestamps: bool = True
+    sack: bool = True
+    delayed_ack: float = 0.040  # RFC 5681 §4.2: < 500 ms; ACK at least every 2 full segments
+    initial_rto: float = 1.0  # RFC 6298 (2.1)
+    min_rto: float = 1.0  # RFC 6298 (2.4); Linux uses 0.2
+    max_rto: float = 120.0
+    max_retries: int = 15  # like tcp_retries2: RTO expiries without progress before failing
+    syn_retries: int = 6  # like tcp_syn_retries
+    time_wait: float = 60.0  # 2*MSL
+    initial_cwnd: int = 10  # segments (RFC 6928)
+    nodelay: bool = True  # False turns Nagle on (RFC 896)
+    challenge_ack_limit: int = 10  # per second, per connection (RFC 5961 §7)
+    option_reserve: int = 0  # bytes of every segment kept for extra options (MPTCP DSS)
+    congestion: Callable[[int, int], CongestionController] = field(default=_default_congestion)
+
+    def wanted_wscale(self) -> int:
+        """The smallest shift that lets the whole receive buffer be advertised."""
+        shift = 0
+        while shift < 14 and (self.receive_buffer >> shift) > 0xFFFF:
+            shift += 1
+        return shift
+
+
+@dataclass
+class TcpStats:
+    """Counters with Linux MIB names where one applies."""
+
+    InSegs: int = 0
+    OutSegs: int = 0
+    RetransSegs: int = 0
+    TCPTimeouts: int = 0
+    TCPFastRetrans: int = 0  # recoveries entered by dupacks/SACK
+    TCPPartialAck: int = 0
+    TCPChallengeACK: int = 0
+    TCPPAWSDrop: int = 0
+    TCPSACKSkipped: int = 0  # retransmissions avoided because the bytes were SACKed
+    TCPWinProbe: int = 0
+    DelayedACKs: int = 0
+    OutOfWindowDrops: int = 0
+
+
+class TcpConnection:
+    def __init__(
+        self,
+        local: Address,
+        remote: Address,
+        *,
+        config: TcpConfig | None = None,
+        isn_secret: bytes,
+        now: float,
+    ) -> None:
+        self.local = local
+        self.remote = remote
+        self.config = cfg = config or TcpConfig()
+        self.state = TcpState.CLOSED
+        self.stats = TcpStats()
+        self.option_provider: SegmentHook | None = None  # called for every outgoing segment
+        self.option_observer: SegmentHook | None = None  # called for every accepted segment
+        self.segment_limit: Callable[[int], int] | None = None  # max payload at a rel seq
+        self.passive = False
+
+        self.iss = initial_sequence_number(local, remote, isn_secret, now)
+        self.irs = 0
+        self._ts_offset = timestamp_offset(local, remote, isn_secret)
+        # send side (relative sequence numbers)
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_max = 0
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.wscale_enabled = False
+        self.snd_mss = min(cfg.mss, _DEFAULT_MSS)
+        self.ts_enabled = False
+        self.sack_enabled = False
+        self.ts_recent: int | None = None
+        self.last_ack_sent = 0
+        self.sendbuf = SendBuffer(cfg.send_buffer)
+        self.fin_seq: int | None = None  # relative seq of our FIN once shutdown_write()
+        self.rto = RtoEstimator(initial=cfg.initial_rto, min_rto=cfg.min_rto, max_rto=cfg.max_rto)
+        self.cc = cfg.congestion(self.snd_mss, cfg.initial_cwnd)
+        self.scoreboard = Scoreboard()
+        self.retries = 0
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover = 0
+        self._high_rxt = 0  # retransmissions in this recovery went up to here
+        self._rxt_credit = 0
+        self._rtt_seq: int | None = None
+        self._rtt_time = 0.0
+        self._syn_time: float | None = None  # when the (only) SYN/SYN-ACK went out
+        self._persist_backoff = 0
+        self._want_space = False
+        # receive side
+        self.rcvbuf = ReceiveBuffer(cfg.receive_buffer)
+        self.rcv_adv = 0  # right edge of the window we advertised (never moves left)
+        self._peer_fin_seq: int | None = None
+        self.fin_received = False
+        self._rcv_mss = _DEFAULT_MSS
+        self._unacked_bytes = 0
+        self._ack_now = False
+        self._data_event = False
+        # timers (absolute deadlines on the caller's clock)
+        self.rto_deadline: float | None = None
+        self.delack_deadline: float | None = None
+        self.persist_deadline: float | None = None
+        self.timewait_deadline: float | None = None
+        self._challenge_window = 0.0
+        self._challenge_count = 0
+
+        self._out: list[Segment] = []
+        self._events: list[Event] = []
+
+    # ------------------------------------------------------------------ opening
+
+    def connect(self, now: float) -> None:
+        """Active open: send a SYN (SYN_SENT)."""
+        if self.state is not TcpState.CLOSED:
+            raise TcpError(f"connect() in state {self.state.name}: only a fresh connection opens")
+        self.state = TcpState.SYN_SENT
+        self._send_syn(now)
+
+    @classmethod
+    def accept_syn(
+        cls,
+        local: Address,
+        remote: Address,
+        syn: Segment,
+        *,
+        config: TcpConfig | None = None,
+        isn_secret: bytes,
+        now: float,
+        option_provider: SegmentHook | None = None,
+        option_observer: SegmentHook | None = None,
+    ) -> TcpConnection:
+        """Passive open: a connection in SYN_RECEIVED with its SYN-ACK queued."""
+        if syn.flags & (SYN | ACK | RST) != SYN:
+            raise TcpError(f"accept_syn() needs a bare SYN, got {syn!r}")
+        conn = cls(local, remote, config=config, isn_secret=isn_secret, now=now)
+        conn.option_provider = option_provider
+        conn.option_observer = option_observer
+        conn.passive = True
+        conn._take_syn(syn)
+        conn.state = TcpState.SYN_RECEIVED
+        conn._send_syn(now)
+        return conn
+
+    def _take_syn(self, syn: Segment) -> None:
+        """Record the peer's ISN and negotiate options (RFC 7323, RFC 2018)."""
+        cfg = self.config
+        self.irs = syn.seq
+        self.rcvbuf.rcv_nxt = self.rcvbuf.read_seq = 1
+        self.snd_mss = min(cfg.mss, syn.mss or _DEFAULT_MSS)
+        self.wscale_enabled = cfg.window_scaling and syn.wscale is not None
+        if self.wscale_enabled and syn.wscale is not None:
+            # RFC 7323 §2.3: shifts above 14 are treated as 14
+            self.snd_wscale = min(syn.wscale, 14)
+            self.rcv_wscale = cfg.wanted_wscale()
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self.ts_enabled = cfg.timestamps and syn.timestamp is not None
+        if syn.timestamp is not None and self.ts_enabled:
+            self.ts_recent = syn.timestamp[0]
+        self.sack_enabled = cfg.sack and syn.sack_permitted
+        self._rcv_mss = min(cfg.mss, _DEFAULT_MSS)
+        self.cc.set_mss(self.payload_mss)
+        if self.option_observer is not None:
+            self.option_observer(syn, 0)
+
+    @property
+    def payload_mss(self) -> int:
+        """Bytes of payload in a full-sized segment: the MSS less our fixed options."""
+        return max(
+            self.snd_mss - (_TS_LEN if self.ts_enabled else 0) - self.config.option_reserve, 1
+        )
+
+    def _send_syn(self, now: float) -> None:
+        cfg = self.config
+        flags = SYN | (ACK if self.state is TcpState.SYN_RECEIVED else 0)
+        seg = Segment(
+            self.local[1],
+            self.remote[1],
+            self.iss,
+            0,
+            flags,
+            min(cfg.receive_buffer, 0xFFFF),
+            mss=cfg.mss,
+        )
+        if flags & ACK:
+            seg.ack = (self.irs + 1) & SEQ_MASK
+            self.last_ack_sent = 1
+            # a SYN-ACK carries only what the SYN offered (RFC 7323 §1.3, RFC 2018 §2)
+            if self.wscale_enabled:
+                seg.wscale = self.rcv_wscale
+            seg.sack_permitted = self.sack_enabled
+            if self.ts_enabled:
+                seg.timestamp = (self._tsval(now), self.ts_recent or 0)
+        else:
+            if cfg.window_scaling:
+                seg.wscale = cfg.wanted_wscale()
+            seg.sack_permitted = cfg.sack
+            if cfg.timestamps:
+                seg.timestamp = (self._tsval(now), 0)
+        self.rcv_adv = max(self.rcv_adv, 1 + seg.window)
+        self.snd_nxt = self.snd_max = 1
+        self._syn_time = now if self._syn_time is None and self.retries == 0 else None
+        self.rto_deadline = now + self.rto.rto
+        self._emit(seg)
+
+    # ------------------------------------------------------------------ application calls
+
+    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Queue data; returns how many bytes the send buffer took (maybe fewer than given)."""
+        if self.fin_seq is not None or self.state in (
+            TcpState.CLOSED,
+            TcpState.LISTEN,
+            TcpState.TIME_WAIT,
+            TcpState.LAST_ACK,
+            TcpState.CLOSING,
+            TcpState.FIN_WAIT_1,
+            TcpState.FIN_WAIT_2,
+        ):
+            raise TcpError(f"send() in state {self.state.name} after shutdown or close")
+        n = self.sendbuf.append(data)
+        if n < len(data):
+            self._want_space = True
+        if n:
+            self._output(now)
+        return n
+
+    @property
+    def send_space(self) -> int:
+        return self.sendbuf.space
+
+    @property
+    def readable(self) -> int:
+        return self.rcvbuf.readable
+
+    @property
+    def read_seq(self) -> int:
+        """Relative subflow sequence number of the next byte receive() returns."""
+        return self.rcvbuf.read_seq
+
+    def receive(self, max_bytes: int, now: float) -> bytes:
+        """Take up to `max_bytes` in-order bytes; reopens the window (and says so if the
+        window grew enough to matter, RFC 9293 §3.8.6.2.2)."""
+        data = self.rcvbuf.read(max_bytes)
+        if data and self.state in _RECEIVES_DATA:
+            edge = self.rcv_nxt + max(self.config.receive_buffer - self.rcvbuf.readable, 0)
+            current = self.rcv_adv - self.rcv_nxt
+            if edge - self.rcv_adv >= max(self._sws_threshold, current):
+                self._ack_now = True
+                self._output(now)
+        return data
+
+    def shutdown_write(self, now: float) -> None:
+        """No more data from us: queue a FIN after the buffered data."""
+        if self.fin_seq is not None:
+            return
+        st = self.state
+        if st in (TcpState.CLOSED, TcpState.SYN_SENT):
+            self._close(CloseReason.NORMAL)
+            return
+        if st not in (TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            return
+        self.fin_seq = 1 + self.sendbuf.end
+        self.state = TcpState.LAST_ACK if st is TcpState.CLOSE_WAIT else TcpState.FIN_WAIT_1
+        self._output(now)
+
+    def close(self, now: float) -> None:
+        """Full close: FIN after the data; with unread data, abort with RST (RFC 2525 §2.17)."""
+        if self.rcvbuf.readable and self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}:
+            self.abort(now)
+            return
+        self.shutdown_write(now)
+
+    def abort(self, now: float) -> None:
+        """Send RST (in a synchronized state) and drop everything."""
+        if self.state in _SYNCHRONIZED_SEND | {TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_2}:
+            seg = Segment(
+                self.local[1], self.remote[1], (self.iss + self.snd_max) & SEQ_MASK, 0, RST, 0
+            )
+            self._emit(seg)
+        if self.state is not TcpState.CLOSED:
+            self._events.append(Reset(by_peer=False))
+            self._close(CloseReason.ABORTED)
+
+    # ------------------------------------------------------------------ outputs
+
+    def poll_segments(self) -> list[Segment]:
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        provider = self.option_provider
+        if provider is not None:
+            iss = self.iss
+            for seg in out:
+                provider(seg, (seg.seq - iss) & SEQ_MASK)
+        return out
+
+    def poll_events(self) -> list[Event]:
+        ev = self._events
+        self._events = []
+        return ev
+
+    def next_timer(self) -> float | None:
+        best: float | None = None
+        for t in (
+            self.rto_deadline,
+            self.delack_deadline,
+            self.persist_deadline,
+            self.timewait_deadline,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    @property
+    def rcv_nxt(self) -> int:
+        return self.rcvbuf.rcv_nxt + (1 if self.fin_received else 0)
+
+    @property
+    def flight_size(self) -> int:
+        return self.snd_max - self.snd_una
+
+    # ------------------------------------------------------------------ timers
+
+    def handle_timer(self, now: float) -> None:
+        if self.timewait_deadline is not None and now >= self.timewait_deadline:
+            self.timewait_deadline = None
+            self._close(CloseReason.NORMAL)
+            return
+        if self.rto_deadline is not None and now >= self.rto_deadline:
+            self.rto_deadline = None
+            self._on_rto(now)
+        if self.persist_deadline is not None and now >= self.persist_deadline:
+            self.persist_deadline = None
+            self._on_persist(now)
+        if self.delack_deadline is not None and now >= self.delack_deadline:
+            self.delack_deadline = None
+            if self.state is not TcpState.CLOSED:
+                self.stats.DelayedACKs += 1
+                self._ack_now = True
+        if self.state is not TcpState.CLOSED:
+            self._output(now)
+
+    def _on_rto(self, now: float) -> None:
+        st = self.state
+        self.stats.TCPTimeouts += 1
+        self.retries += 1
+        if st in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
+            if self.retries > self.config.syn_retries:
+                self._close(CloseReason.TIMEOUT)
+                return
+            self.rto.back_off()
+            self.stats.RetransSegs += 1
+            self._send_syn(now)
+            return
+        if self.snd_una >= self.snd_max:
+            return
+        if self.retries > self.config.max_retries:
+            self._close(CloseReason.TIMEOUT)
+            return
+        # RFC 6298 (5.4)-(5.6), RFC 5681 §3.1, RFC 6582 §3.2 step 4, RFC 2018 §8
+        self.cc.on_timeout(self.flight_size)
+        self.rto.back_off()
+        self.in_recovery = False
+        self.recover = self.snd_max
+        self.dupacks = 0
+        self.scoreboard.clear()
+        self.snd_nxt = self.snd_una
+        self._rtt_seq = None
+        self.rto_deadline = now + self.rto.rto
+
+    def _on_persist(self, now: float) -> None:
+        """Zero-window probe: one byte beyond the closed window (RFC 9293 §3.8.6.1)."""
+        if self.state not in _SYNCHRONIZED_SEND or self.snd_wnd > 0:
+            return
+        data_end = 1 + self.sendbuf.end
+        start = self.snd_una if self.snd_nxt > self.snd_una else self.snd_nxt
+        if start < data_end:
+            self.stats.TCPWinProbe += 1
+            self._send_data(start, 1, now, probe=True)
+        self._persist_backoff += 1
+        self.persist_deadline = now + self._persist_interval()
+
+    def _persist_interval(self) -> float:
+        return min(self.rto.rto * (1 << min(self._persist_backoff, 30)), self.config.max_rto)
+
+    # ------------------------------------------------------------------ input
+
+    def handle_segment(self, seg: Segment, now: float) -> None:
+        self.stats.InSegs += 1
+        st = self.state
+        if st is TcpState.CLOSED or st is TcpState.LISTEN:
+            return  # the host answers with reset_for(); nothing here owns the segment
+        if st is TcpState.SYN_SENT:
+            self._input_syn_sent(seg, now)
+        else:
+            self._input_synchronized(seg, now)
+        if self._data_event:
+            self._data_event = False
+            self._events.append(DataReceived(self.rcvbuf.readable))
+        if self.state is not TcpState.CLOSED:
+            self._output(now)
+
+    def _input_syn_sent(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        ack = 0
+        if flags & ACK:
+            ack = unwrap(seg.ack, self.iss, self.snd_una)
+            if ack <= 0 or ack > self.snd_max:
+                if not flags & RST:
+                    self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST, 0))
+                return
+        if flags & RST:
+            if flags & ACK:  # acceptable ACK: the peer refused
+                self._events.append(Reset(by_peer=True))
+                self._close(CloseReason.RESET)
+            return
+        if not flags & SYN:
+            return
+        self._take_syn(seg)
+        if flags & ACK:
+            self._established_from_syn(seg, ack, 0, now)
+            self._ack_now = True
+        else:  # simultaneous open (RFC 9293 §3.5, figure 7)
+            self.state = TcpState.SYN_RECEIVED
+            self._send_syn(now)
+
+    def _established_from_syn(self, seg: Segment, ack: int, seq: int, now: float) -> None:
+        self.state = TcpState.ESTABLISHED
+        self.snd_una = ack
+        if self.snd_nxt < ack:
+            self.snd_nxt = ack
+        # window in a SYN is never scaled (RFC 7323 §2.2)
+        self.snd_wnd = seg.window if seg.flags & SYN else seg.window << self.snd_wscale
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1, self.snd_wl2 = seq, ack
+        if self._syn_time is not None:  # Karn: only if the SYN was never retransmitted
+            self.rto.sample(now - self._syn_time)
+        self.rto.reset_backoff()
+        self.retries = 0
+        self.rto_deadline = None
+        self._events.append(Established())
+
+    def _input_synchronized(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        st = self.state
+        rcv_nxt = self.rcv_nxt
+        seq = unwrap(seg.seq, self.irs, rcv_nxt)
+        payload = seg.payload
+        plen = len(payload)
+        seg_len = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+
+        if st is TcpState.SYN_RECEIVED and flags & SYN and not flags & RST and seq == 0:
+            if not flags & ACK:
+                self.stats.RetransSegs += 1
+                self._send_syn(now)  # the peer lost our SYN-ACK
+                return
+            ack = unwrap(seg.ack, self.iss, self.snd_una)
+            if 0 < ack <= self.snd_max:  # simultaneous open: the peer's SYN-ACK
+                self._established_from_syn(seg, ack, 0, now)
+                self._ack_now = True
+            return
+        ts = seg.timestamp if self.ts_enabled else None
+        # PAWS (RFC 7323 §5.3)
+        if (
+            ts is not None
+            and self.ts_recent is not None
+            and not flags & RST
+            and seq_lt(ts[0], self.ts_recent)
+        ):
+            self.stats.TCPPAWSDrop += 1
+            self._ack_now = True
+            return
+        # 1. sequence number acceptability (RFC 9293 §3.10.7.4)
+        wnd = max(self.rcv_adv - rcv_nxt, 0)
+        drop_data = False
+        if seg_len == 0:
+            ok = seq == rcv_nxt if wnd == 0 else rcv_nxt <= seq < rcv_nxt + wnd
+        elif wnd == 0:
+            # a closed window still takes ACKs, RSTs and a FIN at rcv_nxt; the data goes
+            ok = seq == rcv_nxt
+            drop_data = ok
+        else:
+            end = seq + seg_len - 1
+            ok = (
+                rcv_nxt <= seq < rcv_nxt + wnd
+                or rcv_nxt <= end < rcv_nxt + wnd
+                or (seq < rcv_nxt and end >= rcv_nxt + wnd)
+            )
+        if not ok:
+            if not flags & RST:
+                self.stats.OutOfWindowDrops += 1
+                self._ack_now = True
+                if st is TcpState.TIME_WAIT and flags & FIN:
+                    self.timewait_deadline = now + self.config.time_wait
+            return
+        # 2. RST (RFC 5961 §3)
+        if flags & RST:
+            if seq == rcv_nxt:
+                self._events.append(Reset(by_peer=True))
+                self._close(CloseReason.RESET)
+            else:
+                self._challenge_ack(now)
+            return
+        # 4. SYN in a synchronized state (RFC 5961 §4)
+        if flags & SYN:
+            self._challenge_ack(now)
+            return
+        # 5. ACK
+        if not flags & ACK:
+            return
+        if ts is not None and self.ts_recent is not None and seq <= self.last_ack_sent:
+            self.ts_recent = ts[0]  # RFC 7323 §4.3
+        ack = unwrap(seg.ack, self.iss, self.snd_una)
+        if st is TcpState.SYN_RECEIVED:
+            if 0 < ack <= self.snd_max:
+                self._established_from_syn(seg, self.snd_una, seq, now)
+                st = self.state
+            else:
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST, 0))
+                return
+        if ack > self.snd_max:
+            self._ack_now = True  # acks what we never sent (RFC 9293; RFC 5961 §5)
+            return
+        if ack < self.snd_una - max(self.max_snd_wnd, 1):
+            self._challenge_ack(now)
+            return
+        if self.option_observer is not None:
+            self.option_observer(seg, seq)
+        self._process_ack(seg, seq, ack, plen, now)
+        st = self.state
+        if st is TcpState.CLOSED:
+            return
+        # 7. data
+        if plen and st in _RECEIVES_DATA and not drop_data:
+            self._receive_data(seq, payload, now)
+        elif plen:
+            self._ack_now = True
+        # 8. FIN
+        if flags & FIN and not (drop_data and plen) and seq + plen < self.rcv_adv + 1:
+            self._peer_fin_seq = seq + plen
+        if self._peer_fin_seq is not None and not self.fin_received:
+            if self.rcvbuf.rcv_nxt == self._peer_fin_seq:
+                self._take_fin(now)
+        elif flags & FIN and st is TcpState.TIME_WAIT:
+            self._ack_now = True
+            self.timewait_deadline = now + self.config.time_wait
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 §3.2/§4.2/§5.2, rate-limited per connection (§7)."""
+        if now - self._challenge_window >= 1.0:
+            self._challenge_window = now
+            self._challenge_count = 0
+        if self._challenge_count < self.config.challenge_ack_limit:
+            self._challenge_count += 1
+            self.stats.TCPChallengeACK += 1
+            self._ack_now = True
+
+    def _process_ack(self, seg: Segment, seq: int, ack: int, plen: int, now: float) -> None:
+        scaled_wnd = seg.window << self.snd_wscale
+        acked = ack - self.snd_una
+        sack_new = False
+        if self.sack_enabled and seg.sack_blocks:
+            iss, una, smax = self.iss, max(ack, self.snd_una), self.snd_max
+            for left, right in seg.sack_blocks:
+                lo = unwrap(left, iss, una)
+                hi = unwrap(right, iss, una)
+                if una <= lo < hi <= smax:  # D-SACK and bogus blocks are ignored
+                    sack_new |= self.scoreboard.add(lo, hi)
+        if acked > 0:
+            self._on_new_ack(seg, ack, acked, now)
+        elif (
+            acked == 0
+            and self.snd_una < self.snd_max
+            and plen == 0
+            and self.persist_deadline is None
+            and not seg.flags & (SYN | FIN)
+            and (scaled_wnd == self.snd_wnd or sack_new)
+        ):
+            self._on_dupack(sack_new, now)
+        # window update (RFC 9293 §3.10.7.4, SND.WL1/WL2)
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            opened = self.snd_wnd == 0 and scaled_wnd > 0
+            self.snd_wnd = scaled_wnd
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            if scaled_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = scaled_wnd
+            if opened:
+                self.persist_deadline = None
+                self._persist_backoff = 0
+                if self.snd_nxt > self.snd_una and self.rto_deadline is None:
+                    self.snd_nxt = self.snd_una  # the probe byte was dropped: send it again
+        # our FIN acknowledged?
+        fin = self.fin_seq
+        if fin is not None and self.snd_una > fin:
+            st = self.state
+            if st is TcpState.FIN_WAIT_1:
+                self.state = TcpState.FIN_WAIT_2
+            elif st is TcpState.CLOSING:
+                self._enter_time_wait(now)
+            elif st is TcpState.LAST_ACK:
+                self._close(CloseReason.NORMAL)
+
+    def _on_new_ack(self, seg: Segment, ack: int, acked: int, now: float) -> None:
+        ts = seg.timestamp if self.ts_enabled else None
+        if ts is not None and ts[1]:
+            self.rto.sample(((self._tsval(now) - ts[1]) & SEQ_MASK) / 1000.0)
+        elif self._rtt_seq is not None and ack >= self._rtt_seq:
+            self.rto.sample(now - self._rtt_time)
+            self._rtt_seq = None
+        self.rto.reset_backoff()
+        self.retries = 0
+        data_end = 1 + self.sendbuf.end
+        self.sendbuf.release(min(ack, data_end) - 1)
+        self.snd_una = ack
+        if self.snd_nxt < ack:
+            self.snd_nxt = ack
+        self.scoreboard.advance(ack)
+        self.dupacks = 0
+        if self.in_recovery:
+            if ack >= self.recover:  # full ACK (RFC 6582 §3.2 step 3)
+                self.in_recovery = False
+                self.cc.on_exit_recovery(self.snd_max - ack)
+            else:  # partial ACK: the next hole is lost too
+                self.stats.TCPPartialAck += 1
+                self.cc.on_partial_ack(acked)
+                if ack >= self._high_rxt:
+                    self._retransmit_at(ack, now)
+                self._rxt_credit += 1
+        else:
+            self.cc.on_ack(acked, False)
+        if self.snd_una >= self.snd_max:
+            self.rto_deadline = None
+        elif not (self.snd_wnd == 0 and self.persist_deadline is not None):
+            self.rto_deadline = now + self.rto.rto  # RFC 6298 (5.3)
+        self._events.append(DataAcked(self.snd_una, acked))
+        if self._want_space and self.sendbuf.space:
+            self._want_space = False
+            self._events.append(SendSpaceAvailable(self.sendbuf.space))
+
+    def _on_dupack(self, sack_new: bool, now: float) -> None:
+        self.dupacks += 1
+        if self.in_recovery:
+            self.cc.on_dupack_in_recovery()
+            self._rxt_credit += 1
+            return
+        lost = self.dupacks >= 3 or (
+            self.sack_enabled and self.scoreboard.sacked_bytes > 2 * self.payload_mss
+        )
+        if lost and self.snd_una >= self.recover:
+            # fast retransmit (RFC 5681 §3.2, RFC 6582 §3.2 step 2; SACK as RFC 6675 IsLost)
+            self.stats.TCPFastRetrans += 1
+            self.in_recovery = True
+            self.recover = self.snd_max
+            self.cc.on_enter_recovery(self.flight_size)
+            self._high_rxt = self.snd_una
+            self._rxt_credit = 0
+            self._retransmit_at(self.snd_una, now)
+
+    def _retransmit_at(self, start: int, now: float) -> None:
+        """Send again the segment at `start` (skipping SACKed bytes)."""
+        limit = self.payload_mss
+        hole = self.scoreboard.next_hole(start)
+        end = start + limit
+        if hole is not None and hole[0] == start:
+            end = min(end, hole[1])
+        elif self.scoreboard.is_sacked(start):
+            self.stats.TCPSACKSkipped += 1
+            return
+        self._send_data(start, end - start, now, retransmit=True)
+        self._high_rxt = max(self._high_rxt, end)
+
+    def _receive_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
+        rb = self.rcvbuf
+        before = rb.rcv_nxt
+        had_ooo = rb.has_out_of_order
+        limit = self.rcv_adv - seq
+        if limit < len(payload):
+            payload = payload[: max(limit, 0)]
+        plen = len(payload)
+        if plen > self._rcv_mss:
+            self._rcv_mss = min(plen, self.config.mss)
+        advanced = rb.insert(seq, payload)
+        if advanced:
+            self._data_event = True
+        if seq > before or had_ooo or not advanced:
+            # out of order, filling a hole, or a duplicate: ACK now (RFC 5681 §4.2, §3.2)
+            self._ack_now = True
+            return
+        self._unacked_bytes += advanced
+        if self._unacked_bytes >= 2 * self._rcv_mss:
+            self._ack_now = True
+        elif self.delack_deadline is None:
+            self.delack_deadline = now + self.config.delayed_ack
+
+    def _take_fin(self, now: float) -> None:
+        self.fin_received = True
+        self._ack_now = True
+        self._events.append(PeerFinished())
+        st = self.state
+        if st in (TcpState.SYN_RECEIVED, TcpState.ESTABLISHED):
+            self.state = TcpState.CLOSE_WAIT
+        elif st is TcpState.FIN_WAIT_1:
+            # our FIN not yet acknowledged (else we would be in FIN_WAIT_2): simultaneous close
+            self.state = TcpState.CLOSING
+        elif st is TcpState.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TcpState.TIME_WAIT
+        self.rto_deadline = self.persist_deadline = self.delack_deadline = None
+        self.timewait_deadline = now + self.config.time_wait
+
+    def _close(self, reason: CloseReason) -> None:
+        self.state = TcpState.CLOSED
+        self.rto_deadline = self.persist_deadline = None
+        self.delack_deadline = self.timewait_deadline = None
+        self._events.append(Closed(reason))
+
+    # ------------------------------------------------------------------ output engine
+
+    @property
+    def _sws_threshold(self) -> int:
+        return min(self.config.receive_buffer // 2, self.config.mss)
+
+    def _window_field(self) -> int:
+        """The window to advertise: never moves the right edge left (RFC 9293 §3.8.6.2.2),
+        advances it only by worthwhile amounts (receiver SWS avoidance)."""
+        rcv_nxt = self.rcv_nxt
+        free = max(self.config.receive_buffer - self.rcvbuf.readable, 0)
+        edge = rcv_nxt + free
+        if edge > self.rcv_adv and (
+            edge - self.rcv_adv >= self._sws_threshold or self.rcvbuf.readable == 0
+        ):
+            target = edge
+        else:
+            target = max(self.rcv_adv, rcv_nxt)
+        ws = self.rcv_wscale
+        field = min((target - rcv_nxt + (1 << ws) - 1) >> ws, 0xFFFF)
+        adv = rcv_nxt + (field << ws)
+        if adv > self.rcv_adv:
+            self.rcv_adv = adv
+        return field
+
+    def _tsval(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & SEQ_MASK  # 1 ms clock
+
+    def _emit(self, seg: Segment) -> None:
+        self.stats.OutSegs += 1
+        self._out.append(seg)
+
+    def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:
+        """A synchronized-state segment carrying ACK, window, timestamps and SACK blocks."""
+        rcv_nxt = self.rcv_nxt
+        seg = Segment(
+            self.local[1],
+            self.remote[1],
+            (self.iss + seq) & SEQ_MASK,
+            (self.irs + rcv_nxt) & SEQ_MASK,
+            flags | ACK,
+            self._window_field(),
+            payload=payload,
+        )
+        if self.ts_enabled:
+            seg.timestamp = (self._tsval(now), self.ts_recent or 0)
+        if self.sack_enabled and self.rcvbuf.has_out_of_order:
+            irs = self.irs
+            blocks = self.rcvbuf.sack_blocks(3 if self.ts_enabled else 4)
+            seg.sack_blocks = tuple(((irs + a) & SEQ_MASK, (irs + b) & SEQ_MASK) for a, b in blocks)
+        self.last_ack_sent = rcv_nxt
+        self._ack_now = False
+        self._unacked_bytes = 0
+        self.delack_deadline = None
+        self._emit(seg)
+        return seg
+
+    def _send_data(
+        self, start: int, length: int, now: float, *, retransmit: bool = False, probe: bool = False
+    ) -> int:
+        """Send [start, start+length) of the stream (plus our FIN if it falls right after);
+        returns the sequence space used."""
+        data_end = 1 + self.sendbuf.end
+        end = min(start + length, data_end)
+        payload = self.sendbuf.get(start - 1, end - start) if end > start else b""
+        flags = PSH if end == data_end and payload else 0
+        fin = self.fin_seq
+        if fin is not None and end == fin and not probe:
+            flags |= FIN
+        used = len(payload) + (1 if flags & FIN else 0)
+        if not used:
+            return 0
+        self._segment(flags, start, payload, now)
+        top = start + used
+        if retransmit or top <= self.snd_max:
+            self.stats.RetransSegs += 1
+        elif self._rtt_seq is None and not self.ts_enabled:
+            self._rtt_seq, self._rtt_time = top, now  # time one segment per RTT (Karn)
+        if retransmit:
+            self._rtt_seq = None
+        if not retransmit and top > self.snd_nxt:
+            self.snd_nxt = top
+        if top > self.snd_max:
+            self.snd_max = top
+        if self.rto_deadline is None and not probe:
+            self.rto_deadline = now + self.rto.rto
+        return used
+
+    def _output(self, now: float) -> None:
+        if self.state in _SYNCHRONIZED_SEND:
+            self._output_data(now)
+        if self._ack_now and self.state not in (
+            TcpState.CLOSED,
+            TcpState.SYN_SENT,
+            TcpState.SYN_RECEIVED,
+        ):
+            self._segment(0, self.snd_nxt, b"", now)
+
+    def _output_data(self, now: float) -> None:
+        mss = self.payload_mss
+        cc = self.cc
+        # 1. SACK-guided retransmission of holes during recovery, one per returning ACK
+        if self.in_recovery and self.sack_enabled:
+            while self._rxt_credit > 0:
+                hole = self.scoreboard.next_hole(max(self._high_rxt, self.snd_una))
+                if hole is None:
+                    break
+                self._rxt_credit -= 1
+                self._send_data(hole[0], min(hole[1] - hole[0], mss), now, retransmit=True)
+                self._high_rxt = hole[0] + min(hole[1] - hole[0], mss)
+        self._rxt_credit = 0
+        # 2. new data (or go-back-N after a timeout), within cwnd and the peer's window
+        data_end = 1 + self.sendbuf.end
+        fin = self.fin_seq
+        limit_hook = self.segment_limit
+        while True:
+            nxt = self.snd_nxt
+            if self.scoreboard.ranges and nxt < self.snd_max:
+                hole = self.scoreboard.next_hole(nxt)
+                if hole is None or hole[0] >= self.snd_max:
+                    nxt = self.snd_nxt = max(nxt, self.scoreboard.highest_sacked or nxt)
+                elif hole[0] > nxt:
+                    nxt = self.snd_nxt = hole[0]
+            avail = data_end - nxt
+            fin_due = fin is not None and nxt == fin
+            if avail <= 0 and not fin_due:
+                break
+            flight = nxt - self.snd_una
+            cwnd_room = cc.cwnd - flight
+            wnd_room = self.snd_una + self.snd_wnd - nxt
+            size = min(avail, mss, wnd_room, cwnd_room)
+            if limit_hook is not None and avail > 0:
+                size = min(size, limit_hook(nxt))
+            if fin_due:
+                if cwnd_room <= 0:
+                    break
+                size = 0
+            elif size <= 0:
+                break
+            elif size < mss and size < avail:
+                # sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
+                # is half the largest window seen or nothing is outstanding
+                if size < self.max_snd_wnd // 2 and flight > 0:
+                    break
+            elif size < mss and not self.config.nodelay and flight > 0 and fin is None:
+                break  # Nagle
+            used = self._send_data(nxt, size, now, retransmit=nxt < self.snd_max)
+            if used <= 0:
+                break
+            self.snd_nxt = max(self.snd_nxt, nxt + used)
+        # 3. persist timer: data waiting, a closed window and nothing in flight to clock ACKs
+        if (
+            self.snd_wnd == 0
+            and data_end > self.snd_una
+            and self.rto_deadline is None
+            and self.persist_deadline is None
+        ):
+            self.persist_deadline = now + self._persist_interval()
+
+
+class TcpError(Exception):
+    """An application call that makes no sense in the connection's state."""
