@@ -361,7 +361,7 @@ class TcpConnection:
     def poll_segments(self) -> list[Segment]:
         out = self._out
         if not out:
-            return out
+            return []  # never hand out the live list
         self._out = []
         provider = self.option_provider
         if provider is not None:

@@ -1,0 +1,123 @@
+"""Delayed ACKs (RFC 5681 §4.2, RFC 9293 §3.8.6.3), flow control with a bounded receive
+buffer, zero-window probing (RFC 9293 §3.8.6.1), window updates."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from stack.sim import ADDR_A, ADDR_B, FakePeer, PathConfig, StreamApp, connection_pair
+from stack.tcp import ACK, SYN, SendSpaceAvailable, TcpConfig, TcpConnection
+
+MSS = 1000
+
+
+def receiver(**cfg):
+    config = TcpConfig(mss=MSS, timestamps=False, **cfg)
+    conn = TcpConnection(ADDR_A, ADDR_B, config=config, isn_secret=b"k", now=0.0)
+    conn.connect(0.0)
+    conn.poll_segments()
+    peer = FakePeer(conn)
+    peer.send(SYN | ACK, 0.01, seq=0, ack=1, mss=MSS)
+    conn.poll_events()
+    return conn, peer
+
+
+def test_delayed_ack_on_timer_for_a_single_segment():
+    conn, peer = receiver()
+    assert peer.send(ACK, 1.0, seq=1, ack=1, payload=b"x" * MSS) == []
+    assert conn.next_timer() == 1.0 + 0.040
+    conn.handle_timer(1.04)
+    [ack] = conn.poll_segments()
+    assert peer.ack_of(ack) == 1 + MSS and conn.stats.DelayedACKs == 1
+    assert conn.next_timer() is None
+
+
+def test_ack_every_second_full_segment():
+    _conn, peer = receiver()
+    acks = []
+    for i in range(6):
+        acks.append(peer.send(ACK, 1.0 + i * 0.001, seq=1 + i * MSS, ack=1, payload=b"x" * MSS))
+    assert [len(a) for a in acks] == [0, 1, 0, 1, 0, 1]
+    assert [peer.ack_of(a[0]) for a in acks if a] == [1 + 2 * MSS, 1 + 4 * MSS, 1 + 6 * MSS]
+
+
+def test_immediate_ack_for_out_of_order_and_hole_fill():
+    _conn, peer = receiver()
+    [dup] = peer.send(ACK, 1.0, seq=1 + MSS, ack=1, payload=b"y" * 10)
+    assert peer.ack_of(dup) == 1  # out of order: a duplicate ACK at once
+    [ack] = peer.send(ACK, 1.001, seq=1, ack=1, payload=b"x" * MSS)
+    assert peer.ack_of(ack) == 1 + MSS + 10  # hole filled: ACK at once
+
+
+def test_window_shrinks_as_app_does_not_read_and_right_edge_never_moves_left():
+    conn, peer = receiver(receive_buffer=8 * MSS, window_scaling=False)
+    edges = []
+    for i in range(8):
+        for seg in peer.send(ACK, 1.0 + i * 0.001, seq=1 + i * MSS, ack=1, payload=b"z" * MSS):
+            edges.append(peer.ack_of(seg) + seg.window)
+            last = seg
+    assert last.window == 0 and peer.ack_of(last) == 1 + 8 * MSS
+    assert edges == sorted(edges)
+    # data beyond the closed window is not taken, and answered by an ACK
+    [ack] = peer.send(ACK, 1.1, seq=1 + 8 * MSS, ack=1, payload=b"!" * 100)
+    assert conn.readable == 8 * MSS and ack.window == 0
+    # reading reopens the window and says so with a window update
+    conn.receive(4 * MSS, 1.2)
+    [update] = conn.poll_segments()
+    assert update.window == 4 * MSS and peer.ack_of(update) == 1 + 8 * MSS
+
+
+def test_small_reads_do_not_advertise_silly_windows():
+    conn, peer = receiver(receive_buffer=8 * MSS, window_scaling=False)
+    for i in range(8):
+        peer.send(ACK, 1.0 + i * 0.001, seq=1 + i * MSS, ack=1, payload=b"z" * MSS)
+    conn.receive(10, 1.1)
+    assert conn.poll_segments() == []  # 10 bytes is not worth a window update
+    [seg] = peer.send(ACK, 1.2, seq=1 + 8 * MSS, ack=1, payload=b"!")
+    assert seg.window == 0  # and not advertised either (receiver SWS avoidance)
+
+
+def test_zero_window_persist_probes_back_off_and_transfer_resumes():
+    cfg_a = TcpConfig(min_rto=0.2, time_wait=0.5)
+    cfg_b = TcpConfig(min_rto=0.2, time_wait=0.5, receive_buffer=16384)
+    a, b, sim = connection_pair(cfg_a, cfg_b, record=True)
+    data = random.Random(1).randbytes(100_000)
+    app_a = StreamApp(a, data)
+    app_b = StreamApp(lambda: b.connection, read=False)
+    sim.hooks += [app_a, app_b]
+    a.connect(0.0)
+    sim.run(until=20.0)
+    bc = b.connection
+    assert bc.readable == 16384  # exactly the buffer, never more
+    assert a.snd_wnd == 0 and a.stats.TCPWinProbe >= 3
+    probes = [t for t, d, seg, _ in sim.trace if d == "a>b" and len(seg.payload) == 1]
+    gaps = [round(y - x, 3) for x, y in itertools.pairwise(probes)]
+    assert all(g2 >= 1.9 * g1 for g1, g2 in itertools.pairwise(gaps))  # backoff
+    # the application reads: the window reopens and everything arrives
+    app_b.read = True
+    sim.run(until=200.0)
+    assert bytes(app_b.received) == data
+    assert a.stats.TCPTimeouts == 0  # probes are not retransmission timeouts
+
+
+def test_sender_respects_peer_window_and_reports_send_space():
+    conn, peer = receiver(send_buffer=10 * MSS)
+    peer.send(ACK, 0.02, seq=1, ack=1, window=3 * MSS)
+    assert conn.send(b"q" * (20 * MSS), 1.0) == 10 * MSS  # bounded by the send buffer
+    segs = conn.poll_segments()
+    assert sum(len(s.payload) for s in segs) == 3 * MSS  # bounded by the peer's window
+    more = peer.send(ACK, 1.1, seq=1, ack=1 + 3 * MSS, window=3 * MSS)
+    assert SendSpaceAvailable(3 * MSS) in conn.poll_events()
+    assert sum(len(s.payload) for s in more) == 3 * MSS  # the window slid by 3 segments
+
+
+def test_rate_limited_link_with_small_buffers_completes():
+    cfg = TcpConfig(min_rto=0.2, time_wait=0.5, receive_buffer=20000, send_buffer=20000)
+    a, b, sim = connection_pair(cfg, cfg, a_to_b=PathConfig(rate=1e6, queue_bytes=30000))
+    data = random.Random(2).randbytes(300_000)
+    app_b = StreamApp(lambda: b.connection)
+    sim.hooks += [StreamApp(a, data), app_b]
+    a.connect(0.0)
+    sim.run(until=100.0)
+    assert bytes(app_b.received) == data
