@@ -888,7 +888,10 @@ class TcpConnection:
             TcpState.SYN_SENT,
             TcpState.SYN_RECEIVED,
         ):
-            self._segment(0, self.snd_nxt, b"", now)
+            # a pure ACK carries the highest sequence sent (not a rewound snd_nxt, which the
+            # peer would find unacceptable and answer: an ACK war), kept inside the peer's
+            # window as Linux's tcp_acceptable_seq() does
+            self._segment(0, min(self.snd_max, self.snd_una + self.snd_wnd), b"", now)
 
     def _output_data(self, now: float) -> None:
         mss = self.payload_mss

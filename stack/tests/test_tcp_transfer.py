@@ -160,3 +160,23 @@ def test_property_random_impairments_never_lose_or_corrupt(
     )
     assert bytes(t.app_b.received) == t.data_ab
     assert bytes(t.app_a.received) == t.data_ba
+
+
+def test_no_ack_war_after_go_back_n():
+    """Regression (found by the property test): after an RTO rewinds snd_nxt, a pure ACK
+    must not carry the rewound seq, or each side finds the other's ACKs unacceptable and
+    answers them forever without ever processing their ACK fields."""
+    cfg = TcpConfig(
+        min_rto=0.2,
+        time_wait=0.5,
+        sack=False,
+        receive_buffer=32768,
+        send_buffer=16384,
+        max_retries=30,
+    )
+    path = PathConfig(
+        delay=0.03125, loss=0.25, duplicate=0.25, reorder=0.375, reorder_delay=0.09375
+    )
+    t = run_transfer(path, path, seed=1, size_ab=15929, size_ba=13033, config=cfg)
+    _assert_complete(t)
+    assert t.a.stats.OutOfWindowDrops < 20 and t.sim.now < 60
