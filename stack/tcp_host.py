@@ -1,0 +1,261 @@
+"""Plain TCP on the host: wire bytes <-> `stack.tcp.Segment`, and the loop's glue.
+
+`TcpStream` drives one `TcpConnection` from the host's I/O loop (segments in, segments
+out through `Host.send_ip`, one timer through `Host.call_at`) and offers blocking calls
+to other threads. `TcpServer` does the same for a `TcpListener`. This is the subflow
+path the MPTCP layer will use; on its own it is plain TCP against any peer.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from stack.host import Host, Timer
+from stack.route import IPAddress
+from stack.tcp.connection import TcpConfig, TcpConnection
+from stack.tcp.events import Closed, Established, PeerFinished, Reset
+from stack.tcp.listener import TcpListener
+from stack.tcp.segment import Segment
+from stack.wire.errors import MalformedOption
+from stack.wire.ip import IPv4Header, IPv6Header
+from stack.wire.tcp import (
+    MaxSegmentSize,
+    Sack,
+    SackPermitted,
+    TcpHeader,
+    Timestamps,
+    WindowScale,
+    build_options,
+    emit_tcp,
+    parse_tcp_options,
+)
+
+_ISN_SECRET = os.urandom(16)
+
+
+def segment_from_header(tcp: TcpHeader) -> Segment:
+    """Decode a parsed TCP header into the state machine's view (MPTCP options kept)."""
+    seg = Segment(tcp.src_port, tcp.dst_port, tcp.seq, tcp.ack, tcp.flags & 0xFF, tcp.window,
+                  payload=bytes(tcp.payload))  # fmt: skip
+    if len(tcp.options):
+        extra = []
+        for option in parse_tcp_options(tcp.options):
+            if isinstance(option, MaxSegmentSize):
+                seg.mss = option.mss
+            elif isinstance(option, WindowScale):
+                seg.wscale = option.shift
+            elif isinstance(option, SackPermitted):
+                seg.sack_permitted = True
+            elif isinstance(option, Timestamps):
+                seg.timestamp = (option.tsval, option.tsecr)
+            elif isinstance(option, Sack):
+                seg.sack_blocks = tuple(option.blocks)
+            elif hasattr(option, "subtype") and not isinstance(option, MalformedOption):
+                extra.append(option)
+        seg.extra_options = tuple(extra)
+    return seg
+
+
+def segment_to_bytes(seg: Segment, src: IPAddress, dst: IPAddress) -> bytes:
+    options: list[Any] = []
+    if seg.mss is not None:
+        options.append(MaxSegmentSize(seg.mss))
+    if seg.sack_permitted:
+        options.append(SackPermitted())
+    if seg.timestamp is not None:
+        options.append(Timestamps(*seg.timestamp))
+    if seg.wscale is not None:
+        options.append(WindowScale(seg.wscale))
+    if seg.sack_blocks:
+        options.append(Sack(tuple(seg.sack_blocks)))
+    options.extend(seg.extra_options)
+    area = build_options(options).data if options else b""
+    return emit_tcp(seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window,
+                    options=area, payload=seg.payload, src=src.packed, dst=dst.packed)  # fmt: skip
+
+
+class TcpStream:
+    """One connection, driven by the host loop; blocking calls for other threads."""
+
+    def __init__(self, host: Host, conn: TcpConnection):
+        self.host = host
+        self.conn = conn
+        self.local: tuple[IPAddress, int] = conn.local
+        self.remote: tuple[IPAddress, int] = conn.remote
+        self._changed = threading.Condition()
+        self._timer: Timer | None = None
+        self.established = False
+        self.finished = False  # the peer sent FIN
+        self.closed = False
+        self.error = ""
+        host.register((self.local[0], self.local[1], self.remote[0], self.remote[1]), self)
+
+    # ---- loop side
+
+    def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None:
+        self.conn.handle_segment(segment_from_header(tcp), now)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        for seg in self.conn.poll_segments():
+            self.host.send_ip(self.local[0], self.remote[0],
+                              segment_to_bytes(seg, self.local[0], self.remote[0]))  # fmt: skip
+        events = self.conn.poll_events()
+        for event in events:
+            if isinstance(event, Established):
+                self.established = True
+            elif isinstance(event, PeerFinished):
+                self.finished = True
+            elif isinstance(event, Reset):
+                self.error = "connection reset by peer" if event.by_peer else "aborted"
+            elif isinstance(event, Closed):
+                self.closed = True
+                self.host.unregister((self.local[0], self.local[1], self.remote[0],
+                                      self.remote[1]))  # fmt: skip
+        deadline = self.conn.next_timer()
+        if self._timer is not None and (deadline is None or deadline != self._timer.deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            self._timer = self.host.call_at(deadline, self._on_timer)
+        # Wake callers on events, and also when a send or receive call freed space.
+        with self._changed:
+            self._changed.notify_all()
+
+    def _on_timer(self, now: float) -> None:
+        self._timer = None
+        self.conn.handle_timer(now)
+        self.pump(now)
+
+    # ---- caller side (any thread but the loop's)
+
+    def _run(self, fn: Callable[[float], Any]) -> Any:
+        result: list[Any] = []
+        done = threading.Event()
+
+        def call() -> None:
+            now = self.host.clock()
+            try:
+                result.append(fn(now))
+            finally:
+                self.pump(now)
+                done.set()
+
+        self.host.call_soon(call)
+        done.wait()
+        return result[0] if result else None
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate() or bool(self.error), timeout):
+                raise TimeoutError(f"{what} did not happen within {timeout} s")
+        if self.error and not predicate():
+            raise ConnectionError(self.error)
+
+    def sendall(self, data: bytes, timeout: float = 60.0) -> None:
+        view = memoryview(data)
+        while view:
+            taken: int = self._run(functools.partial(self._send_now, view))
+            view = view[taken:]
+            if view:
+                self._wait(lambda: self.conn.send_space > 0 or self.closed, timeout, "send space")
+
+    def _send_now(self, data: memoryview, now: float) -> int:
+        return self.conn.send(data, now)
+
+    def recv(self, max_bytes: int = 65536, timeout: float = 60.0) -> bytes:
+        self._wait(lambda: self.conn.rcvbuf.readable > 0 or self.finished or self.closed,
+                   timeout, "data")  # fmt: skip
+        return bytes(self._run(lambda now: self.conn.receive(max_bytes, now)))
+
+    def shutdown(self) -> None:
+        self._run(self.conn.shutdown_write)
+
+    def close(self) -> None:
+        self._run(self.conn.close)
+
+
+def connect(host: Host, remote: tuple[str, int], *, config: TcpConfig | None = None,
+            timeout: float = 10.0) -> TcpStream:  # fmt: skip
+    address = ipaddress.ip_address(remote[0])
+    route = host.routing.route(address)
+    port = host.allocate_port(route.source, address, remote[1])
+    holder: list[TcpStream] = []
+    ready = threading.Event()
+
+    def start() -> None:
+        now = host.clock()
+        conn = TcpConnection((route.source, port), (address, remote[1]),
+                             config=config, isn_secret=_ISN_SECRET, now=now)  # fmt: skip
+        stream = TcpStream(host, conn)
+        conn.connect(now)
+        stream.pump(now)
+        holder.append(stream)
+        ready.set()
+
+    host.call_soon(start)
+    ready.wait()
+    stream = holder[0]
+    stream._wait(lambda: stream.established, timeout, f"connect to {remote[0]}:{remote[1]}")
+    return stream
+
+
+class TcpServer:
+    """Accepts plain TCP connections on a port, on any of the host's addresses."""
+
+    def __init__(self, host: Host, port: int, *, config: TcpConfig | None = None):
+        self.host = host
+        self.port = port
+        self.config = config
+        self._listeners: dict[IPAddress, TcpListener] = {}
+        self._accepted: list[TcpStream] = []
+        self._changed = threading.Condition()
+        self._timers: dict[IPAddress, Timer] = {}
+        host.call_soon(lambda: host.listen(port, self))
+
+    def on_syn(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> bool:
+        local = ipaddress.ip_address(ip.dst)
+        listener = self._listeners.get(local)
+        if listener is None:
+            listener = TcpListener((local, self.port), config=self.config, isn_secret=_ISN_SECRET)
+            self._listeners[local] = listener
+        remote = (ipaddress.ip_address(ip.src), tcp.src_port)
+        listener.handle_segment(remote, segment_from_header(tcp), now)
+        self._pump(listener, now)
+        return True
+
+    def _pump(self, listener: TcpListener, now: float) -> None:
+        for remote, seg in listener.poll_segments():
+            self.host.send_ip(listener.local[0], remote[0],
+                              segment_to_bytes(seg, listener.local[0], remote[0]))  # fmt: skip
+        while (conn := listener.accept()) is not None:
+            stream = TcpStream(self.host, conn)
+            stream.established = True
+            stream.pump(now)
+            with self._changed:
+                self._accepted.append(stream)
+                self._changed.notify_all()
+        # One timer per listener: re-armed for its earliest half-open deadline.
+        timer = self._timers.pop(listener.local[0], None)
+        if timer is not None:
+            timer.cancel()
+        deadline = listener.next_timer()
+        if deadline is not None:
+
+            def fire(now: float) -> None:
+                self._timers.pop(listener.local[0], None)
+                listener.handle_timer(now)
+                self._pump(listener, now)
+
+            self._timers[listener.local[0]] = self.host.call_at(deadline, fire)
+
+    def accept(self, timeout: float = 30.0) -> TcpStream:
+        with self._changed:
+            if not self._changed.wait_for(lambda: bool(self._accepted), timeout):
+                raise TimeoutError(f"no connection on port {self.port} within {timeout} s")
+            return self._accepted.pop(0)
