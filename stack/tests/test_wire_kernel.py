@@ -73,7 +73,15 @@ class Sniffer:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        # Frames already queued when the threads stopped are part of the session too: a
+        # frame the peer's counters have seen may still sit in our receive buffer.
         for sock in self._sockets:
+            sock.setblocking(False)
+            try:
+                while True:
+                    self.frames.append(sock.recv(65536))
+            except BlockingIOError:
+                pass
             sock.close()
         return self.frames
 
