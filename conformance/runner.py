@@ -29,7 +29,7 @@ DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
 def _spec(case: Case, iut: type[Iut]) -> object:
     import topologies
 
-    factory = getattr(topologies, case.topology)
+    factory = topologies.CATALOGUE.get(case.topology) or getattr(topologies, case.topology)
     bare = ("client", "server") if iut.bare else ("client",)
     return factory(bare=bare)
 

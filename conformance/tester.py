@@ -450,6 +450,39 @@ class Subflow:
         pattern = Pattern(flags, option, tuple(absent), where, data, what)
         return self.tester.expect_pattern(pattern, within, owner=self.owns, where_text=repr(self))
 
+    def read_stream(
+        self,
+        *,
+        enough: Callable[[bytes], bool],
+        within: float,
+        options: Callable[[], Sequence[TcpOption]] = lambda: (),
+    ) -> tuple[bytes, bool]:
+        """Read the IUT's byte stream on this subflow as plain TCP delivers it: in-order
+        bytes from the subflow's ISN, retransmitted overlaps once, each advance
+        acknowledged (with `options()`). Ends at the IUT's FIN, at a RST, when
+        `enough(stream)` holds, or `within` s from now; returns (stream, FIN seen)."""
+        if self.irs is None:
+            raise TesterError(f"{self!r}: no SYN from the IUT seen, no stream to read")
+        base = (self.irs + 1) & 0xFFFFFFFF
+        stream = bytearray()
+        fin = False
+        deadline = time.monotonic() + within
+        pattern = Pattern(where=lambda s: bool(s.payload) or bool(s.flags & (FIN | RST)))
+        while not fin and not enough(bytes(stream)):
+            segment = self.tester.next_matching(
+                pattern, deadline - time.monotonic(), owner=self.owns
+            )
+            if segment is None or segment.flags & RST:
+                break
+            offset = (segment.seq - base) & 0xFFFFFFFF
+            end = offset + len(segment.payload)
+            if offset <= len(stream) < end:
+                stream += segment.payload[len(stream) - offset :]
+            if segment.flags & FIN and end == len(stream):
+                fin = True
+            self.send("A", list(options()), ack=(base + len(stream) + fin) & 0xFFFFFFFF)
+        return bytes(stream), fin
+
     def expect_none(
         self,
         flags: str | None = None,
@@ -523,8 +556,7 @@ class Tester:
             self._by_fd[sock.fileno()] = port
         if not self.ports:
             raise TesterError(f"host {self.host.name} has no interface facing another host")
-        if not self.iut_host.spec.bare:
-            self._install_neighbours()
+        self._install_neighbours()
 
     def _peer_interface(self, iface: Any) -> Any:
         link = self.topo.links.get(iface.link)
@@ -533,15 +565,17 @@ class Tester:
         return link.b if link.a.host == iface.host and link.a.ifname == iface.ifname else link.a
 
     def _install_neighbours(self) -> None:
-        """Permanent neighbour entries on the IUT for every tester address, on every IUT
-        interface that faces the tester (kernel IUTs only)."""
+        """Permanent neighbour entries for every tester address on every kernel interface
+        that faces the tester: the IUT's (kernel IUTs only) and a router's or
+        middlebox's on a routed path."""
         for port in self.ports.values():
             peer = self._peer_interface(self.host.interfaces[port.ifname])
-            if peer.host != self.iut_host.name:
+            peer_host = self.topo.hosts[peer.host]
+            if peer_host.spec.bare:
                 continue
             for other in self.ports.values():
                 for address in other.addresses:
-                    self.iut_host.ipr.neigh(
+                    peer_host.ipr.neigh(
                         "replace",
                         dst=address,
                         lladdr=":".join(f"{b:02x}" for b in port.mac),
@@ -567,8 +601,12 @@ class Tester:
         return self.ports[ifname].addresses[0]
 
     def iut_address(self, ifname: str = "eth0") -> str:
-        """The IUT's address on the link that the tester's `ifname` is on."""
+        """The IUT's address on the path that the tester's `ifname` is on: its address on
+        the link, or, when a router or middlebox is the link's other end, the address of
+        the IUT's interface of the same name (the shipped topologies route ethN to ethN)."""
         peer = self._peer_interface(self.host.interfaces[ifname])
+        if peer.host != self.iut_host.name:
+            peer = self.iut_host.interfaces[ifname]
         return str(peer.address(4))
 
     def free_port(self) -> int:
@@ -717,16 +755,16 @@ class Tester:
 
     # -- expectations --
 
-    def expect_pattern(
+    def next_matching(
         self,
         pattern: Pattern,
         within: float,
         *,
         owner: Callable[[Segment], bool] | None = None,
-        where_text: str = "",
-    ) -> Segment:
+    ) -> Segment | None:
+        """The first unconsumed segment matching, marked consumed, or None when none
+        came within `within` s (for loops that decide themselves what a timeout means)."""
         deadline = time.monotonic() + within
-        start = len(self.inbox)
         while True:
             for segment in self.inbox:
                 if segment.consumed or (owner is not None and not owner(segment)):
@@ -736,8 +774,21 @@ class Tester:
                     return segment
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                return None
             self._poll(remaining)
+
+    def expect_pattern(
+        self,
+        pattern: Pattern,
+        within: float,
+        *,
+        owner: Callable[[Segment], bool] | None = None,
+        where_text: str = "",
+    ) -> Segment:
+        start = len(self.inbox)
+        found = self.next_matching(pattern, within, owner=owner)
+        if found is not None:
+            return found
         seen = [s for s in self.inbox[max(0, start - 5) :] if owner is None or owner(s)]
         seen_text = "; ".join(s.describe() for s in seen[-6:]) if seen else "nothing"
         place = f" on {where_text}" if where_text else ""

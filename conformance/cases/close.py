@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import established, exchange
+from conformance.iut.base import source_bytes
 from conformance.model import deviates
+from conformance.tester import TesterError
 from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
 from stack.wire.tcp import RST
 
@@ -140,3 +144,54 @@ def tcprst_unknown_reason_accepted(ctx: Context) -> None:
     ctx.tester.flush()
     sf.send("R", [MpTcpRst(reason=99)], seq=sf.snd_nxt)
     sf.expect_none(within=0.3, what="an answer to a RST")
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    topology="strip_mptcp_after_handshake",
+    expected="Through a middlebox that strips MPTCP options after the handshake, a "
+    "download falls back without loss or corruption: the tester, reading the subflow "
+    "as plain TCP once data came without DSS, gets exactly the bytes the application "
+    "sent (same length, same SHA-256), then the FIN.",
+)
+def fallback_after_handshake_download_intact(ctx: Context) -> None:
+    nbytes = 64_000
+    sent = source_bytes(nbytes)
+    ctx.iut.listen(ctx.port, mode="source", nbytes=nbytes)
+    _, sf = ctx.tester.connect(ctx.port)
+    got, fin = sf.read_stream(enough=lambda s: len(s) > nbytes, within=2)
+    data = [s for s in ctx.tester.received(sf.owns) if s.payload]
+    if data and data[0].mptcp:
+        raise TesterError(f"the middlebox left MPTCP options on data: {data[0].describe()}")
+    if got != sent:
+        raise deviates(
+            f"data corrupted across the fallback: {len(got)} bytes delivered for {nbytes} "
+            f"sent, SHA-256 {_sha256(got)[:16]}… instead of {_sha256(sent)[:16]}…; "
+            + _what_differs(got, sent)
+        )
+    if not fin:
+        raise deviates(f"all {nbytes} bytes arrived intact but no FIN within 2 s")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _what_differs(got: bytes, sent: bytes) -> str:
+    """Where `got` leaves `sent`, and whether what follows repeats earlier bytes (data
+    sent again as new subflow bytes: a reinjection the fallen-back receiver delivers)."""
+    at = next((i for i, (x, y) in enumerate(zip(got, sent, strict=False)) if x != y),
+              min(len(got), len(sent)))  # fmt: skip
+    if at == len(got):
+        return f"the stream stops after {at} bytes"
+    tail = got[at : at + 64]
+    copy = sent.find(tail)
+    if 0 <= copy < at:
+        return (
+            f"from byte {at} it repeats bytes from {copy} on: the IUT kept MPTCP after ACKs "
+            "without a DATA_ACK and reinjected data as new subflow bytes on a path where "
+            "the receiver had fallen back (MUST fall back on such an ACK, §3.7)"
+        )
+    return f"the streams differ from byte {at} on"

@@ -19,6 +19,16 @@ from typing import Any, ClassVar
 MODES = ("sink", "echo", "source")
 
 
+def source_bytes(nbytes: int) -> bytes:
+    """What a `source` application sends: the first `nbytes` of the testbed's
+    deterministic stream (`testbed.apps`), the same for every IUT, so that a case can
+    check what arrives byte for byte."""
+    from testbed.apps import BLOCK, stream_chunk
+
+    chunks = [stream_chunk(i) for i in range((nbytes + BLOCK - 1) // BLOCK)]
+    return b"".join(chunks)[:nbytes]
+
+
 class IutError(Exception):
     """The IUT could not be started or configured: a harness fault (verdict `error`)."""
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from conformance.iut.base import MODES, AppReport, Iut, IutError
+from conformance.iut.base import MODES, AppReport, Iut, IutError, source_bytes
 from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
 
 KEEP_DATA = 1 << 16
@@ -169,7 +169,7 @@ class KernelIut(Iut):
         report = AppReport()
         with contextlib.suppress(OSError):
             report.mptcp = bool(conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP))
-        pending = bytes((i * 7) & 0xFF for i in range(nbytes)) if mode == "source" else b""
+        pending = source_bytes(nbytes) if mode == "source" else b""
         shut = False
         try:
             while True:
