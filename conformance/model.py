@@ -63,6 +63,7 @@ class Case:
     expected: str  # one sentence
     run: Callable[..., None] = field(compare=False, repr=False)
     topology: str = "single_path"
+    family: int = 4  # the IP version the tester speaks (an `_ipv6` variant: 6)
 
     @property
     def reference(self) -> str:

@@ -62,7 +62,7 @@ def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_A
             tester: Tester | None = None
             driver: Iut | None = None
             try:
-                tester = Tester(topo, "client", "server")
+                tester = Tester(topo, "client", "server", family=case.family)
                 driver = iut_cls(topo, "server")
                 before = driver.counters()
                 try:

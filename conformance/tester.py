@@ -62,6 +62,7 @@ from stack.wire.tcp import (
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23
@@ -104,7 +105,7 @@ class Record:
 
 
 class Segment:
-    """A TCP segment (IPv4), parsed; what `expect` returns."""
+    """A TCP segment (IPv4 or IPv6), parsed; what `expect` returns."""
 
     __slots__ = (
         "ack",
@@ -192,22 +193,30 @@ class Segment:
 
 
 def parse_frame(frame: bytes, ifname: str, when: float) -> Segment | None:
-    """An IPv4 TCP segment from an Ethernet frame, or None for anything else."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        return None
+    """A TCP segment from an Ethernet frame (IPv4, or IPv6 with TCP as the first next
+    header), or None for anything else."""
+    ethertype = frame[12:14]
     ip = frame[14:]
-    ihl = (ip[0] & 0x0F) * 4
-    if ip[0] >> 4 != 4 or ip[9] != 6 or len(ip) < ihl + 20:
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if ethertype == b"\x08\x00" and len(ip) >= 20 and ip[0] >> 4 == 4 and ip[9] == 6:
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        src, dst = ipaddress.IPv4Address(ip[12:16]), ipaddress.IPv4Address(ip[16:20])
+        tcp = parse_tcp(ip[ihl:total])
+    elif ethertype == b"\x86\xdd" and len(ip) >= 40 and ip[0] >> 4 == 6 and ip[6] == 6:
+        total = 40 + struct.unpack_from("!H", ip, 4)[0]
+        src, dst = ipaddress.IPv6Address(ip[8:24]), ipaddress.IPv6Address(ip[24:40])
+        tcp = parse_tcp(ip[40:total])
+    else:
         return None
-    total = struct.unpack_from("!H", ip, 2)[0]
-    tcp = parse_tcp(ip[ihl:total])
     if not isinstance(tcp, TcpHeader):
         return None
     return Segment(
         time=when,
         ifname=ifname,
-        src=str(ipaddress.IPv4Address(ip[12:16])),
-        dst=str(ipaddress.IPv4Address(ip[16:20])),
+        src=str(src),
+        dst=str(dst),
         sport=tcp.src_port,
         dport=tcp.dst_port,
         seq=tcp.seq,
@@ -514,8 +523,11 @@ class _Port:
 class Tester:
     """The scripted peer on the bare host `host` of a topology, on all its interfaces."""
 
-    def __init__(self, topo: Any, host: str = "client", iut_host: str = "server") -> None:
+    def __init__(
+        self, topo: Any, host: str = "client", iut_host: str = "server", *, family: int = 4
+    ) -> None:
         self.topo = topo
+        self.family = family  # the IP version of addresses that calls do not name
         self.host = topo.hosts[host]
         self.iut_host = topo.hosts[iut_host]
         self.records: list[Record] = []
@@ -550,8 +562,7 @@ class Tester:
             mac = sock.getsockname()[4]
             peer_host = self.topo.hosts[peer.host]
             peer_mac = _link_mac(peer_host, peer.index)
-            port = _Port(ifname, sock, mac, peer_mac, [str(a.ip) for a in iface.addresses
-                                                       if a.version == 4])  # fmt: skip
+            port = _Port(ifname, sock, mac, peer_mac, [str(a.ip) for a in iface.addresses])
             self.ports[ifname] = port
             self._by_fd[sock.fileno()] = port
         if not self.ports:
@@ -577,6 +588,7 @@ class Tester:
                 for address in other.addresses:
                     peer_host.ipr.neigh(
                         "replace",
+                        family=_family(address),
                         dst=address,
                         lladdr=":".join(f"{b:02x}" for b in port.mac),
                         ifindex=peer.index,
@@ -597,17 +609,24 @@ class Tester:
 
     # -- addresses --
 
-    def address(self, ifname: str = "eth0") -> str:
-        return self.ports[ifname].addresses[0]
+    def address(self, ifname: str = "eth0", version: int | None = None) -> str:
+        """The tester's address on `ifname` of IP version `version` (default: the
+        tester's family)."""
+        return str(self.host.interfaces[ifname].address(version or self.family))
 
-    def iut_address(self, ifname: str = "eth0") -> str:
+    def iut_address(self, ifname: str = "eth0", version: int | None = None) -> str:
         """The IUT's address on the path that the tester's `ifname` is on: its address on
         the link, or, when a router or middlebox is the link's other end, the address of
-        the IUT's interface of the same name (the shipped topologies route ethN to ethN)."""
+        the IUT's interface of the same name (the shipped topologies route ethN to ethN).
+        Of IP version `version` (default: the tester's family)."""
         peer = self._peer_interface(self.host.interfaces[ifname])
         if peer.host != self.iut_host.name:
             peer = self.iut_host.interfaces[ifname]
-        return str(peer.address(4))
+        return str(peer.address(version or self.family))
+
+    def mss(self, address: str) -> MaxSegmentSize:
+        """The MSS option for a SYN from `address`: the 1500-byte MTU less the headers."""
+        return MaxSegmentSize(1440 if _family(address) == socket.AF_INET6 else 1460)
 
     def free_port(self) -> int:
         while True:
@@ -664,11 +683,16 @@ class Tester:
         raw_options: bytes | None = None,
     ) -> None:
         from scapy.layers.inet import IP, TCP
+        from scapy.layers.inet6 import IPv6
         from scapy.layers.l2 import Ether
-        from scapy.packet import Raw
+        from scapy.packet import Packet, Raw
 
         port = self.ports[ifname]
-        ip = IP(src=src, dst=dst, ttl=64, id=random.getrandbits(16))
+        ip: Packet
+        if _family(src) == socket.AF_INET6:
+            ip = IPv6(src=src, dst=dst, hlim=64)
+        else:
+            ip = IP(src=src, dst=dst, ttl=64, id=random.getrandbits(16))
         if raw_options is None:
             tcp = TCP(
                 sport=sport,
@@ -725,6 +749,9 @@ class Tester:
         if ethertype == b"\x08\x06":
             self._answer_arp(port, frame)
             return
+        if ethertype == b"\x86\xdd" and len(frame) >= 78 and frame[20] == 58:
+            self._answer_neighbour_solicitation(port, frame)
+            return
         segment = parse_frame(frame, port.ifname, when)
         if segment is None or not self._is_mine(segment.dst):
             return
@@ -752,6 +779,27 @@ class Tester:
         )  # fmt: skip
         with contextlib.suppress(OSError):
             port.sock.send(reply)
+
+    def _answer_neighbour_solicitation(self, port: _Port, frame: bytes) -> None:
+        """A neighbour advertisement for an NDP solicitation of one of our addresses."""
+        if frame[54] != 135:  # ICMPv6 type: neighbour solicitation
+            return
+        target = str(ipaddress.IPv6Address(frame[62:78]))
+        if not self._is_mine(target):
+            return
+        from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+        from scapy.layers.l2 import Ether
+
+        mac = ":".join(f"{b:02x}" for b in port.mac)
+        source = str(ipaddress.IPv6Address(frame[22:38]))
+        answer = (
+            Ether(src=port.mac, dst=frame[6:12])
+            / IPv6(src=target, dst=source, hlim=255)
+            / ICMPv6ND_NA(tgt=target, R=0, S=1, O=1)
+            / ICMPv6NDOptDstLLAddr(lladdr=mac)
+        )
+        with contextlib.suppress(OSError):
+            port.sock.send(bytes(answer))
 
     # -- expectations --
 
@@ -880,7 +928,7 @@ class Tester:
             if version == 1
             else MpCapable(version=0, flags=flags, sender_key=connection.local_key)
         )
-        subflow.send("S", [MaxSegmentSize(1460), syn_option])
+        subflow.send("S", [self.mss(subflow.local), syn_option])
         synack = subflow.expect("SA", MpCapable, within=within, what="SYN/ACK with MP_CAPABLE")
         option = synack.option(MpCapable)
         assert option is not None
@@ -956,7 +1004,7 @@ class Tester:
         subflow.send(
             "S",
             [
-                MaxSegmentSize(1460),
+                self.mss(subflow.local),
                 MpJoinSyn(
                     address_id=address_id,
                     token=connection.remote_token if token is None else token,
@@ -998,8 +1046,8 @@ class Tester:
         connection.subflows.append(subflow)
         subflow.send(
             "SA",
-            [MaxSegmentSize(1460), MpCapable(version=version, flags=flags,
-                                             sender_key=connection.local_key)],
+            [self.mss(subflow.local), MpCapable(version=version, flags=flags,
+                                                sender_key=connection.local_key)],
         )  # fmt: skip
         return connection, subflow
 
@@ -1047,6 +1095,10 @@ def write_pcap(path: Path, records: Iterable[Record]) -> None:
 def _link_mac(host: Any, index: int) -> bytes:
     link = host.ipr.get_links(index)[0]
     return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _random_key(version: int) -> int:

@@ -13,16 +13,19 @@ versions, the IUT's role and the expected behaviour in one sentence:
         synack = sf.expect("SA", MpCapable, within=1)
         ...
 
-The case id is `<module>.<function>`. A case ends with a verdict by returning
-(conforms) or raising `deviates(...)` / `not_applicable(...)`; any other exception is a
-harness fault (`error`).
+The case id is `<module>.<function>`. `ipv6=True` registers the same function a second
+time as `<module>.<function>_ipv6`, run with the tester speaking IPv6 (`ctx.tester`'s
+default addresses are IPv6 ones) over the topology's IPv6 counterpart
+(`IPV6_TOPOLOGY`); such a case takes its addresses from the tester, never spelt out.
+A case ends with a verdict by returning (conforms) or raising `deviates(...)` /
+`not_applicable(...)`; any other exception is a harness fault (`error`).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conformance.iut.base import Iut
@@ -34,6 +37,8 @@ LISTENER, INITIATOR = Role.LISTENER, Role.INITIATOR
 
 AREAS = ("mp_capable", "token", "mp_join", "backup", "dss", "add_addr", "close")
 PORT = 5001
+# The topology an `_ipv6` variant runs on (dual-stack topologies serve both).
+IPV6_TOPOLOGY = {"dual_homed": "dual_homed_ipv6"}
 
 _REGISTRY: list[Case] = []
 
@@ -48,6 +53,10 @@ class Context:
     version: int  # the MPTCP version this run of the case speaks (the IUT's, in the case's)
     port: int = PORT
 
+    def iut_address(self, ifname: str = "eth0") -> str:
+        """The IUT host's own address on `ifname`, in the family of the case."""
+        return str(self.topo.hosts["server"].address(ifname, self.tester.family))
+
 
 def case(
     *,
@@ -59,25 +68,36 @@ def case(
     rfc: str | None = None,
     topology: str = "single_path",
     title: str | None = None,
+    ipv6: bool = False,
 ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     def register(function: Callable[[Context], None]) -> Callable[[Context], None]:
         area = function.__module__.rsplit(".", 1)[-1]
         version_set = frozenset(versions)
-        _REGISTRY.append(
-            Case(
-                id=f"{area}.{function.__name__}",
-                area=area,
-                title=title or function.__name__.replace("_", " "),
-                rfc=rfc or ("RFC 8684" if 1 in version_set else "RFC 6824"),
-                section=section,
-                level=level,
-                versions=version_set,
-                role=role,
-                expected=expected,
-                run=function,
-                topology=topology,
-            )
+        base = Case(
+            id=f"{area}.{function.__name__}",
+            area=area,
+            title=title or function.__name__.replace("_", " "),
+            rfc=rfc or ("RFC 8684" if 1 in version_set else "RFC 6824"),
+            section=section,
+            level=level,
+            versions=version_set,
+            role=role,
+            expected=expected,
+            run=function,
+            topology=topology,
         )
+        _REGISTRY.append(base)
+        if ipv6:
+            _REGISTRY.append(
+                replace(
+                    base,
+                    id=f"{base.id}_ipv6",
+                    title=f"{base.title} (IPv6)",
+                    expected=f"Over IPv6: {expected[0].lower()}{expected[1:]}",
+                    topology=IPV6_TOPOLOGY.get(topology, topology),
+                    family=6,
+                )
+            )
         return function
 
     return register

@@ -17,7 +17,7 @@ DUAL = "dual_homed"
 
 
 def _announce(ctx: Context, **endpoint: Any) -> tuple[MptcpConnection, Subflow, Segment]:
-    address = ctx.topo.hosts["server"].address("eth1")
+    address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"}, **endpoint)
     conn, sf = established(ctx)
     announce = sf.expect(option=AddAddrV1, within=1, what="ADD_ADDR", where=_not_echo)
@@ -43,7 +43,7 @@ def iut_add_addr_hmac_valid(ctx: Context) -> None:
     expected = crypto.add_addr_hmac(
         conn.remote_key or 0, conn.local_key, option.address_id, option.address, option.port
     )
-    if str(option.address) != ctx.topo.hosts["server"].address("eth1"):
+    if str(option.address) != ctx.iut_address("eth1"):
         raise deviates(f"announced {option.address}, not the endpoint: {announce.describe()}")
     if option.hmac != expected:
         raise deviates(f"ADD_ADDR HMAC {option.hmac!r}, expected {expected.hex()}")

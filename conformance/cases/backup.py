@@ -19,7 +19,7 @@ DUAL = "dual_homed"
     "SYN/ACK, although the tester's SYN had B=0.",
 )
 def synack_b_bit_from_backup_endpoint(ctx: Context) -> None:
-    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"signal", "backup"})
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"signal", "backup"})
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=False)
     if not synack.need(MpJoinSynAck).backup:
@@ -161,7 +161,7 @@ def all_backup_connection_carries_data(ctx: Context) -> None:
     "(3 bytes, B=1) on the subflow that uses it.",
 )
 def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
-    address = ctx.topo.hosts["server"].address("eth1")
+    address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"})
     conn, _ = established(ctx)
     second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")

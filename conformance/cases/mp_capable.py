@@ -12,6 +12,7 @@ SYN_OPTIONS = (MaxSegmentSize(1460),)
 
 
 @case(
+    ipv6=True,
     section="3.1",
     level=MUST,
     role=LISTENER,
@@ -197,6 +198,7 @@ def lost_third_ack_first_data_establishes(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.1",
     level=MUST,
     role=INITIATOR,
@@ -231,6 +233,7 @@ def initiator_v0_syn_format(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.1",
     level=MUST,
     role=INITIATOR,
@@ -319,7 +322,7 @@ def initiator_rejects_higher_version_synack(ctx: Context) -> None:
 )
 def initiator_respects_c_flag(ctx: Context) -> None:
     ctx.iut.set_limits(2, 2)
-    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"subflow"})
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"})
     conn, sf, _ = initiated(ctx, synack_flags=MPC_FLAG_H | MPC_FLAG_C)
     ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN to the tester")
     del conn, sf

@@ -46,6 +46,7 @@ def _join_syn(
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,
@@ -59,6 +60,7 @@ def valid_join_completes(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,
@@ -87,6 +89,7 @@ def data_on_joined_subflow_delivered(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,
@@ -180,6 +183,7 @@ def synack_address_id_of_initial_address(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,
@@ -188,7 +192,7 @@ def synack_address_id_of_initial_address(ctx: Context) -> None:
     "the SYN/ACK.",
 )
 def synack_address_id_of_endpoint(ctx: Context) -> None:
-    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), id=7, flags={"signal"})
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), id=7, flags={"signal"})
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1")
     option = synack.option(MpJoinSynAck)
@@ -277,7 +281,7 @@ def join_before_mp_capable_ack(ctx: Context) -> None:
 def join_to_announced_port(ctx: Context) -> None:
     from stack.wire.mptcp import AddAddrV1
 
-    address = ctx.topo.hosts["server"].address("eth1")
+    address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"}, port=6000)
     conn, sf = established(ctx)
     sf.expect(
@@ -298,7 +302,7 @@ def _initiator_join(
     """The IUT connects with a subflow endpoint on its second interface: the tester
     accepts MP_CAPABLE and waits for the IUT's join SYN."""
     ctx.iut.set_limits(2, 0)
-    ctx.iut.add_endpoint(ctx.topo.hosts["server"].address("eth1"), flags={"subflow"}, id=3)
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"}, id=3)
     conn, sf, _ = initiated(ctx, mode=mode, nbytes=nbytes)
     syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's join SYN")
     join = ctx.tester.accept(syn)
@@ -325,6 +329,7 @@ def _synack_hmac(conn: MptcpConnection, join: Subflow) -> bytes:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=INITIATOR,
@@ -343,6 +348,7 @@ def initiator_join_syn_token(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=INITIATOR,
@@ -361,6 +367,7 @@ def initiator_third_ack_hmac(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=INITIATOR,

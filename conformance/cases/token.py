@@ -11,6 +11,7 @@ from stack.wire.tcp import MaxSegmentSize
 
 
 @case(
+    ipv6=True,
     section="3.1",
     level=MUST,
     role=LISTENER,
@@ -30,6 +31,7 @@ def idsn_from_key(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,
@@ -65,6 +67,7 @@ def keys_and_tokens_unique(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.2",
     level=MUST,
     role=LISTENER,

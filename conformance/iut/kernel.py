@@ -94,16 +94,16 @@ class KernelIut(Iut):
 
     # -- running --
 
-    def _socket(self) -> socket.socket:
+    def _socket(self, family: int = socket.AF_INET) -> socket.socket:
         """An MPTCP socket in the host; plain TCP when MPTCP is disabled there
         (net.mptcp.enabled=0 refuses IPPROTO_MPTCP), as an application would fall back."""
         with self.host.entered():
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+                sock = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
             except OSError as error:
                 if error.errno not in (errno.ENOPROTOOPT, errno.EPROTONOSUPPORT):
                     raise
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         with self._lock:
             self._sockets.append(sock)
         return sock
@@ -117,12 +117,17 @@ class KernelIut(Iut):
     def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
         if mode not in MODES:
             raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
-        listener = self._socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("0.0.0.0", port))
-        listener.listen(64)
-        listener.setblocking(False)
-        self._spawn(self._accept_loop, listener, mode, nbytes)
+        # One listener per family (IPv6 only on the AF_INET6 one), so that IPv4 cases
+        # meet a plain AF_INET socket, as before IPv6 cases existed.
+        for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            listener = self._socket(family)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind((wildcard, port))
+            listener.listen(64)
+            listener.setblocking(False)
+            self._spawn(self._accept_loop, listener, mode, nbytes)
 
     def connect(
         self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
@@ -130,7 +135,7 @@ class KernelIut(Iut):
     ) -> None:  # fmt: skip
         if mode not in MODES:
             raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
-        sock = self._socket()
+        sock = self._socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
         if source:
             sock.bind((source, 0))
         sock.setblocking(False)
