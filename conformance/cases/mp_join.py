@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from itertools import pairwise
+
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import established, exchange, initiated
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Segment, Subflow
+from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
 from stack.wire.mptcp import (
     MPTCP_RST_EPROHIBIT,
@@ -15,7 +19,7 @@ from stack.wire.mptcp import (
     MpJoinSynAck,
     MpTcpRst,
 )
-from stack.wire.tcp import MaxSegmentSize
+from stack.wire.tcp import RST, MaxSegmentSize
 
 DUAL = "dual_homed"
 
@@ -207,8 +211,8 @@ def synack_address_id_of_endpoint(ctx: Context) -> None:
     expected="Every SYN/ACK with MP_JOIN carries a fresh random nonce R-B.",
 )
 def fresh_nonces(ctx: Context) -> None:
-    conn, _ = established(ctx)
     ctx.iut.set_limits(8, 0)
+    conn, _ = established(ctx)
     nonces = []
     for _ in range(4):
         sf, _ = _join_syn(ctx, conn.remote_token)
@@ -413,3 +417,116 @@ def initiator_no_data_before_fourth_ack(ctx: Context) -> None:
     join.expect("A", MpJoinAck, within=1)
     join.expect_none(data=True, within=0.5, what="data before the fourth ACK")
     del sf
+
+
+# The most third-ACK retransmissions a joining host may send without giving up: TCP's
+# default bound on retransmissions of an unacknowledged segment (Linux tcp_retries2,
+# RFC 1122 4.2.3.5 R2), which the retransmitted third ACK stands in for.
+MAX_THIRD_ACK_TRIES = 15
+
+
+def _fourth_ack_withheld(
+    ctx: Context, *, enough: Callable[[list[Segment]], bool], within: float
+) -> tuple[list[Segment], Segment | None]:
+    """The IUT joins with data to send; the tester answers the join and never sends the
+    fourth ACK. Collects the IUT's third ACKs (each must carry HMAC-A) until `enough`,
+    a RST, or `within` s; data on the join subflow, still PRE_ESTABLISHED, deviates at
+    once. Returns the third ACKs and the RST (None when there was none)."""
+    conn, _, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
+    _answer_join(conn, join)
+    hmac = crypto.join_ack_hmac(
+        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
+    )
+    acks: list[Segment] = []
+    deadline = time.monotonic() + within
+    while not enough(acks):
+        segment = ctx.tester.next_matching(Pattern(), deadline - time.monotonic(), owner=join.owns)
+        if segment is None:
+            return acks, None
+        if segment.payload:
+            raise deviates(
+                f"data on the join subflow before its third ACK was acknowledged (fourth "
+                f"ACK withheld, {len(acks)} third ACKs so far): {segment.describe()}"
+            )
+        if segment.flags & RST:
+            return acks, segment
+        option = segment.option(MpJoinAck)
+        if option is None:
+            continue
+        if option.hmac != hmac:
+            raise deviates(f"a third ACK without HMAC-A {hmac.hex()}: {segment.describe()}")
+        acks.append(segment)
+    return acks, None
+
+
+def _intervals_ms(acks: list[Segment]) -> list[float]:
+    return [round((b.time - a.time) * 1000, 1) for a, b in pairwise(acks)]
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="With the fourth ACK withheld, the joining IUT retransmits its third ACK "
+    "(MP_JOIN, HMAC-A) on a timer that backs off as TCP's retransmission timer does (each "
+    "interval at least 1.5 times the one before), and sends no data on the subflow.",
+)
+def initiator_third_ack_retransmission_backs_off(ctx: Context) -> None:
+    acks, rst = _fourth_ack_withheld(ctx, enough=lambda a: len(a) >= 5, within=3.5)
+    gaps = _intervals_ms(acks)
+    if not gaps and rst is None:
+        raise deviates("the third ACK was never retransmitted within 3.5 s")
+    # A fixed timer (Linux: about 2 x srtt) wanders with the RTT estimate; an
+    # exponential backoff grows at every step, whatever the RTT does.
+    if any(later < 1.5 * earlier for earlier, later in pairwise(gaps)):
+        raise deviates(
+            f"third ACK retransmitted at intervals of {gaps} ms: no backoff (a timer that "
+            "does not grow)"
+        )
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    topology=DUAL,
+    expected="With the fourth ACK withheld, the joining IUT gives up after a bounded "
+    f"number of third-ACK retransmissions (at most {MAX_THIRD_ACK_TRIES}, TCP's default) "
+    "and resets the subflow, sending no data on it meanwhile.",
+)
+def initiator_third_ack_retransmission_bounded(ctx: Context) -> None:
+    started = time.monotonic()
+    acks, rst = _fourth_ack_withheld(
+        ctx, enough=lambda a: len(a) > MAX_THIRD_ACK_TRIES + 1, within=3
+    )
+    if rst is None and len(acks) > MAX_THIRD_ACK_TRIES + 1:
+        raise deviates(
+            f"{len(acks) - 1} third-ACK retransmissions in {time.monotonic() - started:.2f} s "
+            f"(intervals {_intervals_ms(acks)[:4]}… ms) and no RST: the joining IUT does not "
+            f"give up after {MAX_THIRD_ACK_TRIES}"
+        )
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A join whose third ACK never comes is not counted: with a subflow limit of "
+    "1, a later complete join is still accepted (fourth ACK), and the IUT sends nothing "
+    "but SYN/ACKs on the half-open one.",
+)
+def join_without_third_ack_not_counted(ctx: Context) -> None:
+    ctx.iut.set_limits(1, 0)
+    conn, first = established(ctx)
+    half, _ = _join_syn(ctx, conn.remote_token)
+    half.expect("SA", MpJoinSynAck, within=1, what="SYN/ACK with MP_JOIN")
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", address_id=2)
+    answer = sf.expect(within=1, what="the fourth ACK of the second join, or a RST")
+    if answer.flags & RST:
+        raise deviates(f"the complete join was refused, the half-open one counted: "
+                       f"{answer.describe()}")  # fmt: skip
+    exchange(ctx, conn, first, b"still one connection", on=first)
+    other = [s for s in ctx.tester.received(half.owns) if not s.has("SA")]
+    if other:
+        raise deviates(f"the IUT used the half-open join: {other[0].describe()}")
