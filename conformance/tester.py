@@ -464,11 +464,11 @@ class Subflow:
         *,
         enough: Callable[[bytes], bool],
         within: float,
-        options: Callable[[], Sequence[TcpOption]] = lambda: (),
+        options: Callable[[bytes], Sequence[TcpOption]] = lambda stream: (),
     ) -> tuple[bytes, bool]:
         """Read the IUT's byte stream on this subflow as plain TCP delivers it: in-order
         bytes from the subflow's ISN, retransmitted overlaps once, each advance
-        acknowledged (with `options()`). Ends at the IUT's FIN, at a RST, when
+        acknowledged (with `options(stream so far)`). Ends at the IUT's FIN, at a RST, when
         `enough(stream)` holds, or `within` s from now; returns (stream, FIN seen)."""
         if self.irs is None:
             raise TesterError(f"{self!r}: no SYN from the IUT seen, no stream to read")
@@ -489,7 +489,8 @@ class Subflow:
                 stream += segment.payload[len(stream) - offset :]
             if segment.flags & FIN and end == len(stream):
                 fin = True
-            self.send("A", list(options()), ack=(base + len(stream) + fin) & 0xFFFFFFFF)
+            ack = (base + len(stream) + fin) & 0xFFFFFFFF
+            self.send("A", list(options(bytes(stream))), ack=ack)
         return bytes(stream), fin
 
     def expect_none(

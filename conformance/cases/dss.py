@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import established, exchange, initiated
+from conformance.iut.base import source_bytes
 from conformance.model import deviates
-from stack.wire.mptcp import Dss, MpFail
-from stack.wire.tcp import RST
+from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
+from stack import crypto
+from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, Dss, MpCapable, MpFail
+from stack.wire.tcp import RST, TcpOption
 
 
 @case(
@@ -137,18 +142,7 @@ def duplicate_mapping_delivered_once(ctx: Context) -> None:
 )
 def bad_dss_checksum_fails(ctx: Context) -> None:
     conn, sf = established(ctx, checksum=True)
-    payload = b"corrupted on the way"
-    dss = conn.mapping(sf, payload)
-    from dataclasses import replace
-
-    sf.send("PA", [replace(dss, checksum=(dss.checksum or 0) ^ 0xFFFF)], payload)
-    answer = sf.expect(
-        within=1,
-        what="MP_FAIL or RST",
-        where=lambda s: s.option(MpFail) is not None or bool(s.flags & RST),
-    )
-    if answer.payload == payload:
-        raise deviates(f"the corrupted data was delivered: {answer.describe()}")
+    _bad_checksum(ctx, conn, sf, b"corrupted on the way")
 
 
 @case(
@@ -165,3 +159,193 @@ def subflow_fin_is_not_data_fin(ctx: Context) -> None:
         within=1, what="the ACK of the FIN", where=lambda s: s.ack == sf.snd_nxt and not s.payload
     )
     sf.expect_none(option=Dss, within=0.3, what="a DATA_FIN", where=lambda s: s.need(Dss).data_fin)
+
+
+@case(
+    section="3.3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="Mappings with a 4-byte DSN (m=0: the low 32 bits of the DSN) and a 4-byte "
+    "data ACK are accepted: the data of two such mappings comes back echoed, in order.",
+)
+def dsn_32_bit_mapping_accepted(ctx: Context) -> None:
+    conn, sf = established(ctx)
+    payloads = [b"four-byte DSN, one", b"four-byte DSN, two"]
+    for payload in payloads:
+        dss = conn.mapping(sf, payload)
+        sf.send("PA", [_short(dss)], payload)
+    echoed = b""
+    while len(echoed) < sum(map(len, payloads)):
+        echo = sf.expect(data=True, within=1, what="the echo of the 4-byte-DSN data")
+        echoed += echo.payload
+        sf.send("A", [conn.data_ack()])
+    if echoed != b"".join(payloads):
+        raise deviates(f"echoed {echoed!r} for {b''.join(payloads)!r}")
+
+
+def _short(dss: Dss) -> Dss:
+    """The same DSS with a 4-byte DSN and a 4-byte data ACK (the low 32 bits)."""
+    return replace(
+        dss,
+        dsn=None if dss.dsn is None else dss.dsn & 0xFFFFFFFF,
+        dsn_64=False,
+        data_ack=None if dss.data_ack is None else dss.data_ack & 0xFFFFFFFF,
+        data_ack_64=False,
+    )
+
+
+@case(
+    section="3.3.2",
+    level=MUST,
+    role=LISTENER,
+    expected="4-byte data ACKs (a=0) acknowledge the IUT's data: a 200 KB download that "
+    "the tester acknowledges with 4-byte data ACKs only arrives exactly once, nothing of "
+    "it sent again at the data level (reinjected) within 1.5 s.",
+)
+def data_ack_32_bit_accepted(ctx: Context) -> None:
+    nbytes = 200_000
+    conn, sf = established(ctx, mode="source", nbytes=nbytes)
+
+    def short_data_ack(stream: bytes) -> list[TcpOption]:
+        return [Dss(data_ack=(conn.remote_idsn + 1 + len(stream)) & 0xFFFFFFFF)]
+
+    # One subflow, no loss: the subflow stream is the data stream, so its length gives
+    # the data ACK, and bytes beyond nbytes are data sent again.
+    got, _ = sf.read_stream(enough=lambda s: len(s) > nbytes, within=1.5, options=short_data_ack)
+    if got != source_bytes(nbytes):
+        raise deviates(
+            f"{len(got)} bytes arrived for {nbytes} sent, acknowledged with 4-byte data "
+            "ACKs: " + ("data acknowledged was sent again, the ACKs were not taken"
+                        if len(got) > nbytes else "the download stalled")
+        )  # fmt: skip
+
+
+def _checksums_required(ctx: Context) -> None:
+    """The IUT requires DSS checksums itself (Linux: net.mptcp.checksum_enabled=1)."""
+    ctx.iut.set_sysctl("net.mptcp.checksum_enabled", 1)
+
+
+@case(
+    section="3.3.6",
+    level=MUST,
+    role=LISTENER,
+    expected="An IUT configured to require checksums sets A in its SYN/ACK to a SYN "
+    "without A; then its mappings carry a valid DSS checksum, and the tester's "
+    "checksummed data is delivered.",
+)
+def iut_requires_checksums(ctx: Context) -> None:
+    _checksums_required(ctx)
+    conn, sf = established(ctx)
+    synack = next(s for s in ctx.tester.received(sf.owns) if s.has("SA"))
+    if not synack.need(MpCapable).checksum_required:
+        raise deviates(f"SYN/ACK without A from an IUT requiring checksums: {synack.describe()}")
+    if not conn.checksum:
+        raise TesterError("the tester did not switch to checksummed mappings")
+    echo = exchange(ctx, conn, sf, b"checksummed both ways")
+    _valid_checksum(conn, echo)
+
+
+def _valid_checksum(conn: MptcpConnection, segment: Segment) -> None:
+    dss = segment.option(Dss)
+    if dss is None or dss.dsn is None:
+        raise deviates(f"data without a DSS mapping: {segment.describe()}")
+    if dss.checksum is None:
+        raise deviates(f"mapping without a checksum, checksums negotiated: {segment.describe()}")
+    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
+    length = dss.data_level_length or 0
+    if not crypto.dss_checksum_ok(
+        dsn, dss.subflow_seq or 0, length, dss.checksum, segment.payload[:length]
+    ):
+        raise deviates(f"DSS checksum {dss.checksum:#06x} does not verify: {segment.describe()}")
+
+
+@case(
+    section="3.3.6",
+    level=MUST,
+    role=INITIATOR,
+    expected="An IUT configured to require checksums sets A in its MP_CAPABLE SYN, and its "
+    "first data then carries a valid DSS checksum.",
+)
+def initiator_requires_checksums(ctx: Context) -> None:
+    _checksums_required(ctx)
+    t = ctx.tester
+    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=300)
+    syn = t.expect("S", MpCapable, dport=ctx.port, within=2, what="SYN with MP_CAPABLE")
+    if not syn.need(MpCapable).checksum_required:
+        raise deviates(f"MP_CAPABLE SYN without A from an IUT requiring checksums: "
+                       f"{syn.describe()}")  # fmt: skip
+    conn, sf = t.accept_mp_capable(syn, flags=MPC_FLAG_H | MPC_FLAG_A)
+    conn.checksum = True
+    data = sf.expect(data=True, within=1, what="the IUT's first data")
+    option = data.option(MpCapable)
+    if option is not None:  # v1 first data: MP_CAPABLE with the length and the checksum
+        conn.learn_remote_key(option.sender_key or 0)
+        if option.checksum is None:
+            raise deviates(f"first data MP_CAPABLE without a checksum: {data.describe()}")
+        if not crypto.dss_checksum_ok(
+            conn.data_rcv_nxt, 1, option.data_level_length or 0, option.checksum, data.payload
+        ):
+            raise deviates(f"first data checksum does not verify: {data.describe()}")
+        return
+    _valid_checksum(conn, data)
+
+
+def _bad_checksum(
+    ctx: Context, conn: MptcpConnection, sf: Subflow, payload: bytes
+) -> tuple[int, Segment]:
+    """Send `payload` with a wrong DSS checksum; the IUT's first answer (anything but a
+    pure ACK without MPTCP options) and the DSN of the bad mapping."""
+    dss = conn.mapping(sf, payload)
+    sf.send("PA", [replace(dss, checksum=(dss.checksum or 0) ^ 0xFFFF)], payload)
+    answer = sf.expect(
+        within=1,
+        what="MP_FAIL or RST",
+        where=lambda s: s.option(MpFail) is not None or bool(s.flags & RST) or bool(s.payload),
+    )
+    if answer.payload:
+        raise deviates(f"data with a bad checksum was delivered: {answer.describe()}")
+    return dss.dsn or 0, answer
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    expected="With checksums required by the IUT and a single subflow, data whose DSS "
+    "checksum fails is never delivered (the receiver MUST discard the data from the DSN "
+    "in its MP_FAIL on): the IUT answers MP_FAIL carrying the DSN of the failed mapping, "
+    "or resets the subflow.",
+)
+def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
+    _checksums_required(ctx)
+    conn, sf = established(ctx)
+    payload = b"flipped on the way"
+    dsn, answer = _bad_checksum(ctx, conn, sf, payload)
+    fail = answer.option(MpFail)
+    if fail is not None and fail.dsn != dsn:
+        raise deviates(f"MP_FAIL names DSN {fail.dsn:#x}, the failed mapping is at {dsn:#x}")
+    sf.expect_none(
+        data=True, within=0.3, what="echo of the data that failed its checksum",
+        where=lambda s: payload in s.payload,
+    )  # fmt: skip
+
+
+@case(
+    section="3.7",
+    level=MUST,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="With checksums required and two subflows, a checksum failure on one subflow "
+    "resets that subflow (RST), and the connection goes on on the other.",
+)
+def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
+    _checksums_required(ctx)
+    conn, first = established(ctx)
+    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    second.expect("A", within=1, what="the fourth ACK")
+    payload = b"flipped on the second path"
+    dsn, answer = _bad_checksum(ctx, conn, second, payload)
+    if not answer.flags & RST:
+        second.expect(within=1, what="RST of the subflow", where=lambda s: bool(s.flags & RST))
+    conn.data_snd_nxt = dsn  # the failed bytes, sent again on the first subflow
+    exchange(ctx, conn, first, payload, on=first)
