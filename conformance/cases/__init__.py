@@ -8,8 +8,7 @@ versions, the IUT's role and the expected behaviour in one sentence:
           expected="A v1 SYN with MP_CAPABLE gets a SYN/ACK with MP_CAPABLE v1 and Key-B.")
     def v1_syn_gets_v1_synack(ctx: Context) -> None:
         ctx.iut.listen(ctx.port)
-        sf = ctx.tester.subflow(ctx.port)
-        sf.send("S", [MaxSegmentSize(1460), MpCapable(version=1)])
+        sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))  # MSS, then this
         synack = sf.expect("SA", MpCapable, within=1)
         ...
 

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange
+from conformance.cases.steps import established, exchange, joined
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Segment, Subflow
 from stack import crypto
@@ -169,8 +169,7 @@ def tester_add_addr_v0(ctx: Context) -> None:
 )
 def remove_addr_closes_subflow(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", address_id=4)
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn, address_id=4)
     first.send("A", [RemoveAddr((4,)), conn.data_ack()])
     second.expect(
         within=1, what="RST or FIN on the removed subflow",

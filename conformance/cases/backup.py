@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange
+from conformance.cases.steps import established, exchange, joined
 from conformance.model import deviates
+from conformance.tester import MptcpConnection, Subflow
 from stack.wire.mptcp import MpJoinSynAck, MpPrio
 
 DUAL = "dual_homed"
+
+
+def _data_only_on(
+    ctx: Context, conn: MptcpConnection, regular: Subflow, *, avoiding: Subflow,
+    sending_on: Subflow,
+) -> None:  # fmt: skip
+    """Five echoes of data the tester sends on `sending_on` all come back on `regular`,
+    and none on the backup subflow `avoiding`."""
+    for index in range(5):
+        exchange(ctx, conn, sending_on, f"echo {index}".encode(), on=regular)
+    avoiding.expect_none(data=True, within=0.2, what="data on the backup subflow")
 
 
 @case(
@@ -51,11 +63,8 @@ def synack_b_bit_is_not_an_echo(ctx: Context) -> None:
 )
 def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
     conn, regular = established(ctx)
-    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
-    backup.expect("A", within=1, what="the fourth ACK")
-    for index in range(5):
-        exchange(ctx, conn, backup, f"on the backup path {index}".encode(), on=regular)
-    backup.expect_none(data=True, within=0.2, what="data on the backup subflow")
+    backup = joined(ctx, conn, backup=True)
+    _data_only_on(ctx, conn, regular, avoiding=backup, sending_on=backup)
 
 
 @case(
@@ -67,8 +76,7 @@ def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
 )
 def data_moves_to_backup_after_reset(ctx: Context) -> None:
     conn, regular = established(ctx)
-    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
-    backup.expect("A", within=1, what="the fourth ACK")
+    backup = joined(ctx, conn, backup=True)
     regular.send("R", seq=regular.snd_nxt)
     exchange(ctx, conn, backup, b"after the reset", on=backup)
 
@@ -83,8 +91,7 @@ def data_moves_to_backup_after_reset(ctx: Context) -> None:
 )
 def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
     conn, _ = established(ctx)
-    backup, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
-    backup.expect("A", within=1, what="the fourth ACK")
+    backup = joined(ctx, conn, backup=True)
     ctx.topo.links["path1"].blackhole(True)
     exchange(ctx, conn, backup, b"regular path is gone", on=backup, within=4)
 
@@ -99,12 +106,9 @@ def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
 )
 def mp_prio_v1_makes_subflow_backup(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn)
     first.send("A", [MpPrio(backup=True), conn.data_ack()])
-    for index in range(5):
-        exchange(ctx, conn, first, f"prio {index}".encode(), on=second)
-    first.expect_none(data=True, within=0.2, what="data on the subflow made backup")
+    _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
 
 
 @case(
@@ -117,11 +121,9 @@ def mp_prio_v1_makes_subflow_backup(ctx: Context) -> None:
 )
 def mp_prio_v0_with_address_id(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth0")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn, ifname="eth0")
     first.send("A", [MpPrio(backup=True, address_id=0), conn.data_ack()])
-    for index in range(5):
-        exchange(ctx, conn, first, f"prio {index}".encode(), on=second)
+    _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
 
 
 @case(
@@ -146,8 +148,7 @@ def mp_prio_for_unknown_subflow_ignored(ctx: Context) -> None:
 )
 def all_backup_connection_carries_data(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
-    second.expect("A", within=1, what="the fourth ACK")
+    joined(ctx, conn, backup=True)
     first.send("A", [MpPrio(backup=True), conn.data_ack()])
     exchange(ctx, conn, first, b"all backup")
 
@@ -164,8 +165,7 @@ def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
     address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"})
     conn, _ = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn)
     ctx.iut.set_backup(address, True)
     prio = second.expect(option=MpPrio, within=1, what="MP_PRIO")
     option = prio.need(MpPrio)

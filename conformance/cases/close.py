@@ -5,16 +5,11 @@ from __future__ import annotations
 import hashlib
 
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange
+from conformance.cases.steps import established, exchange, expect_rst, is_rst, join_syn, joined
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
 from conformance.tester import TesterError
 from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
-from stack.wire.tcp import RST
-
-
-def _is_rst(segment: object) -> bool:
-    return bool(segment.flags & RST)  # type: ignore[attr-defined]
 
 
 @case(
@@ -26,7 +21,7 @@ def _is_rst(segment: object) -> bool:
 def fastclose_with_right_key_resets(ctx: Context) -> None:
     conn, sf = established(ctx)
     sf.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)])
-    sf.expect(within=1, what="RST", where=_is_rst)
+    expect_rst(sf)
 
 
 @case(
@@ -50,10 +45,9 @@ def fastclose_with_wrong_key_ignored(ctx: Context) -> None:
 )
 def fastclose_resets_all_subflows(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn)
     first.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)])
-    second.expect(within=1, what="RST on the other subflow", where=_is_rst)
+    second.expect(within=1, what="RST on the other subflow", where=is_rst)
 
 
 @case(
@@ -66,8 +60,7 @@ def fastclose_resets_all_subflows(ctx: Context) -> None:
 )
 def tcprst_closes_only_its_subflow(ctx: Context) -> None:
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn)
     second.send("R", [MpTcpRst(reason=5)], seq=second.snd_nxt)
     exchange(ctx, conn, first, b"the connection lives", on=first)
 
@@ -80,13 +73,9 @@ def tcprst_closes_only_its_subflow(ctx: Context) -> None:
     "reason 1 (MPTCP-specific error).",
 )
 def refused_join_rst_reason(ctx: Context) -> None:
-    from stack.wire.mptcp import MpJoinSyn
-    from stack.wire.tcp import MaxSegmentSize
-
     conn, _ = established(ctx)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [MaxSegmentSize(1460), MpJoinSyn(1, conn.remote_token ^ 0xFFFF, 9)])
-    rst = sf.expect(within=1, what="RST", where=_is_rst)
+    sf, _ = join_syn(ctx, conn.remote_token ^ 0xFFFF)
+    rst = expect_rst(sf)
     option = rst.option(MpTcpRst)
     if option is None or option.reason != 1:
         raise deviates(f"RST without MP_TCPRST reason 1: {rst.describe()}")

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange, initiated
+from conformance.cases.steps import (
+    established,
+    exchange,
+    expect_data_ack,
+    expect_rst,
+    initiated,
+    is_rst,
+    iut_syn,
+    joined,
+    valid_checksum,
+)
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
@@ -44,15 +54,7 @@ def mapping_covers_payload(ctx: Context) -> None:
 def data_ack_advances(ctx: Context) -> None:
     conn, sf = established(ctx)
     echo = exchange(ctx, conn, sf, b"a" * 500)
-    expected = conn.data_snd_nxt
-    if echo.need(Dss).data_ack in (expected, expected & 0xFFFFFFFF):
-        return
-    sf.expect(
-        option=Dss,
-        within=1,
-        what=f"data ACK {expected}",
-        where=lambda s: s.need(Dss).data_ack in (expected, expected & 0xFFFFFFFF),
-    )
+    expect_data_ack(sf, conn.data_snd_nxt, echo)
 
 
 @case(
@@ -65,13 +67,7 @@ def data_ack_advances(ctx: Context) -> None:
 def data_fin_acknowledged(ctx: Context) -> None:
     conn, sf = established(ctx)
     ctx.tester.send_data(conn, sf, b"", data_fin=True)
-    expected = conn.data_snd_nxt
-    sf.expect(
-        option=Dss,
-        within=1,
-        what=f"data ACK {expected} covering the DATA_FIN",
-        where=lambda s: s.need(Dss).data_ack in (expected, expected & 0xFFFFFFFF),
-    )
+    expect_data_ack(sf, conn.data_snd_nxt)
 
 
 @case(
@@ -242,21 +238,7 @@ def iut_requires_checksums(ctx: Context) -> None:
     if not conn.checksum:
         raise TesterError("the tester did not switch to checksummed mappings")
     echo = exchange(ctx, conn, sf, b"checksummed both ways")
-    _valid_checksum(conn, echo)
-
-
-def _valid_checksum(conn: MptcpConnection, segment: Segment) -> None:
-    dss = segment.option(Dss)
-    if dss is None or dss.dsn is None:
-        raise deviates(f"data without a DSS mapping: {segment.describe()}")
-    if dss.checksum is None:
-        raise deviates(f"mapping without a checksum, checksums negotiated: {segment.describe()}")
-    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
-    length = dss.data_level_length or 0
-    if not crypto.dss_checksum_ok(
-        dsn, dss.subflow_seq or 0, length, dss.checksum, segment.payload[:length]
-    ):
-        raise deviates(f"DSS checksum {dss.checksum:#06x} does not verify: {segment.describe()}")
+    valid_checksum(conn, echo)
 
 
 @case(
@@ -269,8 +251,7 @@ def _valid_checksum(conn: MptcpConnection, segment: Segment) -> None:
 def initiator_requires_checksums(ctx: Context) -> None:
     _checksums_required(ctx)
     t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=300)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2, what="SYN with MP_CAPABLE")
+    syn = iut_syn(ctx, mode="source", nbytes=300)
     if not syn.need(MpCapable).checksum_required:
         raise deviates(f"MP_CAPABLE SYN without A from an IUT requiring checksums: "
                        f"{syn.describe()}")  # fmt: skip
@@ -287,7 +268,7 @@ def initiator_requires_checksums(ctx: Context) -> None:
         ):
             raise deviates(f"first data checksum does not verify: {data.describe()}")
         return
-    _valid_checksum(conn, data)
+    valid_checksum(conn, data)
 
 
 def _bad_checksum(
@@ -341,11 +322,10 @@ def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
 def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
     _checksums_required(ctx)
     conn, first = established(ctx)
-    second, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    second.expect("A", within=1, what="the fourth ACK")
+    second = joined(ctx, conn)
     payload = b"flipped on the second path"
     dsn, answer = _bad_checksum(ctx, conn, second, payload)
-    if not answer.flags & RST:
-        second.expect(within=1, what="RST of the subflow", where=lambda s: bool(s.flags & RST))
+    if not is_rst(answer):
+        expect_rst(second)
     conn.data_snd_nxt = dsn  # the failed bytes, sent again on the first subflow
     exchange(ctx, conn, first, payload, on=first)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, has_mapping, initiated
+from conformance.cases.steps import (
+    established,
+    has_mapping,
+    initiated,
+    iut_syn,
+    plain_synack,
+    tester_syn,
+    valid_checksum,
+)
 from conformance.model import deviates
+from conformance.tester import Segment
 from stack.wire.mptcp import MPC_FLAG_B, MPC_FLAG_C, MPC_FLAG_H, Dss, MpCapable, MpJoinSyn
 from stack.wire.tcp import MaxSegmentSize
-
-SYN_OPTIONS = (MaxSegmentSize(1460),)
 
 
 @case(
@@ -21,15 +28,21 @@ SYN_OPTIONS = (MaxSegmentSize(1460),)
 )
 def v1_syn_gets_v1_synack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H)])
+    sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
     synack = sf.expect("SA", MpCapable, within=1)
-    option = synack.option(MpCapable)
-    assert option is not None
-    if option.version != 1 or option.sender_key is None or option.receiver_key is not None:
-        raise deviates(f"SYN/ACK option is not v1 with one key: {synack.describe()}")
+    _v1_with_h_without_b(synack, "SYN/ACK", key=True)
+
+
+def _v1_with_h_without_b(segment: Segment, name: str, *, key: bool) -> None:
+    """`segment`'s MP_CAPABLE is v1, has H set and B clear, and carries one key (the
+    sender's) when `key`, none otherwise."""
+    option = segment.need(MpCapable)
+    has_keys = (option.sender_key is not None, option.receiver_key is not None)
+    if option.version != 1 or has_keys != (key, False):
+        keys = "one key" if key else "no key"
+        raise deviates(f"{name} MP_CAPABLE is not v1 with {keys}: {segment.describe()}")
     if not option.hmac_sha or option.extensibility:
-        raise deviates(f"SYN/ACK flags H clear or B set: {synack.describe()}")
+        raise deviates(f"{name} MP_CAPABLE flags H clear or B set: {segment.describe()}")
 
 
 @case(
@@ -41,10 +54,8 @@ def v1_syn_gets_v1_synack(ctx: Context) -> None:
 )
 def v0_syn_gets_v0_synack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    t = ctx.tester
-    conn = t.connection(0)
-    sf = t.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=conn.local_key)])
+    conn = ctx.tester.connection(0)
+    sf = tester_syn(ctx, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=conn.local_key))
     synack = sf.expect("SA", MpCapable, within=1)
     option = synack.option(MpCapable)
     assert option is not None
@@ -61,11 +72,8 @@ def v0_syn_gets_v0_synack(ctx: Context) -> None:
 )
 def v0_syn_to_v1_host_falls_back(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send(
-        "S", [*SYN_OPTIONS, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=0x1122334455667788)]
-    )
-    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+    sf = tester_syn(ctx, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=0x1122334455667788))
+    plain_synack(sf)
 
 
 @case(
@@ -77,8 +85,7 @@ def v0_syn_to_v1_host_falls_back(ctx: Context) -> None:
 )
 def higher_version_syn_gets_v1(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=2, flags=MPC_FLAG_H)])
+    sf = tester_syn(ctx, MpCapable(version=2, flags=MPC_FLAG_H))
     synack = sf.expect("SA", within=1)
     option = synack.option(MpCapable)
     if option is None or option.version != 1:
@@ -94,9 +101,8 @@ def higher_version_syn_gets_v1(ctx: Context) -> None:
 )
 def b_flag_syn_is_ignored(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H | MPC_FLAG_B)])
-    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+    sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H | MPC_FLAG_B))
+    plain_synack(sf)
 
 
 @case(
@@ -108,9 +114,8 @@ def b_flag_syn_is_ignored(ctx: Context) -> None:
 )
 def no_h_flag_syn_falls_back(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=0)])
-    sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+    sf = tester_syn(ctx, MpCapable(version=1, flags=0))
+    plain_synack(sf)
 
 
 @case(
@@ -122,8 +127,7 @@ def no_h_flag_syn_falls_back(ctx: Context) -> None:
 )
 def unassigned_flags_ignored(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H | 0x1E)])
+    sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H | 0x1E))
     synack = sf.expect("SA", within=1)
     option = synack.option(MpCapable)
     if option is None:
@@ -140,21 +144,8 @@ def unassigned_flags_ignored(ctx: Context) -> None:
     "mappings then carry a valid DSS checksum.",
 )
 def a_flag_requires_checksums(ctx: Context) -> None:
-    from stack import crypto
-
     conn, sf = established(ctx, checksum=True)
-    echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1]
-    dss = echo.option(Dss)
-    if dss is None or dss.dsn is None:
-        raise deviates(f"echoed data without a DSS mapping: {echo.describe()}")
-    if dss.checksum is None:
-        raise deviates(f"DSS mapping without checksum after A was set: {echo.describe()}")
-    relative = dss.subflow_seq or 0
-    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.remote_idsn & ~0xFFFFFFFF)
-    if not crypto.dss_checksum_ok(
-        dsn, relative, dss.data_level_length or 0, dss.checksum, echo.payload
-    ):
-        raise deviates(f"DSS checksum {dss.checksum:#x} does not verify: {echo.describe()}")
+    valid_checksum(conn, ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1])
 
 
 @case(
@@ -166,8 +157,7 @@ def a_flag_requires_checksums(ctx: Context) -> None:
 )
 def bad_option_length_syn(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", raw_options=MaxSegmentSize(1460).emit() + bytes((30, 5, 0x01, MPC_FLAG_H, 0)))
+    sf = tester_syn(ctx, raw_options=bytes((30, 5, 0x01, MPC_FLAG_H, 0)))
     sf.expect("SA", absent=[MpCapable], within=1, what="a SYN/ACK without MP_CAPABLE")
 
 
@@ -183,10 +173,9 @@ def lost_third_ack_first_data_establishes(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     t = ctx.tester
     conn = t.connection(1)
-    sf = t.subflow(ctx.port)
+    sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
     sf.connection = conn
     conn.subflows.append(sf)
-    sf.send("S", [*SYN_OPTIONS, MpCapable(version=1, flags=MPC_FLAG_H)])
     synack = sf.expect("SA", MpCapable, within=1)
     option = synack.option(MpCapable)
     assert option is not None and option.sender_key is not None
@@ -205,15 +194,7 @@ def lost_third_ack_first_data_establishes(ctx: Context) -> None:
     expected="The IUT's SYN carries MP_CAPABLE v1 of 4 bytes (no key) with H set, B clear.",
 )
 def initiator_v1_syn_format(ctx: Context) -> None:
-    t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
-    option = syn.option(MpCapable)
-    assert option is not None
-    if option.version != 1 or option.sender_key is not None:
-        raise deviates(f"SYN MP_CAPABLE is not v1 without a key: {syn.describe()}")
-    if not option.hmac_sha or option.extensibility:
-        raise deviates(f"SYN MP_CAPABLE flags H clear or B set: {syn.describe()}")
+    _v1_with_h_without_b(iut_syn(ctx), "SYN", key=False)
 
 
 @case(
@@ -224,9 +205,7 @@ def initiator_v1_syn_format(ctx: Context) -> None:
     expected="The IUT's v0 SYN carries MP_CAPABLE v0 of 12 bytes with Key-A.",
 )
 def initiator_v0_syn_format(ctx: Context) -> None:
-    t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    syn = iut_syn(ctx)
     option = syn.option(MpCapable)
     if option is None or option.version != 0 or option.sender_key is None:
         raise deviates(f"SYN is not MP_CAPABLE v0 with Key-A: {syn.describe()}")
@@ -259,8 +238,7 @@ def initiator_third_ack_has_both_keys(ctx: Context) -> None:
 )
 def initiator_first_data_carries_keys(ctx: Context) -> None:
     t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=200)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    syn = iut_syn(ctx, mode="source", nbytes=200)
     conn, sf = t.accept_mp_capable(syn)
     data = sf.expect(data=True, within=1, what="the IUT's first data")
     option = data.option(MpCapable)
@@ -279,8 +257,7 @@ def initiator_first_data_carries_keys(ctx: Context) -> None:
 )
 def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
     t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=100)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    syn = iut_syn(ctx, mode="source", nbytes=100)
     sf = t.accept(syn)
     sf.send("SA", [MaxSegmentSize(1460)])
     data = sf.expect(data=True, within=1, what="the IUT's data")
@@ -297,8 +274,7 @@ def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
 )
 def initiator_rejects_higher_version_synack(ctx: Context) -> None:
     t = ctx.tester
-    ctx.iut.connect(t.address(), ctx.port, mode="source", nbytes=100)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2)
+    syn = iut_syn(ctx, mode="source", nbytes=100)
     sf = t.accept(syn)
     sf.send(
         "SA",

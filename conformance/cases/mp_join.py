@@ -7,7 +7,15 @@ from collections.abc import Callable
 from itertools import pairwise
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange, initiated
+from conformance.cases.steps import (
+    established,
+    exchange,
+    expect_rst,
+    initiated,
+    is_rst,
+    join_syn,
+    joined,
+)
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
@@ -22,28 +30,6 @@ from stack.wire.mptcp import (
 from stack.wire.tcp import RST, MaxSegmentSize
 
 DUAL = "dual_homed"
-
-
-def _join_syn(
-    ctx: Context,
-    token: int,
-    *,
-    ifname: str = "eth0",
-    port: int | None = None,
-    address_id: int = 1,
-    backup: bool = False,
-) -> tuple[Subflow, int]:
-    sf = ctx.tester.subflow(port or ctx.port, ifname=ifname)
-    nonce = crypto.generate_nonce()
-    sf.local_nonce = nonce
-    sf.send(
-        "S",
-        [
-            MaxSegmentSize(1460),
-            MpJoinSyn(address_id=address_id, token=token, nonce=nonce, backup=backup),
-        ],
-    )
-    return sf, nonce
 
 
 # ------------------------------------------------------------------ IUT as responder
@@ -87,8 +73,7 @@ def join_from_unannounced_address(ctx: Context) -> None:
 )
 def data_on_joined_subflow_delivered(ctx: Context) -> None:
     conn, _ = established(ctx)
-    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth1")
-    sf.expect("A", absent=[MpJoinAck], within=1, what="the fourth ACK")
+    sf = joined(ctx, conn)
     exchange(ctx, conn, sf, b"via the second path")
 
 
@@ -102,11 +87,7 @@ def data_on_joined_subflow_delivered(ctx: Context) -> None:
 def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
     conn, _ = established(ctx)
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=bytes(20))
-    _rst(sf)
-
-
-def _rst(sf: Subflow, within: float = 1.0) -> Segment:
-    return sf.expect(within=within, what="RST", where=lambda s: bool(s.flags & 0x04))
+    expect_rst(sf)
 
 
 def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
@@ -115,14 +96,14 @@ def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
     answer = sf.expect(
         within=1,
         what="RST or SYN/ACK with MP_JOIN",
-        where=lambda s: bool(s.flags & 0x04) or s.option(MpJoinSynAck) is not None,
+        where=lambda s: is_rst(s) or s.option(MpJoinSynAck) is not None,
     )
-    if answer.flags & 0x04:
+    if is_rst(answer):
         return answer
     sf.connection = conn
     sf.remote_nonce = answer.option(MpJoinSynAck).nonce  # type: ignore[union-attr]
     sf.send("A", [MpJoinAck(hmac=ctx.tester.join_ack_hmac(conn, sf))])
-    return _rst(sf)
+    return expect_rst(sf)
 
 
 @case(
@@ -134,11 +115,11 @@ def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
 )
 def third_ack_without_hmac_reset(ctx: Context) -> None:
     conn, _ = established(ctx)
-    sf, _ = _join_syn(ctx, conn.remote_token)
+    sf, _ = join_syn(ctx, conn.remote_token)
     sf.connection = conn
     sf.expect("SA", MpJoinSynAck, within=1)
     sf.send("A", [conn.data_ack()])
-    _rst(sf)
+    expect_rst(sf)
 
 
 @case(
@@ -215,7 +196,7 @@ def fresh_nonces(ctx: Context) -> None:
     conn, _ = established(ctx)
     nonces = []
     for _ in range(4):
-        sf, _ = _join_syn(ctx, conn.remote_token)
+        sf, _ = join_syn(ctx, conn.remote_token)
         synack = sf.expect("SA", MpJoinSynAck, within=1)
         nonces.append(synack.option(MpJoinSynAck).nonce)  # type: ignore[union-attr]
         sf.send("R", seq=sf.snd_nxt)
@@ -233,7 +214,7 @@ def fresh_nonces(ctx: Context) -> None:
 def subflow_limit_reason_3(ctx: Context) -> None:
     ctx.iut.set_limits(0, 0)
     conn, _ = established(ctx)
-    sf, _ = _join_syn(ctx, conn.remote_token)
+    sf, _ = join_syn(ctx, conn.remote_token)
     rst = _join_refused(ctx, conn, sf)
     option = rst.option(MpTcpRst)
     if option is None or option.reason != MPTCP_RST_EPROHIBIT:
@@ -253,7 +234,7 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
     conn, sf = t.connect(ctx.port)
     sf.send("PA", payload=b"no mapping: fall back")  # first data without DSS
     sf.expect(data=True, within=1, what="the echo")
-    join, _ = _join_syn(ctx, conn.remote_token)
+    join, _ = join_syn(ctx, conn.remote_token)
     _join_refused(ctx, conn, join)
 
 
@@ -267,11 +248,11 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
 def join_before_mp_capable_ack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [MaxSegmentSize(1460), MpCapable(version=1)])
+    sf.send("S", [ctx.tester.mss(sf.local), MpCapable(version=1)])
     synack = sf.expect("SA", MpCapable, within=1)
     key = synack.option(MpCapable).sender_key  # type: ignore[union-attr]
-    join, _ = _join_syn(ctx, crypto.key_token(key or 0, 1))
-    _rst(join)
+    join, _ = join_syn(ctx, crypto.key_token(key or 0, 1))
+    expect_rst(join)
 
 
 @case(
@@ -332,6 +313,13 @@ def _synack_hmac(conn: MptcpConnection, join: Subflow) -> bytes:
     )
 
 
+def _iut_hmac_a(conn: MptcpConnection, join: Subflow) -> bytes:
+    """HMAC-A that the joining IUT's third ACK must carry (the IUT is host A)."""
+    return crypto.join_ack_hmac(
+        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
+    )
+
+
 @case(
     ipv6=True,
     section="3.2",
@@ -363,9 +351,7 @@ def initiator_third_ack_hmac(ctx: Context) -> None:
     conn, _, join, _ = _initiator_join(ctx)
     _answer_join(conn, join)
     ack = join.expect("A", MpJoinAck, within=1)
-    expected = crypto.join_ack_hmac(
-        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
-    )
+    expected = _iut_hmac_a(conn, join)
     if ack.need(MpJoinAck).hmac != expected:
         raise deviates(f"HMAC-A wrong: {ack.describe()}, expected {expected.hex()}")
 
@@ -381,7 +367,7 @@ def initiator_third_ack_hmac(ctx: Context) -> None:
 def initiator_bad_hmac_in_synack(ctx: Context) -> None:
     conn, _, join, _ = _initiator_join(ctx)
     _answer_join(conn, join, hmac=bytes(8))
-    _rst(join)
+    expect_rst(join)
 
 
 @case(
@@ -434,9 +420,7 @@ def _fourth_ack_withheld(
     once. Returns the third ACKs and the RST (None when there was none)."""
     conn, _, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
     _answer_join(conn, join)
-    hmac = crypto.join_ack_hmac(
-        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
-    )
+    hmac = _iut_hmac_a(conn, join)
     acks: list[Segment] = []
     deadline = time.monotonic() + within
     while not enough(acks):
@@ -519,7 +503,7 @@ def initiator_third_ack_retransmission_bounded(ctx: Context) -> None:
 def join_without_third_ack_not_counted(ctx: Context) -> None:
     ctx.iut.set_limits(1, 0)
     conn, first = established(ctx)
-    half, _ = _join_syn(ctx, conn.remote_token)
+    half, _ = join_syn(ctx, conn.remote_token)
     half.expect("SA", MpJoinSynAck, within=1, what="SYN/ACK with MP_JOIN")
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", address_id=2)
     answer = sf.expect(within=1, what="the fourth ACK of the second join, or a RST")

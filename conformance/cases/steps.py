@@ -5,8 +5,9 @@ from __future__ import annotations
 from conformance.cases import Context
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
-from stack.wire.mptcp import Dss, MpCapable
-from stack.wire.tcp import MaxSegmentSize
+from stack import crypto
+from stack.wire.mptcp import Dss, MpCapable, MpJoinAck, MpJoinSyn
+from stack.wire.tcp import RST, TcpOption
 
 
 def has_mapping(segment: Segment) -> bool:
@@ -65,6 +66,15 @@ def _data_pattern() -> Pattern:
     return Pattern(data=True, what="echoed data")
 
 
+def iut_syn(
+    ctx: Context, *, mode: str = "sink", nbytes: int = 0, source: str | None = None
+) -> Segment:
+    """The IUT connects to the tester: its SYN with MP_CAPABLE."""
+    t = ctx.tester
+    ctx.iut.connect(t.address("eth0"), ctx.port, mode=mode, nbytes=nbytes, source=source)
+    return t.expect("S", MpCapable, dport=ctx.port, within=2, what="SYN with MP_CAPABLE")
+
+
 def initiated(
     ctx: Context,
     *,
@@ -75,11 +85,9 @@ def initiated(
 ) -> tuple[MptcpConnection, Subflow, Segment]:
     """The IUT connects to the tester, which accepts MP_CAPABLE, reads Key-A from the
     third ACK and acknowledges it at the data level (fully established)."""
-    t = ctx.tester
-    ctx.iut.connect(t.address("eth0"), ctx.port, mode=mode, nbytes=nbytes, source=source)
-    syn = t.expect("S", MpCapable, dport=ctx.port, within=2, what="SYN with MP_CAPABLE")
+    syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source)
     kwargs = {} if synack_flags is None else {"flags": synack_flags}
-    conn, sf = t.accept_mp_capable(syn, version=ctx.version, **kwargs)
+    conn, sf = ctx.tester.accept_mp_capable(syn, version=ctx.version, **kwargs)
     ack = sf.expect("A", MpCapable, within=1, what="third ACK with MP_CAPABLE")
     option = ack.option(MpCapable)
     assert option is not None
@@ -91,5 +99,80 @@ def initiated(
     return conn, sf, ack
 
 
-def syn_options(*options: object) -> list[object]:
-    return [MaxSegmentSize(1460), *options]
+def tester_syn(ctx: Context, *options: TcpOption, raw_options: bytes | None = None) -> Subflow:
+    """A new subflow to the IUT's port, opened with a SYN carrying the MSS and then
+    `options` (or, for a malformed option, the MSS and then `raw_options` bytes)."""
+    sf = ctx.tester.subflow(ctx.port)
+    mss = ctx.tester.mss(sf.local)
+    if raw_options is not None:
+        sf.send("S", raw_options=mss.emit() + raw_options)
+    else:
+        sf.send("S", [mss, *options])
+    return sf
+
+
+def plain_synack(sf: Subflow) -> Segment:
+    """The SYN/ACK of a responder that falls back: no MP_CAPABLE."""
+    return sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+
+
+def join_syn(
+    ctx: Context,
+    token: int,
+    *,
+    ifname: str = "eth0",
+    port: int | None = None,
+    address_id: int = 1,
+    backup: bool = False,
+    nonce: int | None = None,
+) -> tuple[Subflow, int]:
+    """A new subflow opened with a join SYN for `token` (the rest of the join is the
+    case's); returns it and the nonce R-A."""
+    sf = ctx.tester.subflow(port or ctx.port, ifname=ifname)
+    sf.local_nonce = crypto.generate_nonce() if nonce is None else nonce
+    option = MpJoinSyn(address_id=address_id, token=token, nonce=sf.local_nonce, backup=backup)
+    sf.send("S", [ctx.tester.mss(sf.local), option])
+    return sf, sf.local_nonce
+
+
+def joined(ctx: Context, conn: MptcpConnection, *, ifname: str = "eth1", **join: object) -> Subflow:
+    """A complete join of the IUT's connection over `ifname`, up to the IUT's fourth
+    ACK (the IUT then counts the subflow as established)."""
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname=ifname, **join)  # type: ignore[arg-type]
+    sf.expect("A", absent=[MpJoinAck], within=1, what="the fourth ACK")
+    return sf
+
+
+def is_rst(segment: Segment) -> bool:
+    return bool(segment.flags & RST)
+
+
+def expect_rst(sf: Subflow, within: float = 1.0) -> Segment:
+    return sf.expect(within=within, what="RST", where=is_rst)
+
+
+def expect_data_ack(sf: Subflow, expected: int, already: Segment | None = None) -> None:
+    """The IUT acknowledges up to `expected` at the data level (64- or 32-bit data ACK),
+    on `already` or a later segment of `sf`."""
+
+    def acks(segment: Segment) -> bool:
+        dss = segment.option(Dss)
+        return dss is not None and dss.data_ack in (expected, expected & 0xFFFFFFFF)
+
+    if already is None or not acks(already):
+        sf.expect(option=Dss, within=1, what=f"data ACK {expected}", where=acks)
+
+
+def valid_checksum(conn: MptcpConnection, segment: Segment) -> None:
+    """`segment` carries a DSS mapping with a checksum that verifies over its payload."""
+    dss = segment.option(Dss)
+    if dss is None or dss.dsn is None:
+        raise deviates(f"data without a DSS mapping: {segment.describe()}")
+    if dss.checksum is None:
+        raise deviates(f"mapping without a checksum, checksums negotiated: {segment.describe()}")
+    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
+    length = dss.data_level_length or 0
+    if not crypto.dss_checksum_ok(
+        dsn, dss.subflow_seq or 0, length, dss.checksum, segment.payload[:length]
+    ):
+        raise deviates(f"DSS checksum {dss.checksum:#06x} does not verify: {segment.describe()}")
