@@ -58,7 +58,7 @@ def _verdict(case_id: str, iut: Any, tmp_path: Path) -> Any:
     ("iut", "case_id", "seen"),
     [
         (MptcpDisabledKernel, "mp_capable.v1_syn_gets_v1_synack", "MpCapable"),
-        (MptcpDisabledKernel, "mp_capable.initiator_v1_syn_format", "MpCapable"),
+        (MptcpDisabledKernel, "mp_capable.initiator_v1_syn_format", "SYN with MP_CAPABLE"),
         (NoJoinsKernel, "mp_join.valid_join_completes", "mp_tcprst"),
         (BackupBlindKernel, "backup.synack_b_bit_from_backup_endpoint", "without B"),
     ],
