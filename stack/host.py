@@ -49,12 +49,24 @@ from stack.wire.ip import (
     IPv4Header,
     IPv6Header,
     emit_ip,
+    internet_checksum,
     ones_complement_sum,
     parse_ipv4,
     parse_ipv6,
     pseudo_header_value,
+    transport_checksum,
 )
-from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, emit_tcp, parse_tcp, tcp_checksum_ok
+from stack.wire.tcp import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TcpHeader,
+    emit_tcp,
+    parse_tcp,
+    tcp_checksum_ok,
+)
 
 ETH_P_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
@@ -64,6 +76,11 @@ FourTuple = tuple[IPAddress, int, IPAddress, int]  # local address, port, remote
 
 
 class SegmentReceiver(Protocol):
+    """Whoever registered a 4-tuple. It may also have `end_of_batch(now)`: then the host
+    calls it once after each read of the link that brought it segments, so that it can
+    take a burst of segments in one go (one ACK, one super-segment) instead of one by one.
+    The headers' memoryviews stay valid until then."""
+
     def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None: ...
 
 
@@ -132,6 +149,12 @@ class Host:
             EPHEMERAL_PORTS[int.from_bytes(os.urandom(2), "big") % len(EPHEMERAL_PORTS) :]
         )
         self.loop_thread_id: int | None = None
+        # receivers with end_of_batch() that got segments in the current read of a link
+        self._batch: dict[int, Callable[[float], None]] = {}
+        # per (source, destination): route, Ethernet header, IP header template, pseudo-
+        # header sum; the MAC part is trusted for _PATH_TTL seconds and dropped whenever
+        # a neighbour is learnt
+        self._paths: dict[tuple[IPAddress, IPAddress], _Path] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -214,10 +237,19 @@ class Host:
                     name, link = self._by_fd[fd]
                     for frame, trusted in link.receive(128):
                         self._on_frame(name, frame, trusted)
+                    if self._batch:
+                        self._end_batch()
                 while self._calls:
                     self._calls.popleft()()
         finally:
             poller.close()
+
+    def _end_batch(self) -> None:
+        batch = self._batch
+        self._batch = {}
+        now = self.clock()
+        for end_of_batch in batch.values():
+            end_of_batch(now)
 
     def _run_timers(self) -> float:
         """Fire due timers; return the poll timeout in seconds (-1: none)."""
@@ -319,6 +351,9 @@ class Host:
         receiver = self._connections.get((dst, tcp.dst_port, src, tcp.src_port))
         if receiver is not None:
             receiver.on_segment(ip, tcp, now)
+            end_of_batch = getattr(receiver, "end_of_batch", None)
+            if end_of_batch is not None:
+                self._batch[id(receiver)] = end_of_batch
             return
         listener = self._listeners.get(tcp.dst_port)
         if listener is not None and listener.on_syn(ip, tcp, now):
@@ -371,6 +406,106 @@ class Host:
         else:
             self._transmit(route.ifname, frame)
 
+    def send_tcp(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        header: bytes,
+        payload: bytes | bytearray | memoryview = b"",
+        *,
+        gso_size: int = 0,
+    ) -> bool:
+        """Send a TCP segment in one system call, its checksum left to the kernel.
+
+        `header` is the TCP header with its options (checksum field ignored); `payload`
+        goes out without being copied here. With `gso_size` and a longer payload, the
+        segment is a super-segment that the kernel cuts into pieces of `gso_size` bytes
+        of payload (each with a copy of the header, FIN and PSH on the last only), as
+        TSO does. Returns False when it was dropped (queue full, link down) or waits
+        for address resolution.
+        """
+        now = self.clock()
+        path = self._paths.get((src, dst))
+        if path is None or now >= path.expires:
+            return self._send_tcp_slowly(src, dst, header, payload, gso_size, now)
+        length = len(header) + len(payload)
+        value = path.pseudo + length
+        partial = value % 0xFFFF or 0xFFFF  # folded, not complemented (CHECKSUM_PARTIAL)
+        tcp_header = header[:16] + partial.to_bytes(2, "big") + header[18:]
+        if path.ipv6:
+            ip_header = path.ip[:4] + length.to_bytes(2, "big") + path.ip[6:]
+        else:
+            ip = bytearray(path.ip)  # its checksum field is zero
+            ip[2:4] = (20 + length).to_bytes(2, "big")
+            ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
+            ip_header = bytes(ip)
+        ok = path.link.send_tcp(
+            path.ethernet + ip_header + tcp_header,
+            payload,
+            l4_offset=path.l4_offset,
+            gso_size=gso_size if len(payload) > gso_size else 0,
+            ipv6=path.ipv6,
+        )
+        self._count(ok)
+        return ok
+
+    def _send_tcp_slowly(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        header: bytes,
+        payload: bytes | bytearray | memoryview,
+        gso_size: int,
+        now: float,
+    ) -> bool:
+        """The path is not cached (first segment, or its MAC is due for a fresh look):
+        cut and checksum the segment here and send the pieces as plain packets, which
+        wait in the neighbour queue if need be; cache the path once the MAC is known."""
+        route = self.routing.route(dst, src)
+        step = gso_size if 0 < gso_size < len(payload) else max(len(payload), 1)
+        seq = int.from_bytes(header[4:8], "big")
+        flags = header[13]
+        mac: bytes | None = None
+        for offset in range(0, max(len(payload), 1), step):
+            last = offset + step >= len(payload)
+            tcp = bytearray(header)
+            tcp[4:8] = ((seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
+            tcp[13] = flags if last else flags & ~(FIN | PSH)
+            tcp[16:18] = b"\0\0"
+            tcp += payload[offset : offset + step]
+            csum = transport_checksum(src.packed, dst.packed, IPPROTO_TCP, tcp)
+            tcp[16:18] = csum.to_bytes(2, "big")
+            mac = self._send_packet(route, emit_ip(src.packed, dst.packed, IPPROTO_TCP, tcp))
+        if mac is None:
+            return False
+        ipv6 = dst.version == 6
+        ethernet = emit_ethernet(mac, self._macs[route.ifname], ETH_P_IPV6 if ipv6 else ETH_P_IP)
+        template = bytearray(emit_ip(src.packed, dst.packed, IPPROTO_TCP))
+        if not ipv6:
+            template[10:12] = b"\0\0"
+        self._paths[(src, dst)] = _Path(
+            link=self.links[route.ifname],
+            ethernet=ethernet,
+            ip=template,
+            pseudo=pseudo_header_value(src.packed, dst.packed, IPPROTO_TCP, 0),
+            l4_offset=len(ethernet) + len(template),
+            ipv6=ipv6,
+            expires=now + _PATH_TTL,
+        )
+        return True
+
+    def _send_packet(self, route: Route, packet: bytes) -> bytes | None:
+        """Send a complete IP packet (checksums filled) to the route's next hop; the MAC
+        it went to, or None if it waits for address resolution."""
+        mac, solicits = self.neighbours.lookup(route.ifname, route.next_hop, packet, self.clock())
+        for solicit in solicits:
+            self._solicit(solicit, route.source)
+        if mac is not None:
+            ethertype = ETH_P_IP if packet[0] >> 4 == 4 else ETH_P_IPV6
+            self._transmit(route.ifname, emit_ethernet(mac, self._macs[route.ifname],
+                                                       ethertype, packet))  # fmt: skip
+        return mac
+
     def _transmit(self, ifname: str, frame: bytes) -> None:
         self._count(self.links[ifname].send(frame))
 
@@ -381,6 +516,7 @@ class Host:
             self.counters.frames_dropped += 1
 
     def _flush(self, release: Release | None) -> None:
+        self._paths.clear()  # a neighbour was (re)learnt: look MACs up afresh
         if release is None:
             return
         for packet in release.frames:
@@ -413,6 +549,20 @@ class Host:
                     break
         for failure in failures:
             self.counters.unreachable += failure.dropped
+
+
+_PATH_TTL = 1.0  # seconds a cached MAC is used before the neighbour table is asked again
+
+
+@dataclass(slots=True)
+class _Path:
+    link: RawLink
+    ethernet: bytes
+    ip: bytes | bytearray  # IP header template (length and checksum patched per packet)
+    pseudo: int  # pseudo-header sum without the length
+    l4_offset: int
+    ipv6: bool
+    expires: float
 
 
 def partial_checksum(src: IPAddress, dst: IPAddress, length: int) -> int:

@@ -84,7 +84,7 @@ class RawLink:
         self._recv_into = sock.recvfrom_into
         self._buffer = bytearray(VNET_HDR_LEN + 65536 + 64)
         self._view = memoryview(self._buffer)
-        self._send = sock.send
+        self._sendmsg = sock.sendmsg
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -114,7 +114,7 @@ class RawLink:
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Send one complete frame (checksums filled). False if the kernel dropped it."""
-        return self._transmit(_PLAIN_HEADER + frame)
+        return self._transmit(_PLAIN_HEADER, frame)
 
     def send_segments(
         self, frame: bytes | bytearray, *, mss: int, l4_offset: int, ipv6: bool
@@ -126,20 +126,43 @@ class RawLink:
         NIC expects for CHECKSUM_PARTIAL. Flags other than ACK/PSH are the caller's
         concern: the kernel copies the header to every piece (FIN/PSH on the last).
         """
-        tcp_header_len = (frame[l4_offset + 12] >> 4) * 4
-        header = VNET_HDR.pack(
-            VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            VIRTIO_NET_HDR_GSO_TCPV6 if ipv6 else VIRTIO_NET_HDR_GSO_TCPV4,
-            l4_offset + tcp_header_len,
-            mss,
-            l4_offset,
-            TCP_CHECKSUM_OFFSET,
-        )
-        return self._transmit(header + frame)
+        return self.send_tcp(frame, b"", l4_offset=l4_offset, gso_size=mss, ipv6=ipv6)
 
-    def _transmit(self, data: bytes | bytearray) -> bool:
+    def send_tcp(
+        self,
+        head: bytes | bytearray,
+        payload: bytes | bytearray | memoryview,
+        *,
+        l4_offset: int,
+        gso_size: int,
+        ipv6: bool,
+    ) -> bool:
+        """Send a TCP frame (`head`: Ethernet, IP and TCP headers; then `payload`) whose
+        TCP checksum the kernel completes, in one system call and without copying the
+        payload here. The checksum field must hold the folded pseudo-header sum.
+
+        With `gso_size`, the payload is cut into pieces of `gso_size` bytes (GSO, as
+        `send_segments`); without, it is one frame that must fit the MTU.
+        """
+        if gso_size:
+            tcp_header_len = (head[l4_offset + 12] >> 4) * 4
+            header = VNET_HDR.pack(
+                VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                VIRTIO_NET_HDR_GSO_TCPV6 if ipv6 else VIRTIO_NET_HDR_GSO_TCPV4,
+                l4_offset + tcp_header_len,
+                gso_size,
+                l4_offset,
+                TCP_CHECKSUM_OFFSET,
+            )
+        else:
+            header = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, 0, 0,
+                                   l4_offset, TCP_CHECKSUM_OFFSET)  # fmt: skip
+        return self._transmit(header, head, payload) if payload else self._transmit(header, head)
+
+    def _transmit(self, *buffers: bytes | bytearray | memoryview) -> bool:
+        """One frame from `buffers` (gathered by the kernel), in one system call."""
         try:
-            self._send(data)
+            self._sendmsg(buffers)
             return True
         except (BlockingIOError, InterruptedError):
             return False  # socket buffer full: a drop, as on a wire

@@ -24,6 +24,7 @@ from stack.tcp.segment import Segment
 from stack.wire.errors import MalformedOption
 from stack.wire.ip import IPv4Header, IPv6Header
 from stack.wire.tcp import (
+    MAX_OPTIONS_LENGTH,
     MaxSegmentSize,
     Sack,
     SackPermitted,
@@ -36,12 +37,19 @@ from stack.wire.tcp import (
 )
 
 _ISN_SECRET = os.urandom(16)
+# The largest payload of a super-segment: its IP packet must stay within 65535 bytes
+# (20 bytes of IPv4 header and up to 60 of TCP header).
+GSO_MAX_SIZE = 65535 - 20 - 60
 
 
 def segment_from_header(tcp: TcpHeader) -> Segment:
-    """Decode a parsed TCP header into the state machine's view (MPTCP options kept)."""
+    """Decode a parsed TCP header into the state machine's view (MPTCP options kept).
+
+    The payload stays a memoryview of the received frame (no copy); the state machine
+    copies it once, into its receive buffer.
+    """
     seg = Segment(tcp.src_port, tcp.dst_port, tcp.seq, tcp.ack, tcp.flags & 0xFF, tcp.window,
-                  payload=bytes(tcp.payload))  # fmt: skip
+                  payload=tcp.payload)  # fmt: skip
     if len(tcp.options):
         extra = []
         for option in parse_tcp_options(tcp.options):
@@ -61,22 +69,64 @@ def segment_from_header(tcp: TcpHeader) -> Segment:
     return seg
 
 
-def segment_to_bytes(seg: Segment, src: IPAddress, dst: IPAddress) -> bytes:
+_NOPS = (b"", b"\x01\x01\x01", b"\x01\x01", b"\x01")  # padding to a multiple of 4
+
+
+def option_area(seg: Segment) -> bytes:
+    """The encoded options of `seg`, padded: exactly what `build_options` gives, which is
+    only called when they do not all fit (it then drops the least important)."""
+    ts = seg.timestamp
+    if (
+        not seg.extra_options
+        and not seg.sack_blocks
+        and seg.mss is None
+        and seg.wscale is None
+        and not seg.sack_permitted
+    ):  # a data segment or an ACK: timestamps or nothing
+        return Timestamps(*ts).emit() + b"\x01\x01" if ts is not None else b""
     options: list[Any] = []
     if seg.mss is not None:
         options.append(MaxSegmentSize(seg.mss))
     if seg.sack_permitted:
         options.append(SackPermitted())
-    if seg.timestamp is not None:
-        options.append(Timestamps(*seg.timestamp))
+    if ts is not None:
+        options.append(Timestamps(*ts))
     if seg.wscale is not None:
         options.append(WindowScale(seg.wscale))
     if seg.sack_blocks:
         options.append(Sack(tuple(seg.sack_blocks)))
     options.extend(seg.extra_options)
-    area = build_options(options).data if options else b""
+    area = b"".join([option.emit() for option in options])
+    if len(area) + (-len(area) & 3) > MAX_OPTIONS_LENGTH:
+        return build_options(options).data
+    return area + _NOPS[len(area) & 3]
+
+
+def segment_header(seg: Segment) -> bytes:
+    """The TCP header of `seg` with its options, checksum field zero."""
     return emit_tcp(seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window,
-                    options=area, payload=seg.payload, src=src.packed, dst=dst.packed)  # fmt: skip
+                    options=option_area(seg))  # fmt: skip
+
+
+def segment_to_bytes(seg: Segment, src: IPAddress, dst: IPAddress) -> bytes:
+    """The whole TCP segment, checksum filled (for `Host.send_ip`; `transmit` is faster)."""
+    return emit_tcp(seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window,
+                    options=option_area(seg), payload=seg.payload, src=src.packed,
+                    dst=dst.packed)  # fmt: skip
+
+
+def transmit(host: Host, seg: Segment, src: IPAddress, dst: IPAddress, mss: int) -> bool:
+    """Send one outgoing segment from `src` to `dst` through the host, in one system call.
+
+    `mss` is the peer's MSS (`TcpConnection.snd_mss`): payload plus TCP options of one
+    wire segment (RFC 9293 §3.7.1). A segment whose payload does not fit beside its
+    options goes out as a GSO super-segment that the kernel cuts into pieces of
+    `mss - options` bytes (as TSO does: every piece carries the same options, so a DSS
+    mapping on it covers the whole super-segment); the TCP checksum is the kernel's.
+    Returns False if the frame was dropped locally (full queue) or waits for ARP/NDP.
+    """
+    header = segment_header(seg)
+    return host.send_tcp(src, dst, header, seg.payload, gso_size=mss - (len(header) - 20))
 
 
 class TcpStream:
@@ -93,18 +143,26 @@ class TcpStream:
         self.finished = False  # the peer sent FIN
         self.closed = False
         self.error = ""
+        if conn.config.gso_max_size is None:
+            conn.gso_max_size = GSO_MAX_SIZE  # the host's link cuts super-segments
+        self._arrived: list[Segment] = []
         host.register((self.local[0], self.local[1], self.remote[0], self.remote[1]), self)
 
     # ---- loop side
 
     def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None:
-        self.conn.handle_segment(segment_from_header(tcp), now)
+        self._arrived.append(segment_from_header(tcp))
+
+    def end_of_batch(self, now: float) -> None:
+        """The segments of one read of the link, in one go: one ACK, one super-segment."""
+        arrived, self._arrived = self._arrived, []
+        self.conn.handle_segments(arrived, now)
         self.pump(now)
 
     def pump(self, now: float) -> None:
-        for seg in self.conn.poll_segments():
-            self.host.send_ip(self.local[0], self.remote[0],
-                              segment_to_bytes(seg, self.local[0], self.remote[0]))  # fmt: skip
+        conn, host, src, dst = self.conn, self.host, self.local[0], self.remote[0]
+        for seg in conn.poll_segments():
+            transmit(host, seg, src, dst, conn.snd_mss)
         events = self.conn.poll_events()
         for event in events:
             if isinstance(event, Established):
@@ -231,8 +289,7 @@ class TcpServer:
 
     def _pump(self, listener: TcpListener, now: float) -> None:
         for remote, seg in listener.poll_segments():
-            self.host.send_ip(listener.local[0], remote[0],
-                              segment_to_bytes(seg, listener.local[0], remote[0]))  # fmt: skip
+            transmit(self.host, seg, listener.local[0], remote[0], listener.config.mss)
         while (conn := listener.accept()) is not None:
             stream = TcpStream(self.host, conn)
             stream.established = True
