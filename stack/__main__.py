@@ -1,0 +1,148 @@
+"""`python -m stack serve|connect`: the stack as a process (the harness's contract).
+
+Prints JSON lines on stdout: `{"event": "listening", ...}` once `serve` accepts, and
+one `{"event": "connection", ...}` per connection when it ends (bytes each way, SHA-256
+of what was sent and received, the MPTCP version, fallback, tokens, keys and subflows).
+`serve` runs until SIGTERM or SIGINT and exits 0; `connect` exits 0 when its
+connection ended cleanly, 1 otherwise. Bad flags exit 2 with a message naming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from stack.api import MptcpSocket, Stack
+from stack.cli import build_parser, endpoints_of
+from stack.mptcp.connection import MptcpConfig
+from stack.mptcp.handshake import V0Policy
+from stack.mptcp.pm import PathManagerError
+from testbed.apps import AppReport, play
+
+_print_lock = threading.Lock()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT while `connect` waits: give up at once."""
+
+
+def emit(line: dict[str, Any]) -> None:
+    with _print_lock:
+        print(json.dumps(line), flush=True)
+
+
+def run_connection(sock: MptcpSocket, mode: str, nbytes: int, side: str) -> AppReport:
+    report = AppReport(role=mode, side=side, protocol="mptcp-stack")
+    play(sock, mode, nbytes, report)  # type: ignore[arg-type]  # socket-like
+    report.mptcp = sock.msk.describe()
+    return report
+
+
+def _config(args: Any) -> MptcpConfig:
+    return MptcpConfig(
+        versions=frozenset({args.version}),
+        want_checksum=args.checksum,
+        v0_policy=V0Policy(args.v0_policy),
+        scheduler=args.scheduler,
+        congestion=args.cc,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "connect" and args.version == 1 and args.v0_policy == "retry-v0":
+        # retrying with v0 needs v0 among the versions this side speaks
+        config = MptcpConfig(versions=frozenset({0, 1}), want_checksum=args.checksum,
+                             v0_policy=V0Policy.RETRY_V0, scheduler=args.scheduler,
+                             congestion=args.cc)  # fmt: skip
+    else:
+        config = _config(args)
+    try:
+        endpoints = endpoints_of(args.interface)
+        stack = Stack([spec.config for spec in args.interface], netns=args.netns, config=config,
+                      endpoints=endpoints, limits=args.limits)  # fmt: skip
+    except (OSError, PathManagerError, ValueError) as error:
+        print(f"python -m stack: {error}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        if args.command == "connect" and threading.current_thread() is threading.main_thread():
+            raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if args.command == "serve":
+            return serve(stack, args, stop)
+        return connect(stack, args, stop)
+    finally:
+        stack.close()
+
+
+def serve(stack: Stack, args: Any, stop: threading.Event) -> int:
+    server = stack.listen(args.port)
+    emit({"event": "listening", "port": args.port,
+          "addresses": [str(s.config.address.ip) for s in args.interface]})  # fmt: skip
+
+    def handle(sock: MptcpSocket) -> None:
+        report = run_connection(sock, args.mode, args.bytes, "server")
+        emit({"event": "connection", **report.to_json()})
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                sock = server.accept(timeout=0.2)
+            except TimeoutError:
+                continue
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept_loop, daemon=True)
+    acceptor.start()
+    stop.wait()
+    acceptor.join(1.0)
+    # Connections still running end with the process, as a killed server's would.
+    return 0
+
+
+def connect(stack: Stack, args: Any, stop: threading.Event) -> int:
+    address, port = args.to
+    started = time.monotonic()
+    try:
+        sock = stack.connect((str(address), port), timeout=min(args.timeout, 30.0))
+    except (OSError, TimeoutError, Stopped) as error:
+        report = AppReport(role=args.mode, side="client", protocol="mptcp-stack",
+                           error=f"connect to {address}:{port}: {error}",
+                           duration_s=time.monotonic() - started)  # fmt: skip
+        emit({"event": "connection", **report.to_json()})
+        return 1
+    result: list[AppReport] = []
+    worker = threading.Thread(
+        target=lambda: result.append(run_connection(sock, args.mode, args.bytes, "client")),
+        daemon=True,
+    )
+    worker.start()
+    deadline = time.monotonic() + args.timeout
+    with contextlib.suppress(Stopped):
+        while worker.is_alive() and not stop.is_set() and time.monotonic() < deadline:
+            worker.join(0.1)
+    if not result:
+        sock.abort()
+        report = AppReport(role=args.mode, side="client", protocol="mptcp-stack",
+                           error="interrupted" if stop.is_set() else
+                           f"not finished within --timeout {args.timeout} s")  # fmt: skip
+        report.mptcp = sock.msk.describe()
+        emit({"event": "connection", **report.to_json()})
+        return 1
+    emit({"event": "connection", **result[0].to_json()})
+    return 0 if not result[0].error else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

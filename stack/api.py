@@ -1,0 +1,474 @@
+"""The stack's application interface: a host with MPTCP sockets, blocking or asyncio.
+
+    with Stack([InterfaceConfig.parse("veth0=192.0.2.1/24")], netns="client") as stack:
+        sock = stack.connect(("192.0.2.2", 8000))
+        sock.sendall(b"hello")
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(65536)
+        print(sock.info())  # version, fallback, tokens, keys, subflows, counters
+        sock.close()
+
+One `Stack` owns its interfaces and runs one I/O loop thread (`stack.host.Host`); every
+protocol object lives on that thread. `MptcpSocket` methods may be called from any other
+thread (one reader and one writer at a time, as with a kernel socket); they hand work to
+the loop and wait on a condition the loop signals. `AsyncMptcpSocket` offers the same as
+coroutines for asyncio code, woken by the loop through `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from stack.host import Host, Timer
+from stack.mptcp.connection import MptcpConfig, MptcpConnection
+from stack.mptcp.listener import MptcpListener
+from stack.mptcp.pm import Endpoint, Limits, PathManager, PeerAddress
+from stack.mptcp.subflow import Subflow
+from stack.mptcp.token import TokenTable
+from stack.route import InterfaceConfig, IPAddress
+from stack.tcp.segment import Segment
+from stack.tcp_host import GSO_MAX_SIZE, segment_from_header, transmit
+from stack.wire.ip import IPv4Header, IPv6Header
+from stack.wire.tcp import TcpHeader
+
+Address = tuple[str, int]
+
+
+def _send(msk: MptcpConnection, data: memoryview, now: float) -> int:
+    return msk.send(data, now)
+
+
+class _SubflowPort:
+    """The host's receiver for one subflow's 4-tuple: it takes each read's segments as a
+    batch (one ACK, one round of sending for the lot)."""
+
+    __slots__ = ("arrived", "driver", "subflow")
+
+    def __init__(self, driver: _Driver, subflow: Subflow):
+        self.driver = driver
+        self.subflow = subflow
+        self.arrived: list[Segment] = []
+
+    def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None:
+        self.arrived.append(segment_from_header(tcp))
+
+    def end_of_batch(self, now: float) -> None:
+        arrived, self.arrived = self.arrived, []
+        self.driver.msk.handle_segments(self.subflow, arrived, now)
+        self.driver.pump(now)
+
+
+class _Driver:
+    """Runs one connection on the loop: registrations, output, the timer, wake-ups."""
+
+    def __init__(self, stack: Stack, msk: MptcpConnection, listener: _ListenerDriver | None):
+        self.stack = stack
+        self.msk = msk
+        self.listener = listener
+        self.changed = threading.Condition()
+        self.watchers: list[Callable[[], None]] = []
+        self._timer: Timer | None = None
+        self._registered: set[tuple[Any, ...]] = set()
+
+    @staticmethod
+    def _key(sf: Subflow) -> tuple[Any, ...]:
+        return (sf.local[0], sf.local[1], sf.remote[0], sf.remote[1])
+
+    def pump(self, now: float) -> None:
+        host, msk = self.stack.host, self.msk
+        for sf in msk.poll_new_subflows():
+            key = self._key(sf)
+            host.register(key, _SubflowPort(self, sf))
+            self._registered.add(key)
+        for sf, seg in msk.poll_segments():
+            transmit(host, seg, sf.local[0], sf.remote[0], sf.tcp.snd_mss)
+        for sf in msk.poll_gone_subflows():
+            if sf.tcp.next_timer() is None or sf.tcp.state.name == "CLOSED":
+                self._unregister(sf)
+        deadline = msk.next_timer()
+        if self._timer is not None and (deadline is None or deadline != self._timer.deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            self._timer = host.call_at(deadline, self._on_timer)
+        if msk.closed:
+            for sf in msk.subflows:
+                if sf.tcp.state.name == "CLOSED":
+                    self._unregister(sf)
+            if not self._registered:
+                self.stack._drivers.pop(id(msk), None)
+        if self.listener is not None:
+            self.listener.settled(self)
+        with self.changed:
+            self.changed.notify_all()
+        for watcher in self.watchers:
+            watcher()
+
+    def _unregister(self, sf: Subflow) -> None:
+        key = self._key(sf)
+        if key in self._registered:
+            self._registered.discard(key)
+            self.stack.host.unregister(key)
+
+    def _on_timer(self, now: float) -> None:
+        self._timer = None
+        self.msk.handle_timer(now)
+        self.pump(now)
+
+
+class _ListenerDriver:
+    """Runs an `MptcpListener` on the loop for one port."""
+
+    def __init__(self, stack: Stack, listener: MptcpListener):
+        self.stack = stack
+        self.listener = listener
+        self.changed = threading.Condition()
+        self.half_open: dict[int, _Driver] = {}  # id(msk) -> driver, until accepted
+
+    def on_syn(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> bool:
+        local = (ipaddress.ip_address(ip.dst), tcp.dst_port)
+        remote = (ipaddress.ip_address(ip.src), tcp.src_port)
+        msk = self.listener.handle_syn(local, remote, segment_from_header(tcp), now)
+        for src, dst, seg in self.listener.poll_segments():
+            transmit(self.stack.host, seg, src[0], dst[0], 1460)
+        drivers = self.stack._drivers
+        for evicted in self.listener.poll_evicted():
+            driver = drivers.get(id(evicted))
+            if driver is not None:
+                driver.pump(now)
+        if msk is not None:
+            driver = drivers.get(id(msk))
+            if driver is None:
+                driver = drivers[id(msk)] = _Driver(self.stack, msk, self)
+                self.half_open[id(msk)] = driver
+            driver.pump(now)
+        return True
+
+    def settled(self, driver: _Driver) -> None:
+        msk = driver.msk
+        if msk.established or msk.closed:
+            driver.listener = None  # no longer half-open: stop reporting here
+            self.listener.settle(msk)
+            if not msk.established:
+                self.half_open.pop(id(msk), None)
+            with self.changed:
+                self.changed.notify_all()
+
+    def take(self, now: float) -> _Driver | None:
+        msk = self.listener.accept()
+        return self.half_open.pop(id(msk)) if msk is not None else None
+
+
+def _with_gso(config: MptcpConfig) -> MptcpConfig:
+    """Subflows on a real link send super-segments that the kernel cuts (GSO)."""
+    if config.tcp.gso_max_size is not None:
+        return config
+    return dataclasses.replace(
+        config, tcp=dataclasses.replace(config.tcp, gso_max_size=GSO_MAX_SIZE)
+    )
+
+
+class Stack:
+    """One userspace MPTCP host in a namespace (or the current one)."""
+
+    def __init__(
+        self,
+        interfaces: list[InterfaceConfig],
+        *,
+        netns: str | None = None,
+        config: MptcpConfig | None = None,
+        endpoints: list[Endpoint] | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.config = _with_gso(config or MptcpConfig())
+        self.host = Host(interfaces, netns=netns)
+        self.tokens: TokenTable[MptcpConnection] = TokenTable()
+        self.paths = PathManager(endpoints or [], limits)
+        self._secret = os.urandom(16)
+        self._listeners: dict[int, _ListenerDriver] = {}
+        self._drivers: dict[int, _Driver] = {}  # id(msk) -> its driver, while it lives
+        self.host.start()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.host.close()
+
+    def _on_loop(self, fn: Callable[[float], Any]) -> Any:
+        """Run fn(now) on the loop thread and return its result (or raise its error)."""
+        result: list[Any] = []
+        error: list[BaseException] = []
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                result.append(fn(self.host.clock()))
+            except BaseException as exc:  # handed to the caller's thread
+                error.append(exc)
+            finally:
+                done.set()
+
+        self.host.call_soon(call)
+        if not done.wait(30.0):
+            raise TimeoutError("the stack's I/O loop did not answer within 30 s")
+        if error:
+            raise error[0]
+        return result[0] if result else None
+
+    def connect(self, remote: Address, *, source: str | None = None, timeout: float = 10.0,
+                config: MptcpConfig | None = None) -> MptcpSocket:  # fmt: skip
+        address = ipaddress.ip_address(remote[0])
+        route = self.host.routing.route(address, ipaddress.ip_address(source) if source else None)
+        config = _with_gso(config) if config is not None else self.config
+
+        def start(now: float) -> _Driver:
+            port = self.host.allocate_port(route.source, address, remote[1])
+            paths = self.paths.connection(route.source, PeerAddress(0, address, remote[1]))
+            msk = MptcpConnection.connect(
+                (route.source, port), (address, remote[1]), config, self.tokens,
+                isn_secret=self._secret, now=now, allocate_port=self._allocate, paths=paths,
+            )  # fmt: skip
+            driver = self._drivers[id(msk)] = _Driver(self, msk, None)
+            driver.pump(now)
+            return driver
+
+        sock = MptcpSocket(self, self._on_loop(start))
+        try:
+            sock._wait(lambda: sock._driver.msk.established, timeout,
+                       f"connect to {remote[0]}:{remote[1]}")  # fmt: skip
+        except BaseException:
+            sock.abort()
+            raise
+        return sock
+
+    def _allocate(self, local: IPAddress, remote: IPAddress, port: int) -> int:
+        return self.host.allocate_port(local, remote, port)
+
+    def listen(self, port: int, *, backlog: int = 128) -> MptcpServerSocket:
+        def start(now: float) -> _ListenerDriver:
+            listener = MptcpListener(port, self.config, self.tokens, isn_secret=self._secret,
+                                     paths=self.paths, allocate_port=self._allocate,
+                                     backlog=backlog)  # fmt: skip
+            driver = _ListenerDriver(self, listener)
+            self.host.listen(port, driver)
+            self._listeners[port] = driver
+            return driver
+
+        return MptcpServerSocket(self, self._on_loop(start))
+
+    def counters(self) -> dict[str, int]:
+        return dict(vars(self.host.counters))
+
+
+class MptcpServerSocket:
+    def __init__(self, stack: Stack, driver: _ListenerDriver):
+        self.stack = stack
+        self._driver = driver
+
+    @property
+    def port(self) -> int:
+        return self._driver.listener.port
+
+    def accept(self, timeout: float | None = None) -> MptcpSocket:
+        driver = self._driver
+        while True:
+            with driver.changed:
+                if not driver.changed.wait_for(lambda: bool(driver.listener.accept_queue),
+                                               timeout):  # fmt: skip
+                    raise TimeoutError(f"no connection on port {self.port} within {timeout} s")
+            accepted = self.stack._on_loop(driver.take)
+            if accepted is not None:
+                return MptcpSocket(self.stack, accepted)
+
+    def close(self) -> None:
+        def stop(now: float) -> None:
+            self.stack.host.unlisten(self.port)
+            self.stack._listeners.pop(self.port, None)
+
+        self.stack._on_loop(stop)
+
+
+class MptcpSocket:
+    """A connected MPTCP socket (which may have fallen back to TCP)."""
+
+    def __init__(self, stack: Stack, driver: _Driver):
+        self.stack = stack
+        self._driver = driver
+
+    @property
+    def msk(self) -> MptcpConnection:
+        return self._driver.msk
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float | None, what: str) -> None:
+        msk = self._driver.msk
+        with self._driver.changed:
+            done = self._driver.changed.wait_for(lambda: predicate() or msk.finished, timeout)
+        if not done:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        if not predicate() and msk.error:
+            raise ConnectionError(msk.error)
+
+    def _call(self, fn: Callable[[float], Any]) -> Any:
+        def run(now: float) -> Any:
+            try:
+                return fn(now)
+            finally:
+                self._driver.pump(now)
+
+        return self.stack._on_loop(run)
+
+    def sendall(self, data: bytes | bytearray | memoryview, timeout: float | None = 120.0) -> None:
+        view = memoryview(data).cast("B")
+        msk = self._driver.msk
+        while view:
+            taken: int = self._call(functools.partial(_send, msk, view))
+            view = view[taken:]
+            if view:
+                self._wait(lambda: msk.send_space > 0, timeout, "send space")
+
+    send = sendall
+
+    def recv(self, max_bytes: int = 65536, timeout: float | None = 120.0) -> bytes:
+        msk = self._driver.msk
+        self._wait(lambda: msk.readable > 0 or msk.eof, timeout, "data")
+        data: bytes = self._call(lambda now: msk.receive(max_bytes, now))
+        if not data and msk.error and not msk.eof:
+            raise ConnectionError(msk.error)
+        return data
+
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
+        data = self.recv(nbytes or len(buffer))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+    def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            msk = self._driver.msk
+            self._call(msk.shutdown_write)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Orderly close: DATA_FIN, then wait (bounded) for the peer's, as a lingering
+        kernel socket would; an abort (MP_FASTCLOSE) if the peer never finishes."""
+        msk = self._driver.msk
+        self._call(msk.close)
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            self._wait(lambda: msk.finished, timeout, "close")
+        if not msk.finished:
+            self.abort()
+
+    def abort(self) -> None:
+        self._call(self._driver.msk.abort)
+
+    def getsockname(self) -> tuple[str, int]:
+        local = self._driver.msk.subflows[0].local
+        return str(local[0]), local[1]
+
+    def getpeername(self) -> tuple[str, int]:
+        remote = self._driver.msk.subflows[0].remote
+        return str(remote[0]), remote[1]
+
+    def info(self) -> dict[str, Any]:
+        """Tokens, keys, version, fallback, subflows and counters (like MPTCP_INFO)."""
+        info: dict[str, Any] = self.stack._on_loop(lambda now: self._driver.msk.describe())
+        return info
+
+    def set_backup(self, backup: bool, subflow: int | None = None) -> None:
+        """Change our backup flag on one subflow (index) or all, and tell the peer with
+        MP_PRIO (RFC 8684 §3.3.8)."""
+
+        def change(now: float) -> None:
+            from stack.mptcp.connection import send_ack_now
+
+            msk = self._driver.msk
+            targets = msk.subflows if subflow is None else [msk.subflows[subflow]]
+            for sf in targets:
+                if sf.usable or sf.phase.value == "established":
+                    sf.backup_local = backup
+                    sf.prio_due = backup
+                    msk._count("MPPrioTx")
+                    send_ack_now(sf.tcp, now)
+
+        self._call(change)
+
+
+class AsyncMptcpSocket:
+    """asyncio view of an `MptcpSocket`: the loop thread wakes waiters through
+    `call_soon_threadsafe`, so no executor thread blocks per call."""
+
+    def __init__(self, sock: MptcpSocket):
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        sock._driver.watchers.append(self._wake)
+
+    def _wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float | None) -> None:
+        msk = self.sock.msk
+
+        async def wait() -> None:
+            while not (predicate() or msk.finished):
+                self._event.clear()
+                if predicate() or msk.finished:
+                    break
+                await self._event.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+        if not predicate() and msk.error:
+            raise ConnectionError(msk.error)
+
+    async def send_all(self, data: bytes, timeout: float | None = 120.0) -> None:
+        view = memoryview(data)
+        msk = self.sock.msk
+        while view:
+            taken: int = self.sock._call(functools.partial(_send, msk, view))
+            view = view[taken:]
+            if view:
+                await self._until(lambda: msk.send_space > 0, timeout)
+
+    async def receive(self, max_bytes: int = 65536, timeout: float | None = 120.0) -> bytes:
+        msk = self.sock.msk
+        await self._until(lambda: msk.readable > 0 or msk.eof, timeout)
+        data: bytes = self.sock._call(lambda now: msk.receive(max_bytes, now))
+        return data
+
+    async def shutdown(self) -> None:
+        self.sock.shutdown()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        msk = self.sock.msk
+        self.sock._call(msk.close)
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            await self._until(lambda: msk.finished, timeout)
+        if not msk.finished:
+            self.sock.abort()
+
+    def info(self) -> dict[str, Any]:
+        return self.sock.info()
+
+
+async def open_connection(stack: Stack, remote: Address, timeout: float = 10.0) -> AsyncMptcpSocket:
+    """asyncio: connect without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    sock = await loop.run_in_executor(None, lambda: stack.connect(remote, timeout=timeout))
+    return AsyncMptcpSocket(sock)
+
+
+async def accept(server: MptcpServerSocket, timeout: float | None = None) -> AsyncMptcpSocket:
+    loop = asyncio.get_running_loop()
+    sock = await loop.run_in_executor(None, lambda: server.accept(timeout))
+    return AsyncMptcpSocket(sock)

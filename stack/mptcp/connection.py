@@ -1,0 +1,1077 @@
+"""The MPTCP connection (the "meta socket", msk): what the application sees.
+
+Sans-I/O, like the TCP machine under it. The caller (the host glue in `stack.api`)
+feeds it segments per subflow and timer ticks, and collects `(subflow, segment)` pairs
+to send. Subflows are internal: each is a `TcpConnection` whose option hooks this
+object installs, so every outgoing segment gets its MPTCP options (MP_CAPABLE, MP_JOIN,
+DSS, MP_PRIO, ADD_ADDR, MP_FASTCLOSE, MP_TCPRST) and every accepted incoming segment is
+read for them.
+
+Data path: the application's bytes go into a `DataSendQueue` (DSNs); the scheduler
+hands chunks to subflows, whose `SubflowSendMap` gives every segment a mapping. On
+receive, each subflow's in-order bytes are translated by its `SubflowReceiveMapper`
+into DSNs and reassembled in one `DataReassembly`. DATA_ACKs release the send queue.
+
+Fallback (RFC 8684 §3.7) turns the connection into plain TCP on its one subflow, with
+no byte lost or duplicated: a SYN/ACK without MP_CAPABLE, a third ACK without it (the
+listener, as Linux), or data with no mapping while only one subflow exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from stack.crypto import add_addr_hmac, dss_checksum, key_token_idsn
+from stack.mptcp import handshake
+from stack.mptcp.coupled import SubflowWindow, alpha, increase
+from stack.mptcp.handshake import CapableConfig, JoinCrypto, V0Policy
+from stack.mptcp.mapping import (
+    ChecksumFailed,
+    DataFin,
+    Deliver,
+    Mapping,
+    MappingError,
+    SubflowReceiveMapper,
+    Unmapped,
+)
+from stack.mptcp.pm import (
+    Announce,
+    ConnectionPaths,
+    Echo,
+    OpenSubflow,
+    PeerAddress,
+)
+from stack.mptcp.reassembly import DSN_MOD, HALF, DataReassembly
+from stack.mptcp.sched import make_scheduler
+from stack.mptcp.sendmap import MAX_MAPPING
+from stack.mptcp.sendqueue import DataSendQueue
+from stack.mptcp.subflow import Address, Phase, Subflow
+from stack.mptcp.token import TokenTable
+from stack.route import IPAddress
+from stack.tcp.congestion import NewReno
+from stack.tcp.connection import TcpConfig, TcpConnection
+from stack.tcp.events import Closed, DataAcked, DataReceived, PeerFinished, Reset, TcpState
+from stack.tcp.segment import ACK, RST, SYN, Segment
+from stack.wire.mptcp import (
+    MPC_FLAG_C,
+    MPTCP_RST_EMIDDLEBOX,
+    MPTCP_RST_EMPTCP,
+    MPTCP_RST_EPROHIBIT,
+    AddAddrV0,
+    AddAddrV1,
+    Dss,
+    MpCapable,
+    MpFail,
+    MpFastclose,
+    MpJoinAck,
+    MpJoinSyn,
+    MpJoinSynAck,
+    MpPrio,
+    MpTcpRst,
+    RemoveAddr,
+)
+
+DSS_RESERVE = 28  # DSS with 64-bit DATA_ACK and DSN and a checksum: 26 bytes, padded
+JOIN_ACK_RETRIES = 5  # third-ACK retransmissions before the join is given up
+DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
+
+
+@dataclass(frozen=True)
+class MptcpConfig:
+    versions: frozenset[int] = frozenset({1})
+    want_checksum: bool = False
+    v0_policy: V0Policy = V0Policy.FALLBACK
+    scheduler: str = "lowest-rtt"
+    congestion: str = "lia"  # "lia" (RFC 6356) or "reno" (uncoupled)
+    send_buffer: int = 4 << 20
+    receive_buffer: int = 4 << 20
+    # Linux's 200 ms minimum RTO: a path failure is noticed in a fraction of a second
+    tcp: TcpConfig = field(default_factory=lambda: TcpConfig(min_rto=0.2))
+    join_ack_retries: int = JOIN_ACK_RETRIES
+
+    @property
+    def capable(self) -> CapableConfig:
+        return CapableConfig(self.versions, self.want_checksum, self.v0_policy)
+
+
+def _expand(value: int, reference: int, wide: bool) -> int:
+    """A 32-bit DSN or DATA_ACK, widened to 64 bits next to `reference` (RFC 8684 §3.3)."""
+    if wide:
+        return value
+    candidate = (reference & ~0xFFFFFFFF) | value
+    delta = (candidate - reference) % DSN_MOD
+    if delta >= HALF and DSN_MOD - delta > 1 << 31:
+        candidate = (candidate + (1 << 32)) % DSN_MOD
+    elif delta < HALF and delta > 1 << 31:
+        candidate = (candidate - (1 << 32)) % DSN_MOD
+    return candidate
+
+
+def send_ack_now(tcp: TcpConnection, now: float) -> None:
+    """Make the subflow send a pure ACK now (it carries whatever options are owed)."""
+    tcp._ack_now = True
+    tcp._output(now)
+
+
+class MptcpConnection:
+    """One MPTCP connection and its subflows, as a sans-I/O state machine."""
+
+    def __init__(
+        self,
+        config: MptcpConfig,
+        tokens: TokenTable[MptcpConnection],
+        *,
+        isn_secret: bytes,
+        server: bool,
+        allocate_port: Callable[[IPAddress, IPAddress, int], int] | None = None,
+        paths: ConnectionPaths | None = None,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.isn_secret = isn_secret
+        self.server = server
+        self.allocate_port = allocate_port
+        self.paths = paths
+        self.scheduler = make_scheduler(config.scheduler)
+        self.subflows: list[Subflow] = []
+        self.version: int | None = None  # negotiated MPTCP version; None: plain TCP
+        self.sent_version = 1
+        self.checksum = False
+        self.local_key = 0
+        self.local_token = 0
+        self.remote_key: int | None = None
+        self.remote_token: int | None = None
+        self.fallback = False
+        self.fallback_reason = ""
+        self.mptcp_decided = False  # version/fallback settled for the initial subflow
+        self.peer_sent_dss = False  # the peer is fully established (v1 first-data rule)
+        self.peer_data_acked = False  # a DATA_ACK has covered some of our data
+        self.sendq: DataSendQueue | None = None
+        self.reasm: DataReassembly | None = None
+        self.peer_fin_dsn: int | None = None
+        self.eof = False  # the peer's DATA_FIN (or FIN after fallback) was consumed in order
+        self.established = False  # the application may use it
+        self.closed = False  # every subflow is gone
+        self.error = ""
+        self.fastclose = False  # we sent, or got, MP_FASTCLOSE
+        self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
+        self._pending_opens: list[OpenSubflow] = []
+        self._fin_deadline: float | None = None
+        self._fin_backoff = 0
+        self._fb_offset = 0  # DSN - subflow sequence, once fallen back (one subflow)
+        self._new_subflows: list[Subflow] = []
+        self._gone_subflows: list[Subflow] = []
+        self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer
+        self._add_addr_deadline: float | None = None
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def connect(
+        cls,
+        local: Address,
+        remote: Address,
+        config: MptcpConfig,
+        tokens: TokenTable[MptcpConnection],
+        *,
+        isn_secret: bytes,
+        now: float,
+        allocate_port: Callable[[IPAddress, IPAddress, int], int] | None = None,
+        paths: ConnectionPaths | None = None,
+    ) -> MptcpConnection:
+        msk = cls(config, tokens, isn_secret=isn_secret, server=False,
+                  allocate_port=allocate_port, paths=paths)  # fmt: skip
+        msk._open_initial(local, remote, config.capable.highest, now)
+        return msk
+
+    def _open_initial(self, local: Address, remote: Address, version: int, now: float) -> None:
+        self.sent_version = version
+        if self.local_token:
+            self.tokens.release(self.local_token)
+        self.local_key, self.local_token = self.tokens.new_key(version)
+        self.tokens.bind(self.local_token, self)
+        tcp = TcpConnection(
+            local, remote, config=self._subflow_config(), isn_secret=self.isn_secret, now=now
+        )
+        sf = Subflow(tcp, initial=True)
+        self._hook(sf)
+        self.subflows.append(sf)
+        self._new_subflows.append(sf)
+        tcp.connect(now)
+
+    def _subflow_config(self) -> TcpConfig:
+        base = self.config.tcp
+        if self.config.congestion == "lia":
+
+            def congestion(mss: int, initial_window: int) -> NewReno:
+                controller = NewReno(mss, initial_window)
+                controller._ca_increase = lambda cwnd, acked, mss_: self._lia(controller, acked)
+                return controller
+
+            return dataclasses.replace(base, option_reserve=DSS_RESERVE, congestion=congestion)
+        return dataclasses.replace(base, option_reserve=DSS_RESERVE)
+
+    def _lia(self, controller: NewReno, acked: int) -> float:
+        windows, mine = [], None
+        for sf in self.subflows:
+            if sf.phase is not Phase.ESTABLISHED:
+                continue
+            window = SubflowWindow(sf.tcp.cc.cwnd, sf.srtt, sf.tcp.payload_mss)
+            windows.append(window)
+            if sf.tcp.cc is controller:
+                mine = window
+        if mine is None or len(windows) < 2:
+            return acked * controller.mss / max(controller.cwnd, 1)
+        return increase(mine, acked, windows, alpha(windows))
+
+    def _hook(self, sf: Subflow) -> None:
+        sf.tcp.option_provider = lambda seg, rel: self._provide(sf, seg, rel)
+        sf.tcp.option_observer = lambda seg, rel: self._observe(sf, seg, rel)
+        sf.tcp.segment_limit = lambda rel: self._segment_limit(sf, rel)
+
+    # ------------------------------------------------------------------ negotiation
+
+    def _become_mptcp(self, version: int, checksum: bool, remote_key: int) -> None:
+        self.version = version
+        self.checksum = checksum
+        self.remote_key = remote_key
+        self.remote_token, remote_idsn = key_token_idsn(remote_key, version)
+        _, local_idsn = key_token_idsn(self.local_key, version)
+        self.mptcp_decided = True
+        self.sendq = DataSendQueue(local_idsn + 1, self.config.send_buffer)
+        self.reasm = DataReassembly(remote_idsn + 1, self._reassembly_limit())
+        for sf in self.subflows:
+            sf.recvmap = SubflowReceiveMapper(checksum)
+
+    def _reassembly_limit(self) -> int:
+        """What the data level may hold: the application's buffer, plus what the subflows'
+        windows let the peer have in flight (bytes TCP acknowledged must never be dropped;
+        a checksummed mapping is released whole, however little room is left)."""
+        return 2 * self.config.receive_buffer + 9 * self.config.tcp.receive_buffer
+
+    def _data_room(self) -> int:
+        assert self.reasm is not None
+        return self.config.receive_buffer - self.reasm.readable
+
+    def _fall_back(self, sf: Subflow, reason: str) -> None:
+        """Continue as plain TCP on `sf`, the only subflow (RFC 8684 §3.7)."""
+        if self.fallback:
+            return
+        self.fallback = True
+        self.fallback_reason = reason
+        self._count("MPTcpFallback")
+        if self.sendq is None:
+            self.sendq = DataSendQueue(0, self.config.send_buffer)
+        if self.reasm is None:
+            self.reasm = DataReassembly(0, self._reassembly_limit())
+        if not self.mptcp_decided:
+            self.mptcp_decided = True
+        # Everything given to the subflow is in order on it: DSN = subflow seq + offset.
+        offset = sf.sendmap.dsn_offset()
+        if offset is None:
+            offset = (self.sendq.snd_nxt - sf.sendmap.write_seq) % DSN_MOD
+        self._fb_offset = offset
+        sf.tcp.segment_limit = None
+        if self.local_token and not self.subflows_joined():
+            self.tokens.release(self.local_token)
+
+    def subflows_joined(self) -> bool:
+        return any(not s.initial for s in self.subflows)
+
+    def _count(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    # ------------------------------------------------------------------ outgoing options
+
+    def _segment_limit(self, sf: Subflow, rel: int) -> int:
+        try:
+            return sf.sendmap.limit(rel)
+        except KeyError:
+            return 1 << 16
+
+    def _data_ack(self) -> int:
+        assert self.reasm is not None
+        return (self.reasm.next_dsn + (1 if self.eof and not self.fallback else 0)) % DSN_MOD
+
+    def _provide(self, sf: Subflow, seg: Segment, rel: int) -> None:
+        flags = seg.flags
+        options: list[Any] = []
+        if flags & SYN:
+            self._provide_syn(sf, seg, options)
+        elif flags & RST:
+            if self.fastclose and self.remote_key is not None and not self.fallback:
+                options.append(MpFastclose(self.remote_key))
+            if sf.rst_reason is not None and self.version == 1:
+                options.append(MpTcpRst(sf.rst_reason))
+        elif self.fallback or not self.mptcp_decided or self.version is None:
+            pass
+        elif sf.join_ack_due:
+            assert sf.join is not None
+            options.append(MpJoinAck(sf.join.ack_hmac()))
+        else:
+            self._provide_data(sf, seg, rel, options)
+        if options:
+            seg.extra_options = tuple(options)
+
+    def _provide_syn(self, sf: Subflow, seg: Segment, options: list[Any]) -> None:
+        if sf.initial:
+            if self.server:
+                if self.version is not None:
+                    decision = handshake.ListenerDecision(self.version, self.checksum)
+                    options.append(handshake.synack_option(decision, self.local_key))
+            else:
+                options.append(handshake.syn_option(self.config.capable, self.local_key,
+                                                    self.sent_version))  # fmt: skip
+            return
+        join = sf.join
+        assert join is not None and self.remote_token is not None
+        if seg.flags & ACK:
+            options.append(MpJoinSynAck(sf.local_id, join.synack_hmac(), join.local_nonce,
+                                        backup=sf.backup_local))  # fmt: skip
+        else:
+            options.append(MpJoinSyn(sf.local_id, self.remote_token, join.local_nonce,
+                                     backup=sf.backup_local))  # fmt: skip
+
+    def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
+        assert self.sendq is not None and self.remote_key is not None
+        payload = seg.payload
+        checksum: int | None = None
+        if sf.capable_ack_due and not payload:
+            sf.capable_ack_due = False
+            options.append(handshake.ack_option(self.version or 0, self.checksum, self.local_key,
+                                                self.remote_key))  # fmt: skip
+            return
+        if payload:
+            chunk = sf.sendmap.mapping(rel, len(payload))
+            if (
+                sf.initial
+                and not self.server
+                and self.version == 1
+                and rel == 1
+                and (not self.peer_sent_dss)
+            ):
+                # RFC 8684 §3.1: the first data repeats both keys, in case the third ACK
+                # was lost; its mapping is implicit (IDSN+1, subflow seq 1).
+                options.append(
+                    handshake.first_data_option(
+                        self.checksum, self.local_key, self.remote_key, chunk.length,
+                        chunk.checksum,
+                    )
+                )  # fmt: skip
+                return
+            options.append(Dss(self._data_ack(), chunk.dsn, chunk.subflow_seq, chunk.length,
+                               chunk.checksum, data_ack_64=True, dsn_64=True))  # fmt: skip
+        elif self.sendq.fin_sent and not self.sendq.fin_acknowledged:
+            fin = self.sendq.write_end
+            if self.checksum:
+                checksum = dss_checksum(fin, 0, 1, b"")
+            options.append(Dss(self._data_ack(), fin, 0, 1, checksum, data_fin=True,
+                               data_ack_64=True, dsn_64=True))  # fmt: skip
+        else:
+            options.append(Dss(self._data_ack(), data_ack_64=True))
+        if sf.prio_due is not None and not payload:
+            options.append(MpPrio(sf.prio_due, sf.local_id if self.version == 0 else None))
+            sf.prio_due = None
+        if self._announce and not payload:
+            options.append(self._announce[0])
+
+    # ------------------------------------------------------------------ incoming options
+
+    def _observe(self, sf: Subflow, seg: Segment, rel: int) -> None:
+        flags = seg.flags
+        options = seg.extra_options
+        if flags & SYN:
+            if flags & ACK and not self.server:
+                if sf.initial:
+                    self._on_synack(sf, options)
+                else:
+                    self._on_join_synack(sf, options)
+            return
+        if sf.initial and self.server and not self.mptcp_decided:
+            self._on_third_ack(sf, options)
+        elif not sf.initial and self.server and sf.phase is Phase.CONNECTING:
+            self._on_join_ack(sf, options)
+            return
+        elif sf.phase is Phase.PRE_ESTABLISHED:
+            # the fourth ACK (RFC 8684 §3.2): the join is complete, data may flow
+            sf.phase = Phase.ESTABLISHED
+            sf.join_ack_due = False
+            sf.join_ack_deadline = None
+            self._count("MPJoinAckRx")
+        if self.fallback or self.version is None:
+            return
+        sf.plain_ack = not options  # no MPTCP option at all
+        if sf.plain_ack:
+            sf.last_plain = repr(seg)
+        for option in options:
+            if isinstance(option, Dss):
+                self._on_dss(sf, option)
+            elif isinstance(option, MpCapable) and option.data_level_length is not None:
+                self._on_capable_data(sf, option)
+            elif isinstance(option, MpPrio):
+                self._on_prio(sf, option)
+            elif isinstance(option, AddAddrV1 | AddAddrV0):
+                self._on_add_addr(sf, option)
+            elif isinstance(option, RemoveAddr):
+                self._on_remove_addr(option)
+            elif isinstance(option, MpFastclose):
+                if option.receiver_key == self.local_key:
+                    self._count("MPFastcloseRx")
+                    self.error = "connection reset by peer (MP_FASTCLOSE)"
+                    self.fastclose = True
+                    for other in self.subflows:
+                        other.tcp.abort(0.0)
+            elif isinstance(option, MpFail):
+                self._count("MPFailRx")
+                if len(self._alive()) == 1:
+                    self._fall_back(sf, "MP_FAIL from the peer")
+
+    def _on_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
+        capable = next((o for o in options if isinstance(o, MpCapable)), None)
+        outcome = handshake.initiator_outcome(self.config.capable, self.sent_version, capable)
+        if outcome.version is None:
+            if outcome.retry_v0:
+                self.retry_v0 = True
+                return
+            self._fall_back(sf, outcome.reason)
+            return
+        assert outcome.remote_key is not None and capable is not None
+        self._become_mptcp(outcome.version, outcome.checksum, outcome.remote_key)
+        sf.capable_ack_due = True
+        if capable.flags & MPC_FLAG_C and self.paths is not None:
+            self.paths.initial_remote_joinable = False
+
+    def _on_third_ack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
+        capable = next((o for o in options if isinstance(o, MpCapable)), None)
+        if (
+            capable is None
+            and self.version == 0
+            and self.remote_key is not None
+            and any(isinstance(o, Dss) for o in options)
+        ):
+            # v0: Key-A came on the SYN; a DSS proves the peer went on with MPTCP even
+            # if its third ACK was lost
+            self._become_mptcp(0, self.checksum, self.remote_key)
+            self.tokens.bind(self.local_token, self)
+            return
+        if (
+            capable is None
+            or capable.receiver_key != self.local_key
+            or capable.sender_key is None
+            or capable.version != self.version
+        ):
+            # as Linux: a third ACK (or first data) without both keys falls back
+            self._fall_back(sf, "third ACK without MP_CAPABLE")
+            return
+        self._become_mptcp(self.version or 0, self.checksum, capable.sender_key)
+        self.tokens.bind(self.local_token, self)
+
+    def _on_capable_data(self, sf: Subflow, option: MpCapable) -> None:
+        """The v1 initiator's first data: MP_CAPABLE carrying an implicit mapping."""
+        assert self.reasm is not None and sf.recvmap is not None
+        if not sf.initial or not self.server or option.receiver_key != self.local_key:
+            return
+        _, remote_idsn = key_token_idsn(self.remote_key or 0, 1)
+        mapping = Mapping((remote_idsn + 1) % DSN_MOD, 1, option.data_level_length or 0,
+                          option.checksum)  # fmt: skip
+        self._mapping_events(sf, sf.recvmap.add_mapping(mapping, sf.tcp.read_seq))
+
+    def _on_dss(self, sf: Subflow, option: Dss) -> None:
+        assert self.sendq is not None and self.reasm is not None and sf.recvmap is not None
+        self.peer_sent_dss = True
+        if option.data_ack is not None:
+            ack = _expand(option.data_ack, self.sendq.snd_una, option.data_ack_64)
+            if self.sendq.acknowledge(ack):
+                self._fin_backoff = 0
+                self.peer_data_acked = True
+        if option.dsn is not None:
+            dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
+            length = option.data_level_length or 0
+            if length == 0 and option.subflow_seq == 0:
+                return  # an infinite mapping from a fallen-back peer (handled as unmapped)
+            mapping = Mapping(dsn, option.subflow_seq or 0, length, option.checksum,
+                              option.data_fin)  # fmt: skip
+            self._mapping_events(sf, sf.recvmap.add_mapping(mapping, sf.tcp.read_seq))
+
+    def _on_prio(self, sf: Subflow, option: MpPrio) -> None:
+        self._count("MPPrioRx")
+        targets = [sf]
+        if option.address_id is not None:  # v0's 4-byte form names the subflows' address
+            targets = [s for s in self.subflows if s.remote_id == option.address_id] or [sf]
+        for target in targets:
+            target.backup_remote = option.backup
+
+    def _on_add_addr(self, sf: Subflow, option: AddAddrV1 | AddAddrV0) -> None:
+        if isinstance(option, AddAddrV1):
+            if option.echo:
+                self._count("EchoAdd")
+                self._announce = [a for a in self._announce
+                                  if not (isinstance(a, AddAddrV1) and a.address_id ==
+                                          option.address_id)]  # fmt: skip
+                return
+            expected = add_addr_hmac(self.remote_key or 0, self.local_key, option.address_id,
+                                     option.address, option.port)  # fmt: skip
+            if option.hmac != expected:
+                self._count("AddAddrHmacBad")
+                return  # RFC 8684 §3.4.1: ignored
+        self._count("AddAddr")
+        if self.paths is None:
+            return
+        peer = PeerAddress(option.address_id, option.address, option.port)
+        for action in self.paths.on_add_addr(peer):
+            if isinstance(action, Echo) and isinstance(option, AddAddrV1):
+                self._announce.append(AddAddrV1(option.address_id, option.address, option.port,
+                                                echo=True))  # fmt: skip
+            elif isinstance(action, OpenSubflow):
+                self._pending_opens.append(action)
+
+    def _on_remove_addr(self, option: RemoveAddr) -> None:
+        self._count("RmAddr")
+        for sf in list(self.subflows):
+            if (sf.remote_id in option.address_ids and not sf.initial) or (
+                sf.initial and 0 in option.address_ids
+            ):
+                sf.error = "peer removed its address"
+                sf.tcp.abort(0.0)
+        if self.paths is not None:
+            self.paths.on_remove_addr(list(option.address_ids))
+
+    # ------------------------------------------------------------------ data in
+
+    def _mapping_events(self, sf: Subflow, events: list[Any]) -> None:
+        assert self.reasm is not None
+        for event in events:
+            if isinstance(event, Deliver):
+                self.reasm.add(event.dsn, event.data)
+                sf.counters.bytes_received += len(event.data)
+            elif isinstance(event, DataFin):
+                self.peer_fin_dsn = event.dsn
+            elif isinstance(event, Unmapped):
+                if len(self._alive()) == 1 and sf.initial:
+                    # RFC 8684 §3.7: the peer (or a middlebox) dropped the options: the
+                    # bytes continue the stream in order.
+                    self._fall_back(sf, "data without a DSS mapping")
+                    self._deliver_fallback(sf, b"")
+                else:
+                    self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "data without a mapping")
+            elif isinstance(event, ChecksumFailed):
+                self._count("DSSChecksumBad")
+                self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "DSS checksum failed")
+            elif isinstance(event, MappingError):
+                self._reset_subflow(sf, MPTCP_RST_EMPTCP, event.reason)
+        self._check_eof()
+
+    def _deliver_fallback(self, sf: Subflow, data: bytes) -> None:
+        assert self.reasm is not None
+        if data:
+            self.reasm.add(self.reasm.next_dsn, data)
+            sf.counters.bytes_received += len(data)
+
+    def _drain(self, sf: Subflow, now: float) -> None:
+        """Move the subflow's in-order bytes to the data level, as far as the data-level
+        buffer has room (so a slow reader closes the subflows' windows)."""
+        reasm = self.reasm
+        if reasm is None:
+            return
+        while sf.tcp.readable:
+            room = self._data_room()
+            if room <= 0:
+                break
+            start = sf.tcp.read_seq
+            data = sf.tcp.receive(min(room, sf.tcp.readable), now)
+            if not data:
+                break
+            if self.fallback:
+                self._deliver_fallback(sf, data)
+                continue
+            assert sf.recvmap is not None
+            events = sf.recvmap.deliver(start, data)
+            unmapped = [e for e in events if isinstance(e, Unmapped)]
+            self._mapping_events(sf, [e for e in events if not isinstance(e, Unmapped)])
+            if unmapped:
+                self._mapping_events(sf, unmapped[:1])
+                if self.fallback:
+                    offset = unmapped[0].subflow_seq - start
+                    self._deliver_fallback(sf, data[offset:])
+        self._check_eof()
+
+    def _check_eof(self) -> None:
+        reasm = self.reasm
+        if reasm is None or self.eof:
+            return
+        if self.peer_fin_dsn is not None and reasm.next_dsn == self.peer_fin_dsn:
+            self.eof = True
+            self._count("DataFinRx")
+            self._maybe_close_subflows()
+
+    # ------------------------------------------------------------------ data out
+
+    def _push(self, now: float) -> None:
+        sendq = self.sendq
+        if sendq is None or not self.established:
+            return
+        if self.fallback:
+            alive = self._alive()
+            sf = alive[0] if alive else None
+            if sf is None or sf.tcp.fin_seq is not None:
+                return
+            while sendq.has_work() and sf.tcp.send_space > 0:
+                chunk = sendq.take(sf.tcp.send_space)
+                if chunk is None:
+                    break
+                sf.tcp.send(chunk[1], now)
+                sf.counters.bytes_sent += len(chunk[1])
+            if sendq.fin_requested and not sendq.has_work() and sf.tcp.state in (
+                TcpState.ESTABLISHED, TcpState.CLOSE_WAIT
+            ):  # fmt: skip
+                sendq.mark_fin_sent()
+                sf.tcp.shutdown_write(now)
+            return
+        while sendq.has_work():
+            chosen = cast(list[Subflow], self.scheduler.select(self.subflows))
+            if not chosen:
+                break
+            room = min(s.send_space for s in chosen)
+            chunk = sendq.take(min(room, MAX_MAPPING))
+            if chunk is None:
+                break
+            dsn, data = chunk
+            for sf in chosen:
+                checksum = (
+                    dss_checksum(dsn, sf.sendmap.write_seq, len(data), data)
+                    if self.checksum
+                    else None
+                )
+                sf.sendmap.append(dsn, len(data), checksum)
+                sf.tcp.send(data, now)
+                sf.counters.bytes_sent += len(data)
+        if sendq.fin_requested and not sendq.has_work() and not sendq.fin_sent:
+            ready = [s for s in self.subflows if s.usable]
+            if ready:
+                sendq.mark_fin_sent()
+                self._count("DataFinTx")
+                for sf in ready:
+                    send_ack_now(sf.tcp, now)
+                self._fin_deadline = now + DATA_FIN_RTO
+
+    def _maybe_close_subflows(self) -> None:
+        """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""
+        sendq = self.sendq
+        if self.fallback or sendq is None:
+            return
+        if self.eof and sendq.fin_acknowledged:
+            for sf in self.subflows:
+                if sf.tcp.fin_seq is None and sf.tcp.state in (
+                    TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_RECEIVED
+                ):  # fmt: skip
+                    sf.tcp.shutdown_write(self._now)
+
+    # ------------------------------------------------------------------ subflow events
+
+    _now = 0.0
+
+    def _after(self, sf: Subflow, now: float) -> None:
+        """Digest what the subflow's TCP reported after an input or timer."""
+        self._now = now
+        for event in sf.tcp.poll_events():
+            if isinstance(event, DataReceived):
+                continue  # drained below
+            if isinstance(event, DataAcked):
+                if (
+                    sf.plain_ack
+                    and not self.fallback
+                    and not self.peer_data_acked
+                    and len(self._alive()) == 1
+                ):
+                    # RFC 8684 §3.7: our first data acknowledged without any MPTCP
+                    # option: the options are being stripped, and the peer fell back.
+                    # So do we, before counting this ACK, so no byte is sent twice. (Later
+                    # option-less ACKs are no proof: Linux sends some, e.g. window updates.)
+                    self._fall_back(sf, f"data acknowledged without DATA_ACK: {sf.last_plain}")
+                sf.sendmap.acknowledged(event.snd_una)
+                if self.fallback and self.sendq is not None:
+                    self.sendq.acknowledge((event.snd_una + self._fb_offset) % DSN_MOD)
+            elif isinstance(event, PeerFinished):
+                if self.fallback or (sf.initial and self.version is None):
+                    self.eof = True
+            elif isinstance(event, Reset | Closed):
+                self._subflow_gone(sf, event, now)
+        if sf.tcp.state is TcpState.ESTABLISHED or sf.tcp.state is TcpState.CLOSE_WAIT:
+            self._on_tcp_established(sf, now)
+        if sf.tcp.readable:
+            self._drain(sf, now)
+        if self.sendq is not None and self.sendq.fin_acknowledged:
+            self._fin_deadline = None
+        self._maybe_close_subflows()
+
+    def _on_tcp_established(self, sf: Subflow, now: float) -> None:
+        if sf.phase is not Phase.CONNECTING:
+            return
+        if sf.initial:
+            if not self.mptcp_decided:
+                if self.server:
+                    return  # decided by the third ACK's options (observer)
+                self._fall_back(sf, "no MP_CAPABLE decision")
+            sf.phase = Phase.ESTABLISHED
+            if not self.established:
+                self.established = True
+                if self.version is not None and not self.fallback:
+                    self._count("MPCapableEstablished")
+                    self._start_paths(now)
+        elif not self.server:
+            sf.phase = Phase.PRE_ESTABLISHED
+            sf.join_ack_due = True
+            sf.join_ack_deadline = now + sf.tcp.rto.rto
+
+    def _retry_with_v0(self, sf: Subflow, now: float) -> None:
+        """RFC 8684 §3.1: a v1 SYN met a peer without it; open again with a v0 SYN."""
+        self.retry_v0 = False
+        sf.tcp.abort(now)
+        sf.tcp.poll_events()
+        sf.gone = True
+        sf.phase = Phase.FAILED
+        sf.error = "SYN/ACK without MP_CAPABLE: retried with v0"
+        self._gone_subflows.append(sf)
+        self._count("MPCapableRetryV0")
+        if self.allocate_port is None:
+            self._fall_back(sf, "no port to retry with v0")
+            return
+        remote = sf.remote
+        port = self.allocate_port(sf.local[0], remote[0], remote[1])
+        self._open_initial((sf.local[0], port), remote, 0, now)
+
+    def _alive(self) -> list[Subflow]:
+        return [s for s in self.subflows if not s.gone]
+
+    def _subflow_gone(self, sf: Subflow, event: Reset | Closed, now: float) -> None:
+        if sf.gone:
+            return
+        sf.gone = True
+        orderly = isinstance(event, Closed) and event.reason.value == "normal"
+        sf.phase = Phase.CLOSED if orderly else Phase.FAILED
+        if not sf.error and not orderly:
+            sf.error = "reset by peer" if isinstance(event, Reset) and event.by_peer else str(
+                getattr(event, "reason", "aborted"))  # fmt: skip
+        if self.sendq is not None and not self.fallback:
+            for dsn, length in sf.sendmap.unacknowledged():
+                self.sendq.reinject(dsn, length)
+                sf.counters.reinjected_away += length
+        if self.paths is not None:
+            if self.server and not sf.initial:
+                if sf.counted:
+                    self.paths.join_closed()
+            else:
+                self.paths.subflow_closed(sf.local[0], sf.remote[0], sf.remote[1])
+        if not self._alive():
+            if not (self.eof and (self.sendq is None or self.sendq.fin_acknowledged)):
+                if not self.error:
+                    self.error = (
+                        f"every subflow is gone (last: {sf.error or 'closed'})"
+                        if not (self.fallback and orderly) else ""
+                    )  # fmt: skip
+                if self.fallback and orderly:
+                    self.eof = True
+            self.closed = True
+            if self.local_token:
+                self.tokens.release(self.local_token)
+        self._gone_subflows.append(sf)
+
+    def _reset_subflow(self, sf: Subflow, reason: int, why: str) -> None:
+        sf.rst_reason = reason
+        sf.error = why
+        self._count("SubflowReset")
+        sf.tcp.abort(self._now)
+
+    # ------------------------------------------------------------------ path manager
+
+    def _start_paths(self, now: float) -> None:
+        if self.paths is None:
+            return
+        for action in self.paths.on_established():
+            if isinstance(action, Announce):
+                self._queue_announce(action.endpoint.id, action.endpoint.address,
+                                     action.endpoint.port)  # fmt: skip
+            elif isinstance(action, OpenSubflow):
+                self._pending_opens.append(action)
+        self._open_pending(now)
+
+    def _queue_announce(self, address_id: int, address: IPAddress, port: int | None) -> None:
+        if self.version == 1:
+            mac = add_addr_hmac(self.local_key, self.remote_key or 0, address_id, address, port)
+            self._announce.append(AddAddrV1(address_id, address, port, hmac=mac))
+        else:
+            self._announce.append(AddAddrV0(address_id, address, port))
+        self._count("AddAddrTx")
+
+    def _open_pending(self, now: float) -> None:
+        opens, self._pending_opens = self._pending_opens, []
+        for action in opens:
+            self.open_subflow(action.local.address, action.local.id, action.remote.address,
+                              action.remote.port or self.subflows[0].remote[1],
+                              backup=action.backup, now=now)  # fmt: skip
+
+    def open_subflow(self, local: IPAddress, local_id: int, remote: IPAddress, port: int, *,
+                     backup: bool, now: float) -> Subflow | None:  # fmt: skip
+        """MP_JOIN from `local` to `remote` (RFC 8684 §3.2)."""
+        if self.fallback or self.version is None or self.remote_key is None or self.closed:
+            return None
+        if self.allocate_port is None:
+            return None
+        local_port = self.allocate_port(local, remote, port)
+        tcp = TcpConnection((local, local_port), (remote, port), config=self._subflow_config(),
+                            isn_secret=self.isn_secret, now=now)  # fmt: skip
+        sf = Subflow(tcp, initial=False, local_id=local_id, backup_local=backup)
+        sf.join = JoinCrypto.fresh(self.version, self.local_key, self.remote_key)
+        sf.recvmap = SubflowReceiveMapper(self.checksum)
+        self._hook(sf)
+        self.subflows.append(sf)
+        self._new_subflows.append(sf)
+        self._count("MPJoinSynTx")
+        tcp.connect(now)
+        return sf
+
+    def _on_join_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
+        synack = next((o for o in options if isinstance(o, MpJoinSynAck)), None)
+        join = sf.join
+        assert join is not None
+        if synack is None:
+            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "SYN/ACK without MP_JOIN")
+            return
+        join.remote_nonce = synack.nonce
+        if synack.hmac != join.expected_synack_hmac():
+            self._count("MPJoinSynAckHMacFailure")
+            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "MP_JOIN SYN/ACK with a wrong HMAC")
+            return
+        self._count("MPJoinSynAckRx")
+        sf.remote_id = synack.address_id
+        sf.backup_remote = synack.backup
+
+    def attach_join(self, sf: Subflow) -> None:
+        """A join the listener accepted (SYN seen): the subflow now belongs here."""
+        sf.recvmap = SubflowReceiveMapper(self.checksum)
+        self._hook(sf)
+        self.subflows.append(sf)
+        self._new_subflows.append(sf)
+
+    def _on_join_ack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
+        ack = next((o for o in options if isinstance(o, MpJoinAck)), None)
+        join = sf.join
+        assert join is not None
+        if ack is None or ack.hmac != join.expected_ack_hmac():
+            self._count("MPJoinAckHMacFailure")
+            sf.phase = Phase.FAILED
+            sf.rst_reason = MPTCP_RST_EMPTCP
+            sf.error = "third ACK without a valid MP_JOIN HMAC"
+            return
+        if self.paths is not None and not self.paths.accept_join():
+            # the limit filled up while this join was half-done (as Linux, at the 3rd ACK)
+            self._count("MPJoinRejectedLimit")
+            sf.phase = Phase.FAILED
+            sf.rst_reason = MPTCP_RST_EPROHIBIT
+            sf.error = "subflow limit reached"
+            return
+        sf.counted = True
+        self._count("MPJoinAckRx")
+        sf.phase = Phase.ESTABLISHED
+        sf.fourth_ack_due = True
+
+    # ------------------------------------------------------------------ driving
+
+    def handle_segment(self, sf: Subflow, seg: Segment, now: float) -> None:
+        self.handle_segments(sf, [seg], now)
+
+    def handle_segments(self, sf: Subflow, segments: list[Segment], now: float) -> None:
+        """Segments of one subflow that arrived together (one read of the link)."""
+        self._now = now
+        if len(segments) == 1:
+            sf.tcp.handle_segment(segments[0], now)
+        else:
+            sf.tcp.handle_segments(segments, now)
+        if sf.phase is Phase.FAILED and sf.tcp.state is not TcpState.CLOSED:
+            sf.tcp.abort(now)  # a join whose third ACK failed its HMAC
+        elif sf.fourth_ack_due:
+            sf.fourth_ack_due = False
+            send_ack_now(sf.tcp, now)
+        if self._announce and sf.usable:
+            send_ack_now(sf.tcp, now)  # an ADD_ADDR echo (or announcement) is owed
+        if self.retry_v0 and sf.initial and not sf.gone:
+            self._retry_with_v0(sf, now)
+            return
+        self._after(sf, now)
+        self._open_pending(now)
+        self._push(now)
+
+    def next_timer(self) -> float | None:
+        times = [t for sf in self.subflows if (t := sf.tcp.next_timer()) is not None]
+        times += [sf.join_ack_deadline for sf in self.subflows if sf.join_ack_deadline]
+        if self._fin_deadline is not None:
+            times.append(self._fin_deadline)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        for sf in list(self.subflows):
+            deadline = sf.tcp.next_timer()
+            if deadline is not None and deadline <= now:
+                sf.tcp.handle_timer(now)
+            if sf.join_ack_deadline is not None and sf.join_ack_deadline <= now:
+                self._retransmit_join_ack(sf, now)
+            self._after(sf, now)
+            self._check_stale(sf)
+        if self._fin_deadline is not None and self._fin_deadline <= now:
+            self._fin_backoff += 1
+            self._fin_deadline = now + DATA_FIN_RTO * (1 << min(self._fin_backoff, 6))
+            for sf in self.subflows:
+                if sf.usable:
+                    send_ack_now(sf.tcp, now)
+        self._push(now)
+
+    def _check_stale(self, sf: Subflow) -> None:
+        """A subflow whose retransmissions go unanswered stops carrying data, and what it
+        holds unacknowledged is sent again at the data level on the others (the kernel's
+        stale subflows and MPTCP-level retransmission)."""
+        if not sf.stale:
+            sf.stale_reinjected = False
+            return
+        if sf.stale_reinjected or self.fallback or self.sendq is None or sf.gone:
+            return
+        others = [s for s in self.subflows if s is not sf and s.usable]
+        if not others:
+            return
+        sf.stale_reinjected = True
+        self._count("SubflowStale")
+        for dsn, length in sf.sendmap.unacknowledged():
+            self.sendq.reinject(dsn, length)
+            sf.counters.reinjected_away += length
+
+    def _retransmit_join_ack(self, sf: Subflow, now: float) -> None:
+        sf.join_ack_tries += 1
+        if sf.join_ack_tries > self.config.join_ack_retries:
+            sf.join_ack_deadline = None
+            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "no fourth ACK: join given up")
+            return
+        self._count("MPJoinAckRetrans")
+        send_ack_now(sf.tcp, now)
+        sf.join_ack_deadline = now + sf.tcp.rto.rto * (1 << sf.join_ack_tries)
+
+    def poll_segments(self) -> list[tuple[Subflow, Segment]]:
+        out = []
+        for sf in self.subflows:
+            for seg in sf.tcp.poll_segments():
+                out.append((sf, seg))
+        if self._announce and out:
+            # an ADD_ADDR (or echo) rides once on a pure ACK; v1 originals are resent
+            # on later ACKs until echoed, echoes and v0 announcements only once
+            sent = any(self._announce[0] in seg.extra_options for _, seg in out)
+            if sent and (self.version == 0 or getattr(self._announce[0], "echo", True)):
+                self._announce.pop(0)
+        return out
+
+    def poll_new_subflows(self) -> list[Subflow]:
+        new, self._new_subflows = self._new_subflows, []
+        return new
+
+    def poll_gone_subflows(self) -> list[Subflow]:
+        gone, self._gone_subflows = self._gone_subflows, []
+        return gone
+
+    # ------------------------------------------------------------------ the application
+
+    def send(self, data: bytes | memoryview, now: float) -> int:
+        if self.sendq is None:
+            raise BrokenPipeError("the connection is not established")
+        if self.error:
+            raise ConnectionError(self.error)
+        taken = self.sendq.write(data)
+        self._push(now)
+        return taken
+
+    @property
+    def send_space(self) -> int:
+        return self.sendq.space if self.sendq is not None else 0
+
+    @property
+    def readable(self) -> int:
+        return self.reasm.readable if self.reasm is not None else 0
+
+    def receive(self, max_bytes: int, now: float) -> bytes:
+        if self.reasm is None:
+            return b""
+        data = self.reasm.read(max_bytes)
+        for sf in self.subflows:
+            if sf.tcp.readable:
+                self._drain(sf, now)
+        return data
+
+    def shutdown_write(self, now: float) -> None:
+        if self.sendq is None:
+            for sf in self.subflows:
+                sf.tcp.shutdown_write(now)
+            return
+        if not self.sendq.fin_requested:
+            self.sendq.close()
+        self._push(now)
+
+    def close(self, now: float) -> None:
+        self.shutdown_write(now)
+
+    def discard(self) -> None:
+        """Forget a half-open connection silently (listener backlog overflow)."""
+        for sf in self.subflows:
+            tcp = sf.tcp
+            tcp.state = TcpState.CLOSED
+            tcp.rto_deadline = tcp.delack_deadline = tcp.persist_deadline = None
+            tcp.poll_segments()
+            sf.gone = True
+            sf.phase = Phase.FAILED
+        self.closed = True
+        self.error = "dropped from a full listen backlog"
+        self._gone_subflows.extend(self.subflows)
+        if self.local_token:
+            self.tokens.release(self.local_token)
+
+    def abort(self, now: float) -> None:
+        """MP_FASTCLOSE (RFC 8684 §3.5): reset every subflow at once."""
+        if not self.fallback and self.version is not None:
+            self.fastclose = True
+            self._count("MPFastcloseTx")
+        for sf in self.subflows:
+            sf.tcp.abort(now)
+        if not self.error:
+            self.error = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        """Both directions done at the data level, or the connection failed."""
+        if self.error or self.closed:
+            return True
+        sendq = self.sendq
+        if sendq is None:
+            return False
+        sent_done = sendq.fin_acknowledged or (self.fallback and sendq.fin_sent
+                                                and sendq.in_flight == 0)  # fmt: skip
+        return self.eof and sent_done
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "in_use": self.version is not None and not self.fallback,
+            "version": self.version if not self.fallback else None,
+            "fallback": self.fallback,
+            "fallback_reason": self.fallback_reason,
+            "checksum": self.checksum,
+            "local_token": f"{self.local_token:08x}" if self.version is not None else None,
+            "remote_token": f"{self.remote_token:08x}" if self.remote_token is not None else None,
+            "local_key": f"{self.local_key:016x}" if self.version is not None else None,
+            "remote_key": f"{self.remote_key:016x}" if self.remote_key is not None else None,
+            "subflows": [sf.describe() for sf in self.subflows],
+            "counters": dict(self.counters),
+        }
+
+
+def ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)

@@ -1,0 +1,128 @@
+"""One subflow of an MPTCP connection: a TCP connection plus its MPTCP bookkeeping.
+
+The TCP machine (`stack.tcp`) does the subflow's reliability; this object holds what
+MPTCP adds to it: the DSS mappings in both directions, the subflow's address IDs and
+backup state (each direction separately, RFC 8684 §3.3.8), the MP_JOIN crypto and the
+handshake phase, and per-subflow data counters. The connection (`connection.py`)
+installs the hooks and drives it; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from stack.mptcp.handshake import JoinCrypto
+from stack.mptcp.mapping import SubflowReceiveMapper
+from stack.mptcp.sendmap import SubflowSendMap
+from stack.route import IPAddress
+from stack.tcp.connection import TcpConnection
+from stack.tcp.events import TcpState
+
+Address = tuple[IPAddress, int]
+
+
+class Phase(enum.Enum):
+    CONNECTING = "connecting"  # handshake in progress
+    PRE_ESTABLISHED = "pre-established"  # join initiator: third ACK sent, no fourth ACK yet
+    ESTABLISHED = "established"  # usable for data
+    FAILED = "failed"  # reset, timed out or refused: carries nothing more
+    CLOSED = "closed"  # closed in order
+
+
+@dataclass
+class SubflowCounters:
+    bytes_sent: int = 0  # data-level bytes handed to this subflow (reinjections included)
+    bytes_received: int = 0  # data-level bytes delivered from this subflow
+    reinjected_away: int = 0  # bytes moved to other subflows when this one failed
+
+
+@dataclass(eq=False)
+class Subflow:
+    tcp: TcpConnection
+    initial: bool  # the MP_CAPABLE subflow
+    local_id: int = 0
+    remote_id: int = 0
+    backup_local: bool = False  # we asked the peer not to send on it (our B bit / MP_PRIO)
+    backup_remote: bool = False  # the peer asked us not to send on it
+    join: JoinCrypto | None = None
+    phase: Phase = Phase.CONNECTING
+    sendmap: SubflowSendMap = field(default_factory=SubflowSendMap)
+    recvmap: SubflowReceiveMapper | None = None
+    counters: SubflowCounters = field(default_factory=SubflowCounters)
+    # handshake options still owed on outgoing segments
+    capable_ack_due: bool = False  # MP_CAPABLE with both keys on the third ACK
+    join_ack_due: bool = False  # MP_JOIN ACK with HMAC-A (retransmitted until the 4th ACK)
+    join_ack_tries: int = 0
+    join_ack_deadline: float | None = None
+    rst_reason: int | None = None  # MP_TCPRST reason to put on our RST, if we reset it
+    prio_due: bool | None = None  # an MP_PRIO with this backup value is owed to the peer
+    fourth_ack_due: bool = False  # join responder: acknowledge the third ACK at once
+    stale_reinjected: bool = False  # its unacknowledged data was moved to other subflows
+    gone: bool = False  # reset, timed out or closed: reported once
+    counted: bool = False  # a join the peer completed: it holds a slot of the limit
+    plain_ack: bool = False  # the last segment in carried no MPTCP option
+    last_plain: str = ""  # that segment, for the fallback reason
+    error: str = ""
+
+    @property
+    def local(self) -> Address:
+        return self.tcp.local
+
+    @property
+    def remote(self) -> Address:
+        return self.tcp.remote
+
+    # ---- the scheduler's view (stack.mptcp.sched.SchedulableSubflow)
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.phase is Phase.ESTABLISHED
+            and self.tcp.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
+            and self.tcp.fin_seq is None
+            and not self.stale
+        )
+
+    @property
+    def backup(self) -> bool:
+        return self.backup_local or self.backup_remote
+
+    @property
+    def stale(self) -> bool:
+        """Retransmission timeouts without progress, like the kernel's stale_loss_cnt."""
+        return self.tcp.retries >= STALE_RETRIES
+
+    @property
+    def srtt(self) -> float:
+        return self.tcp.rto.srtt or 0.0
+
+    @property
+    def unacked(self) -> int:
+        """Data bytes given to TCP and not yet acknowledged at the subflow level."""
+        return self.sendmap.write_seq - max(self.tcp.snd_una, 1)
+
+    @property
+    def send_space(self) -> int:
+        """How much more the scheduler may queue here: about two windows' worth, so the
+        subflow never idles, yet a failure leaves little to reinject."""
+        window = max(self.tcp.cc.cwnd, 4 * self.tcp.payload_mss)
+        return max(0, min(2 * window - self.unacked, self.tcp.send_space))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "local": f"{self.local[0]}:{self.local[1]}",
+            "remote": f"{self.remote[0]}:{self.remote[1]}",
+            "local_id": self.local_id,
+            "remote_id": self.remote_id,
+            "initial": self.initial,
+            "backup_local": self.backup_local,
+            "backup_remote": self.backup_remote,
+            "state": self.phase.value,
+            "bytes_sent": self.counters.bytes_sent,
+            "bytes_received": self.counters.bytes_received,
+            "error": self.error,
+        }
+
+
+STALE_RETRIES = 2  # RTO expiries in a row before a subflow stops being "usable"
