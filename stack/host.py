@@ -17,8 +17,10 @@ import itertools
 import os
 import select
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +101,7 @@ class Counters:
     malformed: int = 0
     resets_sent: int = 0
     unreachable: int = 0
+    internal_errors: int = 0  # exceptions caught in the loop (bugs): see Host.last_error
 
 
 class Timer:
@@ -149,6 +152,7 @@ class Host:
             EPHEMERAL_PORTS[int.from_bytes(os.urandom(2), "big") % len(EPHEMERAL_PORTS) :]
         )
         self.loop_thread_id: int | None = None
+        self.last_error = ""
         # receivers with end_of_batch() that got segments in the current read of a link
         self._batch: dict[int, Callable[[float], None]] = {}
         # per (source, destination): route, Ethernet header, IP header template, pseudo-
@@ -228,22 +232,35 @@ class Host:
             poller.register(fd, select.EPOLLIN)
         try:
             while not self._stop.is_set():
-                timeout = self._run_timers()
-                events = poller.poll(timeout)
-                for fd, _ in events:
-                    if fd == self._wake_read.fileno():
-                        with contextlib.suppress(BlockingIOError):
-                            self._wake_read.recv(4096)
-                        continue
-                    name, link = self._by_fd[fd]
-                    for frame, trusted in link.receive(128):
-                        self._on_frame(name, frame, trusted)
-                    if self._batch:
-                        self._end_batch()
-                while self._calls:
-                    self._calls.popleft()()
+                try:
+                    self._iterate(poller)
+                except Exception:  # a bug must not take the whole host down: say so, go on
+                    self._internal_error()
         finally:
             poller.close()
+
+    def _iterate(self, poller: select.epoll) -> None:
+        timeout = self._run_timers()
+        events = poller.poll(timeout)
+        for fd, _ in events:
+            if fd == self._wake_read.fileno():
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_read.recv(4096)
+                continue
+            name, link = self._by_fd[fd]
+            for frame, trusted in link.receive(128):
+                self._on_frame(name, frame, trusted)
+            if self._batch:
+                self._end_batch()
+        while self._calls:
+            self._calls.popleft()()
+
+    def _internal_error(self) -> None:
+        self._batch = {}
+        self.counters.internal_errors += 1
+        self.last_error = traceback.format_exc()
+        if self.counters.internal_errors <= 3:
+            print(f"stack: internal error in the I/O loop:\n{self.last_error}", file=sys.stderr)
 
     def _end_batch(self) -> None:
         batch = self._batch

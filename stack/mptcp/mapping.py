@@ -95,11 +95,23 @@ class SubflowReceiveMapper:
         events: list[Event] = []
         existing = self._mappings.get(mapping.subflow_seq)
         if existing is not None:
+            if (
+                mapping.data_fin
+                and not existing.data_fin
+                and mapping.dsn == existing.dsn
+                and mapping.length == existing.length + 1
+            ):
+                # the DATA_FIN added to the last mapping when it is sent again (Linux
+                # does this): the same bytes, one more DSN for the FIN
+                self._mappings[mapping.subflow_seq] = mapping
+                return []
             if existing != mapping:
                 return [MappingError(f"mapping at subflow seq {mapping.subflow_seq} changed "
                                      f"from {existing} to {mapping}")]  # fmt: skip
             return []
         end = mapping.subflow_seq + mapping.data_length
+        if mapping.data_fin and mapping.data_length and end <= next_in_order:
+            return [DataFin((mapping.dsn + mapping.length - 1) % DSN_MOD)]  # data already in
         if end < next_in_order and mapping.data_length:
             return []  # a retransmitted segment's copy of a mapping already used
         bisect.insort(self._starts, mapping.subflow_seq)

@@ -104,6 +104,8 @@ class ConnectionPaths:
     accepted_add_addrs: int = 0
     announced: set[int] = field(default_factory=set)
     established: bool = False
+    # False when the peer set the C flag (RFC 8684 §3.1): its initial address takes no joins
+    initial_remote_joinable: bool = True
 
     def on_established(self) -> list[Action]:
         """The connection is fully established: announce and open subflows."""
@@ -140,12 +142,21 @@ class ConnectionPaths:
                 gone.append((peer.address, peer.port))
         return gone
 
+    def join_fits(self) -> bool:
+        """Whether one more subflow from the peer fits the limit now (nothing counted:
+        a join counts once it completes, so a half-done join holds no slot)."""
+        return self.extra_subflows < self.manager.limits.subflows
+
     def accept_join(self) -> bool:
         """Whether a join from the peer fits within the subflow limit (else reason 3)."""
         if self.extra_subflows >= self.manager.limits.subflows:
             return False
         self.extra_subflows += 1
         return True
+
+    def join_closed(self) -> None:
+        """A subflow the peer joined is gone: it no longer counts against the limit."""
+        self.extra_subflows = max(0, self.extra_subflows - 1)
 
     def subflow_closed(self, local: IPAddress, remote: IPAddress, port: int | None) -> None:
         if (local, remote, port) in self.subflows:
@@ -157,7 +168,8 @@ class ConnectionPaths:
         return self._new_subflows() if self.established else []
 
     def _new_subflows(self) -> list[Action]:
-        peers = [self.initial_remote, *self.remote.values()]
+        peers = [self.initial_remote] if self.initial_remote_joinable else []
+        peers += self.remote.values()
         sources = [e for e in self.manager.endpoints if e.subflow or e.fullmesh]
         if (
             any(e.fullmesh for e in sources)

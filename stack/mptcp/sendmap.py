@@ -1,12 +1,14 @@
 """Send-side DSS mappings of one subflow: which DSN each subflow byte carries.
 
-The scheduler hands a subflow chunks of the connection's stream; the subflow appends them
-to its TCP send buffer, and this map remembers, per chunk, the subflow sequence number
-(relative: the first data byte is 1) where it starts and its DSN. Every outgoing segment
-then carries a mapping that covers exactly its payload; a retransmission of the same
-subflow bytes carries the same mapping by construction, as RFC 8684 §3.3.1 requires.
-A segment never spans two chunks whose DSNs are not contiguous: `limit()` says where
-the TCP layer must cut.
+The scheduler hands a subflow chunks of the connection's stream (at most 64 KB - 1, the
+mapping's 16-bit length); the subflow appends them to its TCP send buffer, and this map
+remembers, per chunk, the subflow sequence number (relative: the first data byte is 1)
+where it starts, its DSN and, when checksums are in use, its DSS checksum. Each chunk
+is one mapping, carried whole by every segment that holds any of its bytes, as Linux
+does with an skb's mapping: so a retransmission, however the TCP layer cuts it, carries
+the very mapping the first transmission did (RFC 8684 §3.3.1), and a checksum covers
+exactly the bytes it was computed over. `limit()` says where a segment must end so that
+it never spans two chunks. Chunks are never merged: a mapping never changes once sent.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass
 
 from stack.mptcp.reassembly import DSN_MOD
 
+MAX_MAPPING = 0xFFFF  # data-level length is a 16-bit field
+
 
 @dataclass(frozen=True)
 class Chunk:
     subflow_seq: int
     dsn: int
     length: int
+    checksum: int | None = None
 
 
 class SubflowSendMap:
@@ -30,19 +35,14 @@ class SubflowSendMap:
         self._starts: list[int] = []
         self.write_seq = 1  # the next subflow byte to assign
 
-    def append(self, dsn: int, length: int) -> int:
-        """Assign the next `length` subflow bytes to DSN `dsn`; returns their subflow seq."""
+    def append(self, dsn: int, length: int, checksum: int | None = None) -> int:
+        """Assign the next `length` subflow bytes to DSN `dsn` as one mapping; returns
+        their subflow seq."""
+        if not 0 < length <= MAX_MAPPING:
+            raise ValueError(f"a mapping of {length} bytes: must be 1..{MAX_MAPPING}")
         start = self.write_seq
-        last = self._chunks[-1] if self._chunks else None
-        if (
-            last is not None
-            and (last.dsn + last.length) % DSN_MOD == dsn % DSN_MOD
-            and (last.subflow_seq + last.length == start)
-        ):
-            self._chunks[-1] = Chunk(last.subflow_seq, last.dsn, last.length + length)
-        else:
-            self._chunks.append(Chunk(start, dsn % DSN_MOD, length))
-            self._starts.append(start)
+        self._chunks.append(Chunk(start, dsn % DSN_MOD, length, checksum))
+        self._starts.append(start)
         self.write_seq += length
         return start
 
@@ -60,21 +60,27 @@ class SubflowSendMap:
         chunk = self._chunk(subflow_seq)
         return chunk.subflow_seq + chunk.length - subflow_seq
 
-    def mapping(self, subflow_seq: int, length: int) -> tuple[int, int, int]:
-        """(dsn, subflow_seq, length) for a segment's payload."""
+    def mapping(self, subflow_seq: int, length: int) -> Chunk:
+        """The mapping a segment of `length` bytes from `subflow_seq` carries: its chunk's."""
         chunk = self._chunk(subflow_seq)
         if subflow_seq + length > chunk.subflow_seq + chunk.length:
             raise ValueError(
                 f"a segment of {length} bytes at {subflow_seq} spans two mappings; "
                 f"cut it at {self.limit(subflow_seq)}"
             )
-        return (chunk.dsn + subflow_seq - chunk.subflow_seq) % DSN_MOD, subflow_seq, length
+        return chunk
 
     def acknowledged(self, subflow_seq: int) -> None:
         """Forget chunks entirely below `subflow_seq` (acknowledged at the subflow level)."""
         while self._chunks and self._chunks[0].subflow_seq + self._chunks[0].length <= subflow_seq:
             self._chunks.pop(0)
             self._starts.pop(0)
+
+    def dsn_offset(self) -> int | None:
+        """DSN minus subflow seq of the oldest held chunk (None when nothing is held)."""
+        if not self._chunks:
+            return None
+        return (self._chunks[0].dsn - self._chunks[0].subflow_seq) % DSN_MOD
 
     def unacknowledged(self) -> list[tuple[int, int]]:
         """(dsn, length) of every chunk still held: what reinjection re-sends if the

@@ -773,8 +773,8 @@ class TcpConnection:
         elif self.scoreboard.is_sacked(start):
             self.stats.TCPSACKSkipped += 1
             return
-        self._send_data(start, end - start, now, retransmit=True)
-        self._high_rxt = max(self._high_rxt, end)
+        used = self._send_data(start, end - start, now, retransmit=True)
+        self._high_rxt = max(self._high_rxt, start + max(used, 1))
 
     def _receive_data(self, seq: int, payload: bytes | memoryview, now: float) -> None:
         rb = self.rcvbuf
@@ -887,6 +887,10 @@ class TcpConnection:
         returns the sequence space used."""
         data_end = 1 + self.sendbuf.end
         end = min(start + length, data_end)
+        if end > start and self.segment_limit is not None:
+            # every path (new data, retransmissions, probes) keeps a segment inside one
+            # of the layer above's units (MPTCP mappings)
+            end = min(end, start + self.segment_limit(start))
         payload = self.sendbuf.get(start - 1, end - start) if end > start else b""
         flags = PSH if end == data_end and payload else 0
         fin = self.fin_seq
@@ -934,8 +938,8 @@ class TcpConnection:
                 if hole is None:
                     break
                 self._rxt_credit -= 1
-                self._send_data(hole[0], min(hole[1] - hole[0], mss), now, retransmit=True)
-                self._high_rxt = hole[0] + min(hole[1] - hole[0], mss)
+                used = self._send_data(hole[0], min(hole[1] - hole[0], mss), now, retransmit=True)
+                self._high_rxt = hole[0] + max(used, 1)
         self._rxt_credit = 0
         # 2. new data (or go-back-N after a timeout), within cwnd and the peer's window
         data_end = 1 + self.sendbuf.end

@@ -91,3 +91,19 @@ def test_any_mapping_and_segment_cuts_translate_the_stream(
             out += event.data
         position += len(piece)
     assert bytes(out) == data
+
+
+def test_data_fin_added_to_a_mapping_when_sent_again() -> None:
+    """Linux resends the last mapping with DATA_FIN set (one DSN longer): not a conflict."""
+    mapper = SubflowReceiveMapper(checksums=False)
+    assert mapper.add_mapping(Mapping(500, 1, 10), 1) == []
+    assert mapper.deliver(1, b"x" * 4) == [Deliver(500, b"xxxx")]
+    assert mapper.add_mapping(Mapping(500, 1, 11, data_fin=True), 5) == []
+    assert mapper.deliver(5, b"y" * 6) == [Deliver(504, b"yyyyyy"), DataFin(510)]
+
+
+def test_data_fin_on_a_mapping_whose_bytes_were_all_delivered() -> None:
+    mapper = SubflowReceiveMapper(checksums=False)
+    mapper.add_mapping(Mapping(500, 1, 10), 1)
+    mapper.deliver(1, b"x" * 10)
+    assert mapper.add_mapping(Mapping(500, 1, 11, data_fin=True), 11) == [DataFin(510)]

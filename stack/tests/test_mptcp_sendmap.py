@@ -3,26 +3,29 @@ from __future__ import annotations
 import pytest
 
 from stack.mptcp.mapping import Deliver, Mapping, SubflowReceiveMapper
-from stack.mptcp.sendmap import SubflowSendMap
+from stack.mptcp.sendmap import Chunk, SubflowSendMap
 
 
-def test_contiguous_chunks_merge_and_gaps_cut_segments() -> None:
+def test_each_chunk_is_one_mapping_and_segments_never_span_two() -> None:
     sent = SubflowSendMap()
     assert sent.append(1000, 100) == 1
-    assert sent.append(1100, 50) == 101  # contiguous DSN: one mapping
-    assert sent.limit(1) == 150
-    sent.append(5000, 20)  # a reinjected chunk from elsewhere in the stream
+    assert sent.append(1100, 50) == 101  # contiguous DSNs still make a mapping of their own
+    assert sent.limit(1) == 100
     assert sent.limit(140) == 11
-    assert sent.mapping(151, 20) == (5000, 151, 20)
+    sent.append(5000, 20, checksum=0xBEEF)  # a reinjected chunk from elsewhere in the stream
+    assert sent.mapping(151, 20) == Chunk(151, 5000, 20, 0xBEEF)
     with pytest.raises(ValueError, match="spans two mappings"):
         sent.mapping(140, 20)
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        sent.append(0, 65536)
 
 
-def test_retransmission_gets_the_same_mapping_and_acks_prune() -> None:
+def test_every_segment_of_a_chunk_carries_the_same_mapping() -> None:
+    """RFC 8684 §3.3.1: retransmissions, however cut, carry the original mapping."""
     sent = SubflowSendMap()
     sent.append(7, 10)
     sent.append(100, 10)
-    assert sent.mapping(3, 5) == sent.mapping(3, 5) == (9, 3, 5)
+    assert sent.mapping(3, 5) == sent.mapping(1, 10) == sent.mapping(8, 2) == Chunk(1, 7, 10)
     sent.acknowledged(11)
     assert sent.unacknowledged() == [(100, 10)]
     with pytest.raises(KeyError):
@@ -38,9 +41,9 @@ def test_send_map_and_receive_mapper_agree() -> None:
     position, out = 1, bytearray()
     while position <= len(stream):
         size = min(97, sent.limit(position))
-        dsn, seq, length = sent.mapping(position, size)
-        receiver.add_mapping(Mapping(dsn, seq, length), position)
-        for event in receiver.deliver(position, stream[dsn : dsn + length]):
+        chunk = sent.mapping(position, size)
+        receiver.add_mapping(Mapping(chunk.dsn, chunk.subflow_seq, chunk.length), position)
+        for event in receiver.deliver(position, stream[position - 1 : position - 1 + size]):
             assert isinstance(event, Deliver)
             out += event.data
         position += size

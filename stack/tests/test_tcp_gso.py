@@ -90,6 +90,32 @@ def test_segment_limit_ends_a_super_segment_exactly_at_a_mapping_end() -> None:
     assert seen == [(1, 2500), (2501, 30_000), (32_501, 7500)]
 
 
+def test_retransmissions_never_cross_a_mapping_end() -> None:
+    """A retransmission that starts inside a mapping (the peer acknowledged a piece of a
+    super-segment) stops at `segment_limit` as new data does, in SACK recovery and after
+    an RTO: an MPTCP mapping must never be cut across."""
+    conn, peer = sender(window=1 << 20)
+    conn.cc.cwnd = 1 << 20
+    ends = list(range(1 + 2500, 1 + 60_000, 2500))  # mappings of 2500 bytes: 1.7 MSS
+    conn.segment_limit = lambda rel: min(e for e in ends if e > rel) - rel
+    conn.send(b"x" * 50_000, 1.0)
+    first = conn.poll_segments()
+    high = first[-1].seq + len(first[-1].payload)
+    # the first piece arrived, the rest of the first mapping did not, the end did
+    for dup in range(4):
+        block = ((conn.iss + 25_001) & 0xFFFFFFFF, high)
+        ack = peer.segment(ACK, seq=1, ack=1 + MSS, window=(1 << 20) >> 4, sack_blocks=(block,))
+        conn.handle_segment(ack, 1.1 + dup / 100)
+    recovery = conn.poll_segments()
+    conn.handle_timer(conn.next_timer() or 5.0)  # and an RTO: go-back-N from snd_una
+    after_rto = conn.poll_segments()
+    assert peer.seq_of(recovery[0]) == 1 + MSS and peer.seq_of(after_rto[0]) == 1 + MSS
+    for seg in first + recovery + after_rto:
+        start = peer.seq_of(seg)
+        if seg.payload:
+            assert len(seg.payload) <= min(e for e in ends if e > start) - start, (start, seg)
+
+
 def test_fin_rides_on_the_last_super_segment() -> None:
     conn, peer = sender(window=1 << 20)
     conn.cc.cwnd = 0  # hold the data back until the FIN is queued too
