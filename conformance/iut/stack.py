@@ -68,6 +68,10 @@ class StackIut(Iut):
     # -- configuration --
 
     def set_limits(self, subflows: int, add_addr_accepted: int) -> None:
+        if self._processes:
+            from conformance.iut.base import NotSupported
+
+            raise NotSupported("the stack CLI takes limits only at start (--limits)")
         self._limits = (subflows, add_addr_accepted)
 
     def add_endpoint(
@@ -91,9 +95,12 @@ class StackIut(Iut):
         args = []
         for ifname, iface in self.host.interfaces.items():
             for address in iface.addresses:
-                if address.version != 4:
-                    continue
                 text = f"{ifname}={address.with_prefixlen}"
+                gateways = [g for g in iface.gateways if ":" in g] if address.version == 6 else [
+                    g for g in iface.gateways if ":" not in g
+                ]  # fmt: skip
+                if gateways:
+                    text += f",gw={gateways[0]}"
                 for flag in sorted(self._endpoints.get(str(address.ip), ())):
                     text += f",{flag}"
                 args += ["--interface", text]
