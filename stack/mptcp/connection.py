@@ -150,6 +150,7 @@ class MptcpConnection:
         self.mptcp_decided = False  # version/fallback settled for the initial subflow
         self.peer_sent_dss = False  # the peer is fully established (v1 first-data rule)
         self.peer_data_acked = False  # a DATA_ACK has covered some of our data
+        self.snd_wnd_edge: int | None = None  # DSN right edge of the peer's receive window
         self.sendq: DataSendQueue | None = None
         self.reasm: DataReassembly | None = None
         self.peer_fin_dsn: int | None = None
@@ -410,7 +411,7 @@ class MptcpConnection:
             sf.last_plain = repr(seg)
         for option in options:
             if isinstance(option, Dss):
-                self._on_dss(sf, option)
+                self._on_dss(sf, option, seg.window)
             elif isinstance(option, MpCapable) and option.data_level_length is not None:
                 self._on_capable_data(sf, option)
             elif isinstance(option, MpPrio):
@@ -481,7 +482,23 @@ class MptcpConnection:
                           option.checksum)  # fmt: skip
         self._mapping_events(sf, sf.recvmap.add_mapping(mapping, sf.tcp.read_seq))
 
-    def _on_dss(self, sf: Subflow, option: Dss) -> None:
+    def _update_send_window(self, data_ack: int, sf: Subflow, window: int) -> None:
+        """RFC 8684 §3.3.4: the receive window is the connection's, relative to the
+        DATA_ACK it came with, whichever subflow carried it; its right edge never moves
+        back (as Linux's wnd_end)."""
+        edge = (data_ack + (window << sf.tcp.snd_wscale)) % DSN_MOD
+        if self.snd_wnd_edge is None or 0 < (edge - self.snd_wnd_edge) % DSN_MOD < HALF:
+            self.snd_wnd_edge = edge
+
+    def _data_window_room(self) -> int:
+        """New bytes the peer's connection-level window still admits."""
+        assert self.sendq is not None
+        if self.snd_wnd_edge is None:
+            return MAX_MAPPING  # not heard yet: the subflows' TCP windows bound the start
+        room = (self.snd_wnd_edge - self.sendq.snd_nxt) % DSN_MOD
+        return 0 if room >= HALF else room
+
+    def _on_dss(self, sf: Subflow, option: Dss, window: int) -> None:
         assert self.sendq is not None and self.reasm is not None and sf.recvmap is not None
         self.peer_sent_dss = True
         if option.data_ack is not None:
@@ -489,6 +506,7 @@ class MptcpConnection:
             if self.sendq.acknowledge(ack):
                 self._fin_backoff = 0
                 self.peer_data_acked = True
+            self._update_send_window(ack, sf, window)
         if option.dsn is not None:
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
@@ -636,8 +654,12 @@ class MptcpConnection:
             chosen = cast(list[Subflow], self.scheduler.select(self.subflows))
             if not chosen:
                 break
-            room = min(s.send_space for s in chosen)
-            chunk = sendq.take(min(room, MAX_MAPPING))
+            room = min(min(s.send_space for s in chosen), MAX_MAPPING)
+            if not sendq.reinjecting:
+                room = min(room, self._data_window_room())
+                if room <= 0:
+                    break  # the peer's connection-level window is full
+            chunk = sendq.take(room)
             if chunk is None:
                 break
             dsn, data = chunk

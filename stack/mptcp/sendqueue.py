@@ -56,6 +56,11 @@ class DataSendQueue:
     def close(self) -> None:
         self.fin_requested = True
 
+    @property
+    def reinjecting(self) -> bool:
+        """The next take() re-sends old bytes (below snd_nxt) rather than new ones."""
+        return bool(self._reinject)
+
     def has_work(self) -> bool:
         return bool(self._reinject) or self.unsent > 0
 
