@@ -34,7 +34,7 @@ from stack.mptcp.listener import MptcpListener
 from stack.mptcp.pm import Endpoint, Limits, PathManager, PeerAddress
 from stack.mptcp.subflow import Subflow
 from stack.mptcp.token import TokenTable
-from stack.route import InterfaceConfig, IPAddress
+from stack.route import InterfaceConfig, IPAddress, RoutingError
 from stack.tcp.segment import Segment
 from stack.tcp_host import GSO_MAX_SIZE, segment_from_header, transmit
 from stack.wire.ip import IPv4Header, IPv6Header
@@ -193,6 +193,7 @@ class Stack:
         self.host = Host(interfaces, netns=netns)
         self.tokens: TokenTable[MptcpConnection] = TokenTable()
         self.paths = PathManager(endpoints or [], limits)
+        self.paths.route_source = self._route_source
         self._secret = os.urandom(16)
         self._listeners: dict[int, _ListenerDriver] = {}
         self._drivers: dict[int, _Driver] = {}  # id(msk) -> its driver, while it lives
@@ -253,6 +254,12 @@ class Stack:
             sock.abort()
             raise
         return sock
+
+    def _route_source(self, destination: IPAddress) -> IPAddress | None:
+        try:
+            return self.host.routing.route(destination).source
+        except RoutingError:
+            return None
 
     def _allocate(self, local: IPAddress, remote: IPAddress, port: int) -> int:
         return self.host.allocate_port(local, remote, port)

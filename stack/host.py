@@ -136,6 +136,7 @@ class Host:
             self.close()
             raise
         self._macs = {name: link.info.mac for name, link in self.links.items()}
+        self.routing.is_down = lambda ifname: self.links[ifname].down
         self._by_fd = {link.fileno(): (name, link) for name, link in self.links.items()}
         self.neighbours = NeighbourTable()
         self._connections: dict[FourTuple, SegmentReceiver] = {}
@@ -475,6 +476,8 @@ class Host:
             ipv6=path.ipv6,
         )
         self._count(ok)
+        if not ok and path.link.down:
+            self._paths.pop((src, dst), None)  # route afresh: another link may reach dst
         return ok
 
     def _send_tcp_slowly(

@@ -58,6 +58,7 @@ class RawLink:
     """One interface, opened in the calling thread's network namespace."""
 
     def __init__(self, ifname: str, *, receive_buffer: int = 16 << 20):
+        self.down = False  # the kernel said ENETDOWN on the last send or receive
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
@@ -106,6 +107,13 @@ class RawLink:
                 size, address = self._recv_into(self._buffer)
             except BlockingIOError:
                 break
+            except OSError as error:
+                # the interface went down (the socket reports it once): no frames now
+                if error.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
+                    self.down = True
+                    break
+                raise
+            self.down = False
             if address[2] == PACKET_OUTGOING:
                 continue
             flags = view[0]
@@ -163,12 +171,16 @@ class RawLink:
         """One frame from `buffers` (gathered by the kernel), in one system call."""
         try:
             self._sendmsg(buffers)
+            self.down = False
             return True
         except (BlockingIOError, InterruptedError):
             return False  # socket buffer full: a drop, as on a wire
         except OSError as error:
             # ENOBUFS: a qdisc or an nftables egress rule dropped it. ENETDOWN: link down.
-            if error.errno in (errno.ENOBUFS, errno.ENETDOWN, errno.ENXIO, errno.EAGAIN):
+            if error.errno in (errno.ENETDOWN, errno.ENXIO):
+                self.down = True
+                return False
+            if error.errno in (errno.ENOBUFS, errno.EAGAIN):
                 return False
             raise
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -85,6 +86,8 @@ class RoutingTable:
             seen[config.address.ip] = config.ifname
         self.interfaces = list(interfaces)
         self.local_addresses = frozenset(seen)
+        # whether an interface's link is down (the host tells, from its sockets)
+        self.is_down: Callable[[str], bool] = lambda ifname: False
 
     def is_local(self, address: IPAddress) -> bool:
         return address in self.local_addresses
@@ -102,6 +105,12 @@ class RoutingTable:
                 raise RoutingError(f"cannot reach {destination} from {source}: family differs")
             if destination in config.address.network:
                 return Route(config.ifname, source, destination)
+            if self.is_down(config.ifname):
+                # as Linux when a link goes down (its routes go with it): an address of
+                # the dead interface still reaches a peer through another that is on-link
+                for other in self.interfaces:
+                    if destination in other.address.network and not self.is_down(other.ifname):
+                        return Route(other.ifname, source, destination)
             if config.gateway is not None:
                 return Route(config.ifname, source, config.gateway)
             # No gateway: on-link, as the testbed's kernel hosts do; the peer answers ARP

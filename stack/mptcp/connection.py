@@ -78,6 +78,8 @@ from stack.wire.mptcp import (
 DSS_RESERVE = 28  # DSS with 64-bit DATA_ACK and DSN and a checksum: 26 bytes, padded
 JOIN_ACK_RETRIES = 5  # third-ACK retransmissions before the join is given up
 DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
+ADD_ADDR_RTO = 1.0  # first retransmission of an unechoed ADD_ADDR; doubles each time
+ADD_ADDR_RETRIES = 3  # as the kernel's ADD_ADDR_RETRANS_MAX
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ class MptcpConnection:
         self._new_subflows: list[Subflow] = []
         self._gone_subflows: list[Subflow] = []
         self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer
+        # v1 ADD_ADDRs sent and not yet echoed: address ID -> (option, resend at, tries)
+        self._unechoed: dict[int, tuple[AddAddrV1, float, int]] = {}
         self._add_addr_deadline: float | None = None
         self.counters: dict[str, int] = {}
 
@@ -379,7 +383,7 @@ class MptcpConnection:
             options.append(MpPrio(sf.prio_due, sf.local_id if self.version == 0 else None))
             sf.prio_due = None
         if self._announce and not payload:
-            options.append(self._announce[0])
+            options.append(self._take_announcement())
 
     # ------------------------------------------------------------------ incoming options
 
@@ -500,7 +504,12 @@ class MptcpConnection:
 
     def _on_dss(self, sf: Subflow, option: Dss, window: int) -> None:
         assert self.sendq is not None and self.reasm is not None and sf.recvmap is not None
-        self.peer_sent_dss = True
+        if not self.peer_sent_dss:
+            self.peer_sent_dss = True
+            if not self.server and self.established:
+                # As Linux: the initiator's path manager starts once the listener has
+                # shown it is fully established (a DSS), or joins would be refused.
+                self._start_paths(self._now)
         if option.data_ack is not None:
             ack = _expand(option.data_ack, self.sendq.snd_una, option.data_ack_64)
             if self.sendq.acknowledge(ack):
@@ -528,9 +537,10 @@ class MptcpConnection:
         if isinstance(option, AddAddrV1):
             if option.echo:
                 self._count("EchoAdd")
+                self._unechoed.pop(option.address_id, None)
                 self._announce = [a for a in self._announce
-                                  if not (isinstance(a, AddAddrV1) and a.address_id ==
-                                          option.address_id)]  # fmt: skip
+                                  if not (isinstance(a, AddAddrV1) and not a.echo and
+                                          a.address_id == option.address_id)]  # fmt: skip
                 return
             expected = add_addr_hmac(self.remote_key or 0, self.local_key, option.address_id,
                                      option.address, option.port)  # fmt: skip
@@ -744,7 +754,12 @@ class MptcpConnection:
                 self.established = True
                 if self.version is not None and not self.fallback:
                     self._count("MPCapableEstablished")
-                    self._start_paths(now)
+                    if self.server or self.peer_sent_dss:
+                        self._start_paths(now)
+                    if self.server:
+                        # a DSS (DATA_ACK) at once: the initiator is fully established
+                        # only when it gets one, and only then does its PM open subflows
+                        send_ack_now(sf.tcp, now)
         elif not self.server:
             sf.phase = Phase.PRE_ESTABLISHED
             sf.join_ack_due = True
@@ -812,7 +827,7 @@ class MptcpConnection:
     # ------------------------------------------------------------------ path manager
 
     def _start_paths(self, now: float) -> None:
-        if self.paths is None:
+        if self.paths is None or self.paths.established:
             return
         for action in self.paths.on_established():
             if isinstance(action, Announce):
@@ -821,6 +836,20 @@ class MptcpConnection:
             elif isinstance(action, OpenSubflow):
                 self._pending_opens.append(action)
         self._open_pending(now)
+
+    def _take_announcement(self) -> Any:
+        """The next ADD_ADDR (or echo, or REMOVE_ADDR), for one pure ACK. A v1 original
+        is sent again on a timer until echoed (RFC 8684 §3.4.1), at most 3 more times
+        as the kernel does; the rest go once."""
+        sent = self._announce.pop(0)
+        if isinstance(sent, AddAddrV1) and not sent.echo:
+            tries = self._unechoed.get(sent.address_id, (sent, 0.0, -1))[2] + 1
+            if tries <= ADD_ADDR_RETRIES:
+                deadline = self._now + ADD_ADDR_RTO * (1 << tries)
+                self._unechoed[sent.address_id] = (sent, deadline, tries)
+            else:
+                self._unechoed.pop(sent.address_id, None)
+        return sent
 
     def _queue_announce(self, address_id: int, address: IPAddress, port: int | None) -> None:
         if self.version == 1:
@@ -832,8 +861,11 @@ class MptcpConnection:
 
     def _open_pending(self, now: float) -> None:
         opens, self._pending_opens = self._pending_opens, []
+        initial = self.subflows[0].local[0] if self.subflows else None
         for action in opens:
-            self.open_subflow(action.local.address, action.local.id, action.remote.address,
+            # the connection's initial address is address ID 0 (RFC 8684 §3.2)
+            local_id = 0 if action.local.address == initial else action.local.id
+            self.open_subflow(action.local.address, local_id, action.remote.address,
                               action.remote.port or self.subflows[0].remote[1],
                               backup=action.backup, now=now)  # fmt: skip
 
@@ -919,12 +951,12 @@ class MptcpConnection:
         elif sf.fourth_ack_due:
             sf.fourth_ack_due = False
             send_ack_now(sf.tcp, now)
-        if self._announce and sf.usable:
-            send_ack_now(sf.tcp, now)  # an ADD_ADDR echo (or announcement) is owed
         if self.retry_v0 and sf.initial and not sf.gone:
             self._retry_with_v0(sf, now)
             return
         self._after(sf, now)
+        if self._announce and sf.usable:
+            send_ack_now(sf.tcp, now)  # an ADD_ADDR, its echo or a REMOVE_ADDR is owed
         self._open_pending(now)
         self._push(now)
 
@@ -933,6 +965,7 @@ class MptcpConnection:
         times += [sf.join_ack_deadline for sf in self.subflows if sf.join_ack_deadline]
         if self._fin_deadline is not None:
             times.append(self._fin_deadline)
+        times += [deadline for _, deadline, _ in self._unechoed.values()]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -945,6 +978,14 @@ class MptcpConnection:
                 self._retransmit_join_ack(sf, now)
             self._after(sf, now)
             self._check_stale(sf)
+        for address_id, (option, deadline, tries) in list(self._unechoed.items()):
+            if deadline <= now:
+                self._unechoed[address_id] = (option, float("inf"), tries)
+                self._announce.append(option)
+                self._count("AddAddrRetrans")
+                usable = [s for s in self.subflows if s.usable]
+                if usable:
+                    send_ack_now(usable[0].tcp, now)
         if self._fin_deadline is not None and self._fin_deadline <= now:
             self._fin_backoff += 1
             self._fin_deadline = now + DATA_FIN_RTO * (1 << min(self._fin_backoff, 6))
@@ -986,12 +1027,6 @@ class MptcpConnection:
         for sf in self.subflows:
             for seg in sf.tcp.poll_segments():
                 out.append((sf, seg))
-        if self._announce and out:
-            # an ADD_ADDR (or echo) rides once on a pure ACK; v1 originals are resent
-            # on later ACKs until echoed, echoes and v0 announcements only once
-            sent = any(self._announce[0] in seg.extra_options for _, seg in out)
-            if sent and (self.version == 0 or getattr(self._announce[0], "echo", True)):
-                self._announce.pop(0)
         return out
 
     def poll_new_subflows(self) -> list[Subflow]:

@@ -16,6 +16,7 @@ A subflow whose endpoint or peer address goes away is re-established when it ret
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -178,6 +179,21 @@ class ConnectionPaths:
             # fullmesh: the initial local address joins announced peers too.
             sources.append(Endpoint(255, self.initial_local, fullmesh=True))
         actions: list[Action] = []
+        if not sources:
+            # As the kernel: with no subflow endpoint, an accepted announcement gets one
+            # subflow, from the address routing picks for it (the initial one if none).
+            for peer in peers:
+                if peer == self.initial_remote:
+                    continue
+                address = self.manager.source_for(peer.address) or self.initial_local
+                local = self.manager.endpoint_for(address) or Endpoint(255, address)
+                key = (local.address, peer.address, peer.port)
+                if key in self.subflows or self.extra_subflows >= self.manager.limits.subflows:
+                    continue
+                self.subflows.add(key)
+                self.extra_subflows += 1
+                actions.append(OpenSubflow(local, peer, local.backup))
+            return actions
         for local in sources:
             for peer in peers:
                 if peer.address.version != local.address.version:
@@ -206,6 +222,11 @@ class PathManager:
             raise PathManagerError("an address is given as two endpoints")
         self.endpoints = list(endpoints)
         self.limits = limits or Limits()
+        # the host's routing: which local address reaches a peer address (None: unknown)
+        self.route_source: Callable[[IPAddress], IPAddress | None] | None = None
+
+    def source_for(self, address: IPAddress) -> IPAddress | None:
+        return self.route_source(address) if self.route_source is not None else None
 
     def endpoint_for(self, address: IPAddress) -> Endpoint | None:
         for endpoint in self.endpoints:

@@ -1,0 +1,336 @@
+"""Multipath between our stack and the kernel, both ways round, over two real paths:
+MP_JOIN, ADD_ADDR, backup semantics (no data on a backup path while the regular one is
+up, failover with nothing lost, return), and MP_PRIO on a live connection. Every
+transfer is SHA-256 checked at both ends; the kernel's MIB counters and diag are the
+peer's own account of what happened.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import topologies
+from stack.__main__ import run_connection
+from stack.api import MptcpSocket, Stack
+from stack.cli import endpoints_of, parse_interface
+from stack.mptcp.connection import MptcpConfig
+from stack.mptcp.pm import Limits
+from testbed import Topology
+from testbed.apps import AppReport, make_socket, play, stream_sha256
+from testbed.mptcp import KernelMptcp
+from testbed.spec import LinkProps
+
+pytestmark = [pytest.mark.netns, pytest.mark.kernel]
+
+PORT = 8000
+ADDRESSES = {
+    "client": ("192.0.2.1", "198.51.100.1"),
+    "server": ("192.0.2.2", "198.51.100.2"),
+}
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, s: Session | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            seen = s.stack_subflows() if s is not None and s.sock is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; {seen}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Session:
+    """One connection between the stack (one host) and the kernel (the other)."""
+
+    topo: Topology
+    stack_role: str
+    stack: Stack
+    kernel: KernelMptcp
+    sock: MptcpSocket | None = None  # the stack's end
+    kernel_sock: Any = None
+    listener: Any = None
+    reports: dict[str, AppReport] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def kernel_role(self) -> str:
+        return "server" if self.stack_role == "client" else "client"
+
+    def start(self, stack_mode: str, kernel_mode: str, size: int) -> None:
+        """Open the connection and start both applications in threads."""
+        self.open()
+        self.run_apps(stack_mode, kernel_mode, size)
+
+    def open(self) -> None:
+        ns = self.topo.hosts[self.kernel_role].ns
+        if self.stack_role == "client":
+            listener = make_socket(ns, "0.0.0.0", "mptcp")
+            listener.bind(("0.0.0.0", PORT))
+            listener.listen(4)
+            self.sock = self.stack.connect((ADDRESSES["server"][0], PORT))
+            self.kernel_sock, _ = listener.accept()
+            self.listener = listener  # kept open: the kernel takes joins through it
+        else:
+            server = self.stack.listen(PORT)
+            self.kernel_sock = make_socket(ns, ADDRESSES["server"][0], "mptcp")
+            self.kernel_sock.connect((ADDRESSES["server"][0], PORT))
+            self.sock = server.accept(10)
+        self.kernel_sock.settimeout(60)
+
+    def run_apps(self, stack_mode: str, kernel_mode: str, size: int) -> None:
+        kernel_size = size if kernel_mode == "source" else 0
+        stack_size = size if stack_mode == "source" else 0
+
+        def kernel_app() -> None:
+            report = AppReport(kernel_mode, self.kernel_role, "mptcp")
+            play(self.kernel_sock, kernel_mode, kernel_size, report)
+            self.reports["kernel"] = report
+
+        def stack_app() -> None:
+            assert self.sock is not None
+            self.reports["stack"] = run_connection(self.sock, stack_mode, stack_size,
+                                                   self.stack_role)  # fmt: skip
+
+        self.threads = [threading.Thread(target=kernel_app), threading.Thread(target=stack_app)]
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self, timeout: float = 90) -> tuple[AppReport, AppReport]:
+        for thread in self.threads:
+            thread.join(timeout)
+        if self.listener is not None:
+            self.listener.close()
+        return self.reports["stack"], self.reports["kernel"]
+
+    def stack_subflows(self) -> list[dict[str, Any]]:
+        assert self.sock is not None
+        return self.sock.info()["subflows"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def session(
+    topology: Callable[..., Topology],
+    stack_role: str,
+    stack_flags: tuple[str, str] = ("", ""),
+    *,
+    limits: Limits = Limits(2, 2),  # noqa: B008  (frozen)
+    config: MptcpConfig | None = None,
+    props: tuple[LinkProps, LinkProps] | None = None,
+) -> Iterator[Session]:
+    topo = topology(topologies.dual_homed(props, bare=(stack_role,)))
+    specs = [
+        parse_interface(f"eth{i}={ADDRESSES[stack_role][i]}/24{stack_flags[i]}") for i in (0, 1)
+    ]
+    kernel = KernelMptcp(topo.hosts["server" if stack_role == "client" else "client"].ns)
+    kernel.set_limits(subflows=4, add_addr_accepted=4)
+    try:
+        stack = Stack([s.config for s in specs], netns=topo.hosts[stack_role].netns,
+                      config=config, endpoints=endpoints_of(specs), limits=limits)  # fmt: skip
+        with stack:
+            yield Session(topo, stack_role, stack, kernel)
+    finally:
+        kernel.close()
+
+
+def assert_transfer_intact(stack_end: AppReport, kernel_end: AppReport, size: int) -> None:
+    expected = stream_sha256(size)
+    assert not stack_end.error and not kernel_end.error, (stack_end.error, kernel_end.error)
+    sent, received = (stack_end, kernel_end) if stack_end.bytes_sent else (kernel_end, stack_end)
+    assert sent.bytes_sent == received.bytes_received == size
+    assert sent.sha256_sent == received.sha256_received == expected
+
+
+def established_subflows(s: Session) -> list[dict[str, Any]]:
+    """Subflows that came up (and may since have closed in order, if the transfer ended)."""
+    return [f for f in s.stack_subflows() if f["state"] in ("established", "closed")]
+
+
+@pytest.mark.parametrize("stack_role", ["client", "server"])
+def test_two_subflows_carry_20_mb_each_way(
+    topology: Callable[..., Topology], stack_role: str
+) -> None:
+    """2 subflows come up (the stack's client joins through a subflow endpoint; the
+    kernel's client joins an address the stack announces); both carry data; the
+    kernel's MPJoin counters agree with ours."""
+    size = 20_000_000
+    flags = ("", ",subflow") if stack_role == "client" else ("", ",signal")
+    with session(topology, stack_role, flags) as s, s.kernel.counters_delta() as kernel:
+        s.start("echo" if stack_role == "server" else "source",
+                "echo" if stack_role == "client" else "source", size)  # fmt: skip
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the second subflow", s)
+        stack_end, kernel_end = s.finish()
+    assert stack_end.bytes_sent == stack_end.bytes_received == size
+    assert kernel_end.bytes_sent == kernel_end.bytes_received == size
+    assert stack_end.sha256_received == kernel_end.sha256_received == stream_sha256(size)
+    subflows = stack_end.mptcp["subflows"]
+    ours = stack_end.mptcp["counters"]
+    assert len(subflows) == 2 and all(not f["error"] for f in subflows), subflows
+    assert all(f["bytes_sent"] > 0 for f in subflows), subflows  # our scheduler used both
+    if stack_role == "client":
+        assert ours["MPJoinSynTx"] == kernel["MPJoinSynRx"] == 1
+        assert ours["MPJoinSynAckRx"] == kernel["MPJoinAckRx"] == 1
+    else:
+        assert kernel["MPJoinSynTx"] == ours["MPJoinSynRx"] == 1
+        assert kernel["MPJoinSynAckRx"] == ours["MPJoinAckRx"] == 1
+        assert ours["AddAddrTx"] == kernel["AddAddr"] == 1  # announced once, echoed
+        assert kernel["EchoAddTx"] == ours["EchoAdd"] == 1
+
+
+def test_kernel_add_addr_leads_to_a_stack_subflow(topology: Callable[..., Topology]) -> None:
+    """A kernel signal endpoint: the stack (no endpoint flags) echoes the ADD_ADDR, and
+    opens a subflow to the announced address from its initial address, as the kernel."""
+    size = 20_000_000
+    with session(topology, "client") as s, s.kernel.counters_delta() as kernel:
+        s.kernel.add_endpoint(ADDRESSES["server"][1], flags={"signal"})
+        # the kernel announces once it is fully established: after our first data
+        s.start("source", "sink", size)
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the join to the address", s)
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+    join = stack_end.mptcp["subflows"][1]
+    # from the address routing picks for the announced one (its endpoint's ID), as Linux
+    assert join["remote"].startswith(ADDRESSES["server"][1]), join
+    assert join["local"].startswith(ADDRESSES["client"][1]) and join["local_id"] == 2, join
+    assert kernel["AddAddrTx"] == 1 and kernel["EchoAdd"] == 1
+    assert stack_end.mptcp["counters"]["AddAddr"] == 1
+    assert kernel["MPJoinSynRx"] == kernel["MPJoinAckRx"] == 1
+
+
+BACKUP_CASES = [
+    # (stack role, stack's interface flags, kernel endpoint (address, flags) or None)
+    pytest.param("client", ("", ",subflow,backup"), None, id="stack-client-declares"),
+    pytest.param(
+        "client",
+        ("", ""),
+        (ADDRESSES["server"][1], {"signal", "backup"}),
+        id="kernel-server-declares",
+    ),
+    pytest.param("server", ("", ",signal,backup"), None, id="stack-server-declares"),
+    pytest.param(
+        "server",
+        ("", ""),
+        (ADDRESSES["client"][1], {"subflow", "backup"}),
+        id="kernel-client-declares",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stack_role", "stack_flags", "kernel_endpoint"), BACKUP_CASES)
+def test_backup_subflow_carries_nothing_while_regular_path_is_up(
+    topology: Callable[..., Topology],
+    stack_role: str,
+    stack_flags: tuple[str, str],
+    kernel_endpoint: tuple[str, set[str]] | None,
+) -> None:
+    """The second subflow is backup, declared by one side only (the B bit of its MP_JOIN
+    SYN or SYN/ACK): neither side sends data on it while the first path works."""
+    size = 4_000_000
+    with session(topology, stack_role, stack_flags) as s:
+        if kernel_endpoint is not None:
+            s.kernel.add_endpoint(kernel_endpoint[0], flags=kernel_endpoint[1])
+        s.start("echo" if stack_role == "server" else "source",
+                "echo" if stack_role == "client" else "source", size)  # fmt: skip
+        wait_until(lambda: len(established_subflows(s)) >= 2, 5, "the backup subflow", s)
+        wait_until(lambda: s.reports.get("stack") or _moved(s) > size // 2, 30, "the transfer")
+        kernel_view = s.kernel.subflows()
+        stack_end, kernel_end = s.finish()
+    assert stack_end.sha256_received == kernel_end.sha256_received == stream_sha256(size)
+    subflows = stack_end.mptcp["subflows"]
+    backup = [f for f in subflows if f["backup_local"] or f["backup_remote"]]
+    assert len(backup) == 1, subflows
+    declared_by_us = kernel_endpoint is None
+    assert backup[0]["backup_local" if declared_by_us else "backup_remote"], backup
+    assert backup[0]["bytes_sent"] == 0, subflows  # our scheduler keeps off it
+    kernel_backups = [f for f in kernel_view if f.backup_local or f.backup_remote]
+    assert len(kernel_backups) == 1  # the kernel's diag sees the same backup subflow
+    if declared_by_us:  # the kernel honours our B bit
+        assert backup[0]["bytes_received"] == 0 and kernel_backups[0].bytes_sent == 0
+
+
+def _moved(s: Session) -> int:
+    return sum(f["bytes_sent"] + f["bytes_received"] for f in s.stack_subflows())
+
+
+def _bytes_on(s: Session, index: int, key: str) -> int:
+    return int(s.stack_subflows()[index][key])
+
+
+@pytest.mark.parametrize("stack_role", ["client", "server"])
+def test_failover_to_backup_and_back(topology: Callable[..., Topology], stack_role: str) -> None:
+    """The regular path goes down mid-transfer: the rest flows over the backup with
+    nothing lost; when it comes back, traffic returns to it."""
+    size = 30_000_000
+    flags = ("", ",subflow,backup") if stack_role == "client" else ("", "")
+    # 40 Mbit/s paths: the transfer outlasts the cut and the return
+    rate = LinkProps(rate="40mbit")
+    with session(topology, stack_role, flags, props=(rate, rate)) as s:
+        if stack_role == "server":
+            s.kernel.add_endpoint(ADDRESSES["client"][1], flags={"subflow", "backup"})
+        s.start("source", "sink", size)  # the stack sends: its scheduler is under test
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the backup subflow", s)
+        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > 2_000_000, 10, "data on path 1")
+        assert _bytes_on(s, 1, "bytes_sent") == 0
+        s.topo.links["path1"].down()
+        wait_until(lambda: _bytes_on(s, 1, "bytes_sent") > 2_000_000, 15, "data on the backup")
+        s.topo.links["path1"].up()
+        on_regular = _bytes_on(s, 0, "bytes_sent")
+        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > on_regular + 1_000_000, 20,
+                   "traffic back on the regular path")  # fmt: skip
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+
+
+@pytest.mark.parametrize("stack_role", ["client", "server"])
+def test_mp_prio_both_directions(topology: Callable[..., Topology], stack_role: str) -> None:
+    """MP_PRIO on a live connection, data flowing both ways. Ours (backup on subflow 1)
+    makes the kernel stop sending there (its MPPrioRx counts it); the kernel's (the backup
+    flag flipped on its endpoint of subflow 1) makes us stop (our MPPrioRx)."""
+    size = 40_000_000
+    kernel_address = ADDRESSES[s_role := "server" if stack_role == "client" else "client"][1]
+    kernel_flags = {"signal"} if s_role == "server" else {"subflow"}
+    rate = LinkProps(rate="200mbit")  # the transfer outlasts both switches
+    with (
+        session(topology, stack_role, props=(rate, rate)) as s,
+        s.kernel.counters_delta() as kernel,
+    ):
+        s.kernel.add_endpoint(kernel_address, flags=kernel_flags)
+        s.start("echo", "source", size)
+        assert s.sock is not None
+        sock = s.sock
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the second subflow", s)
+        wait_until(lambda: _bytes_on(s, 1, "bytes_received") > 200_000, 10, "data on path 2")
+        sock.set_backup(True, subflow=1)
+        wait_until(lambda: s.kernel.counters().get("MPPrioRx", 0) >= 1, 5, "the kernel's MPPrioRx")
+        # what the kernel had in flight on subflow 1 lands first; then nothing more
+        before = _bytes_on(s, 0, "bytes_received")
+        wait_until(lambda: _bytes_on(s, 0, "bytes_received") > before + 2_000_000, 20,
+                   "data on path 1 after MP_PRIO")  # fmt: skip
+        received = _bytes_on(s, 1, "bytes_received")
+        before = _bytes_on(s, 0, "bytes_received")
+        wait_until(lambda: _bytes_on(s, 0, "bytes_received") > before + 3_000_000, 20,
+                   "more data on path 1")  # fmt: skip
+        grew_after_prio = _bytes_on(s, 1, "bytes_received") - received
+        sock.set_backup(False, subflow=1)
+        s.kernel.set_endpoint_backup(kernel_address, True)
+        wait_until(lambda: sock.info()["counters"].get("MPPrioRx"), 5, "our MPPrioRx")
+        assert s.stack_subflows()[1]["backup_remote"] is True
+        sent = _bytes_on(s, 1, "bytes_sent")
+        before = _bytes_on(s, 0, "bytes_sent")
+        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > before + 3_000_000, 20,
+                   "more data sent on path 1")  # fmt: skip
+        grew_after_kernel_prio = _bytes_on(s, 1, "bytes_sent") - sent
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+    assert stack_end.sha256_sent == kernel_end.sha256_received
+    assert kernel["MPPrioRx"] >= 1 and kernel["MPPrioTx"] >= 1
+    assert grew_after_prio == 0  # the kernel obeys our MP_PRIO
+    assert grew_after_kernel_prio == 0  # our scheduler obeys at once
