@@ -133,7 +133,8 @@ class Host:
                 if config.ifname not in self.links:
                     self.links[config.ifname] = open_in_netns(config.ifname, netns)
         except OSError:
-            self.close()
+            for link in self.links.values():  # nothing else exists yet
+                link.close()
             raise
         self._macs = {name: link.info.mac for name, link in self.links.items()}
         self.routing.is_down = lambda ifname: self.links[ifname].down

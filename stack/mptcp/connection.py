@@ -164,6 +164,10 @@ class MptcpConnection:
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
+        # data-level retransmission: when the DATA_ACK stalls although the subflows
+        # delivered (Linux's msk-level retransmit timer, MPTCPRetrans)
+        self._data_rtx_deadline: float | None = None
+        self._data_rtx_backoff = 0
         self._fin_backoff = 0
         self._fb_offset = 0  # DSN - subflow sequence, once fallen back (one subflow)
         self._new_subflows: list[Subflow] = []
@@ -514,6 +518,8 @@ class MptcpConnection:
             ack = _expand(option.data_ack, self.sendq.snd_una, option.data_ack_64)
             if self.sendq.acknowledge(ack):
                 self._fin_backoff = 0
+                self._data_rtx_backoff = 0
+                self._data_rtx_deadline = None  # progress: re-armed from now by _push
                 self.peer_data_acked = True
             self._update_send_window(ack, sf, window)
         if option.dsn is not None:
@@ -682,6 +688,7 @@ class MptcpConnection:
                 sf.sendmap.append(dsn, len(data), checksum)
                 sf.tcp.send(data, now)
                 sf.counters.bytes_sent += len(data)
+        self._arm_data_rtx(now)
         if sendq.fin_requested and not sendq.has_work() and not sendq.fin_sent:
             ready = [s for s in self.subflows if s.usable]
             if ready:
@@ -690,6 +697,35 @@ class MptcpConnection:
                 for sf in ready:
                     send_ack_now(sf.tcp, now)
                 self._fin_deadline = now + DATA_FIN_RTO
+
+    def _data_rto(self) -> float:
+        rtos = [sf.tcp.rto.rto for sf in self.subflows if sf.usable]
+        base = max(rtos) if rtos else 1.0
+        return min(base * 2 * (1 << min(self._data_rtx_backoff, 5)), 30.0)
+
+    def _arm_data_rtx(self, now: float) -> None:
+        sendq = self.sendq
+        if sendq is None or self.fallback or sendq.in_flight == 0:
+            self._data_rtx_deadline = None
+        elif self._data_rtx_deadline is None:
+            self._data_rtx_deadline = now + self._data_rto()
+
+    def _retransmit_data(self, now: float) -> None:
+        """The DATA_ACK has not moved for a data-level RTO: send the oldest unacknowledged
+        bytes again, on whichever subflow the scheduler picks. A peer can hold a hole
+        otherwise (bytes its subflow acknowledged but its connection did not take)."""
+        self._data_rtx_deadline = None
+        sendq = self.sendq
+        if sendq is None or self.fallback or sendq.in_flight == 0:
+            return
+        if any(sf.tcp.snd_una < sf.tcp.snd_max for sf in self.subflows if sf.usable):
+            # a subflow still has the bytes in flight: its own RTO is on it
+            self._data_rtx_deadline = now + self._data_rto()
+            return
+        self._data_rtx_backoff += 1
+        self._count("MPTCPRetrans")
+        sendq.reinject(sendq.snd_una, min(sendq.in_flight, MAX_MAPPING))
+        self._data_rtx_deadline = now + self._data_rto()
 
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""
@@ -965,6 +1001,8 @@ class MptcpConnection:
         times += [sf.join_ack_deadline for sf in self.subflows if sf.join_ack_deadline]
         if self._fin_deadline is not None:
             times.append(self._fin_deadline)
+        if self._data_rtx_deadline is not None:
+            times.append(self._data_rtx_deadline)
         times += [deadline for _, deadline, _ in self._unechoed.values()]
         return min(times) if times else None
 
@@ -986,6 +1024,8 @@ class MptcpConnection:
                 usable = [s for s in self.subflows if s.usable]
                 if usable:
                     send_ack_now(usable[0].tcp, now)
+        if self._data_rtx_deadline is not None and self._data_rtx_deadline <= now:
+            self._retransmit_data(now)
         if self._fin_deadline is not None and self._fin_deadline <= now:
             self._fin_backoff += 1
             self._fin_deadline = now + DATA_FIN_RTO * (1 << min(self._fin_backoff, 6))

@@ -1,0 +1,171 @@
+"""Multipath between two of our stacks, in v1 and in v0 (RFC 6824, checksums on): joins
+by subflow endpoint and by ADD_ADDR, backup semantics with failover and return, and
+MP_PRIO (v0's 4-byte form carries the address ID). Real namespaces, SHA-256 checked."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+import topologies
+from stack.__main__ import run_connection
+from stack.api import MptcpSocket, Stack
+from stack.cli import endpoints_of, parse_interface
+from stack.mptcp.connection import MptcpConfig
+from stack.mptcp.pm import Limits
+from testbed import Topology
+from testbed.apps import AppReport, stream_sha256
+from testbed.spec import LinkProps
+
+pytestmark = pytest.mark.netns
+VERSIONS = [pytest.param(1, id="v1"), pytest.param(0, id="v0")]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@contextmanager
+def pair(
+    topology: Callable[..., Topology],
+    version: int,
+    client_flags: str = "",
+    server_flags: str = "",
+    rate: str | None = None,
+) -> Iterator[tuple[Topology, Stack, Stack]]:
+    props = LinkProps(rate=rate) if rate else LinkProps()
+    topo = topology(topologies.dual_homed((props, props), bare=("client", "server")))
+    config = MptcpConfig(versions=frozenset({version}))
+    stacks = []
+    for host, flags in (("server", server_flags), ("client", client_flags)):
+        last = "2" if host == "server" else "1"
+        specs = [parse_interface(f"eth0=192.0.2.{last}/24"),
+                 parse_interface(f"eth1=198.51.100.{last}/24{flags}")]  # fmt: skip
+        stacks.append(Stack([s.config for s in specs], netns=topo.hosts[host].netns,
+                            config=config, endpoints=endpoints_of(specs),
+                            limits=Limits(2, 2)))  # fmt: skip
+    try:
+        yield topo, stacks[0], stacks[1]
+    finally:
+        for stack in stacks:
+            stack.close()
+
+
+def run(server: Stack, client: Stack, client_mode: str, size: int) -> tuple[Any, ...]:
+    """Connect, start both applications; returns (client sock, server sock, finish())."""
+    listener = server.listen(8000)
+    sock = client.connect(("192.0.2.2", 8000))
+    accepted = listener.accept(10)
+    reports: dict[str, AppReport] = {}
+    server_mode = "echo" if client_mode == "source" else "source"
+    threads = [
+        threading.Thread(target=lambda: reports.__setitem__(
+            "client", run_connection(sock, client_mode, size, "client"))),
+        threading.Thread(target=lambda: reports.__setitem__(
+            "server", run_connection(accepted, server_mode, 0, "server"))),
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+
+    def finish() -> tuple[AppReport, AppReport]:
+        for thread in threads:
+            thread.join(90)
+        return reports["client"], reports["server"]
+
+    return sock, accepted, finish
+
+
+def subflows_up(sock: MptcpSocket) -> int:
+    return sum(f["state"] in ("established", "closed") for f in sock.info()["subflows"])
+
+
+def on(sock: MptcpSocket, index: int, key: str) -> int:
+    return int(sock.info()["subflows"][index][key])
+
+
+def assert_echo(client: AppReport, server: AppReport, size: int) -> None:
+    assert not client.error and not server.error, (client.error, server.error)
+    assert client.sha256_sent == client.sha256_received == stream_sha256(size)
+    assert server.sha256_received == stream_sha256(size)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_join_by_subflow_endpoint_carries_data(
+    topology: Callable[..., Topology], version: int
+) -> None:
+    size = 20_000_000
+    with pair(topology, version, client_flags=",subflow") as (_, server, client):
+        sock, _, finish = run(server, client, "source", size)
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join")
+        client_end, server_end = finish()
+    assert_echo(client_end, server_end, size)
+    for end in (client_end, server_end):
+        assert end.mptcp["version"] == version and len(end.mptcp["subflows"]) == 2
+        assert all(f["bytes_sent"] > 0 for f in end.mptcp["subflows"]), end.mptcp["subflows"]
+    assert client_end.mptcp["counters"]["MPJoinAckRx"] == 1  # the fourth ACK came
+    assert server_end.mptcp["counters"]["MPJoinAckRx"] == 1  # HMAC-A checked out
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_join_to_an_announced_address(topology: Callable[..., Topology], version: int) -> None:
+    size = 20_000_000
+    with pair(topology, version, server_flags=",signal") as (_, server, client):
+        sock, _, finish = run(server, client, "source", size)
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join to the announced address")
+        client_end, server_end = finish()
+    assert_echo(client_end, server_end, size)
+    join = client_end.mptcp["subflows"][1]
+    assert join["remote"] == "198.51.100.2:8000" and join["remote_id"] == 2
+    assert server_end.mptcp["counters"]["AddAddrTx"] == 1
+    if version == 1:  # v1 echoes ADD_ADDR (with its HMAC checked); v0 has no echo
+        assert server_end.mptcp["counters"]["EchoAdd"] == 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_backup_failover_and_return(topology: Callable[..., Topology], version: int) -> None:
+    size = 30_000_000
+    with pair(topology, version, client_flags=",subflow,backup", rate="40mbit") as (
+        topo, server, client,
+    ):  # fmt: skip
+        sock, accepted, finish = run(server, client, "source", size)
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the backup subflow")
+        wait_until(lambda: on(sock, 0, "bytes_sent") > 2_000_000, 10, "data on path 1")
+        assert on(sock, 1, "bytes_sent") == 0 and on(accepted, 1, "bytes_sent") == 0
+        assert accepted.info()["subflows"][1]["backup_remote"] is True  # our B bit
+        topo.links["path1"].down()
+        wait_until(lambda: on(sock, 1, "bytes_sent") > 2_000_000, 15, "data on the backup")
+        topo.links["path1"].up()
+        regular = on(sock, 0, "bytes_sent")
+        wait_until(lambda: on(sock, 0, "bytes_sent") > regular + 1_000_000, 20,
+                   "traffic back on path 1")  # fmt: skip
+        client_end, server_end = finish()
+    assert_echo(client_end, server_end, size)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_mp_prio_moves_the_peers_traffic(topology: Callable[..., Topology], version: int) -> None:
+    size = 40_000_000
+    with pair(topology, version, client_flags=",subflow", rate="200mbit") as (_, server, client):
+        sock, accepted, finish = run(server, client, "source", size)
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join")
+        wait_until(lambda: on(sock, 1, "bytes_received") > 200_000, 10, "echo on path 2")
+        sock.set_backup(True, subflow=1)
+        wait_until(lambda: accepted.info()["counters"].get("MPPrioRx"), 5, "MP_PRIO")
+        assert accepted.info()["subflows"][1]["backup_remote"] is True
+        before = on(accepted, 1, "bytes_sent")
+        regular = on(accepted, 0, "bytes_sent")
+        wait_until(lambda: on(accepted, 0, "bytes_sent") > regular + 3_000_000, 20,
+                   "the echo on path 1")  # fmt: skip
+        moved = on(accepted, 1, "bytes_sent") - before
+        client_end, server_end = finish()
+    assert_echo(client_end, server_end, size)
+    assert moved == 0  # the peer's scheduler obeyed at once
