@@ -20,7 +20,6 @@ listener, as Linux), or data with no mapping while only one subflow exists.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -1168,7 +1167,3 @@ class MptcpConnection:
             "subflows": [sf.describe() for sf in self.subflows],
             "counters": dict(self.counters),
         }
-
-
-def ip(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)
