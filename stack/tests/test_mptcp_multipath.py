@@ -161,7 +161,8 @@ def test_two_subflows_carry_20_mb(
 ) -> None:
     """2 subflows come up (the stack's client joins through a subflow endpoint; the
     kernel's client joins an address the stack announces); 20 MB cross intact in each
-    direction; the kernel's MPJoin counters agree with ours; our scheduler uses both."""
+    direction; the kernel's MPJoin counters agree with ours. (Whether the lowest-RTT
+    scheduler needs the second path depends on the first one's room: not asserted.)"""
     size = 20_000_000
     flags = ("", ",subflow") if stack_role == "client" else ("", ",signal")
     with session(topology, stack_role, flags) as s, s.kernel.counters_delta() as kernel:
@@ -172,8 +173,6 @@ def test_two_subflows_carry_20_mb(
     subflows = stack_end.mptcp["subflows"]
     ours = stack_end.mptcp["counters"]
     assert len(subflows) == 2 and all(not f["error"] for f in subflows), subflows
-    if stack_sends:
-        assert all(f["bytes_sent"] > 0 for f in subflows), subflows
     if stack_role == "client":
         assert ours["MPJoinSynTx"] == kernel["MPJoinSynRx"] == 1
         assert ours["MPJoinSynAckRx"] == kernel["MPJoinAckRx"] == 1

@@ -75,8 +75,9 @@ def test_stack_client_to_kernel_server(stack_host, server: str) -> None:
     """Super-segments (GSO, checksums completed by the kernel) reach the kernel intact."""
     topo, host = stack_host
     _upload(topo, host, server)
-    # one frame per super-segment: far fewer sends than MSS-sized segments
-    assert host.counters.frames_out < SIZE // 1448 // 4
+    # one frame per super-segment: far fewer sends than MSS-sized segments (under 2 %
+    # loss, retransmissions and a smaller window add single-segment sends)
+    assert host.counters.frames_out < SIZE // 1448 // 2
     assert host.counters.bad_checksum == 0
 
 
