@@ -279,6 +279,22 @@ class Stack:
     def counters(self) -> dict[str, int]:
         return dict(vars(self.host.counters))
 
+    def remove_endpoint(self, address: str) -> None:
+        """Stop using a local address as an endpoint: every connection sends REMOVE_ADDR
+        for it and resets its subflows from it (as `ip mptcp endpoint delete`)."""
+        ip = ipaddress.ip_address(address)
+
+        def remove(now: float) -> None:
+            endpoint = self.paths.endpoint_for(ip)
+            if endpoint is None:
+                raise ValueError(f"{address} is not an endpoint of this stack")
+            self.paths.endpoints.remove(endpoint)
+            for driver in list(self._drivers.values()):
+                driver.msk.remove_local_address(endpoint.id, ip, now)
+                driver.pump(now)
+
+        self._on_loop(remove)
+
 
 class MptcpServerSocket:
     def __init__(self, stack: Stack, driver: _ListenerDriver):

@@ -60,6 +60,7 @@ from stack.wire.mptcp import (
     MPTCP_RST_EMIDDLEBOX,
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EPROHIBIT,
+    MPTCP_RST_EUNSPEC,
     AddAddrV0,
     AddAddrV1,
     Dss,
@@ -893,6 +894,24 @@ class MptcpConnection:
         else:
             self._announce.append(AddAddrV0(address_id, address, port))
         self._count("AddAddrTx")
+
+    def remove_local_address(self, address_id: int, address: IPAddress, now: float) -> None:
+        """An endpoint went away: tell the peer (REMOVE_ADDR, RFC 8684 §3.4.2) and reset
+        the subflows that use the address (the initial one is left: removing it would
+        end the connection's first path, which the kernel does not do either)."""
+        if self.fallback or self.version is None or self.closed:
+            return
+        self._unechoed.pop(address_id, None)
+        self._announce = [a for a in self._announce
+                          if getattr(a, "address_id", None) != address_id]  # fmt: skip
+        self._announce.append(RemoveAddr((address_id,)))
+        self._count("RmAddrTx")
+        for sf in self.subflows:
+            if not sf.initial and not sf.gone and sf.local[0] == address:
+                self._reset_subflow(sf, MPTCP_RST_EUNSPEC, "local address removed")
+        usable = [sf for sf in self.subflows if sf.usable]
+        if usable:
+            send_ack_now(usable[0].tcp, now)
 
     def _open_pending(self, now: float) -> None:
         opens, self._pending_opens = self._pending_opens, []

@@ -332,3 +332,25 @@ def test_mp_prio_both_directions(topology: Callable[..., Topology], stack_role: 
     assert kernel["MPPrioRx"] >= 1 and kernel["MPPrioTx"] >= 1
     assert grew_after_prio == 0  # the kernel obeys our MP_PRIO
     assert grew_after_kernel_prio == 0  # our scheduler obeys at once
+
+
+def test_removed_endpoint_sends_remove_addr(topology: Callable[..., Topology]) -> None:
+    """Our announced address goes away mid-transfer: the kernel gets REMOVE_ADDR (its
+    RmAddr counts it), the subflow to that address closes, and the transfer finishes
+    intact on the first path."""
+    size = 20_000_000
+    rate = LinkProps(rate="200mbit")  # the transfer outlasts the removal
+    with (
+        session(topology, "server", ("", ",signal"), props=(rate, rate)) as s,
+        s.kernel.counters_delta() as kernel,
+    ):
+        s.start("sink", "source", size)
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the join to our address", s)
+        wait_until(lambda: _bytes_on(s, 1, "bytes_received") > 500_000, 10, "data on path 2")
+        s.stack.remove_endpoint(ADDRESSES["server"][1])
+        wait_until(lambda: s.kernel.counters().get("RmAddr", 0) >= 1, 5, "the kernel's RmAddr")
+        wait_until(lambda: s.stack_subflows()[1]["state"] == "failed", 5, "the subflow's end", s)
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+    assert kernel["RmAddr"] == 1 and stack_end.mptcp["counters"]["RmAddrTx"] == 1
+    assert stack_end.mptcp["subflows"][1]["error"] == "local address removed"
