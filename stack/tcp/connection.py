@@ -971,10 +971,14 @@ class TcpConnection:
             wnd_room = self.snd_una + self.snd_wnd - nxt
             size = min(avail, cap, wnd_room, cwnd_room, top - nxt)
             cut = size < avail  # something else than the end of the data bounds it
+            mapping_end = False
             if limit_hook is not None and avail > 0:
                 limit = limit_hook(nxt)
                 if limit < size:
-                    size, cut = limit, False  # a mapping's end: send up to it exactly
+                    # a mapping's end: send up to it exactly, and at once. The short tail
+                    # is not a small window's crumb (what SWS avoidance and Nagle hold
+                    # back); holding it until nothing is in flight stalled every mapping.
+                    size, cut, mapping_end = limit, False, True
             if fin_due:
                 if cwnd_room <= 0:
                     break
@@ -983,12 +987,18 @@ class TcpConnection:
                 break
             elif size > mss and cut:
                 size -= size % mss  # full-sized pieces only; the rest waits for room
-            elif size < mss and size < avail:
+            elif size < mss and size < avail and not mapping_end:
                 # sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
                 # is half the largest window seen or nothing is outstanding
                 if size < self.max_snd_wnd // 2 and flight > 0:
                     break
-            elif size < mss and not self.config.nodelay and flight > 0 and fin is None:
+            elif (
+                size < mss
+                and not mapping_end
+                and not self.config.nodelay
+                and flight > 0
+                and fin is None
+            ):
                 break  # Nagle
             used = self._send_data(nxt, size, now, retransmit=nxt < self.snd_max)
             if used <= 0:

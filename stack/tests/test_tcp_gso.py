@@ -116,6 +116,19 @@ def test_retransmissions_never_cross_a_mapping_end() -> None:
             assert len(seg.payload) <= min(e for e in ends if e > start) - start, (start, seg)
 
 
+def test_a_mapping_tail_goes_out_at_once_with_data_in_flight() -> None:
+    """A sub-MSS segment that ends a mapping is not held back by sender SWS avoidance
+    (nor Nagle) while data is in flight: held until every byte is acknowledged, each
+    64 KB mapping cost a round trip (MPTCP crawled at ~64 KB per RTT)."""
+    conn, _ = sender(window=1 << 20, gso=0, nodelay=False)
+    conn.cc.cwnd = 1 << 20
+    ends = [1 + 2 * MSS + 100, 1 + 10 * MSS]  # the first mapping ends 100 bytes past 2 MSS
+    conn.segment_limit = lambda rel: min(e for e in ends if e > rel) - rel
+    conn.send(b"x" * 10 * MSS, 1.0)
+    # the last partial segment ends the data, not a mapping: Nagle still holds it
+    assert sizes(conn.poll_segments()) == [MSS, MSS, 100, *[MSS] * 7]
+
+
 def test_fin_rides_on_the_last_super_segment() -> None:
     conn, peer = sender(window=1 << 20)
     conn.cc.cwnd = 0  # hold the data back until the FIN is queued too
