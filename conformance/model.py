@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+RFC_OF_VERSION = {0: "RFC 6824", 1: "RFC 8684"}
+
 
 class Verdict(Enum):
     CONFORMS = "conforms"
@@ -64,10 +66,23 @@ class Case:
     run: Callable[..., None] = field(compare=False, repr=False)
     topology: str = "single_path"
     family: int = 4  # the IP version the tester speaks (an `_ipv6` variant: 6)
+    # (version, section) per MPTCP version the case applies to, highest version first:
+    # a case serving v0 and v1 cites RFC 8684 and RFC 6824, whose sections may differ
+    # (fallback is §3.7 in RFC 8684, §3.6 in RFC 6824). Empty: `rfc` and `section` alone.
+    sections: tuple[tuple[int, str], ...] = ()
+
+    def citation(self, version: int | None = None) -> str:
+        """ "RFC 6824 §3.6" for v0, "RFC 8684 §3.7" for v1; default: the primary one."""
+        for v, section in self.sections:
+            if version is None or v == version:
+                return f"{RFC_OF_VERSION[v]} §{section}"
+        return f"{self.rfc} §{self.section}"
 
     @property
     def reference(self) -> str:
-        return f"{self.rfc} §{self.section} {self.level.value}"
+        """Every citation and the level: "RFC 8684 §3.7, RFC 6824 §3.6 MUST"."""
+        cited = [self.citation(v) for v, _ in self.sections] or [self.citation()]
+        return f"{', '.join(cited)} {self.level.value}"
 
 
 @dataclass

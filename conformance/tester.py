@@ -37,6 +37,7 @@ from conformance.model import deviates
 from stack import crypto
 from stack.wire.errors import MalformedOption
 from stack.wire.mptcp import (
+    MPC_FLAG_A,
     MPC_FLAG_H,
     Dss,
     MpCapable,
@@ -913,23 +914,24 @@ class Tester:
         *,
         version: int = 1,
         ifname: str = "eth0",
-        checksum: bool = False,
+        checksum: bool | None = None,
         flags: int = MPC_FLAG_H,
         within: float = 1.0,
     ) -> tuple[MptcpConnection, Subflow]:
-        """A complete MP_CAPABLE handshake to an IUT listener (SYN, SYN/ACK, ACK)."""
+        """A complete MP_CAPABLE handshake to an IUT listener (SYN, SYN/ACK, ACK).
+
+        `checksum` None follows the version's default: RFC 6824 §3.1 says A SHOULD be
+        set (v0 asks for checksums), RFC 8684 §3.1 leaves it to policy (v1 does not).
+        Checksums are then used when either side set A."""
         connection = self.connection(version)
         subflow = self.subflow(rport, ifname=ifname)
         subflow.connection = connection
         connection.subflows.append(subflow)
+        if checksum is None:
+            checksum = version == 0
         if checksum:
-            flags |= 0x80
-        syn_option = (
-            MpCapable(version=1, flags=flags)
-            if version == 1
-            else MpCapable(version=0, flags=flags, sender_key=connection.local_key)
-        )
-        subflow.send("S", [self.mss(subflow.local), syn_option])
+            flags |= MPC_FLAG_A
+        subflow.send("S", [self.mss(subflow.local), self.capable_syn(connection, flags)])
         synack = subflow.expect("SA", MpCapable, within=within, what="SYN/ACK with MP_CAPABLE")
         option = synack.option(MpCapable)
         assert option is not None
@@ -950,6 +952,14 @@ class Tester:
             ],
         )
         return connection, subflow
+
+    @staticmethod
+    def capable_syn(connection: MptcpConnection, flags: int = MPC_FLAG_H) -> MpCapable:
+        """The MP_CAPABLE of the tester's SYN in the connection's version: v1 carries no
+        key (4 bytes), v0 the sender's key (12 bytes, RFC 6824 §3.1)."""
+        if connection.version == 1:
+            return MpCapable(version=1, flags=flags)
+        return MpCapable(version=0, flags=flags, sender_key=connection.local_key)
 
     def send_data(
         self, connection: MptcpConnection, subflow: Subflow, payload: bytes, *,
@@ -991,11 +1001,12 @@ class Tester:
         remote: str | None = None,
         token: int | None = None,
         within: float = 1.0,
-        ack_hmac: bytes | None = None,
+        ack_hmac: bytes | Callable[[Subflow], bytes] | None = None,
     ) -> tuple[Subflow, Segment]:
         """SYN + MP_JOIN, expect SYN/ACK + MP_JOIN with a valid HMAC-B, send the third ACK.
 
-        Returns the subflow and the SYN/ACK. `ack_hmac` replaces HMAC-A (to send a bad one).
+        Returns the subflow and the SYN/ACK. `ack_hmac` replaces HMAC-A (to send a bad
+        one): bytes, or a function of the subflow (its nonces are known by then).
         """
         subflow = self.subflow(rport, ifname=ifname, remote=remote)
         subflow.connection = connection
@@ -1026,7 +1037,10 @@ class Tester:
             raise deviates(
                 f"SYN/ACK MP_JOIN HMAC {option.hmac.hex()} is not HMAC-B {expected.hex()}"
             )
-        hmac = ack_hmac if ack_hmac is not None else self.join_ack_hmac(connection, subflow)
+        if ack_hmac is None:
+            hmac = self.join_ack_hmac(connection, subflow)
+        else:
+            hmac = ack_hmac(subflow) if callable(ack_hmac) else ack_hmac
         subflow.send("A", [MpJoinAck(hmac=hmac)])
         return subflow, synack
 
@@ -1038,13 +1052,24 @@ class Tester:
         )  # fmt: skip
 
     def accept_mp_capable(
-        self, syn: Segment, *, version: int = 1, flags: int = MPC_FLAG_H
+        self, syn: Segment, *, version: int = 1, flags: int | None = None
     ) -> tuple[MptcpConnection, Subflow]:
-        """Answer the IUT's MP_CAPABLE SYN with a SYN/ACK carrying the tester's key."""
+        """Answer the IUT's MP_CAPABLE SYN with a SYN/ACK carrying the tester's key.
+
+        `flags` None: H, and in v0 A too (RFC 6824 §3.1: A SHOULD be set). Checksums are
+        used when the IUT's SYN or the SYN/ACK set A; a v0 SYN's Key-A is learnt here."""
         connection = self.connection(version)
         subflow = self.accept(syn)
         subflow.connection = connection
         connection.subflows.append(subflow)
+        if flags is None:
+            flags = MPC_FLAG_H | (MPC_FLAG_A if version == 0 else 0)
+        offered = syn.option(MpCapable)
+        connection.checksum = bool(flags & MPC_FLAG_A) or bool(
+            offered is not None and offered.checksum_required
+        )
+        if version == 0 and offered is not None and offered.sender_key is not None:
+            connection.learn_remote_key(offered.sender_key)
         subflow.send(
             "SA",
             [self.mss(subflow.local), MpCapable(version=version, flags=flags,

@@ -12,6 +12,12 @@ versions, the IUT's role and the expected behaviour in one sentence:
         synack = sf.expect("SA", MpCapable, within=1)
         ...
 
+`versions=(0, 1)` makes one case serve RFC 6824 (v0) and RFC 8684 (v1): it runs in the
+IUT's version (`ctx.version`; the kernel's is 1) and adapts to it through the shared
+steps (`steps.py`), never by a copy of the case. `section` is then either one section
+number for both RFCs or a mapping `{1: "3.7", 0: "3.6"}` where they differ; the report
+cites both ("RFC 8684 §3.7, RFC 6824 §3.6 MUST").
+
 The case id is `<module>.<function>`. `ipv6=True` registers the same function a second
 time as `<module>.<function>_ipv6`, run with the tester speaking IPv6 (`ctx.tester`'s
 default addresses are IPv6 ones) over the topology's IPv6 counterpart
@@ -23,12 +29,12 @@ A case ends with a verdict by returning (conforms) or raising `deviates(...)` /
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from conformance.iut.base import Iut
-from conformance.model import Case, Level, Role
+from conformance.model import RFC_OF_VERSION, Case, Level, Role
 from conformance.tester import Tester
 
 MUST, SHOULD, MAY = Level.MUST, Level.SHOULD, Level.MAY
@@ -59,7 +65,7 @@ class Context:
 
 def case(
     *,
-    section: str,
+    section: str | Mapping[int, str],
     level: Level,
     role: Role,
     expected: str,
@@ -72,12 +78,20 @@ def case(
     def register(function: Callable[[Context], None]) -> Callable[[Context], None]:
         area = function.__module__.rsplit(".", 1)[-1]
         version_set = frozenset(versions)
+        per_version = (
+            {v: section for v in version_set} if isinstance(section, str) else dict(section)
+        )
+        if set(per_version) != version_set:
+            raise ValueError(f"{function.__name__}: sections {per_version} for versions "
+                             f"{sorted(version_set)}")  # fmt: skip
+        primary = max(version_set)
         base = Case(
             id=f"{area}.{function.__name__}",
             area=area,
             title=title or function.__name__.replace("_", " "),
-            rfc=rfc or ("RFC 8684" if 1 in version_set else "RFC 6824"),
-            section=section,
+            rfc=rfc or RFC_OF_VERSION[primary],
+            section=per_version[primary],
+            sections=tuple(sorted(per_version.items(), reverse=True)),
             level=level,
             versions=version_set,
             role=role,

@@ -1,4 +1,9 @@
-"""ADD_ADDR and REMOVE_ADDR: announcements, HMAC, echo, port, removal (RFC 8684 §3.4)."""
+"""ADD_ADDR and REMOVE_ADDR: announcements, HMAC, echo, port, removal (RFC 8684 §3.4).
+
+ADD_ADDR differs between the versions: v1's carries an E (echo) bit and a 64-bit HMAC
+and is retransmitted until echoed; v0's (RFC 6824 §3.4.1) carries an IP version nibble,
+no HMAC and is never echoed (8 or 10 bytes for IPv4). REMOVE_ADDR is the same in both.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,67 @@ import ipaddress
 from typing import Any
 
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange, joined
+from conformance.cases.steps import (
+    accept_join,
+    answer_join,
+    established,
+    exchange,
+    iut_hmac_a,
+    joined,
+)
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Segment, Subflow
 from stack import crypto
-from stack.wire.mptcp import AddAddrV0, AddAddrV1, RemoveAddr
+from stack.wire.mptcp import AddAddrV0, AddAddrV1, MpJoinAck, MpJoinSyn, RemoveAddr
 from stack.wire.tcp import FIN, RST
 
 DUAL = "dual_homed"
 
 
 def _announce(ctx: Context, **endpoint: Any) -> tuple[MptcpConnection, Subflow, Segment]:
+    """The IUT announces its signal endpoint on eth1: its ADD_ADDR of the case's version."""
     address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"}, **endpoint)
     conn, sf = established(ctx)
-    announce = sf.expect(option=AddAddrV1, within=1, what="ADD_ADDR", where=_not_echo)
+    kind = AddAddrV1 if ctx.version == 1 else AddAddrV0
+    announce = sf.expect(option=kind, within=1, what=f"ADD_ADDR v{ctx.version}", where=_not_echo)
     return conn, sf, announce
 
 
 def _not_echo(segment: Segment) -> bool:
     option = segment.option(AddAddrV1)
-    return option is not None and not option.echo
+    return option is None or not option.echo
+
+
+def _acknowledge(ctx: Context, conn: MptcpConnection, sf: Subflow, announce: Segment) -> int:
+    """Echo a v1 announcement (v0 has no echo); returns its address ID."""
+    if ctx.version == 0:
+        return announce.need(AddAddrV0).address_id
+    option = announce.need(AddAddrV1)
+    sf.send("A", [AddAddrV1(option.address_id, option.address, option.port, None, True),
+                  conn.data_ack()])  # fmt: skip
+    return option.address_id
+
+
+@case(
+    ipv6=True,
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    topology=DUAL,
+    expected="The v0 IUT announces its signal endpoint with a v0 ADD_ADDR: the IP version "
+    "of the address (4: 8 bytes; 6: 20 bytes), the address, no port, no HMAC.",
+)
+def iut_add_addr_v0_form(ctx: Context) -> None:
+    _, _, announce = _announce(ctx)
+    option = announce.need(AddAddrV0)
+    if str(option.address) != ctx.iut_address("eth1"):
+        raise deviates(f"announced {option.address}, not the endpoint: {announce.describe()}")
+    if option.port is not None:
+        raise deviates(f"a port the endpoint does not have: {announce.describe()}")
+    if option.address_id == 0:
+        raise deviates(f"address ID 0 (the initial address's): {announce.describe()}")
 
 
 @case(
@@ -93,10 +138,58 @@ def iut_add_addr_retransmitted_until_echo(ctx: Context) -> None:
 def iut_add_addr_echo_stops_retransmission(ctx: Context) -> None:
     ctx.iut.set_sysctl("net.mptcp.add_addr_timeout", 1)
     conn, sf, first = _announce(ctx)
-    option = first.need(AddAddrV1)
-    sf.send("A", [AddAddrV1(option.address_id, option.address, option.port, None, True),
-                  conn.data_ack()])  # fmt: skip
+    _acknowledge(ctx, conn, sf, first)
     sf.expect_none(option=AddAddrV1, within=1.3, what="a retransmitted ADD_ADDR", where=_not_echo)
+
+
+def _v0_announcement_joined(ctx: Context, port: int | None) -> None:
+    """The tester announces its eth1 address with a v0 ADD_ADDR (with `port`); the IUT,
+    allowed 2 accepted addresses, joins it: its join SYN carries the tester's token
+    (SHA-1) and its third ACK the 160-bit HMAC-SHA1 HMAC-A."""
+    ctx.iut.set_limits(2, 2)
+    conn, sf = established(ctx)
+    address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
+    sf.send("A", [AddAddrV0(5, address, port), conn.data_ack()])
+    wanted = sf.lport if port is None else port  # no port: the initial subflow's (ours)
+    syn = ctx.tester.expect(
+        "S", MpJoinSyn, within=2, what=f"a join SYN to {address} port {wanted}",
+        where=lambda s: s.dst == str(address) and s.dport == wanted,
+    )  # fmt: skip
+    if syn.need(MpJoinSyn).token != conn.local_token:
+        raise deviates(f"join SYN token is not SHA-1(Key-A)'s {conn.local_token:#x}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = accept_join(ctx, conn, syn)
+    answer_join(conn, join)
+    ack = join.expect("A", MpJoinAck, within=1, what="the third ACK with HMAC-A")
+    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
+        raise deviates(f"third ACK HMAC-A is not HMAC-SHA1's: {ack.describe()}")
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    topology=DUAL,
+    expected="A v0 ADD_ADDR (8 bytes: IP version 4, no port, no HMAC) for the tester's "
+    "second address is accepted: the IUT joins it at the initial subflow's port (token "
+    "from SHA-1, HMAC-A the whole HMAC-SHA1).",
+)
+def tester_add_addr_v0_leads_to_join(ctx: Context) -> None:
+    _v0_announcement_joined(ctx, None)
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    topology=DUAL,
+    expected="A v0 ADD_ADDR with a port (10 bytes) is accepted: the IUT joins the "
+    "announced address at that port.",
+)
+def tester_add_addr_v0_with_port_leads_to_join(ctx: Context) -> None:
+    _v0_announcement_joined(ctx, 6002)
 
 
 def _tester_announce(ctx: Context, *, good: bool) -> tuple[MptcpConnection, Subflow]:
@@ -144,17 +237,18 @@ def tester_add_addr_bad_hmac_ignored(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.4.1",
     level=MUST,
     role=LISTENER,
     versions=(0,),
     topology=DUAL,
-    expected="A v0 ADD_ADDR (no HMAC, IP version nibble) for the tester's second address "
-    "is accepted: the connection goes on carrying data.",
+    expected="A v0 ADD_ADDR (no HMAC, IP version nibble; 8 bytes for IPv4, 20 for IPv6) "
+    "for the tester's second address is accepted: the connection goes on carrying data.",
 )
 def tester_add_addr_v0(ctx: Context) -> None:
     conn, sf = established(ctx)
-    address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
+    address = ipaddress.ip_address(ctx.tester.address("eth1"))
     sf.send("A", [AddAddrV0(5, address), conn.data_ack()])
     exchange(ctx, conn, sf, b"after the v0 ADD_ADDR")
 
@@ -162,6 +256,7 @@ def tester_add_addr_v0(ctx: Context) -> None:
 @case(
     section="3.4.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="REMOVE_ADDR for the address ID of the tester's joined subflow makes the IUT "
@@ -181,6 +276,7 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
 @case(
     section="3.4.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="When the IUT removes an announced endpoint, it sends REMOVE_ADDR with that "
@@ -188,18 +284,17 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
 )
 def iut_remove_addr_on_endpoint_removal(ctx: Context) -> None:
     conn, sf, announce = _announce(ctx)
-    option = announce.need(AddAddrV1)
-    sf.send("A", [AddAddrV1(option.address_id, option.address, option.port, None, True),
-                  conn.data_ack()])  # fmt: skip
-    ctx.iut.delete_endpoint(str(option.address))
+    address_id = _acknowledge(ctx, conn, sf, announce)
+    ctx.iut.delete_endpoint(ctx.iut_address("eth1"))
     removal = sf.expect(option=RemoveAddr, within=1, what="REMOVE_ADDR")
-    if option.address_id not in removal.need(RemoveAddr).address_ids:
-        raise deviates(f"REMOVE_ADDR without ID {option.address_id}: {removal.describe()}")
+    if address_id not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR without ID {address_id}: {removal.describe()}")
 
 
 @case(
     section="3.4.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     expected="REMOVE_ADDR for an address ID that no subflow uses changes nothing: the "
     "connection goes on carrying data.",

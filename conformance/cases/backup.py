@@ -1,4 +1,8 @@
-"""Backup subflows: the B bit per direction, MP_PRIO, where data goes (RFC 8684 §3.2, §3.3.8)."""
+"""Backup subflows: the B bit per direction, MP_PRIO, where data goes (RFC 8684 §3.2, §3.3.8).
+
+RFC 6824 has the same B bit and the same 3-byte MP_PRIO for the subflow it arrives on;
+it also has a 4-byte MP_PRIO naming an address ID, which RFC 8684 dropped.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ def _data_only_on(
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="A join to an address that the IUT marks as backup carries B=1 in the "
@@ -41,6 +46,7 @@ def synack_b_bit_from_backup_endpoint(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="The B bit is per direction, not an echo: a SYN with B=1 to a regular address "
@@ -56,6 +62,7 @@ def synack_b_bit_is_not_an_echo(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="While the regular subflow is usable, the IUT sends no data on a subflow the "
@@ -70,6 +77,7 @@ def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="When the regular subflow is reset, the IUT moves its data to the backup subflow.",
@@ -84,6 +92,7 @@ def data_moves_to_backup_after_reset(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="When the regular path is blackholed, the IUT retransmits its data on the "
@@ -99,6 +108,7 @@ def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
 @case(
     section="3.3.8",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="After MP_PRIO (v1, 3 bytes, B=1) on the first subflow, the IUT sends its data "
@@ -128,7 +138,25 @@ def mp_prio_v0_with_address_id(ctx: Context) -> None:
 
 @case(
     section="3.3.8",
+    level=MUST,
+    role=LISTENER,
+    versions=(0,),
+    topology=DUAL,
+    expected="MP_PRIO of RFC 6824 with an address ID applies to the subflows using that "
+    "address, not to the one it arrives on: sent on the first subflow naming the second "
+    "subflow's address ID, it makes the second backup, and data stays on the first.",
+)
+def mp_prio_v0_names_another_subflow(ctx: Context) -> None:
+    conn, first = established(ctx)
+    second = joined(ctx, conn, address_id=4)
+    first.send("A", [MpPrio(backup=True, address_id=4), conn.data_ack()])
+    _data_only_on(ctx, conn, first, avoiding=second, sending_on=second)
+
+
+@case(
+    section="3.3.8",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     expected="MP_PRIO naming an address ID that no subflow uses (4-byte form) changes "
     "nothing: the connection goes on carrying data.",
@@ -142,6 +170,7 @@ def mp_prio_for_unknown_subflow_ignored(ctx: Context) -> None:
 @case(
     section="3.3.8",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="When every subflow is backup, the IUT still sends data (on a backup subflow).",
@@ -156,10 +185,12 @@ def all_backup_connection_carries_data(ctx: Context) -> None:
 @case(
     section="3.3.8",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="When the IUT's endpoint becomes backup during a connection, it sends MP_PRIO "
-    "(3 bytes, B=1) on the subflow that uses it.",
+    "with B=1 on the subflow that uses it: 3 bytes (v0 may also send the 4-byte form with "
+    "the endpoint's address ID).",
 )
 def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
     address = ctx.iut_address("eth1")
@@ -169,5 +200,5 @@ def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
     ctx.iut.set_backup(address, True)
     prio = second.expect(option=MpPrio, within=1, what="MP_PRIO")
     option = prio.need(MpPrio)
-    if not option.backup or option.address_id is not None:
+    if not option.backup or (option.address_id is not None and ctx.version == 1):
         raise deviates(f"expected a 3-byte MP_PRIO with B=1: {prio.describe()}")

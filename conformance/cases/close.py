@@ -1,4 +1,8 @@
-"""Closing, resets and fallback: MP_FASTCLOSE, MP_TCPRST, infinite mapping (§3.5-3.7)."""
+"""Closing, resets and fallback: MP_FASTCLOSE, MP_TCPRST, infinite mapping (§3.5-3.7).
+
+MP_FASTCLOSE (§3.5) and fallback (RFC 8684 §3.7, RFC 6824 §3.6) serve both versions;
+MP_TCPRST (RFC 8684 §3.6) is v1 only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
 @case(
     section="3.5",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="MP_FASTCLOSE carrying the IUT's key closes the connection: the IUT answers with RST.",
 )
@@ -27,6 +32,7 @@ def fastclose_with_right_key_resets(ctx: Context) -> None:
 @case(
     section="3.5",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="MP_FASTCLOSE with a wrong key is ignored: no RST, the connection carries data.",
 )
@@ -39,6 +45,7 @@ def fastclose_with_wrong_key_ignored(ctx: Context) -> None:
 @case(
     section="3.5",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology="dual_homed",
     expected="After MP_FASTCLOSE on one subflow, the IUT resets every subflow of the connection.",
@@ -82,15 +89,16 @@ def refused_join_rst_reason(ctx: Context) -> None:
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="When the first data after MP_CAPABLE carries no DSS (options stripped), the "
     "IUT falls back to TCP: the data is delivered and echoed without MPTCP options.",
 )
 def fallback_when_first_data_has_no_dss(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    _, sf = ctx.tester.connect(ctx.port)
+    _, sf = ctx.tester.connect(ctx.port, version=ctx.version)
     sf.send("PA", payload=b"stripped")
     echo = sf.expect(data=True, within=1, what="the echo")
     if echo.option(Dss) is not None:
@@ -98,8 +106,9 @@ def fallback_when_first_data_has_no_dss(ctx: Context) -> None:
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="An infinite mapping (data-level length 0) from the tester makes the IUT fall "
     "back: later data is delivered without a DSS mapping.",
@@ -114,6 +123,7 @@ def infinite_mapping_falls_back(ctx: Context) -> None:
         dsn_64=True,
         subflow_seq=0,
         data_level_length=0,
+        checksum=0 if conn.checksum else None,  # an infinite mapping's checksum is zero
     )
     sf.send("PA", [dss], payload)
     echo = sf.expect(data=True, within=1, what="the echo")
@@ -136,8 +146,9 @@ def tcprst_unknown_reason_accepted(ctx: Context) -> None:
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology="strip_mptcp_after_handshake",
     expected="Through a middlebox that strips MPTCP options after the handshake, a "
@@ -149,7 +160,7 @@ def fallback_after_handshake_download_intact(ctx: Context) -> None:
     nbytes = 64_000
     sent = source_bytes(nbytes)
     ctx.iut.listen(ctx.port, mode="source", nbytes=nbytes)
-    _, sf = ctx.tester.connect(ctx.port)
+    _, sf = ctx.tester.connect(ctx.port, version=ctx.version)
     got, fin = sf.read_stream(enough=lambda s: len(s) > nbytes, within=2)
     data = [s for s in ctx.tester.received(sf.owns) if s.payload]
     if data and data[0].mptcp:

@@ -1,4 +1,10 @@
-"""DSS: mappings, data ACKs, DATA_FIN, checksums (RFC 8684 §3.3)."""
+"""DSS: mappings, data ACKs, DATA_FIN, checksums (RFC 8684 §3.3, RFC 6824 §3.3).
+
+The DSS option is the same in both versions. What differs is the checksum's default:
+a v0 host asks for checksums (RFC 6824 §3.1: A SHOULD be set), so v0 cases run with
+checksums unless they say otherwise; and MP_FAIL belongs to §3.6 in RFC 6824 (§3.7 in
+RFC 8684).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from stack.wire.tcp import RST, TcpOption
 @case(
     section="3.3.1",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="Data from the IUT carries a DSS mapping whose data-level length covers the "
     "payload and whose subflow sequence number is relative to the subflow's ISN.",
@@ -47,6 +54,7 @@ def mapping_covers_payload(ctx: Context) -> None:
 @case(
     section="3.3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="The IUT acknowledges the tester's data at the data level: a DSS data ACK of "
     "the next DSN it expects.",
@@ -60,6 +68,7 @@ def data_ack_advances(ctx: Context) -> None:
 @case(
     section="3.3.3",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A DATA_FIN from the tester is acknowledged at the data level: the data ACK "
     "covers the DATA_FIN (one DSN past the data).",
@@ -73,6 +82,7 @@ def data_fin_acknowledged(ctx: Context) -> None:
 @case(
     section="3.3.3",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="After the tester's DATA_FIN the echo application closes, and the IUT sends "
     "its own DATA_FIN (DSS with F).",
@@ -86,6 +96,7 @@ def iut_sends_data_fin_on_close(ctx: Context) -> None:
 @case(
     section="3.3.3",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     expected="An initiator that sent all its data and closed sends a DATA_FIN whose DSN "
     "follows its last byte.",
@@ -111,6 +122,7 @@ def initiator_data_fin_after_data(ctx: Context) -> None:
 @case(
     section="3.3.1",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="Data sent twice with the same mapping is delivered once: the echo carries "
     "the bytes once.",
@@ -132,6 +144,7 @@ def duplicate_mapping_delivered_once(ctx: Context) -> None:
 @case(
     section="3.3.6",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="With checksums negotiated, data whose DSS checksum is wrong is not delivered: "
     "the IUT answers with MP_FAIL or resets the subflow.",
@@ -144,6 +157,7 @@ def bad_dss_checksum_fails(ctx: Context) -> None:
 @case(
     section="3.3",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     expected="After a subflow FIN with no DATA_FIN the connection stays open at the data "
     "level (the tester's data is not ended by a subflow FIN).",
@@ -160,6 +174,7 @@ def subflow_fin_is_not_data_fin(ctx: Context) -> None:
 @case(
     section="3.3.1",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="Mappings with a 4-byte DSN (m=0: the low 32 bits of the DSN) and a 4-byte "
     "data ACK are accepted: the data of two such mappings comes back echoed, in order.",
@@ -193,6 +208,7 @@ def _short(dss: Dss) -> Dss:
 @case(
     section="3.3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="4-byte data ACKs (a=0) acknowledge the IUT's data: a 200 KB download that "
     "the tester acknowledges with 4-byte data ACKs only arrives exactly once, nothing of "
@@ -224,6 +240,7 @@ def _checksums_required(ctx: Context) -> None:
 @case(
     section="3.3.6",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="An IUT configured to require checksums sets A in its SYN/ACK to a SYN "
     "without A; then its mappings carry a valid DSS checksum, and the tester's "
@@ -231,7 +248,7 @@ def _checksums_required(ctx: Context) -> None:
 )
 def iut_requires_checksums(ctx: Context) -> None:
     _checksums_required(ctx)
-    conn, sf = established(ctx)
+    conn, sf = established(ctx, checksum=False)
     synack = next(s for s in ctx.tester.received(sf.owns) if s.has("SA"))
     if not synack.need(MpCapable).checksum_required:
         raise deviates(f"SYN/ACK without A from an IUT requiring checksums: {synack.describe()}")
@@ -244,6 +261,7 @@ def iut_requires_checksums(ctx: Context) -> None:
 @case(
     section="3.3.6",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     expected="An IUT configured to require checksums sets A in its MP_CAPABLE SYN, and its "
     "first data then carries a valid DSS checksum.",
@@ -255,8 +273,7 @@ def initiator_requires_checksums(ctx: Context) -> None:
     if not syn.need(MpCapable).checksum_required:
         raise deviates(f"MP_CAPABLE SYN without A from an IUT requiring checksums: "
                        f"{syn.describe()}")  # fmt: skip
-    conn, sf = t.accept_mp_capable(syn, flags=MPC_FLAG_H | MPC_FLAG_A)
-    conn.checksum = True
+    conn, sf = t.accept_mp_capable(syn, version=ctx.version, flags=MPC_FLAG_H | MPC_FLAG_A)
     data = sf.expect(data=True, within=1, what="the IUT's first data")
     option = data.option(MpCapable)
     if option is not None:  # v1 first data: MP_CAPABLE with the length and the checksum
@@ -269,6 +286,24 @@ def initiator_requires_checksums(ctx: Context) -> None:
             raise deviates(f"first data checksum does not verify: {data.describe()}")
         return
     valid_checksum(conn, data)
+
+
+@case(
+    section="3.3",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="With checksums negotiated (A in the tester's SYN), data whose DSS mapping "
+    "carries no checksum is not accepted: the IUT closes the subflow with RST, and the "
+    "data is not echoed.",
+)
+def missing_checksum_resets_subflow(ctx: Context) -> None:
+    conn, sf = established(ctx, checksum=True)
+    payload = b"mapping without its checksum"
+    sf.send("PA", [replace(conn.mapping(sf, payload), checksum=None)], payload)
+    answer = sf.expect(within=1, what="RST", where=lambda s: is_rst(s) or bool(s.payload))
+    if not is_rst(answer):
+        raise deviates(f"data mapped without a checksum was delivered: {answer.describe()}")
 
 
 def _bad_checksum(
@@ -289,8 +324,9 @@ def _bad_checksum(
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="With checksums required by the IUT and a single subflow, data whose DSS "
     "checksum fails is never delivered (the receiver MUST discard the data from the DSN "
@@ -312,8 +348,9 @@ def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology="dual_homed",
     expected="With checksums required and two subflows, a checksum failure on one subflow "

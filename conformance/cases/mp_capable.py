@@ -1,9 +1,15 @@
-"""MP_CAPABLE: the handshake, version negotiation, flags, keys (RFC 8684 §3.1, RFC 6824 §3.1)."""
+"""MP_CAPABLE: the handshake, version negotiation, flags, keys (RFC 8684 §3.1, RFC 6824 §3.1).
+
+v0 and v1 differ most here: a v0 SYN carries Key-A (12 bytes) and a v1 SYN no key (4),
+v1 repeats the keys on the first data (v0 does not), B set means "ignore this SYN" in
+v0 but "ignore the option" in v1, and v0 asks for checksums by default (A SHOULD be set).
+"""
 
 from __future__ import annotations
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
+    capable_syn,
     established,
     has_mapping,
     initiated,
@@ -14,7 +20,16 @@ from conformance.cases.steps import (
 )
 from conformance.model import deviates
 from conformance.tester import Segment
-from stack.wire.mptcp import MPC_FLAG_B, MPC_FLAG_C, MPC_FLAG_H, Dss, MpCapable, MpJoinSyn
+from stack import crypto
+from stack.wire.mptcp import (
+    MPC_FLAG_A,
+    MPC_FLAG_B,
+    MPC_FLAG_C,
+    MPC_FLAG_H,
+    Dss,
+    MpCapable,
+    MpJoinSyn,
+)
 from stack.wire.tcp import MaxSegmentSize
 
 
@@ -30,37 +45,51 @@ def v1_syn_gets_v1_synack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
     synack = sf.expect("SA", MpCapable, within=1)
-    _v1_with_h_without_b(synack, "SYN/ACK", key=True)
+    _capable_format(synack, "SYN/ACK", version=1, key=True)
 
 
-def _v1_with_h_without_b(segment: Segment, name: str, *, key: bool) -> None:
-    """`segment`'s MP_CAPABLE is v1, has H set and B clear, and carries one key (the
-    sender's) when `key`, none otherwise."""
+def _capable_format(segment: Segment, name: str, *, version: int, key: bool) -> None:
+    """`segment`'s MP_CAPABLE is of `version`, has H set and B clear, and carries one
+    key (the sender's: 12 bytes) when `key`, none otherwise (4 bytes)."""
     option = segment.need(MpCapable)
     has_keys = (option.sender_key is not None, option.receiver_key is not None)
-    if option.version != 1 or has_keys != (key, False):
-        keys = "one key" if key else "no key"
-        raise deviates(f"{name} MP_CAPABLE is not v1 with {keys}: {segment.describe()}")
+    if option.version != version or has_keys != (key, False):
+        keys = "one key (12 bytes)" if key else "no key (4 bytes)"
+        raise deviates(f"{name} MP_CAPABLE is not v{version} with {keys}: {segment.describe()}")
     if not option.hmac_sha or option.extensibility:
         raise deviates(f"{name} MP_CAPABLE flags H clear or B set: {segment.describe()}")
 
 
 @case(
+    ipv6=True,
     section="3.1",
     level=MUST,
     role=LISTENER,
     versions=(0,),
-    expected="A v0 SYN with MP_CAPABLE and Key-A gets a SYN/ACK with MP_CAPABLE v0 carrying Key-B.",
+    expected="A v0 SYN with MP_CAPABLE and Key-A (12 bytes) gets a SYN/ACK with MP_CAPABLE "
+    "v0 of 12 bytes carrying Key-B alone, with H set and B clear.",
 )
 def v0_syn_gets_v0_synack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    conn = ctx.tester.connection(0)
-    sf = tester_syn(ctx, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=conn.local_key))
+    sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | MPC_FLAG_A))
     synack = sf.expect("SA", MpCapable, within=1)
-    option = synack.option(MpCapable)
-    assert option is not None
-    if option.version != 0 or option.sender_key is None:
-        raise deviates(f"SYN/ACK is not MP_CAPABLE v0 with Key-B: {synack.describe()}")
+    _capable_format(synack, "SYN/ACK", version=0, key=True)
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=LISTENER,
+    versions=(0,),
+    expected="A v0 listener asks for checksums: its SYN/ACK sets A (checksum required) "
+    "even to a SYN without A, unless configured otherwise.",
+)
+def v0_synack_asks_for_checksums(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H))
+    synack = sf.expect("SA", MpCapable, within=1)
+    if not synack.need(MpCapable).checksum_required:
+        raise deviates(f"v0 SYN/ACK without A (checksum required): {synack.describe()}")
 
 
 @case(
@@ -109,12 +138,28 @@ def b_flag_syn_is_ignored(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0,),
+    expected="A v0 SYN whose MP_CAPABLE has the B (extensibility) flag set, not "
+    "understood, is silently ignored, the SYN itself (the sender retries in the legacy "
+    "format): no SYN/ACK, no RST.",
+)
+def v0_b_flag_syn_silently_ignored(ctx: Context) -> None:
+    ctx.iut.listen(ctx.port)
+    sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | MPC_FLAG_A | MPC_FLAG_B))
+    sf.expect_none(within=0.5, what="any answer to the SYN")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0, 1),
     expected="A SYN whose MP_CAPABLE has no crypto algorithm bit (H clear) gets a "
     "SYN/ACK without MP_CAPABLE: no common algorithm, fall back.",
 )
 def no_h_flag_syn_falls_back(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = tester_syn(ctx, MpCapable(version=1, flags=0))
+    sf = tester_syn(ctx, capable_syn(ctx, 0))
     plain_synack(sf)
 
 
@@ -122,12 +167,13 @@ def no_h_flag_syn_falls_back(ctx: Context) -> None:
     section="3.1",
     level=SHOULD,
     role=LISTENER,
+    versions=(0, 1),
     expected="D..H are crypto algorithm bits: a SYN offering unknown algorithms (D..G) "
     "besides H gets a SYN/ACK with MP_CAPABLE that picks H alone.",
 )
 def unassigned_flags_ignored(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H | 0x1E))
+    sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | 0x1E))
     synack = sf.expect("SA", within=1)
     option = synack.option(MpCapable)
     if option is None:
@@ -140,6 +186,7 @@ def unassigned_flags_ignored(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="A SYN with the A (checksum) flag makes checksums mandatory: the IUT's DSS "
     "mappings then carry a valid DSS checksum.",
 )
@@ -152,12 +199,13 @@ def a_flag_requires_checksums(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="A SYN with an MP_CAPABLE option of impossible length (5) is not an "
     "MP_CAPABLE: the SYN/ACK carries no MP_CAPABLE.",
 )
 def bad_option_length_syn(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
-    sf = tester_syn(ctx, raw_options=bytes((30, 5, 0x01, MPC_FLAG_H, 0)))
+    sf = tester_syn(ctx, raw_options=bytes((30, 5, ctx.version, MPC_FLAG_H, 0)))
     sf.expect("SA", absent=[MpCapable], within=1, what="a SYN/ACK without MP_CAPABLE")
 
 
@@ -194,21 +242,7 @@ def lost_third_ack_first_data_establishes(ctx: Context) -> None:
     expected="The IUT's SYN carries MP_CAPABLE v1 of 4 bytes (no key) with H set, B clear.",
 )
 def initiator_v1_syn_format(ctx: Context) -> None:
-    _v1_with_h_without_b(iut_syn(ctx), "SYN", key=False)
-
-
-@case(
-    section="3.1",
-    level=MUST,
-    role=INITIATOR,
-    versions=(0,),
-    expected="The IUT's v0 SYN carries MP_CAPABLE v0 of 12 bytes with Key-A.",
-)
-def initiator_v0_syn_format(ctx: Context) -> None:
-    syn = iut_syn(ctx)
-    option = syn.option(MpCapable)
-    if option is None or option.version != 0 or option.sender_key is None:
-        raise deviates(f"SYN is not MP_CAPABLE v0 with Key-A: {syn.describe()}")
+    _capable_format(iut_syn(ctx), "SYN", version=1, key=False)
 
 
 @case(
@@ -216,8 +250,35 @@ def initiator_v0_syn_format(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=INITIATOR,
-    expected="The IUT's third ACK carries MP_CAPABLE with Key-A and the tester's Key-B "
-    "echoed exactly.",
+    versions=(0,),
+    expected="The IUT's v0 SYN carries MP_CAPABLE v0 of 12 bytes with Key-A alone, H set, B clear.",
+)
+def initiator_v0_syn_format(ctx: Context) -> None:
+    _capable_format(iut_syn(ctx), "SYN", version=0, key=True)
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0,),
+    expected="A v0 initiator asks for checksums: its MP_CAPABLE SYN sets A (checksum "
+    "required), unless configured otherwise.",
+)
+def initiator_v0_syn_asks_for_checksums(ctx: Context) -> None:
+    syn = iut_syn(ctx)
+    if not syn.need(MpCapable).checksum_required:
+        raise deviates(f"v0 SYN without A (checksum required): {syn.describe()}")
+
+
+@case(
+    ipv6=True,
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
+    expected="The IUT's third ACK carries MP_CAPABLE (20 bytes) with Key-A (in v0 the "
+    "one its SYN carried) and the tester's Key-B echoed exactly.",
 )
 def initiator_third_ack_has_both_keys(ctx: Context) -> None:
     conn, _, ack = initiated(ctx)
@@ -252,6 +313,31 @@ def initiator_first_data_carries_keys(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=INITIATOR,
+    versions=(0,),
+    expected="The v0 IUT's first data carries a DSS mapping (no MP_CAPABLE: RFC 6824 has "
+    "no keys on data) at DSN IDSN-A + 1, IDSN-A the least significant 64 bits of "
+    "SHA-1(Key-A) from its SYN, with a valid DSS checksum (A set).",
+)
+def initiator_v0_first_data_mapping_at_idsn(ctx: Context) -> None:
+    syn = iut_syn(ctx, mode="source", nbytes=200)
+    conn, sf = ctx.tester.accept_mp_capable(syn, version=0)
+    data = sf.expect(data=True, within=1, what="the IUT's first data")
+    if data.option(MpCapable) is not None:
+        raise deviates(f"v0 first data carries MP_CAPABLE: {data.describe()}")
+    dss = data.need(Dss)
+    expected = (crypto.key_idsn(syn.need(MpCapable).sender_key or 0, 0) + 1) & (2**64 - 1)
+    got = None if dss.dsn is None else dss.dsn if dss.dsn_64 else dss.dsn | (expected & ~0xFFFFFFFF)
+    if got != expected:
+        raise deviates(f"first mapping at DSN {got}, expected IDSN-A+1 {expected:#x}: "
+                       f"{data.describe()}")  # fmt: skip
+    valid_checksum(conn, data)
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
     expected="A SYN/ACK without MP_CAPABLE makes the initiator fall back to TCP: its ACK "
     "and its data carry no MPTCP option.",
 )

@@ -1,4 +1,9 @@
-"""MP_JOIN: joining a connection, HMACs, nonces, address IDs, the fourth ACK (§3.2)."""
+"""MP_JOIN: joining a connection, HMACs, nonces, address IDs, the fourth ACK (§3.2).
+
+MP_JOIN has one format in RFC 6824 and RFC 8684; only the hash differs (HMAC-SHA1 in
+v0, whose 160-bit HMAC-A is the whole digest; HMAC-SHA256 in v1), and a v1 refusal
+carries MP_TCPRST, which v0 does not have. So almost every case serves both versions.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,20 @@ from itertools import pairwise
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
+    accept_join,
+    answer_join,
+    capable_syn,
     established,
     exchange,
+    expect_refusal,
     expect_rst,
     initiated,
     is_rst,
+    iut_hmac_a,
     join_syn,
     joined,
 )
+from conformance.iut import NotSupported
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
@@ -25,7 +36,6 @@ from stack.wire.mptcp import (
     MpJoinAck,
     MpJoinSyn,
     MpJoinSynAck,
-    MpTcpRst,
 )
 from stack.wire.tcp import RST, MaxSegmentSize
 
@@ -39,6 +49,7 @@ DUAL = "dual_homed"
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A valid join gets a SYN/ACK with MP_JOIN carrying HMAC-B, and after the "
     "third ACK (HMAC-A) the IUT sends the fourth ACK without MP_JOIN.",
@@ -53,6 +64,7 @@ def valid_join_completes(ctx: Context) -> None:
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="A join over a second path, from an address the tester never announced, is "
@@ -66,6 +78,7 @@ def join_from_unannounced_address(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="Data sent on a joined subflow is delivered at the data level: it comes back "
@@ -81,12 +94,32 @@ def data_on_joined_subflow_delivered(ctx: Context) -> None:
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A third ACK whose HMAC-A is wrong gets the subflow reset (RST).",
 )
 def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
     conn, _ = established(ctx)
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=bytes(20))
+    expect_rst(sf)
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    versions=(0,),
+    role=LISTENER,
+    expected="A v0 join whose third ACK carries HMAC-A computed with v1's hash (the "
+    "leftmost 160 bits of HMAC-SHA256, not HMAC-SHA1) gets the subflow reset (RST).",
+)
+def v0_third_ack_with_sha256_hmac_reset(ctx: Context) -> None:
+    conn, _ = established(ctx)
+
+    def v1_hmac(sf: Subflow) -> bytes:
+        return crypto.join_ack_hmac(1, conn.local_key, conn.remote_key or 0,
+                                    sf.local_nonce or 0, sf.remote_nonce or 0)  # fmt: skip
+
+    sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=v1_hmac)
     expect_rst(sf)
 
 
@@ -109,6 +142,7 @@ def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A third ACK of a join without the MP_JOIN option (no HMAC-A) does not "
     "establish the subflow: it is reset.",
@@ -125,6 +159,7 @@ def third_ack_without_hmac_reset(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join SYN whose MP_JOIN is truncated (length 10) is not a join: no SYN/ACK "
     "with MP_JOIN.",
@@ -140,6 +175,7 @@ def truncated_join_syn(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join SYN whose MP_JOIN is oversized (length 14) is not a valid join: no "
     "SYN/ACK with MP_JOIN.",
@@ -155,6 +191,7 @@ def oversized_join_syn(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join to the address of the initial subflow gets address ID 0 in the "
     "SYN/ACK (the initial subflow's address has ID 0).",
@@ -171,6 +208,7 @@ def synack_address_id_of_initial_address(ctx: Context) -> None:
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     topology=DUAL,
     expected="A join to an address the IUT has as endpoint ID 7 carries address ID 7 in "
@@ -188,6 +226,7 @@ def synack_address_id_of_endpoint(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="Every SYN/ACK with MP_JOIN carries a fresh random nonce R-B.",
 )
@@ -207,23 +246,23 @@ def fresh_nonces(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
-    expected="A join beyond the IUT's subflow limit (0) is refused with RST carrying "
-    "MP_TCPRST reason 3 (administratively prohibited), at the SYN or after the third ACK.",
+    expected="A join beyond the IUT's subflow limit (0) is refused with RST, at the SYN "
+    "or after the third ACK; in v1 the RST carries MP_TCPRST reason 3 (administratively "
+    "prohibited; v0 has no MP_TCPRST).",
 )
 def subflow_limit_reason_3(ctx: Context) -> None:
     ctx.iut.set_limits(0, 0)
     conn, _ = established(ctx)
     sf, _ = join_syn(ctx, conn.remote_token)
-    rst = _join_refused(ctx, conn, sf)
-    option = rst.option(MpTcpRst)
-    if option is None or option.reason != MPTCP_RST_EPROHIBIT:
-        raise deviates(f"RST without MP_TCPRST reason 3: {rst.describe()}")
+    expect_refusal(ctx, _join_refused(ctx, conn, sf), MPTCP_RST_EPROHIBIT)
 
 
 @case(
-    section="3.7",
+    section={1: "3.7", 0: "3.6"},
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join to a connection that fell back to TCP is refused with RST (at the "
     "SYN, or at the latest after the third ACK).",
@@ -231,7 +270,7 @@ def subflow_limit_reason_3(ctx: Context) -> None:
 def join_to_fallen_back_connection(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     t = ctx.tester
-    conn, sf = t.connect(ctx.port)
+    conn, sf = t.connect(ctx.port, version=ctx.version)
     sf.send("PA", payload=b"no mapping: fall back")  # first data without DSS
     sf.expect(data=True, within=1, what="the echo")
     join, _ = join_syn(ctx, conn.remote_token)
@@ -241,6 +280,7 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join that arrives before the MP_CAPABLE third ACK (connection not yet "
     "established) is refused with RST.",
@@ -248,10 +288,10 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
 def join_before_mp_capable_ack(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     sf = ctx.tester.subflow(ctx.port)
-    sf.send("S", [ctx.tester.mss(sf.local), MpCapable(version=1)])
+    sf.send("S", [ctx.tester.mss(sf.local), capable_syn(ctx)])
     synack = sf.expect("SA", MpCapable, within=1)
     key = synack.option(MpCapable).sender_key  # type: ignore[union-attr]
-    join, _ = join_syn(ctx, crypto.key_token(key or 0, 1))
+    join, _ = join_syn(ctx, crypto.key_token(key or 0, ctx.version))
     expect_rst(join)
 
 
@@ -281,77 +321,72 @@ def join_to_announced_port(ctx: Context) -> None:
 # ------------------------------------------------------------------ IUT as initiator
 
 
-def _initiator_join(
-    ctx: Context, *, mode: str = "sink", nbytes: int = 0
-) -> tuple[MptcpConnection, Subflow, Subflow, Segment]:
-    """The IUT connects with a subflow endpoint on its second interface: the tester
-    accepts MP_CAPABLE and waits for the IUT's join SYN."""
+ENDPOINT_ID = 3  # the address ID the IUT's subflow endpoint gets, where it can be set
+
+
+def _subflow_endpoint(ctx: Context) -> int | None:
+    """A subflow endpoint on the IUT's second interface, ID 3 where the IUT's
+    configuration takes an ID; returns the ID set (None: the IUT picks it)."""
     ctx.iut.set_limits(2, 0)
-    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"}, id=3)
+    try:
+        ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"}, id=ENDPOINT_ID)
+    except NotSupported:
+        ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"})
+        return None
+    return ENDPOINT_ID
+
+
+def _initiator_join(
+    ctx: Context, *, mode: str = "sink", nbytes: int = 0, endpoint: bool = True
+) -> tuple[MptcpConnection, Subflow, Subflow, Segment]:
+    """The IUT connects with a subflow endpoint on its second interface (made here
+    unless `endpoint` is False): the tester accepts MP_CAPABLE and waits for the
+    IUT's join SYN."""
+    if endpoint:
+        _subflow_endpoint(ctx)
     conn, sf, _ = initiated(ctx, mode=mode, nbytes=nbytes)
     syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's join SYN")
-    join = ctx.tester.accept(syn)
-    join.connection = conn
-    conn.subflows.append(join)
-    option = syn.option(MpJoinSyn)
-    assert option is not None
-    join.remote_nonce = option.nonce
-    join.local_nonce = crypto.generate_nonce()
-    return conn, sf, join, syn
-
-
-def _answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:
-    """SYN/ACK with MP_JOIN to the IUT's join SYN: HMAC-B (or `hmac`) and a fresh R-B."""
-    mac = _synack_hmac(conn, join) if hmac is None else hmac
-    option = MpJoinSynAck(address_id=0, hmac=mac, nonce=join.local_nonce or 0)
-    join.send("SA", [MaxSegmentSize(1460), option])
-
-
-def _synack_hmac(conn: MptcpConnection, join: Subflow) -> bytes:
-    return crypto.join_synack_hmac(
-        1, conn.local_key, conn.remote_key or 0, join.local_nonce or 0, join.remote_nonce or 0
-    )
-
-
-def _iut_hmac_a(conn: MptcpConnection, join: Subflow) -> bytes:
-    """HMAC-A that the joining IUT's third ACK must carry (the IUT is host A)."""
-    return crypto.join_ack_hmac(
-        1, conn.remote_key or 0, conn.local_key, join.remote_nonce or 0, join.local_nonce or 0
-    )
+    return conn, sf, accept_join(ctx, conn, syn), syn
 
 
 @case(
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
-    expected="The IUT's join SYN carries the tester's token (from SHA-256 of Key-B) and "
-    "the address ID of its endpoint (3).",
+    expected="The IUT's join SYN carries the tester's token (from H(Key-B): SHA-256 in "
+    "v1, SHA-1 in v0) and the address ID of its endpoint (3; where the IUT takes no "
+    "endpoint ID, any but 0, the initial address's).",
 )
 def initiator_join_syn_token(ctx: Context) -> None:
-    conn, _, _, syn = _initiator_join(ctx)
-    option = syn.option(MpJoinSyn)
-    assert option is not None
+    configured = _subflow_endpoint(ctx)
+    conn, _, _, syn = _initiator_join(ctx, endpoint=False)
+    option = syn.need(MpJoinSyn)
     if option.token != conn.local_token:
         raise deviates(f"token {option.token:#x}, expected {conn.local_token:#x}")
-    if option.address_id != 3:
-        raise deviates(f"address ID {option.address_id}, expected the endpoint's 3")
+    if configured is not None and option.address_id != configured:
+        raise deviates(f"address ID {option.address_id}, expected the endpoint's {configured}")
+    if configured is None and option.address_id == 0:
+        raise deviates("address ID 0 (the initial address's) on a join from another address")
 
 
 @case(
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
-    expected="The IUT's third ACK of a join carries a valid HMAC-A (160 bits).",
+    expected="The IUT's third ACK of a join carries a valid HMAC-A of 160 bits (v1: the "
+    "leftmost 160 bits of HMAC-SHA256; v0: the whole HMAC-SHA1).",
 )
 def initiator_third_ack_hmac(ctx: Context) -> None:
     conn, _, join, _ = _initiator_join(ctx)
-    _answer_join(conn, join)
+    answer_join(conn, join)
     ack = join.expect("A", MpJoinAck, within=1)
-    expected = _iut_hmac_a(conn, join)
+    expected = iut_hmac_a(conn, join)
     if ack.need(MpJoinAck).hmac != expected:
         raise deviates(f"HMAC-A wrong: {ack.describe()}, expected {expected.hex()}")
 
@@ -360,19 +395,21 @@ def initiator_third_ack_hmac(ctx: Context) -> None:
     ipv6=True,
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
     expected="A SYN/ACK with a wrong HMAC-B makes the joining IUT reset the subflow.",
 )
 def initiator_bad_hmac_in_synack(ctx: Context) -> None:
     conn, _, join, _ = _initiator_join(ctx)
-    _answer_join(conn, join, hmac=bytes(8))
+    answer_join(conn, join, hmac=bytes(8))
     expect_rst(join)
 
 
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
     expected="With the fourth ACK withheld, the joining IUT retransmits its third ACK "
@@ -380,7 +417,7 @@ def initiator_bad_hmac_in_synack(ctx: Context) -> None:
 )
 def initiator_retransmits_third_ack(ctx: Context) -> None:
     conn, _, join, _ = _initiator_join(ctx)
-    _answer_join(conn, join)
+    answer_join(conn, join)
     first = join.expect("A", MpJoinAck, within=1)
     again = join.expect("A", MpJoinAck, within=3, what="a retransmitted third ACK")
     # The RFC sets no interval; Linux resends after its minimum timer (2 jiffies, a few
@@ -392,6 +429,7 @@ def initiator_retransmits_third_ack(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
     expected="The joining IUT sends no data on the new subflow before its third ACK is "
@@ -399,7 +437,7 @@ def initiator_retransmits_third_ack(ctx: Context) -> None:
 )
 def initiator_no_data_before_fourth_ack(ctx: Context) -> None:
     conn, sf, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
-    _answer_join(conn, join)
+    answer_join(conn, join)
     join.expect("A", MpJoinAck, within=1)
     join.expect_none(data=True, within=0.5, what="data before the fourth ACK")
     del sf
@@ -419,8 +457,8 @@ def _fourth_ack_withheld(
     a RST, or `within` s; data on the join subflow, still PRE_ESTABLISHED, deviates at
     once. Returns the third ACKs and the RST (None when there was none)."""
     conn, _, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
-    _answer_join(conn, join)
-    hmac = _iut_hmac_a(conn, join)
+    answer_join(conn, join)
+    hmac = iut_hmac_a(conn, join)
     acks: list[Segment] = []
     deadline = time.monotonic() + within
     while not enough(acks):
@@ -450,6 +488,7 @@ def _intervals_ms(acks: list[Segment]) -> list[float]:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
     expected="With the fourth ACK withheld, the joining IUT retransmits its third ACK "
@@ -473,6 +512,7 @@ def initiator_third_ack_retransmission_backs_off(ctx: Context) -> None:
 @case(
     section="3.2",
     level=SHOULD,
+    versions=(0, 1),
     role=INITIATOR,
     topology=DUAL,
     expected="With the fourth ACK withheld, the joining IUT gives up after a bounded "
@@ -495,6 +535,7 @@ def initiator_third_ack_retransmission_bounded(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
     role=LISTENER,
     expected="A join whose third ACK never comes is not counted: with a subflow limit of "
     "1, a later complete join is still accepted (fourth ACK), and the IUT sends nothing "

@@ -6,8 +6,16 @@ from conformance.cases import Context
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
-from stack.wire.mptcp import Dss, MpCapable, MpJoinAck, MpJoinSyn
-from stack.wire.tcp import RST, TcpOption
+from stack.wire.mptcp import (
+    MPC_FLAG_H,
+    Dss,
+    MpCapable,
+    MpJoinAck,
+    MpJoinSyn,
+    MpJoinSynAck,
+    MpTcpRst,
+)
+from stack.wire.tcp import RST, MaxSegmentSize, TcpOption
 
 
 def has_mapping(segment: Segment) -> bool:
@@ -20,11 +28,12 @@ def established(
     *,
     mode: str = "echo",
     nbytes: int = 0,
-    checksum: bool = False,
+    checksum: bool | None = None,
     ifname: str = "eth0",
 ) -> tuple[MptcpConnection, Subflow]:
-    """The IUT listens; the tester completes MP_CAPABLE and one echoed exchange, so the
-    connection is fully established at both ends."""
+    """The IUT listens; the tester completes MP_CAPABLE (in the case's version: v0's SYN
+    carries Key-A and asks for checksums, see `Tester.connect`) and one echoed
+    exchange, so the connection is fully established at both ends."""
     ctx.iut.listen(ctx.port, mode=mode, nbytes=nbytes)
     t = ctx.tester
     conn, sf = t.connect(ctx.port, version=ctx.version, checksum=checksum, ifname=ifname)
@@ -84,7 +93,8 @@ def initiated(
     synack_flags: int | None = None,
 ) -> tuple[MptcpConnection, Subflow, Segment]:
     """The IUT connects to the tester, which accepts MP_CAPABLE, reads Key-A from the
-    third ACK and acknowledges it at the data level (fully established)."""
+    third ACK and acknowledges it at the data level (fully established). In v0 Key-A
+    came on the SYN already, and the third ACK must repeat it (RFC 6824 §3.1)."""
     syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source)
     kwargs = {} if synack_flags is None else {"flags": synack_flags}
     conn, sf = ctx.tester.accept_mp_capable(syn, version=ctx.version, **kwargs)
@@ -93,10 +103,31 @@ def initiated(
     assert option is not None
     if option.sender_key is None:
         raise deviates(f"third ACK MP_CAPABLE has no Key-A: {ack.describe()}")
+    if conn.version == 0 and option.sender_key != conn.remote_key:
+        raise deviates(
+            f"third ACK Key-A {option.sender_key:#x} is not the SYN's {conn.remote_key or 0:#x}"
+        )
     conn.learn_remote_key(option.sender_key)
     conn.start_data()
     sf.send("A", [conn.data_ack()])
     return conn, sf, ack
+
+
+def capable_syn(ctx: Context, flags: int = MPC_FLAG_H, *, key: int | None = None) -> MpCapable:
+    """The MP_CAPABLE of a tester SYN in the case's version (v0: with Key-A, `key` or a
+    random one; v1: no key)."""
+    conn = MptcpConnection(ctx.version, key or crypto.generate_key(ctx.version)[0])
+    return ctx.tester.capable_syn(conn, flags)
+
+
+def expect_refusal(ctx: Context, rst: Segment, reason: int) -> None:
+    """A refused join's RST: in v1 it SHOULD carry MP_TCPRST with `reason` (RFC 8684
+    §3.6); RFC 6824 has no MP_TCPRST, a plain RST is the whole refusal."""
+    if ctx.version == 0:
+        return
+    option = rst.option(MpTcpRst)
+    if option is None or option.reason != reason:
+        raise deviates(f"RST without MP_TCPRST reason {reason}: {rst.describe()}")
 
 
 def tester_syn(ctx: Context, *options: TcpOption, raw_options: bytes | None = None) -> Subflow:
@@ -141,6 +172,37 @@ def joined(ctx: Context, conn: MptcpConnection, *, ifname: str = "eth1", **join:
     sf, _ = ctx.tester.join(conn, ctx.port, ifname=ifname, **join)  # type: ignore[arg-type]
     sf.expect("A", absent=[MpJoinAck], within=1, what="the fourth ACK")
     return sf
+
+
+def accept_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
+    """The tester's side of a join the IUT opens with `syn`: a subflow of `conn` that
+    knows R-A and has its own fresh R-B (answer it with `answer_join`)."""
+    join = ctx.tester.accept(syn)
+    join.connection = conn
+    conn.subflows.append(join)
+    join.remote_nonce = syn.need(MpJoinSyn).nonce
+    join.local_nonce = crypto.generate_nonce()
+    return join
+
+
+def answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:
+    """SYN/ACK with MP_JOIN to the IUT's join SYN: HMAC-B (or `hmac`) and R-B."""
+    mac = synack_hmac(conn, join) if hmac is None else hmac
+    option = MpJoinSynAck(address_id=0, hmac=mac, nonce=join.local_nonce or 0)
+    join.send("SA", [MaxSegmentSize(1460), option])
+
+
+def synack_hmac(conn: MptcpConnection, join: Subflow) -> bytes:
+    """HMAC-B that the tester (host B of a join the IUT opens) sends, in `conn`'s version."""
+    return crypto.join_synack_hmac(conn.version, conn.local_key, conn.remote_key or 0,
+                                   join.local_nonce or 0, join.remote_nonce or 0)  # fmt: skip
+
+
+def iut_hmac_a(conn: MptcpConnection, join: Subflow) -> bytes:
+    """HMAC-A that the joining IUT's third ACK must carry (the IUT is host A): 160 bits,
+    the whole HMAC-SHA1 in v0, the leftmost bits of HMAC-SHA256 in v1."""
+    return crypto.join_ack_hmac(conn.version, conn.remote_key or 0, conn.local_key,
+                                join.remote_nonce or 0, join.local_nonce or 0)  # fmt: skip
 
 
 def is_rst(segment: Segment) -> bool:

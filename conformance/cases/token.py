@@ -1,9 +1,14 @@
-"""Tokens and IDSNs derived from keys, their uniqueness, joins with wrong tokens (§3.1, §3.2)."""
+"""Tokens and IDSNs derived from keys, their uniqueness, joins with wrong tokens (§3.1, §3.2).
+
+Every case serves v0 and v1: H, the hash of a key, is SHA-1 in RFC 6824 and SHA-256 in
+RFC 8684; the tester derives tokens and IDSNs with the case's version.
+"""
 
 from __future__ import annotations
 
 from conformance.cases import LISTENER, MUST, Context, case
 from conformance.cases.steps import (
+    capable_syn,
     established,
     exchange,
     expect_data_ack,
@@ -13,7 +18,7 @@ from conformance.cases.steps import (
 )
 from conformance.model import deviates
 from stack import crypto
-from stack.wire.mptcp import MPC_FLAG_H, Dss, MpCapable, MpFastclose, MpJoinSynAck
+from stack.wire.mptcp import Dss, MpCapable, MpFastclose, MpJoinSynAck
 
 
 @case(
@@ -21,8 +26,9 @@ from stack.wire.mptcp import MPC_FLAG_H, Dss, MpCapable, MpFastclose, MpJoinSynA
     section="3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="The IUT's first DSN is IDSN-B + 1, IDSN-B being the least significant 64 "
-    "bits of SHA-256(Key-B).",
+    "bits of H(Key-B): SHA-256 in v1, SHA-1 in v0.",
 )
 def idsn_from_key(ctx: Context) -> None:
     conn, sf = established(ctx)
@@ -30,7 +36,7 @@ def idsn_from_key(ctx: Context) -> None:
     dss = echo.option(Dss)
     if dss is None or dss.dsn is None:
         raise deviates(f"echoed data without a DSS mapping: {echo.describe()}")
-    expected = (crypto.key_idsn(conn.remote_key or 0, 1) + 1) & (2**64 - 1)
+    expected = (crypto.key_idsn(conn.remote_key or 0, ctx.version) + 1) & (2**64 - 1)
     got = dss.dsn if dss.dsn_64 else dss.dsn | (expected & ~0xFFFFFFFF)
     if got != expected:
         raise deviates(f"first DSN {got:#x}, expected IDSN-B+1 {expected:#x}")
@@ -41,8 +47,9 @@ def idsn_from_key(ctx: Context) -> None:
     section="3.2",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="A join carrying the token computed from Key-B (most significant 32 bits of "
-    "SHA-256(Key-B)) is recognised: SYN/ACK with MP_JOIN.",
+    "H(Key-B): SHA-256 in v1, SHA-1 in v0) is recognised: SYN/ACK with MP_JOIN.",
 )
 def token_from_key_accepted(ctx: Context) -> None:
     conn, _ = established(ctx)
@@ -53,18 +60,19 @@ def token_from_key_accepted(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="Across 200 connections the IUT's keys, and so its tokens, are all distinct.",
 )
 def keys_and_tokens_unique(ctx: Context) -> None:
     ctx.iut.listen(ctx.port)
     keys: dict[int, int] = {}
     for index in range(200):
-        sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
+        sf = tester_syn(ctx, capable_syn(ctx))
         synack = sf.expect("SA", MpCapable, within=1)
         option = synack.option(MpCapable)
         assert option is not None and option.sender_key is not None
         sf.send("R", seq=sf.snd_nxt)
-        token = crypto.key_token(option.sender_key, 1)
+        token = crypto.key_token(option.sender_key, ctx.version)
         if token in keys:
             raise deviates(f"connection {index} reuses the token {token:#x} of {keys[token]}")
         keys[token] = index
@@ -75,6 +83,7 @@ def keys_and_tokens_unique(ctx: Context) -> None:
     section="3.2",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="A join SYN with an unknown token is refused with RST.",
 )
 def join_unknown_token_reset(ctx: Context) -> None:
@@ -92,6 +101,7 @@ def _refused_at_syn(ctx: Context, token: int) -> None:
     section="3.2",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="A join SYN with the token of a connection that has been closed (by "
     "MP_FASTCLOSE) is refused with RST.",
 )
@@ -107,20 +117,22 @@ def join_token_of_closed_connection(ctx: Context) -> None:
     section="3.2",
     level=MUST,
     role=LISTENER,
-    expected="A v1 join SYN whose token is derived with the v0 hash (SHA-1 of Key-B) is "
-    "unknown and refused with RST.",
+    versions=(0, 1),
+    expected="A join SYN whose token is derived with the other version's hash (in v1 "
+    "SHA-1 of Key-B, in v0 SHA-256 of Key-B) is unknown and refused with RST.",
 )
 def join_token_of_wrong_hash(ctx: Context) -> None:
     conn, _ = established(ctx)
-    _refused_at_syn(ctx, crypto.key_token(conn.remote_key or 0, 0))
+    _refused_at_syn(ctx, crypto.key_token(conn.remote_key or 0, 1 - ctx.version))
 
 
 @case(
     section="3.3.1",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     expected="The IUT's data ACK acknowledges the tester's data relative to IDSN-A + 1 "
-    "(IDSN-A from SHA-256 of the tester's key).",
+    "(IDSN-A from H of the tester's key: SHA-256 in v1, SHA-1 in v0).",
 )
 def data_ack_uses_tester_idsn(ctx: Context) -> None:
     conn, sf = established(ctx)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,7 +14,7 @@ import pytest
 from conformance.cases import by_id, catalogue
 from conformance.iut import DRIVERS
 from conformance.iut.kernel import KernelIut
-from conformance.iut.stack import StackIut
+from conformance.iut.stack import StackIut, StackV0Iut
 from conformance.model import Verdict
 from conformance.runner import run_one, select_cases
 
@@ -49,6 +51,51 @@ class BackupBlindKernel(KernelIut):
         super().add_endpoint(address, flags=set(flags) - {"backup"}, **kwargs)
 
 
+# Planted in the stack's process at start (sitecustomize): every MP_JOIN HMAC of a v0
+# connection is computed with v1's HMAC-SHA256 instead of HMAC-SHA1 (RFC 6824 §3.2).
+_JOIN_HMAC_FAULT = """
+import stack.crypto as crypto
+
+_join_hmac = crypto.join_hmac
+
+
+def join_hmac(version, *args):
+    return _join_hmac(1 if version == 0 else version, *args)
+
+
+crypto.join_hmac = join_hmac
+"""
+
+
+class WrongJoinHashStackV0(StackV0Iut):
+    """Our v0 stack with a planted fault: its join HMACs (HMAC-B it sends, HMAC-A it
+    sends and expects) use SHA-256, v1's hash; tokens, keys and the rest stay v0."""
+
+    name: ClassVar[str] = "stack-v0-join-sha256"
+
+    def __init__(self, topo: Any, host: str = "server") -> None:
+        super().__init__(topo, host)
+        # a sitecustomize on PYTHONPATH runs in each stack process before the stack does;
+        # the directory lives as long as the IUT (a process may start after _start returns)
+        self._fault = tempfile.TemporaryDirectory()
+        Path(self._fault.name, "sitecustomize.py").write_text(_JOIN_HMAC_FAULT)
+
+    def _start(self, argv: list[str], wait_ready: bool) -> None:
+        before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [self._fault.name, before]))
+        try:
+            super()._start(argv, wait_ready)
+        finally:
+            if before is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = before
+
+    def stop(self) -> None:
+        super().stop()
+        self._fault.cleanup()
+
+
 def _verdict(case_id: str, iut: Any, tmp_path: Path) -> Any:
     return run_one(by_id()[case_id], iut, tmp_path)
 
@@ -76,6 +123,34 @@ def test_a_faulty_iut_turns_its_cases_to_deviates(
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize(
+    ("case_id", "seen"),
+    [
+        ("mp_join.valid_join_completes", "is not HMAC-B"),  # the IUT as responder
+        # the IUT joining: it takes the valid HMAC-B for a wrong one, no third ACK
+        ("mp_join.initiator_third_ack_hmac", "with MpJoinAck"),
+        ("mp_join.v0_third_ack_with_sha256_hmac_reset", "is not HMAC-B"),  # v0 only
+    ],
+)
+def test_v0_join_cases_detect_join_hmacs_of_the_wrong_hash(
+    case_id: str, seen: str, tmp_path: Path
+) -> None:
+    case = by_id()[case_id]
+    assert 0 in case.versions
+    assert run_one(case, "stack-v0", tmp_path).verdict is Verdict.CONFORMS
+    result = run_one(case, WrongJoinHashStackV0, tmp_path)
+    assert result.verdict is Verdict.DEVIATES, result
+    assert seen in result.detail
+
+
+@pytest.mark.netns
+def test_v0_cases_do_not_apply_to_the_v1_only_kernel(tmp_path: Path) -> None:
+    result = _verdict("mp_join.v0_third_ack_with_sha256_hmac_reset", "kernel", tmp_path)
+    assert result.verdict is Verdict.NOT_APPLICABLE
+    assert "v0" in result.detail and "v1" in result.detail
+
+
+@pytest.mark.netns
 def test_unrelated_cases_still_conform_on_a_faulty_iut(tmp_path: Path) -> None:
     result = _verdict("backup.synack_b_bit_is_not_an_echo", BackupBlindKernel, tmp_path)
     assert result.verdict is Verdict.CONFORMS, result
@@ -100,8 +175,23 @@ def test_every_case_carries_its_reference_and_the_catalogue_is_large_enough() ->
     for case in cases:
         assert case.rfc in ("RFC 8684", "RFC 6824") and case.section and case.expected
         assert case.expected.endswith("."), case.id
+        assert {v for v, _ in case.sections} == case.versions, case.id
     counts = {area: sum(c.area == area for c in cases) for area in {c.area for c in cases}}
     assert counts["mp_capable"] >= 12 and counts["token"] >= 6 and counts["mp_join"] >= 15
+
+
+def test_a_case_for_both_versions_cites_both_rfcs() -> None:
+    both = by_id()["mp_join.join_to_fallen_back_connection"]  # fallback: §3.7 vs §3.6
+    assert both.versions == frozenset({0, 1})
+    assert both.reference == "RFC 8684 §3.7, RFC 6824 §3.6 MUST"
+    assert both.citation(0) == "RFC 6824 §3.6" and both.citation(1) == "RFC 8684 §3.7"
+    v0_only = by_id()["backup.mp_prio_v0_with_address_id"]
+    assert v0_only.reference == "RFC 6824 §3.3.8 MUST"
+    # most of the catalogue serves v0 too, and every v0 area has its own cases
+    cases = catalogue()
+    assert sum(0 in c.versions for c in cases) >= 0.7 * len(cases)
+    for area in ("mp_capable", "token", "mp_join", "backup", "dss", "add_addr", "close"):
+        assert any(0 in c.versions and c.area == area for c in cases), area
 
 
 def test_selection_expression() -> None:

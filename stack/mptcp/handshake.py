@@ -8,7 +8,12 @@ MP_CAPABLE (RFC 8684 §3.1, RFC 6824 §3.1)
   has no Key-A to work with and falls back too (RFC 8684 §3.1's caveat).
 - A version above 1 on a SYN is answered with v1 (Linux accepts ≥ 1 on a SYN); on any
   later packet the version must match the negotiated one exactly.
-- Checksums: used when either side sets A (v1: "if either host requires them").
+- Checksums: used when either side sets A (v1: "if either host requires them"). In v0
+  both sides set A (RFC 6824 §3.1: A SHOULD be set unless an administrator decided
+  checksums are not needed), so v0 always uses them.
+- B set on a v0 SYN: RFC 6824 §3.1 has "this SYN MUST be silently ignored" (the sender
+  retries in the legacy format), so the listener drops it; RFC 8684 ignores only the
+  option (fallback).
 - A v1 initiator whose SYN/ACK comes back without MP_CAPABLE either falls back to TCP or
   retries the connection with a v0 SYN, by policy (`V0Policy`).
 
@@ -50,6 +55,7 @@ class ListenerDecision:
     checksum: bool = False
     remote_key: int | None = None  # v0: Key-A from the SYN
     reason: str = ""
+    drop: bool = False  # no answer at all: the SYN is silently ignored
 
 
 def syn_option(config: CapableConfig, local_key: int, version: int | None = None) -> MpCapable:
@@ -63,6 +69,8 @@ def syn_option(config: CapableConfig, local_key: int, version: int | None = None
 
 def listener_decision(config: CapableConfig, syn: MpCapable) -> ListenerDecision:
     """How a listener answers a SYN's MP_CAPABLE."""
+    if syn.extensibility and syn.version == 0 and 0 in config.versions:
+        return ListenerDecision(None, reason="v0 SYN with B set: silently ignored", drop=True)
     if syn.extensibility:
         # B set: an extension this implementation does not know; RFC 8684 §3.1 says the
         # option must then be ignored, i.e. answered as plain TCP.
@@ -79,9 +87,9 @@ def listener_decision(config: CapableConfig, syn: MpCapable) -> ListenerDecision
         return ListenerDecision(None, reason="v0 SYN to a listener without v0")
     if syn.sender_key is None:
         return ListenerDecision(None, reason="v0 SYN without Key-A")
-    # v0 (RFC 6824 §3.1): checksums are used unless both sides agree to drop them.
-    checksum = bool(syn.flags & MPC_FLAG_A) or config.want_checksum
-    return ListenerDecision(0, checksum, remote_key=syn.sender_key)
+    # v0 (RFC 6824 §3.1): checksums are used unless both sides agree to drop them, and
+    # A SHOULD be set: this listener asks for them, as its v0 SYN does.
+    return ListenerDecision(0, True, remote_key=syn.sender_key)
 
 
 def synack_option(decision: ListenerDecision, local_key: int) -> MpCapable:

@@ -80,6 +80,15 @@ class MptcpListener:
         join = next((o for o in seg.extra_options if isinstance(o, MpJoinSyn)), None)
         if join is not None:
             return self._join(local, remote, seg, join, now)
+        capable = next((o for o in seg.extra_options if isinstance(o, MpCapable)), None)
+        decision = (
+            handshake.listener_decision(self.config.capable, capable)
+            if capable is not None
+            else handshake.ListenerDecision(None, reason="SYN without MP_CAPABLE")
+        )
+        if decision.drop:
+            self._count("MPCapableSYNIgnored")
+            return None
         if len(self.accept_queue) >= self.accept_backlog:
             self._count("ListenOverflows")
             return None  # as Linux: ignored, the peer retries
@@ -88,12 +97,6 @@ class MptcpListener:
             self._count("ListenDrops")
             oldest.discard()
             self._evicted.append(oldest)
-        capable = next((o for o in seg.extra_options if isinstance(o, MpCapable)), None)
-        decision = (
-            handshake.listener_decision(self.config.capable, capable)
-            if capable is not None
-            else handshake.ListenerDecision(None, reason="SYN without MP_CAPABLE")
-        )
         paths = (
             self.paths.connection(local[0], PeerAddress(0, remote[0], remote[1]))
             if self.paths is not None
@@ -181,7 +184,8 @@ class MptcpListener:
         else:
             reply = Segment(local[1], remote[1], 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
                             RST | ACK, 0)  # fmt: skip
-        if reason is not None:
+        if reason is not None and 1 in self.config.versions:
+            # MP_TCPRST is RFC 8684's; a v0-only host (RFC 6824) refuses with a plain RST
             reply.extra_options = (MpTcpRst(reason),)
         self._out.append((local, remote, reply))
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
+from stack.mptcp.connection import MptcpConfig
 from stack.mptcp.handshake import (
     CapableConfig,
     JoinCrypto,
@@ -11,7 +14,18 @@ from stack.mptcp.handshake import (
     syn_option,
     synack_option,
 )
-from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_B, MPC_FLAG_H, MpCapable, parse_mptcp_option
+from stack.mptcp.listener import MptcpListener
+from stack.mptcp.token import TokenTable
+from stack.tcp.segment import RST, SYN, Segment
+from stack.wire.mptcp import (
+    MPC_FLAG_A,
+    MPC_FLAG_B,
+    MPC_FLAG_H,
+    MpCapable,
+    MpJoinSyn,
+    MpTcpRst,
+    parse_mptcp_option,
+)
 
 V1 = CapableConfig(frozenset({1}))
 V0 = CapableConfig(frozenset({0}))
@@ -67,3 +81,46 @@ def test_join_hmacs_agree_between_the_two_sides(version: int) -> None:
     assert b.synack_hmac() == a.expected_synack_hmac() and len(b.synack_hmac()) == 8
     assert a.ack_hmac() == b.expected_ack_hmac() and len(a.ack_hmac()) == 20
     assert a.ack_hmac() != b.synack_hmac()[:20]
+
+
+def test_v0_listener_asks_for_checksums_and_ignores_a_b_flag_syn() -> None:
+    # RFC 6824 §3.1: A SHOULD be set, so v0 checksums even when the SYN has no A ...
+    decision = listener_decision(V0, MpCapable(0, MPC_FLAG_H, sender_key=5))
+    assert decision.version == 0 and decision.checksum and not decision.drop
+    assert synack_option(decision, 7).checksum_required
+    # ... and a v0 SYN with B set "MUST be silently ignored": no answer at all.
+    dropped = listener_decision(V0, MpCapable(0, MPC_FLAG_H | MPC_FLAG_B, sender_key=5))
+    assert dropped.drop and dropped.version is None
+    # RFC 8684 ignores only the option: a plain SYN/ACK.
+    assert not listener_decision(V1, MpCapable(1, MPC_FLAG_H | MPC_FLAG_B)).drop
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_listener_refuses_an_unknown_token_with_mp_tcprst_only_in_v1(version: int) -> None:
+    """RFC 6824 has no MP_TCPRST: a v0-only listener's refusal is a plain RST."""
+    config = MptcpConfig(versions=frozenset({version}))
+    listener = MptcpListener(80, config, TokenTable(), isn_secret=b"k")
+    local, remote = (
+        (ipaddress.ip_address("192.0.2.2"), 80),
+        (ipaddress.ip_address("192.0.2.1"), 999),
+    )
+    join = MpJoinSyn(address_id=1, token=0x12345678, nonce=1)
+    syn = Segment(999, 80, 1, 0, SYN, 65535, mss=1460, extra_options=(join,))
+    assert listener.handle_syn(local, remote, syn, 0.0) is None
+    [(_, _, reply)] = listener.poll_segments()
+    assert reply.flags & RST
+    assert any(isinstance(o, MpTcpRst) for o in reply.extra_options) == (version == 1)
+
+
+def test_listener_drops_a_v0_syn_with_the_b_flag() -> None:
+    listener = MptcpListener(
+        80, MptcpConfig(versions=frozenset({0})), TokenTable(), isn_secret=b"k"
+    )
+    local, remote = (
+        (ipaddress.ip_address("192.0.2.2"), 80),
+        (ipaddress.ip_address("192.0.2.1"), 999),
+    )
+    capable = MpCapable(0, MPC_FLAG_H | MPC_FLAG_A | MPC_FLAG_B, sender_key=5)
+    syn = Segment(999, 80, 1, 0, SYN, 65535, mss=1460, extra_options=(capable,))
+    assert listener.handle_syn(local, remote, syn, 0.0) is None
+    assert listener.poll_segments() == [] and not listener.half_open
