@@ -355,6 +355,7 @@ def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
     section="3.1",
     level=MUST,
     role=INITIATOR,
+    versions=(0, 1),
     expected="A SYN/ACK with an MP_CAPABLE version other than the one asked for (2) is "
     "not accepted: the initiator falls back (no MPTCP option on its ACK or data).",
 )

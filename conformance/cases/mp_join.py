@@ -32,6 +32,8 @@ from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
 from stack.wire.mptcp import (
     MPTCP_RST_EPROHIBIT,
+    AddAddrV0,
+    AddAddrV1,
     MpCapable,
     MpJoinAck,
     MpJoinSyn,
@@ -299,22 +301,22 @@ def join_before_mp_capable_ack(ctx: Context) -> None:
     section="3.2",
     level=MUST,
     role=LISTENER,
+    versions=(0, 1),
     topology=DUAL,
-    expected="A join to an address and port the IUT announced (ADD_ADDR with a port) is "
-    "accepted: SYN/ACK with MP_JOIN.",
+    expected="A join to an address and port the IUT announced (ADD_ADDR with a port: v1 "
+    "with its HMAC, v0 of 10 bytes) is accepted: SYN/ACK with MP_JOIN.",
 )
 def join_to_announced_port(ctx: Context) -> None:
-    from stack.wire.mptcp import AddAddrV1
-
     address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"}, port=6000)
     conn, sf = established(ctx)
-    sf.expect(
-        option=AddAddrV1,
-        within=1,
-        what="ADD_ADDR with port 6000",
-        where=lambda s: s.option(AddAddrV1) is not None and s.need(AddAddrV1).port == 6000,
-    )
+    kind: type[AddAddrV0 | AddAddrV1] = AddAddrV1 if ctx.version == 1 else AddAddrV0
+
+    def announces_port(segment: Segment) -> bool:
+        option = segment.option(kind)
+        return option is not None and option.port == 6000
+
+    sf.expect(option=kind, within=1, what="ADD_ADDR with port 6000", where=announces_port)
     ctx.tester.join(conn, 6000, ifname="eth1")
 
 

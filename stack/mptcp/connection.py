@@ -395,7 +395,7 @@ class MptcpConnection:
         flags = seg.flags
         options = seg.extra_options
         if flags & SYN:
-            if flags & ACK and not self.server:
+            if flags & ACK and not sf.tcp.passive:  # a SYN/ACK to a subflow we opened
                 if sf.initial:
                     self._on_synack(sf, options)
                 else:
@@ -403,7 +403,7 @@ class MptcpConnection:
             return
         if sf.initial and self.server and not self.mptcp_decided:
             self._on_third_ack(sf, options)
-        elif not sf.initial and self.server and sf.phase is Phase.CONNECTING:
+        elif not sf.initial and sf.tcp.passive and sf.phase is Phase.CONNECTING:
             self._on_join_ack(sf, options)
             return
         elif sf.phase is Phase.PRE_ESTABLISHED:
@@ -796,7 +796,7 @@ class MptcpConnection:
                         # a DSS (DATA_ACK) at once: the initiator is fully established
                         # only when it gets one, and only then does its PM open subflows
                         send_ack_now(sf.tcp, now)
-        elif not self.server:
+        elif not sf.tcp.passive:  # a join we opened (a listener opens some too)
             sf.phase = Phase.PRE_ESTABLISHED
             sf.join_ack_due = True
             sf.join_ack_deadline = now + sf.tcp.rto.rto
@@ -835,7 +835,7 @@ class MptcpConnection:
                 self.sendq.reinject(dsn, length)
                 sf.counters.reinjected_away += length
         if self.paths is not None:
-            if self.server and not sf.initial:
+            if sf.tcp.passive and not sf.initial:
                 if sf.counted:
                     self.paths.join_closed()
             else:
@@ -953,7 +953,12 @@ class MptcpConnection:
         join.remote_nonce = synack.nonce
         if synack.hmac != join.expected_synack_hmac():
             self._count("MPJoinSynAckHMacFailure")
-            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "MP_JOIN SYN/ACK with a wrong HMAC")
+            # reset once TCP has taken the SYN/ACK (handle_segments): an abort in SYN-SENT,
+            # from inside its processing, would send no RST and be undone by it
+            sf.phase = Phase.FAILED
+            sf.rst_reason = MPTCP_RST_EMPTCP
+            sf.error = "MP_JOIN SYN/ACK with a wrong HMAC"
+            self._count("SubflowReset")
             return
         self._count("MPJoinSynAckRx")
         sf.remote_id = synack.address_id
