@@ -9,7 +9,8 @@ separately (`deliver`), after TCP reassembly, and are translated with the mappin
 - A mapping that contradicts one already recorded for the same bytes is a protocol
   error (the subflow must be reset).
 - With checksums (§3.3), a mapping's bytes are held until the whole mapping arrived and
-  its checksum verifies; a bad checksum gives `ChecksumFailed` (MP_FAIL, §3.7).
+  its checksum verifies; a bad checksum gives `ChecksumFailed` (MP_FAIL, §3.7), a
+  mapping of data without a checksum a `MappingError` (the subflow is reset).
 - DATA_FIN takes one DSN after the mapping's data; a mapping of length 1 with no
   subflow bytes is a bare DATA_FIN.
 - Bytes with no mapping at all: `Unmapped` (the caller decides: fall back to TCP if
@@ -92,6 +93,11 @@ class SubflowReceiveMapper:
         if mapping.length == 0:
             self._infinite = mapping
             return []
+        if self.checksums and mapping.checksum is None and mapping.data_length:
+            # RFC 8684 §3.3 (and RFC 6824 §3.3): "If a checksum is not present when its
+            # use has been negotiated, the receiver MUST close the subflow with a RST"
+            return [MappingError(f"mapping at subflow seq {mapping.subflow_seq} without a "
+                                 "checksum, checksums in use")]  # fmt: skip
         events: list[Event] = []
         existing = self._mappings.get(mapping.subflow_seq)
         if existing is not None:

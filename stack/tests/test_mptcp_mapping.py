@@ -38,6 +38,13 @@ def test_checksum_verified_per_whole_mapping() -> None:
     assert bad.deliver(11, b"wxyz") == [ChecksumFailed(DSN + 10, 11)]
 
 
+def test_a_mapping_without_its_checksum_is_a_protocol_error_when_checksums_are_used() -> None:
+    mapper = SubflowReceiveMapper(checksums=True)
+    (error,) = mapper.add_mapping(Mapping(DSN, 1, 10), 1)
+    assert isinstance(error, MappingError) and "without a checksum" in error.reason
+    assert mapper.add_mapping(Mapping(DSN, 1, 0), 1) == []  # an infinite mapping has 0
+
+
 def test_data_fin_with_data_and_bare() -> None:
     mapper = SubflowReceiveMapper(checksums=False)
     mapper.add_mapping(Mapping(DSN, 1, 4, data_fin=True), 1)
