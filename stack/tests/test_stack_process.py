@@ -149,8 +149,11 @@ def test_help_documents_every_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "stack", "serve", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     for flag in ("--netns", "--interface", "--port", "--version", "--mode", "--bytes",
-                 "--limits", "--scheduler", "--cc", "--checksum", "--v0-policy"):  # fmt: skip
+                 "--limits", "--scheduler", "--cc", "--checksum", "--v0-policy",
+                 "--add-addr-timeout", "--control", "id=N", "port=P"):  # fmt: skip
         assert flag in out
+    for command in ("set_backup", "remove_endpoint", "add_endpoint"):  # the channel's
+        assert command in out
 
 
 def test_syn_flood_costs_bounded_memory_and_tokens() -> None:
