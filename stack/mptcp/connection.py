@@ -898,7 +898,7 @@ class MptcpConnection:
         if isinstance(sent, AddAddrV1) and not sent.echo:
             tries = self._unechoed.get(sent.address_id, (sent, 0.0, -1))[2] + 1
             fixed = self.config.add_addr_timeout
-            if tries <= ADD_ADDR_RETRIES and fixed != 0:
+            if tries < ADD_ADDR_RETRIES and fixed != 0:  # the original, then 3 resends
                 interval = ADD_ADDR_RTO * (1 << tries) if fixed is None else fixed
                 deadline = self._now + interval
                 self._unechoed[sent.address_id] = (sent, deadline, tries)

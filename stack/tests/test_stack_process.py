@@ -133,6 +133,26 @@ def test_connect_sends_and_exits_0(topology: Callable[..., Topology]) -> None:
         (["serve", "--interface", "eth0=192.0.2.1/24,bogus", "--port", "1"], "bogus"),
         (["connect", "--interface", "eth0=192.0.2.1/24", "--to", "nowhere"], "ADDR:PORT"),
         (
+            ["serve", "--interface", "eth0=192.0.2.1/24,subflow,port=6000", "--port", "1"],
+            "port=6000 needs the signal flag",
+        ),
+        (
+            [
+                "serve",
+                "--interface",
+                "eth0=192.0.2.1/24,id=3",
+                "--interface",
+                "eth1=198.51.100.1/24,id=3",
+                "--port",
+                "1",
+            ],
+            "address ID(s) [3] given to more",
+        ),
+        (
+            ["serve", "--interface", "eth0=192.0.2.1/24,signal,fullmesh", "--port", "1"],
+            "fullmesh cannot be combined with signal",
+        ),
+        (
             ["serve", "--interface", "eth0=192.0.2.1/24", "--port", "1", "--netns", "no-such"],
             "no-such",
         ),
