@@ -5,6 +5,8 @@ one `{"event": "connection", ...}` per connection when it ends (bytes each way, 
 of what was sent and received, the MPTCP version, fallback, tokens, keys and subflows).
 `serve` runs until SIGTERM or SIGINT and exits 0; `connect` exits 0 when its
 connection ended cleanly, 1 otherwise. Bad flags exit 2 with a message naming them.
+With `--control stdin`, JSON commands on stdin change endpoints while it runs
+(`stack.control`), each answered by one `{"event": "control", ...}` line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from stack.api import MptcpSocket, Stack
 from stack.cli import build_parser, endpoints_of
+from stack.control import control_loop
 from stack.mptcp.connection import MptcpConfig
 from stack.mptcp.handshake import V0Policy
 from stack.mptcp.pm import PathManagerError
@@ -44,24 +47,22 @@ def run_connection(sock: MptcpSocket, mode: str, nbytes: int, side: str) -> AppR
 
 
 def _config(args: Any) -> MptcpConfig:
+    versions = {args.version}
+    if args.command == "connect" and args.version == 1 and args.v0_policy == "retry-v0":
+        versions.add(0)  # retrying with v0 needs v0 among the versions this side speaks
     return MptcpConfig(
-        versions=frozenset({args.version}),
+        versions=frozenset(versions),
         want_checksum=args.checksum,
         v0_policy=V0Policy(args.v0_policy),
         scheduler=args.scheduler,
         congestion=args.cc,
+        add_addr_timeout=args.add_addr_timeout,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "connect" and args.version == 1 and args.v0_policy == "retry-v0":
-        # retrying with v0 needs v0 among the versions this side speaks
-        config = MptcpConfig(versions=frozenset({0, 1}), want_checksum=args.checksum,
-                             v0_policy=V0Policy.RETRY_V0, scheduler=args.scheduler,
-                             congestion=args.cc)  # fmt: skip
-    else:
-        config = _config(args)
+    config = _config(args)
     try:
         endpoints = endpoints_of(args.interface)
         stack = Stack([spec.config for spec in args.interface], netns=args.netns, config=config,
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.control == "stdin":
+        threading.Thread(target=control_loop, args=(stack, sys.stdin, emit),
+                         daemon=True).start()  # fmt: skip
     try:
         if args.command == "serve":
             return serve(stack, args, stop)

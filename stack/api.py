@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stack.host import Host, Timer
-from stack.mptcp.connection import MptcpConfig, MptcpConnection
+from stack.mptcp.connection import MptcpConfig, MptcpConnection, send_ack_now
 from stack.mptcp.listener import MptcpListener
 from stack.mptcp.pm import Endpoint, Limits, PathManager, PeerAddress
 from stack.mptcp.subflow import Subflow
@@ -38,6 +38,7 @@ from stack.route import InterfaceConfig, IPAddress, RoutingError
 from stack.tcp.segment import Segment
 from stack.tcp_host import GSO_MAX_SIZE, segment_from_header, transmit
 from stack.wire.ip import IPv4Header, IPv6Header
+from stack.wire.mptcp import MpJoinSyn
 from stack.wire.tcp import TcpHeader
 
 Address = tuple[str, int]
@@ -128,16 +129,27 @@ class _Driver:
 class _ListenerDriver:
     """Runs an `MptcpListener` on the loop for one port."""
 
-    def __init__(self, stack: Stack, listener: MptcpListener):
+    def __init__(self, stack: Stack, listener: MptcpListener,
+                 join_addresses: set[IPAddress] | None = None):  # fmt: skip
         self.stack = stack
         self.listener = listener
         self.changed = threading.Condition()
         self.half_open: dict[int, _Driver] = {}  # id(msk) -> driver, until accepted
+        # Not None: the port of signal endpoints (`port=`), taking only joins to these
+        # addresses, as the kernel's listening socket per such endpoint; anything else
+        # gets the closed port's reset
+        self.join_addresses = join_addresses
 
     def on_syn(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> bool:
         local = (ipaddress.ip_address(ip.dst), tcp.dst_port)
         remote = (ipaddress.ip_address(ip.src), tcp.src_port)
-        msk = self.listener.handle_syn(local, remote, segment_from_header(tcp), now)
+        seg = segment_from_header(tcp)
+        if self.join_addresses is not None and (
+            local[0] not in self.join_addresses
+            or not any(isinstance(o, MpJoinSyn) for o in seg.extra_options)
+        ):
+            return False
+        msk = self.listener.handle_syn(local, remote, seg, now)
         for src, dst, seg in self.listener.poll_segments():
             transmit(self.stack.host, seg, src[0], dst[0], 1460)
         drivers = self.stack._drivers
@@ -198,6 +210,7 @@ class Stack:
         self._listeners: dict[int, _ListenerDriver] = {}
         self._drivers: dict[int, _Driver] = {}  # id(msk) -> its driver, while it lives
         self.host.start()
+        self._on_loop(self._sync_join_ports)
 
     def __enter__(self) -> Stack:
         return self
@@ -264,36 +277,123 @@ class Stack:
     def _allocate(self, local: IPAddress, remote: IPAddress, port: int) -> int:
         return self.host.allocate_port(local, remote, port)
 
+    def _listener(self, port: int, backlog: int = 128,
+                  join_addresses: set[IPAddress] | None = None) -> _ListenerDriver:  # fmt: skip
+        listener = MptcpListener(port, self.config, self.tokens, isn_secret=self._secret,
+                                 paths=self.paths, allocate_port=self._allocate,
+                                 backlog=backlog)  # fmt: skip
+        driver = _ListenerDriver(self, listener, join_addresses)
+        self.host.listen(port, driver)
+        self._listeners[port] = driver
+        return driver
+
     def listen(self, port: int, *, backlog: int = 128) -> MptcpServerSocket:
         def start(now: float) -> _ListenerDriver:
-            listener = MptcpListener(port, self.config, self.tokens, isn_secret=self._secret,
-                                     paths=self.paths, allocate_port=self._allocate,
-                                     backlog=backlog)  # fmt: skip
-            driver = _ListenerDriver(self, listener)
-            self.host.listen(port, driver)
-            self._listeners[port] = driver
-            return driver
+            driver = self._listeners.get(port)
+            if driver is not None and driver.join_addresses is not None:
+                driver.join_addresses = None  # an endpoint's join port becomes a full listener
+                driver.listener.backlog = backlog
+                return driver
+            return self._listener(port, backlog)
 
         return MptcpServerSocket(self, self._on_loop(start))
+
+    def _sync_join_ports(self, now: float = 0.0) -> None:
+        """Every signal endpoint with a port takes joins on that port (RFC 8684 §3.4.1:
+        the announced port is where the peer joins), while it is an endpoint."""
+        wanted: dict[int, set[IPAddress]] = {}
+        for endpoint in self.paths.endpoints:
+            if endpoint.signal and endpoint.port is not None:
+                wanted.setdefault(endpoint.port, set()).add(endpoint.address)
+        for port, driver in list(self._listeners.items()):
+            if driver.join_addresses is not None and port not in wanted:
+                self.host.unlisten(port)
+                del self._listeners[port]
+        for port, addresses in wanted.items():
+            current = self._listeners.get(port)
+            if current is None:
+                self._listener(port, join_addresses=addresses)
+            elif current.join_addresses is not None:
+                current.join_addresses = addresses
 
     def counters(self) -> dict[str, int]:
         return dict(vars(self.host.counters))
 
-    def remove_endpoint(self, address: str) -> None:
+    def remove_endpoint(self, address: str) -> Endpoint:
         """Stop using a local address as an endpoint: every connection sends REMOVE_ADDR
         for it and resets its subflows from it (as `ip mptcp endpoint delete`)."""
         ip = ipaddress.ip_address(address)
 
-        def remove(now: float) -> None:
-            endpoint = self.paths.endpoint_for(ip)
-            if endpoint is None:
-                raise ValueError(f"{address} is not an endpoint of this stack")
+        def remove(now: float) -> Endpoint:
+            endpoint = self._endpoint(address)
             self.paths.endpoints.remove(endpoint)
+            self._sync_join_ports(now)
             for driver in list(self._drivers.values()):
                 driver.msk.remove_local_address(endpoint.id, ip, now)
                 driver.pump(now)
+            return endpoint
 
-        self._on_loop(remove)
+        return self._on_loop(remove)
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        """A new endpoint on one of the stack's addresses (as `ip mptcp endpoint add`):
+        each live connection announces it (signal) and opens subflows from it (subflow)."""
+        owned = [c.address.ip for c in self.host.routing.interfaces]
+        if endpoint.address not in owned:
+            raise ValueError(f"{endpoint.address} is not an address of this stack "
+                             f"(addresses: {', '.join(map(str, owned))})")  # fmt: skip
+
+        def add(now: float) -> None:
+            self.paths.add(endpoint)
+            self._sync_join_ports(now)
+            for driver in list(self._drivers.values()):
+                driver.msk.add_local_endpoint(endpoint, now)
+                driver.pump(now)
+
+        self._on_loop(add)
+
+    def _endpoint(self, address: str) -> Endpoint:
+        endpoint = self.paths.endpoint_for(ipaddress.ip_address(address))
+        if endpoint is None:
+            known = ", ".join(str(e.address) for e in self.paths.endpoints) or "none"
+            raise ValueError(f"{address} is not an endpoint of this stack (endpoints: {known})")
+        return endpoint
+
+    def set_backup(self, address: str, backup: bool) -> int:
+        """Change an endpoint's backup flag, as `ip mptcp endpoint change ADDR backup`:
+        later joins from it carry the new B bit, and every live subflow from the address
+        whose flag changes gets MP_PRIO (RFC 8684 §3.3.8). Returns how many did."""
+
+        def change(now: float) -> int:
+            endpoint = self._endpoint(address)
+            position = self.paths.endpoints.index(endpoint)
+            self.paths.endpoints[position] = dataclasses.replace(endpoint, backup=backup)
+            sent = 0
+            for driver in list(self._drivers.values()):
+                targets = [sf for sf in driver.msk.subflows if sf.local[0] == endpoint.address]
+                sent += _send_prio(driver.msk, targets, backup, now)
+                driver.pump(now)
+            return sent
+
+        return self._on_loop(change)
+
+
+def _send_prio(msk: MptcpConnection, targets: list[Subflow], backup: bool, now: float,
+               force: bool = False) -> int:  # fmt: skip
+    """MP_PRIO with `backup` on each established subflow of `targets` (on all of them when
+    `force`, else on those whose flag changes); returns how many."""
+    sent = 0
+    for sf in targets:
+        if sf.gone or not (sf.usable or sf.phase.value == "established"):
+            continue
+        if not force and sf.backup_local == backup:
+            continue
+        sf.backup_local = backup
+        sf.prio_due = backup
+        msk._count("MPPrioTx")
+        send_ack_now(sf.tcp, now)
+        sent += 1
+    return sent
 
 
 class MptcpServerSocket:
@@ -320,6 +420,7 @@ class MptcpServerSocket:
         def stop(now: float) -> None:
             self.stack.host.unlisten(self.port)
             self.stack._listeners.pop(self.port, None)
+            self.stack._sync_join_ports(now)  # an endpoint's port still takes joins
 
         self.stack._on_loop(stop)
 
@@ -413,16 +514,9 @@ class MptcpSocket:
         MP_PRIO (RFC 8684 §3.3.8)."""
 
         def change(now: float) -> None:
-            from stack.mptcp.connection import send_ack_now
-
             msk = self._driver.msk
             targets = msk.subflows if subflow is None else [msk.subflows[subflow]]
-            for sf in targets:
-                if sf.usable or sf.phase.value == "established":
-                    sf.backup_local = backup
-                    sf.prio_due = backup
-                    msk._count("MPPrioTx")
-                    send_ack_now(sf.tcp, now)
+            _send_prio(msk, targets, backup, now, force=True)
 
         self._call(change)
 

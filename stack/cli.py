@@ -1,10 +1,16 @@
 """Command-line parsing of the stack's `serve` and `connect` (the harness depends on these flags).
 
 python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
-                        [,signal][,backup][,fullmesh] [--interface ...] --port PORT
-                        [--version 0|1] [--mode sink|echo|source] [--bytes N]
+                        [,signal][,backup][,fullmesh][,id=N][,port=P] [--interface ...]
+                        --port PORT [--version 0|1] [--mode sink|echo|source] [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
+                        [--checksum] [--add-addr-timeout S] [--control stdin]
 python -m stack connect ... --to ADDR:PORT
+
+Endpoint `id=` and `port=` have the kernel's meaning (`ip mptcp endpoint add ... id N
+port P`): the ID is the address ID in ADD_ADDR, MP_JOIN and REMOVE_ADDR; a port needs
+`signal` and is announced in the ADD_ADDR, and the host takes joins on it. Addresses
+without an `id=` take the lowest free IDs in declaration order.
 """
 
 from __future__ import annotations
@@ -33,24 +39,45 @@ class CliError(ValueError):
 class InterfaceSpec:
     config: InterfaceConfig
     flags: frozenset[str]
+    id: int | None = None  # the endpoint's address ID; None: the lowest free one
+    port: int | None = None  # announced with the address (signal endpoints only)
 
 
 def parse_interface(text: str) -> InterfaceSpec:
     name, sep, rest = text.partition("=")
     fields = rest.split(",") if sep else []
     flags = frozenset(f for f in fields[1:] if f in ENDPOINT_FLAGS)
-    unknown = [f for f in fields[1:] if f not in ENDPOINT_FLAGS and not f.startswith("gw=")]
+    values = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+    unknown = [f for f in fields[1:] if f not in ENDPOINT_FLAGS and "=" not in f]
+    unknown += [f"{key}=" for key in values if key not in ("gw", "id", "port")]
     if unknown:
         raise CliError(
             f"--interface {text!r}: unknown flag(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(ENDPOINT_FLAGS)}, gw=ADDR"
+            f"allowed: {', '.join(ENDPOINT_FLAGS)}, gw=ADDR, id=N, port=P"
         )
     plain = ",".join([fields[0], *[f for f in fields[1:] if f.startswith("gw=")]]) if fields else ""
     try:
         config = InterfaceConfig.parse(f"{name}={plain}" if sep else text)
     except RoutingError as error:
         raise CliError(f"--interface: {error}") from None
-    return InterfaceSpec(config, flags)
+    address_id = _bounded(text, "id", values.get("id"), 1, 255)
+    port = _bounded(text, "port", values.get("port"), 1, 65535)
+    if port is not None and "signal" not in flags:
+        # as the kernel: "flags must have signal when using port"
+        raise CliError(f"--interface {text!r}: port={port} needs the signal flag")
+    return InterfaceSpec(config, flags, address_id, port)
+
+
+def _bounded(text: str, key: str, value: str | None, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise CliError(f"--interface {text!r}: {key}={value!r} is not a number") from None
+    if not low <= number <= high:
+        raise CliError(f"--interface {text!r}: {key}={number} not in {low}..{high}")
+    return number
 
 
 def parse_limits(text: str) -> Limits:
@@ -82,18 +109,25 @@ def parse_destination(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6
 
 
 def endpoints_of(interfaces: list[InterfaceSpec]) -> list[Endpoint]:
-    """Path-manager endpoints: one per address, IDs in declaration order from 1."""
+    """Path-manager endpoints, one per address: the given `id=`s, and for the rest the
+    lowest free IDs in declaration order (so without any `id=`, 1, 2, ... as before)."""
+    given = [spec.id for spec in interfaces if spec.id is not None]
+    twice = sorted({i for i in given if given.count(i) > 1})
+    if twice:
+        raise CliError(f"--interface: address ID(s) {twice} given to more than one address")
+    free = (i for i in range(1, 256) if i not in given)
     endpoints = []
-    for position, spec in enumerate(interfaces, start=1):
+    for spec in interfaces:
         endpoints.append(
             Endpoint(
-                position,
+                spec.id if spec.id is not None else next(free, 0),
                 spec.config.address.ip,
                 spec.config.ifname,
                 signal="signal" in spec.flags,
                 subflow="subflow" in spec.flags,
                 backup="backup" in spec.flags,
                 fullmesh="fullmesh" in spec.flags,
+                port=spec.port,
             )
         )
     return endpoints
@@ -116,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             required=True,
             type=_wrap(parse_interface),
-            metavar="IFNAME=ADDR/PLEN[,gw=ADDR][,subflow][,signal][,backup][,fullmesh]",
-            help="an interface the stack owns and one of its addresses, with endpoint flags "
-            "(repeat for more addresses or interfaces)",
+            metavar="IFNAME=ADDR/PLEN[,gw=ADDR][,subflow][,signal][,backup][,fullmesh]"
+            "[,id=N][,port=P]",
+            help="an interface the stack owns and one of its addresses, with endpoint flags, "
+            "address ID and (signal only) the port announced and taken joins on, as `ip "
+            "mptcp endpoint add` (repeat for more addresses or interfaces)",
         )
         if command == "serve":
             p.add_argument("--port", type=_port, required=True, help="port to listen on")
@@ -139,7 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
         p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="lowest-rtt")
         p.add_argument("--cc", choices=CONGESTION_CONTROLS, default="lia")
-        p.add_argument("--checksum", action="store_true", help="ask for DSS checksums")
+        p.add_argument(
+            "--checksum", action="store_true",
+            help="require DSS checksums (as net.mptcp.checksum_enabled=1): A in the SYN and "
+            "SYN/ACK, a checksum on every mapping",
+        )  # fmt: skip
+        p.add_argument(
+            "--add-addr-timeout", type=_seconds, default=None, metavar="S",
+            help="resend an unechoed ADD_ADDR every S seconds, at most 3 times, 0: never "
+            "(as net.mptcp.add_addr_timeout); default: after 1 s, doubling",
+        )  # fmt: skip
+        p.add_argument(
+            "--control", choices=("stdin",), default=None,
+            help="read JSON commands from stdin while running, one per line, each answered "
+            'by one JSON line {"event": "control", "ok": ...} on stdout: '
+            '{"cmd": "set_backup", "address": A, "backup": true|false} (MP_PRIO on every '
+            'subflow from A), {"cmd": "remove_endpoint", "address": A} (REMOVE_ADDR, its '
+            'subflows reset), {"cmd": "add_endpoint", "address": A, "flags": [...], '
+            '"id": N, "port": P} (A must be an --interface address that is no endpoint)',
+        )  # fmt: skip
         p.add_argument(
             "--v0-policy", choices=("fallback", "retry-v0"), default="fallback",
             help="a v1 initiator whose SYN/ACK lacks MP_CAPABLE: fall back or retry with v0",
@@ -161,21 +215,24 @@ def _wrap(parse: Callable[[str], T]) -> Callable[[str], T]:
     return wrapped
 
 
-def _port(text: str) -> int:
+def _number(kind: Callable[[str], float], text: str, low: float, high: float,
+            what: str) -> float:  # fmt: skip
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} not in 1..65535")
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number") from None
+    if not low <= value <= high:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{what} {value} not in {low}..{high}")
     return value
+
+
+def _port(text: str) -> int:
+    return int(_number(int, text, 1, 65535, "port"))
+
+
+def _seconds(text: str) -> float:
+    return _number(float, text, 0, 3600, "seconds")
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
+    return int(_number(int, text, 0, 1 << 62, "byte count"))

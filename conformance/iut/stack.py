@@ -3,17 +3,23 @@
 Built only on the stack's CLI contract:
 
     python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
-                            [,signal][,backup][,fullmesh] --port P --version 0|1
-                            --mode sink|echo|source [--bytes N] [--limits S,A]
+                            [,signal][,backup][,fullmesh][,id=N][,port=P] --port P
+                            --version 0|1 --mode sink|echo|source [--bytes N]
+                            [--limits S,A] [--checksum] [--add-addr-timeout S]
+                            --control stdin
     python -m stack connect ... --to ADDR:PORT
 
 Each prints one JSON line when a connection ends (an `AppReport` here); `serve` runs
 until SIGTERM. A line `{"event": "listening", ...}` (as `testbed.apps` prints) is taken
 as readiness; the driver waits for it, up to `READY_TIMEOUT`, before the case goes on.
 The stack runs on a bare host (it answers ARP itself), so the topology leaves both ends
-bare. Endpoint flags become `--interface` flags, so they must be set before the start;
-live changes (MP_PRIO through a backup flip) are not part of the contract: cases that
-need them are not applicable.
+bare. Configuration before the start becomes flags: endpoints (flags, ID, port) become
+`--interface` fields, `net.mptcp.checksum_enabled` becomes `--checksum` and
+`net.mptcp.add_addr_timeout` `--add-addr-timeout`; other sysctls are not supported.
+Endpoint changes while running (`add_endpoint`, `set_backup`, `delete_endpoint`) go
+through the process's command channel (`--control stdin`: one JSON command per line,
+one `{"event": "control", ...}` answer each, awaited up to `CONTROL_TIMEOUT`).
+Limits and sysctls can only be set before the start.
 """
 
 from __future__ import annotations
@@ -22,18 +28,33 @@ import contextlib
 import importlib.util
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from conformance.iut.base import MODES, AppReport, Iut, IutError
+from conformance.iut.base import MODES, AppReport, Iut, IutError, NotSupported
 
 READY_TIMEOUT = 5.0
+CONTROL_TIMEOUT = 5.0
+# sysctls with a stack flag: name -> the flag (before the start only)
+SYSCTL_FLAGS = {
+    "net.mptcp.checksum_enabled": "--checksum",
+    "net.mptcp.add_addr_timeout": "--add-addr-timeout",
+}
+
+
+@dataclass
+class _Endpoint:
+    flags: set[str] = field(default_factory=set)
+    id: int | None = None
+    port: int | None = None
 
 
 class StackIut(Iut):
@@ -45,9 +66,11 @@ class StackIut(Iut):
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         super().__init__(topo, host)
-        self._endpoints: dict[str, set[str]] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
         self._limits: tuple[int, int] | None = None
+        self._sysctls: dict[str, str] = {}  # flag -> its value ("" for a switch)
         self._processes: list[subprocess.Popen[str]] = []
+        self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}  # pid -> control answers
         self._readers: list[threading.Thread] = []
         self._ready = threading.Event()
 
@@ -67,10 +90,11 @@ class StackIut(Iut):
 
     # -- configuration --
 
+    def _running(self) -> list[subprocess.Popen[str]]:
+        return [p for p in self._processes if p.poll() is None]
+
     def set_limits(self, subflows: int, add_addr_accepted: int) -> None:
         if self._processes:
-            from conformance.iut.base import NotSupported
-
             raise NotSupported("the stack CLI takes limits only at start (--limits)")
         self._limits = (subflows, add_addr_accepted)
 
@@ -78,16 +102,72 @@ class StackIut(Iut):
         self, address: str, *, flags: Iterable[str] = (), id: int | None = None,
         port: int | None = None, ifname: str | None = None,
     ) -> None:  # fmt: skip
-        if port is not None or id is not None:
-            from conformance.iut.base import NotSupported
+        if self._processes:
+            command: dict[str, Any] = {"cmd": "add_endpoint", "address": address,
+                                       "flags": sorted(flags)}  # fmt: skip
+            command.update({k: v for k, v in (("id", id), ("port", port)) if v is not None})
+            self._control(command)
+            return
+        endpoint = self._endpoints.setdefault(address, _Endpoint())
+        endpoint.flags.update(flags)
+        endpoint.id = id if id is not None else endpoint.id
+        endpoint.port = port if port is not None else endpoint.port
 
-            raise NotSupported("the stack CLI takes no endpoint port or ID")
-        self._endpoints.setdefault(address, set()).update(flags)
+    def set_backup(self, address: str, backup: bool) -> None:
+        if self._processes:
+            self._control({"cmd": "set_backup", "address": address, "backup": backup})
+            return
+        flags = self._endpoints.setdefault(address, _Endpoint()).flags
+        if backup:
+            flags.add("backup")
+        else:
+            flags.discard("backup")
+
+    def delete_endpoint(self, address: str) -> None:
+        if self._processes:
+            self._control({"cmd": "remove_endpoint", "address": address})
+            return
+        if self._endpoints.pop(address, None) is None:
+            raise IutError(f"{self.name}: no endpoint {address}")
 
     def set_sysctl(self, name: str, value: str | int) -> None:
-        from conformance.iut.base import NotSupported
+        flag = SYSCTL_FLAGS.get(name)
+        if flag is None:
+            raise NotSupported(
+                f"the stack has no equivalent of sysctl {name} (it maps "
+                f"{', '.join(sorted(SYSCTL_FLAGS))} to {', '.join(SYSCTL_FLAGS.values())})"
+            )
+        if self._processes:
+            raise NotSupported(f"the stack takes {name} only at start ({flag})")
+        if flag == "--checksum":
+            if str(value) not in ("0", "1"):
+                raise IutError(f"{self.name}: {name}={value!r}, expected 0 or 1")
+            if str(value) == "1":
+                self._sysctls[flag] = ""
+            else:
+                self._sysctls.pop(flag, None)
+        else:
+            self._sysctls[flag] = str(value)
 
-        raise NotSupported(f"the stack has no sysctl {name}")
+    def _control(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Send one command to every running process; each must answer ok in time."""
+        running = self._running()
+        if not running:
+            raise IutError(f"{self.name}: no running process to send {command['cmd']} to")
+        answer: dict[str, Any] = {}
+        for process in running:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(json.dumps(command) + "\n")
+                process.stdin.flush()
+                answer = self._answers[process.pid].get(timeout=CONTROL_TIMEOUT)
+            except (OSError, queue.Empty):
+                raise IutError(
+                    f"{self.name}: no answer to {command} within {CONTROL_TIMEOUT} s"
+                ) from None
+            if not answer.get("ok"):
+                raise IutError(f"{self.name}: {command['cmd']} refused: {answer.get('error')}")
+        return answer
 
     # -- running --
 
@@ -101,8 +181,13 @@ class StackIut(Iut):
                 ]  # fmt: skip
                 if gateways:
                     text += f",gw={gateways[0]}"
-                for flag in sorted(self._endpoints.get(str(address.ip), ())):
+                endpoint = self._endpoints.get(str(address.ip), _Endpoint())
+                for flag in sorted(endpoint.flags):
                     text += f",{flag}"
+                if endpoint.id is not None:
+                    text += f",id={endpoint.id}"
+                if endpoint.port is not None:
+                    text += f",port={endpoint.port}"
                 args += ["--interface", text]
         return args
 
@@ -115,19 +200,23 @@ class StackIut(Iut):
             args += ["--bytes", str(nbytes)]
         if self._limits:
             args += ["--limits", f"{self._limits[0]},{self._limits[1]}"]
-        return args
+        for flag, value in sorted(self._sysctls.items()):
+            args += [flag, value] if value else [flag]
+        return [*args, "--control", "stdin"]
 
     def _start(self, argv: list[str], wait_ready: bool) -> None:
         root = Path(__file__).resolve().parents[2]
         process = subprocess.Popen(
             [sys.executable, "-m", "stack", *argv],
             cwd=root,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         self._processes.append(process)
+        self._answers[process.pid] = queue.Queue()
         reader = threading.Thread(target=self._read, args=(process,), daemon=True)
         reader.start()
         self._readers.append(reader)
@@ -149,6 +238,9 @@ class StackIut(Iut):
                 continue
             if data.get("event") in ("listening", "ready"):
                 self._ready.set()
+                continue
+            if data.get("event") == "control":
+                self._answers[process.pid].put(data)
                 continue
             self._add_report(
                 AppReport(
@@ -187,7 +279,7 @@ class StackIut(Iut):
         for reader in self._readers:
             reader.join(1.0)
         for process in self._processes:
-            for stream in (process.stdout, process.stderr):
+            for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()

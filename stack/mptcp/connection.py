@@ -41,6 +41,7 @@ from stack.mptcp.pm import (
     Announce,
     ConnectionPaths,
     Echo,
+    Endpoint,
     OpenSubflow,
     PeerAddress,
 )
@@ -94,6 +95,9 @@ class MptcpConfig:
     # Linux's 200 ms minimum RTO: a path failure is noticed in a fraction of a second
     tcp: TcpConfig = field(default_factory=lambda: TcpConfig(min_rto=0.2))
     join_ack_retries: int = JOIN_ACK_RETRIES
+    # net.mptcp.add_addr_timeout: a fixed ADD_ADDR resend interval (0: never resend);
+    # None: ADD_ADDR_RTO, doubling
+    add_addr_timeout: float | None = None
 
     @property
     def capable(self) -> CapableConfig:
@@ -865,13 +869,26 @@ class MptcpConnection:
     def _start_paths(self, now: float) -> None:
         if self.paths is None or self.paths.established:
             return
-        for action in self.paths.on_established():
+        self._apply_paths(self.paths.on_established(), now)
+
+    def _apply_paths(self, actions: list[Any], now: float) -> None:
+        for action in actions:
             if isinstance(action, Announce):
                 self._queue_announce(action.endpoint.id, action.endpoint.address,
                                      action.endpoint.port)  # fmt: skip
             elif isinstance(action, OpenSubflow):
                 self._pending_opens.append(action)
         self._open_pending(now)
+
+    def add_local_endpoint(self, endpoint: Endpoint, now: float) -> None:
+        """A new endpoint on a live connection (as `ip mptcp endpoint add`): announce it
+        if it signals, open the subflows it allows."""
+        if self.paths is None or self.fallback or self.version is None or self.closed:
+            return
+        self._apply_paths(self.paths.on_endpoint_added(endpoint), now)
+        usable = [sf for sf in self.subflows if sf.usable]
+        if self._announce and usable:
+            send_ack_now(usable[0].tcp, now)
 
     def _take_announcement(self) -> Any:
         """The next ADD_ADDR (or echo, or REMOVE_ADDR), for one pure ACK. A v1 original
@@ -880,8 +897,10 @@ class MptcpConnection:
         sent = self._announce.pop(0)
         if isinstance(sent, AddAddrV1) and not sent.echo:
             tries = self._unechoed.get(sent.address_id, (sent, 0.0, -1))[2] + 1
-            if tries <= ADD_ADDR_RETRIES:
-                deadline = self._now + ADD_ADDR_RTO * (1 << tries)
+            fixed = self.config.add_addr_timeout
+            if tries < ADD_ADDR_RETRIES and fixed != 0:  # the original, then 3 resends
+                interval = ADD_ADDR_RTO * (1 << tries) if fixed is None else fixed
+                deadline = self._now + interval
                 self._unechoed[sent.address_id] = (sent, deadline, tries)
             else:
                 self._unechoed.pop(sent.address_id, None)

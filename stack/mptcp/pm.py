@@ -42,6 +42,11 @@ class Endpoint:
     def __post_init__(self) -> None:
         if not 1 <= self.id <= 255:
             raise PathManagerError(f"endpoint {self.address}: address ID {self.id} not in 1..255")
+        if self.port is not None and not (1 <= self.port <= 65535 and self.signal):
+            raise PathManagerError(
+                f"endpoint {self.address}: port {self.port} needs the signal flag and 1..65535 "
+                "(as the kernel: a port is announced, so only a signal endpoint has one)"
+            )
         if self.fullmesh and self.signal:
             raise PathManagerError(
                 f"endpoint {self.address}: fullmesh cannot be combined with signal "
@@ -118,6 +123,16 @@ class ConnectionPaths:
                 actions.append(Announce(endpoint))
         actions += self._new_subflows()
         return actions
+
+    def on_endpoint_added(self, endpoint: Endpoint) -> list[Action]:
+        """An endpoint added while the connection lives (the manager already lists it)."""
+        if not self.established:
+            return []  # on_established will see it
+        actions: list[Action] = []
+        if endpoint.signal:  # even an ID announced before: that address was removed since
+            self.announced.add(endpoint.id)
+            actions.append(Announce(endpoint))
+        return actions + self._new_subflows()
 
     def on_add_addr(self, announced: PeerAddress) -> list[Action]:
         actions: list[Action] = [Echo(announced)]
@@ -227,6 +242,23 @@ class PathManager:
 
     def source_for(self, address: IPAddress) -> IPAddress | None:
         return self.route_source(address) if self.route_source is not None else None
+
+    def add(self, endpoint: Endpoint) -> None:
+        """A new endpoint (as `ip mptcp endpoint add`); IDs and addresses stay unique."""
+        for other in self.endpoints:
+            if other.address == endpoint.address:
+                raise PathManagerError(f"{endpoint.address} is already endpoint ID {other.id}")
+            if other.id == endpoint.id:
+                raise PathManagerError(f"address ID {endpoint.id} is taken by {other.address}")
+        self.endpoints.append(endpoint)
+
+    def free_id(self) -> int:
+        """The lowest address ID no endpoint uses (the kernel picks one the same way)."""
+        used = {e.id for e in self.endpoints}
+        for candidate in range(1, 256):
+            if candidate not in used:
+                return candidate
+        raise PathManagerError("all 255 address IDs are in use")
 
     def endpoint_for(self, address: IPAddress) -> Endpoint | None:
         for endpoint in self.endpoints:

@@ -524,6 +524,12 @@ class TcpConnection:
         if not flags & SYN:
             return
         self._take_syn(seg)
+        if self.state is TcpState.CLOSED:
+            # the option observer refused the SYN/ACK (e.g. an MP_JOIN HMAC that fails,
+            # RFC 8684 §3.2): the peer is synchronized, so it gets a RST, never our ACK
+            if flags & ACK:
+                self._emit(Segment(self.local[1], self.remote[1], seg.ack, 0, RST, 0))
+            return
         if flags & ACK:
             self._established_from_syn(seg, ack, 0, now)
             self._ack_now = True

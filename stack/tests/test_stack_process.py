@@ -133,6 +133,26 @@ def test_connect_sends_and_exits_0(topology: Callable[..., Topology]) -> None:
         (["serve", "--interface", "eth0=192.0.2.1/24,bogus", "--port", "1"], "bogus"),
         (["connect", "--interface", "eth0=192.0.2.1/24", "--to", "nowhere"], "ADDR:PORT"),
         (
+            ["serve", "--interface", "eth0=192.0.2.1/24,subflow,port=6000", "--port", "1"],
+            "port=6000 needs the signal flag",
+        ),
+        (
+            [
+                "serve",
+                "--interface",
+                "eth0=192.0.2.1/24,id=3",
+                "--interface",
+                "eth1=198.51.100.1/24,id=3",
+                "--port",
+                "1",
+            ],
+            "address ID(s) [3] given to more",
+        ),
+        (
+            ["serve", "--interface", "eth0=192.0.2.1/24,signal,fullmesh", "--port", "1"],
+            "fullmesh cannot be combined with signal",
+        ),
+        (
             ["serve", "--interface", "eth0=192.0.2.1/24", "--port", "1", "--netns", "no-such"],
             "no-such",
         ),
@@ -149,8 +169,11 @@ def test_help_documents_every_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "stack", "serve", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     for flag in ("--netns", "--interface", "--port", "--version", "--mode", "--bytes",
-                 "--limits", "--scheduler", "--cc", "--checksum", "--v0-policy"):  # fmt: skip
+                 "--limits", "--scheduler", "--cc", "--checksum", "--v0-policy",
+                 "--add-addr-timeout", "--control", "id=N", "port=P"):  # fmt: skip
         assert flag in out
+    for command in ("set_backup", "remove_endpoint", "add_endpoint"):  # the channel's
+        assert command in out
 
 
 def test_syn_flood_costs_bounded_memory_and_tokens() -> None:
