@@ -1002,16 +1002,18 @@ class Tester:
         token: int | None = None,
         within: float = 1.0,
         ack_hmac: bytes | Callable[[Subflow], bytes] | None = None,
+        nonce: int | None = None,
     ) -> tuple[Subflow, Segment]:
         """SYN + MP_JOIN, expect SYN/ACK + MP_JOIN with a valid HMAC-B, send the third ACK.
 
         Returns the subflow and the SYN/ACK. `ack_hmac` replaces HMAC-A (to send a bad
-        one): bytes, or a function of the subflow (its nonces are known by then).
+        one): bytes, or a function of the subflow (its nonces are known by then). `nonce`
+        replaces the fresh R-A (to replay an earlier join's SYN).
         """
         subflow = self.subflow(rport, ifname=ifname, remote=remote)
         subflow.connection = connection
         connection.subflows.append(subflow)
-        subflow.local_nonce = crypto.generate_nonce()
+        subflow.local_nonce = crypto.generate_nonce() if nonce is None else nonce
         subflow.address_id = address_id
         subflow.send(
             "S",

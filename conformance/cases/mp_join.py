@@ -109,6 +109,31 @@ def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
 @case(
     section="3.2",
     level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="A replayed join (an earlier join's SYN, same R-A, then its third ACK's "
+    "HMAC-A, on a new subflow) gets a SYN/ACK with a fresh R-B, and the replayed HMAC-A, "
+    "which no longer verifies, gets the subflow reset (RST); the connection goes on.",
+)
+def replayed_join_refused(ctx: Context) -> None:
+    # The nonces are what defeats a replay (RFC 8684 §5, RFC 6824 §5): R-B must change,
+    # so HMAC-A computed over the old R-B must fail the check of §3.2.
+    ctx.iut.set_limits(8, 0)
+    conn, first_sf = established(ctx)
+    original = joined(ctx, conn, ifname="eth0")
+    replayed_hmac = ctx.tester.join_ack_hmac(conn, original)
+    sf, synack = ctx.tester.join(
+        conn, ctx.port, ifname="eth0", nonce=original.local_nonce, ack_hmac=replayed_hmac
+    )
+    if synack.need(MpJoinSynAck).nonce == original.remote_nonce:
+        raise deviates(f"the replayed join got the same R-B {original.remote_nonce:#x} again")
+    expect_rst(sf)
+    exchange(ctx, conn, first_sf, b"after the replay")
+
+
+@case(
+    section="3.2",
+    level=MUST,
     versions=(0,),
     role=LISTENER,
     expected="A v0 join whose third ACK carries HMAC-A computed with v1's hash (the "
