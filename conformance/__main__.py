@@ -66,7 +66,8 @@ def _list(args: argparse.Namespace) -> int:
         entries = [
             {"id": c.id, "area": c.area, "rfc": c.rfc, "section": c.section,
              "level": c.level.value, "versions": sorted(c.versions), "role": c.role.value,
-             "expected": c.expected, "topology": c.topology}
+             "expected": c.expected, "topology": c.topology,
+             "citations": [c.citation(v) for v, _ in c.sections] or [c.citation()]}
             for c in cases
         ]  # fmt: skip
         args.json.write_text(json.dumps(entries, indent=1) + "\n")
