@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 import topologies
+from stack.api import Stack
+from stack.cli import endpoints_of, parse_interface
 from testbed import Topology
 from testbed.apps import BLOCK, make_socket, stream_chunk, stream_sha256
 from testbed.mptcp import KernelMptcp
@@ -234,3 +236,36 @@ def test_bad_commands_are_answered_with_what_is_wrong_and_serving_goes_on(
         # still serving, still taking commands
         sock = kernel_client(topo)
         finish(sock, stack, 2 * BLOCK)
+
+
+def test_removed_endpoints_subflows_are_gone_when_the_call_returns(
+    topology: Callable[..., Topology],
+) -> None:
+    """In process: once `Stack.remove_endpoint` returns (what the control answer
+    waits for), the subflow from the address is failed and its data handed back to the
+    connection, not left for the next timer."""
+    topo = topology(topologies.dual_homed(bare=("server",)))
+    specs = [
+        parse_interface(f"eth0={SERVER[0]}/24"),
+        parse_interface(f"eth1={SERVER[1]}/24,signal"),
+    ]
+    with KernelMptcp(topo.hosts["client"].ns) as kernel, Stack(
+        [s.config for s in specs], netns=topo.hosts["server"].netns, endpoints=endpoints_of(specs)
+    ) as stack:  # fmt: skip
+        kernel.set_limits(subflows=2, add_addr_accepted=2)
+        server = stack.listen(PORT)
+        client = kernel_client(topo, kernel)
+        sock = server.accept(10)
+        received = bytearray()
+        while len(received) < BLOCK:  # all of the first MiB: the connection is idle
+            received += sock.recv()
+        stack.remove_endpoint(SERVER[1])
+        [second] = [sf for sf in sock.info()["subflows"] if not sf["initial"]]
+        assert second["state"] == "failed" and second["error"] == "local address removed"
+        client.sendall(stream_chunk(1))
+        client.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv():
+            received += chunk
+        assert received == stream_chunk(0) + stream_chunk(1)
+        sock.close()
+        client.close()
