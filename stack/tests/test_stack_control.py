@@ -209,6 +209,59 @@ def test_add_endpoint_announces_again_after_a_removal(topology: Callable[..., To
     assert moved["AddAddr"] == 2 and moved["RmAddr"] == 1
 
 
+def test_add_endpoint_gives_an_address_without_flags_signal(
+    topology: Callable[..., Topology],
+) -> None:
+    with served(topology, "") as (topo, stack, kernel), kernel.counters_delta() as moved:
+        sock = kernel_client(topo)
+        answer = stack.command(json.dumps({"cmd": "add_endpoint", "address": SERVER[1],
+                                           "flags": ["signal"]}))  # fmt: skip
+        assert answer["ok"] and answer["id"] == 2  # the ID eth1 had
+        wait_until(lambda: joined(kernel, SERVER[1]), 10, "the kernel's join to eth1")
+        finish(sock, stack, 2 * BLOCK)
+    assert moved["AddAddr"] == 1
+
+
+def test_connect_takes_commands_too(topology: Callable[..., Topology]) -> None:
+    """`connect --control stdin`: the stack's subflow endpoint joins the kernel, and a
+    backup flip sends MP_PRIO on that subflow (the kernel's MPPrioRx); the upload is
+    intact."""
+    topo = topology(topologies.dual_homed(bare=("client",)))
+    kernel = KernelMptcp(topo.hosts["server"].ns)
+    listener = make_socket(topo.hosts["server"].ns, SERVER[0], "mptcp")
+    listener.bind(("0.0.0.0", PORT))
+    listener.listen(4)
+    stack = StackProcess(["connect", "--netns", topo.hosts["client"].netns,
+                          "--interface", "eth0=192.0.2.1/24",
+                          "--interface", "eth1=198.51.100.1/24,subflow",
+                          "--to", f"{SERVER[0]}:{PORT}", "--mode", "source",
+                          "--bytes", str(2 * BLOCK)])  # fmt: skip
+    try:
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        received = bytearray(conn.recv(1 << 16))
+        wait_until(lambda: any(sf.is_join and sf.fully_established for sf in kernel.subflows()),
+                   10, "our join")  # fmt: skip
+        with kernel.counters_delta() as moved:
+            answer = stack.command(json.dumps({"cmd": "set_backup", "address": "198.51.100.1",
+                                               "backup": True}))  # fmt: skip
+            assert answer["ok"] and answer["subflows"] == 1, answer
+            wait_until(lambda: kernel.counters().get("MPPrioRx", 0) >= 1, 5, "MPPrioRx")
+        while chunk := conn.recv(1 << 16):
+            received += chunk
+        conn.close()
+        report = stack.event("connection", 30)
+        assert stack.process.wait(30) == 0
+    finally:
+        stack.stop()
+        listener.close()
+        kernel.close()
+    assert moved["MPPrioRx"] == 1
+    assert bytes(received) == stream_chunk(0) + stream_chunk(1)
+    assert report["sha256_sent"] == stream_sha256(2 * BLOCK) and not report["error"]
+
+
 @pytest.mark.parametrize(
     ("line", "error"),
     [
