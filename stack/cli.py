@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
             '{"cmd": "set_backup", "address": A, "backup": true|false} (MP_PRIO on every '
             'subflow from A), {"cmd": "remove_endpoint", "address": A} (REMOVE_ADDR, its '
             'subflows reset), {"cmd": "add_endpoint", "address": A, "flags": [...], '
-            '"id": N, "port": P} (A must be an --interface address that is no endpoint)',
+            '"id": N, "port": P} (A: an --interface address without endpoint flags)',
         )  # fmt: skip
         p.add_argument(
             "--v0-policy", choices=("fallback", "retry-v0"), default="fallback",

@@ -8,8 +8,9 @@ One JSON object per line on stdin, each answered by exactly one line on stdout, 
     {"cmd": "remove_endpoint", "address": A}             # REMOVE_ADDR, A's subflows reset
     {"cmd": "add_endpoint", "address": A, "flags": ["signal"], "id": N, "port": P}
 
-`add_endpoint` takes one of the stack's `--interface` addresses that is no endpoint now
-(e.g. one removed before); `id` defaults to the lowest free one. A bad line never stops
+`add_endpoint` takes one of the stack's `--interface` addresses that has no endpoint
+flags now (given without any, or removed before); `id` defaults to the ID the address
+has, else the lowest free one. A bad line never stops
 the process: it gets an answer naming the problem. End of input ends the channel only.
 """
 
@@ -99,7 +100,7 @@ def _add_endpoint(stack: Stack, command: dict[str, Any]) -> Answer:
     port = _field(command, "port", int, "1..65535") if "port" in command else None
     ip = ipaddress.ip_address(address)
     ifname = next((c.ifname for c in stack.host.routing.interfaces if c.address.ip == ip), "")
-    endpoint = Endpoint(address_id if address_id is not None else stack.paths.free_id(), ip,
+    endpoint = Endpoint(address_id if address_id is not None else stack.paths.free_id(ip), ip,
                         ifname, port=port, **{f: True for f in flags})  # fmt: skip
     stack.add_endpoint(endpoint)
     return {"address": address, "id": endpoint.id, "flags": sorted(endpoint.flags),

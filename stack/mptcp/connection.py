@@ -925,9 +925,10 @@ class MptcpConnection:
                           if getattr(a, "address_id", None) != address_id]  # fmt: skip
         self._announce.append(RemoveAddr((address_id,)))
         self._count("RmAddrTx")
-        for sf in self.subflows:
+        for sf in list(self.subflows):
             if not sf.initial and not sf.gone and sf.local[0] == address:
                 self._reset_subflow(sf, MPTCP_RST_EUNSPEC, "local address removed")
+                self._after(sf, now)  # gone now: its data reinjected, not at the next timer
         usable = [sf for sf in self.subflows if sf.usable]
         if usable:
             send_ack_now(usable[0].tcp, now)

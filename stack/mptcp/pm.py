@@ -244,16 +244,27 @@ class PathManager:
         return self.route_source(address) if self.route_source is not None else None
 
     def add(self, endpoint: Endpoint) -> None:
-        """A new endpoint (as `ip mptcp endpoint add`); IDs and addresses stay unique."""
+        """A new endpoint (as `ip mptcp endpoint add`); IDs and addresses stay unique. An
+        address whose endpoint has no flags (only an ID for joins to it) takes the new one."""
+        plain = [e for e in self.endpoints
+                 if e.address == endpoint.address and not e.flags and e.port is None]  # fmt: skip
         for other in self.endpoints:
+            if other in plain:
+                continue
             if other.address == endpoint.address:
                 raise PathManagerError(f"{endpoint.address} is already endpoint ID {other.id}")
             if other.id == endpoint.id:
                 raise PathManagerError(f"address ID {endpoint.id} is taken by {other.address}")
+        for other in plain:
+            self.endpoints.remove(other)
         self.endpoints.append(endpoint)
 
-    def free_id(self) -> int:
-        """The lowest address ID no endpoint uses (the kernel picks one the same way)."""
+    def free_id(self, address: IPAddress | None = None) -> int:
+        """The ID a new endpoint for `address` gets: the one its flagless endpoint has,
+        else the lowest address ID no endpoint uses (the kernel picks one the same way)."""
+        for endpoint in self.endpoints:
+            if endpoint.address == address and not endpoint.flags and endpoint.port is None:
+                return endpoint.id
         used = {e.id for e in self.endpoints}
         for candidate in range(1, 256):
             if candidate not in used:

@@ -31,7 +31,7 @@ def test_an_endpoint_added_before_establishment_waits_for_it() -> None:
 
 
 def test_added_endpoints_keep_ids_and_addresses_unique() -> None:
-    pm = PathManager([Endpoint(1, CLIENT0)])
+    pm = PathManager([Endpoint(1, CLIENT0, subflow=True)])
     with pytest.raises(PathManagerError, match=r"192\.0\.2\.1 is already endpoint ID 1"):
         pm.add(Endpoint(2, CLIENT0))
     with pytest.raises(PathManagerError, match=r"address ID 1 is taken by 192\.0\.2\.1"):
@@ -73,3 +73,13 @@ def _add_addr_send_times(timeout: float | None) -> list[float]:
 )
 def test_add_addr_resend_schedule(timeout: float | None, times: list[float]) -> None:
     assert _add_addr_send_times(timeout) == pytest.approx(times)
+
+
+def test_an_address_without_flags_takes_a_new_endpoint_and_keeps_its_id() -> None:
+    pm = PathManager([Endpoint(1, CLIENT0), Endpoint(2, CLIENT1)])
+    assert pm.free_id(CLIENT1) == 2 and pm.free_id() == 3
+    signal = Endpoint(pm.free_id(CLIENT1), CLIENT1, signal=True)
+    pm.add(signal)
+    assert pm.endpoint_for(CLIENT1) == signal and len(pm.endpoints) == 2
+    with pytest.raises(PathManagerError, match="already endpoint ID 2"):
+        pm.add(Endpoint(5, CLIENT1, subflow=True))  # it has flags now

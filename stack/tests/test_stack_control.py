@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 import topologies
+from stack.api import Stack
+from stack.cli import endpoints_of, parse_interface
 from testbed import Topology
 from testbed.apps import BLOCK, make_socket, stream_chunk, stream_sha256
 from testbed.mptcp import KernelMptcp
@@ -207,6 +209,59 @@ def test_add_endpoint_announces_again_after_a_removal(topology: Callable[..., To
     assert moved["AddAddr"] == 2 and moved["RmAddr"] == 1
 
 
+def test_add_endpoint_gives_an_address_without_flags_signal(
+    topology: Callable[..., Topology],
+) -> None:
+    with served(topology, "") as (topo, stack, kernel), kernel.counters_delta() as moved:
+        sock = kernel_client(topo)
+        answer = stack.command(json.dumps({"cmd": "add_endpoint", "address": SERVER[1],
+                                           "flags": ["signal"]}))  # fmt: skip
+        assert answer["ok"] and answer["id"] == 2  # the ID eth1 had
+        wait_until(lambda: joined(kernel, SERVER[1]), 10, "the kernel's join to eth1")
+        finish(sock, stack, 2 * BLOCK)
+    assert moved["AddAddr"] == 1
+
+
+def test_connect_takes_commands_too(topology: Callable[..., Topology]) -> None:
+    """`connect --control stdin`: the stack's subflow endpoint joins the kernel, and a
+    backup flip sends MP_PRIO on that subflow (the kernel's MPPrioRx); the upload is
+    intact."""
+    topo = topology(topologies.dual_homed(bare=("client",)))
+    kernel = KernelMptcp(topo.hosts["server"].ns)
+    listener = make_socket(topo.hosts["server"].ns, SERVER[0], "mptcp")
+    listener.bind(("0.0.0.0", PORT))
+    listener.listen(4)
+    stack = StackProcess(["connect", "--netns", topo.hosts["client"].netns,
+                          "--interface", "eth0=192.0.2.1/24",
+                          "--interface", "eth1=198.51.100.1/24,subflow",
+                          "--to", f"{SERVER[0]}:{PORT}", "--mode", "source",
+                          "--bytes", str(2 * BLOCK)])  # fmt: skip
+    try:
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        received = bytearray(conn.recv(1 << 16))
+        wait_until(lambda: any(sf.is_join and sf.fully_established for sf in kernel.subflows()),
+                   10, "our join")  # fmt: skip
+        with kernel.counters_delta() as moved:
+            answer = stack.command(json.dumps({"cmd": "set_backup", "address": "198.51.100.1",
+                                               "backup": True}))  # fmt: skip
+            assert answer["ok"] and answer["subflows"] == 1, answer
+            wait_until(lambda: kernel.counters().get("MPPrioRx", 0) >= 1, 5, "MPPrioRx")
+        while chunk := conn.recv(1 << 16):
+            received += chunk
+        conn.close()
+        report = stack.event("connection", 30)
+        assert stack.process.wait(30) == 0
+    finally:
+        stack.stop()
+        listener.close()
+        kernel.close()
+    assert moved["MPPrioRx"] == 1
+    assert bytes(received) == stream_chunk(0) + stream_chunk(1)
+    assert report["sha256_sent"] == stream_sha256(2 * BLOCK) and not report["error"]
+
+
 @pytest.mark.parametrize(
     ("line", "error"),
     [
@@ -234,3 +289,36 @@ def test_bad_commands_are_answered_with_what_is_wrong_and_serving_goes_on(
         # still serving, still taking commands
         sock = kernel_client(topo)
         finish(sock, stack, 2 * BLOCK)
+
+
+def test_removed_endpoints_subflows_are_gone_when_the_call_returns(
+    topology: Callable[..., Topology],
+) -> None:
+    """In process: once `Stack.remove_endpoint` returns (what the control answer
+    waits for), the subflow from the address is failed and its data handed back to the
+    connection, not left for the next timer."""
+    topo = topology(topologies.dual_homed(bare=("server",)))
+    specs = [
+        parse_interface(f"eth0={SERVER[0]}/24"),
+        parse_interface(f"eth1={SERVER[1]}/24,signal"),
+    ]
+    with KernelMptcp(topo.hosts["client"].ns) as kernel, Stack(
+        [s.config for s in specs], netns=topo.hosts["server"].netns, endpoints=endpoints_of(specs)
+    ) as stack:  # fmt: skip
+        kernel.set_limits(subflows=2, add_addr_accepted=2)
+        server = stack.listen(PORT)
+        client = kernel_client(topo, kernel)
+        sock = server.accept(10)
+        received = bytearray()
+        while len(received) < BLOCK:  # all of the first MiB: the connection is idle
+            received += sock.recv()
+        stack.remove_endpoint(SERVER[1])
+        [second] = [sf for sf in sock.info()["subflows"] if not sf["initial"]]
+        assert second["state"] == "failed" and second["error"] == "local address removed"
+        client.sendall(stream_chunk(1))
+        client.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv():
+            received += chunk
+        assert received == stream_chunk(0) + stream_chunk(1)
+        sock.close()
+        client.close()
