@@ -30,6 +30,7 @@ from stack.tcp.events import (
     SendSpaceAvailable,
     TcpState,
 )
+from stack.tcp.hystart import SlowStartExit
 from stack.tcp.isn import initial_sequence_number, timestamp_offset
 from stack.tcp.reassembly import ReceiveBuffer
 from stack.tcp.rto import RtoEstimator
@@ -78,6 +79,7 @@ class TcpConfig:
     syn_retries: int = 6  # like tcp_syn_retries
     time_wait: float = 60.0  # 2*MSL
     initial_cwnd: int = 10  # segments (RFC 6928)
+    hystart: bool = True  # end slow start when the RTT grows (RFC 9406), not at a loss
     nodelay: bool = True  # False turns Nagle on (RFC 896)
     challenge_ack_limit: int = 10  # per second, per connection (RFC 5961 §7)
     option_reserve: int = 0  # bytes of every segment kept for extra options (MPTCP DSS)
@@ -160,6 +162,7 @@ class TcpConnection:
         self.rto = RtoEstimator(initial=cfg.initial_rto, min_rto=cfg.min_rto, max_rto=cfg.max_rto)
         self.cc = cfg.congestion(self.snd_mss, cfg.initial_cwnd)
         self.scoreboard = Scoreboard()
+        self.hystart = SlowStartExit() if cfg.hystart else None
         self.retries = 0
         self.dupacks = 0
         self.in_recovery = False
@@ -709,11 +712,22 @@ class TcpConnection:
 
     def _on_new_ack(self, seg: Segment, ack: int, acked: int, now: float) -> None:
         ts = seg.timestamp if self.ts_enabled else None
+        rtt: float | None = None
         if ts is not None and ts[1]:
-            self.rto.sample(((self._tsval(now) - ts[1]) & SEQ_MASK) / 1000.0)
+            rtt = ((self._tsval(now) - ts[1]) & SEQ_MASK) / 1000.0
         elif self._rtt_seq is not None and ack >= self._rtt_seq:
-            self.rto.sample(now - self._rtt_time)
+            rtt = now - self._rtt_time
             self._rtt_seq = None
+        if rtt is not None:
+            self.rto.sample(rtt)
+            cc = self.cc
+            if (
+                self.hystart is not None
+                and cc.cwnd < cc.ssthresh
+                and not self.in_recovery
+                and self.hystart.on_rtt(rtt, ack, self.snd_max, cc.cwnd // self.payload_mss)
+            ):
+                cc.ssthresh = cc.cwnd  # the queue grows: congestion avoidance from here
         self.rto.reset_backoff()
         self.retries = 0
         data_end = 1 + self.sendbuf.end
