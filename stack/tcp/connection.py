@@ -164,6 +164,7 @@ class TcpConnection:
         self.scoreboard = Scoreboard()
         self.hystart = SlowStartExit() if cfg.hystart else None
         self.retries = 0
+        self.rcv_tstamp = now  # when the last acceptable ACK arrived: the path's liveness
         self.dupacks = 0
         self.in_recovery = False
         self.recover = 0
@@ -634,6 +635,7 @@ class TcpConnection:
         if ack < self.snd_una - max(self.max_snd_wnd, 1):
             self._challenge_ack(now)
             return
+        self.rcv_tstamp = now  # an acceptable ACK arrived (Linux's tp->rcv_tstamp)
         if self.option_observer is not None:
             self.option_observer(seg, seq)
         self._process_ack(seg, seq, ack, plen, now)
