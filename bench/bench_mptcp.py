@@ -29,9 +29,13 @@ kernel addresses on both hosts, and the runs alternate so machine noise hits all
    Once the backup subflow is up and data has flowed for 1 s, path1 is cut (`--cut`:
    nftables blackhole, interfaces up; or both veth ends down). Measured at the receiver:
    * backup: from the cut (the moment the testbed's call returned, the cut in force) to
-     the first poll (every ms) of the receiver's subflows (kernel: sock_diag
-     tcpi_bytes_received; stack: `info()`) that shows the backup subflow's received bytes
-     grown: the first new byte delivered over the backup. Goal: ours <= the kernel's.
+     the first new byte delivered over the backup. A kernel receiver is watched by a
+     process of its own in its namespace (this module's hidden `_watch` command), which
+     polls sock_diag every ~0.5 ms; when tcpi_bytes_received of the backup subflow has
+     grown, the arrival time is the poll's less tcpi_last_data_recv (the kernel's clock,
+     jiffies: 4 ms at HZ=250), so neither the in-process stack nor a busy machine delays
+     the reading. A stack receiver is polled through `info()` every ms. Goal: ours <= the
+     kernel's.
    * app: from the cut to the end of the longest pause of the receiving application
      (its reads are time-stamped; the pause is the hole left by data lost on path1 until
      it is resent): when delivery to the application resumed.

@@ -114,6 +114,12 @@ def _expand(value: int, reference: int, wide: bool) -> int:
     return candidate
 
 
+def _pending(tcp: TcpConnection) -> float | None:
+    """When the subflow's next retransmission timer fires (the kernel's icsk_timeout)."""
+    times = [t for t in (tcp.probe_deadline, tcp.rto_deadline) if t is not None]
+    return min(times) if times else None
+
+
 def send_ack_now(tcp: TcpConnection, now: float) -> None:
     """Make the subflow send a pure ACK now (it carries whatever options are owed)."""
     tcp._ack_now = True
@@ -703,12 +709,13 @@ class MptcpConnection:
 
     def _data_rto(self, now: float) -> float:
         """The data-level retransmission interval, as Linux's msk timer: until the latest
-        pending RTO of a subflow that is still making progress (no stale count), else
-        the minimum RTO; doubled per data-level retransmission without a DATA_ACK."""
+        pending retransmission timer (tail loss probe or RTO) of a subflow still making
+        progress (no stale count), else the minimum RTO; doubled per data-level
+        retransmission without a DATA_ACK."""
         waits = [
             deadline - now
             for sf in self.subflows
-            if sf.usable and sf.stale_count == 0 and (deadline := sf.tcp.rto_deadline) is not None
+            if sf.usable and sf.stale_count == 0 and (deadline := _pending(sf.tcp)) is not None
         ]
         base = max(waits, default=0.0)
         if base <= 0:
@@ -812,6 +819,7 @@ class MptcpConnection:
                     # option-less ACKs are no proof: Linux sends some, e.g. window updates.)
                     self._fall_back(sf, f"data acknowledged without DATA_ACK: {sf.last_plain}")
                 sf.sendmap.acknowledged(event.snd_una)
+                sf.stale_count = 0  # progress: its timers time the data level again
                 if self.fallback and self.sendq is not None:
                     self.sendq.acknowledge((event.snd_una + self._fb_offset) % DSN_MOD)
             elif isinstance(event, PeerFinished):
@@ -1191,6 +1199,7 @@ class MptcpConnection:
             tcp = sf.tcp
             tcp.state = TcpState.CLOSED
             tcp.rto_deadline = tcp.delack_deadline = tcp.persist_deadline = None
+            tcp.probe_deadline = None
             tcp.poll_segments()
             sf.gone = True
             sf.phase = Phase.FAILED

@@ -111,16 +111,17 @@ class Subflow:
 
     def note_retransmit_interval(self) -> None:
         """A data-level retransmission interval found data outstanding here: count it
-        (the kernel's mptcp_pm_subflow_chk_stale). Anything received since the count
-        started resets it."""
+        (the kernel's mptcp_pm_subflow_chk_stale). The count is the number of intervals
+        since the receive time it recorded; anything received since starts it again
+        from this interval (the kernel restarts at 0 and records at the next one, which
+        costs a whole interval more when a late ACK came just before a path died). Data
+        acknowledged on the subflow clears it (`MptcpConnection._after`)."""
         stamp = self.tcp.rcv_tstamp
-        if self.stale_count == 0:
-            self.stale_rcv_tstamp = stamp
-            self.stale_count = 1
-        elif stamp == self.stale_rcv_tstamp:
+        if self.stale_count and stamp == self.stale_rcv_tstamp:
             self.stale_count += 1
         else:
-            self.stale_count = 0
+            self.stale_rcv_tstamp = stamp
+            self.stale_count = 1
             self.stale_marked = False
 
     @property
