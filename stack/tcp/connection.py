@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stack.tcp.congestion import CongestionController, NewReno
+from stack.tcp.congestion import INITIAL_SSTHRESH, CongestionController, NewReno
 from stack.tcp.events import (
     Closed,
     CloseReason,
@@ -779,6 +779,7 @@ class TcpConnection:
             cc = self.cc
             if (
                 self.hystart is not None
+                and cc.ssthresh >= INITIAL_SSTHRESH  # the initial slow start only (§4.3)
                 and cc.cwnd < cc.ssthresh
                 and not self.in_recovery
                 and self.hystart.on_rtt(rtt, ack, self.snd_max, cc.cwnd // self.payload_mss)

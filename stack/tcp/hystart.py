@@ -13,7 +13,9 @@ queue that the round built. As RFC 9406 (and Linux CUBIC's HyStart) does, each r
 (clamped to 4..16 ms), slow start ends: ssthresh becomes cwnd, and congestion
 avoidance takes over without a loss. Unlike RFC 9406 there is no conservative slow
 start phase after detection (as Linux): the connection goes straight to congestion
-avoidance.
+avoidance. As RFC 9406 §4.3 says, only the initial slow start is watched: after a loss
+the slow start up to the new ssthresh is the standard one (a CPU-starved peer's RTT
+noise cut it short, and LIA's increase then took seconds to refill the window).
 """
 
 from __future__ import annotations

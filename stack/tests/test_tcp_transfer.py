@@ -206,3 +206,21 @@ def test_slow_start_ends_on_delay_before_the_bottleneck_queue_overflows(hystart)
     else:
         assert t.a.hystart is None
         assert t.a.stats.RetransSegs > 0
+
+
+def test_hystart_watches_only_the_initial_slow_start():
+    # RFC 9406 §4.3: once a loss has set ssthresh, slow start up to it is the standard
+    # one; the delay that the queue builds on the way does not end it early
+    queue = 512 * 1024
+    a, b, sim = connection_pair(FAST, FAST, a_to_b=PathConfig(rate=12.5e6, queue_bytes=queue),
+                                b_to_a=PathConfig(), seed=3)  # fmt: skip
+    data = _payload(4_000_000, 3)
+    app_a, app_b = StreamApp(a, data), StreamApp(lambda: b.connection, b"")
+    sim.hooks += [app_a, app_b]
+    after_loss = 300 * 1448  # below queue + bandwidth-delay: no loss on the way up
+    a.cc.ssthresh = after_loss
+    a.connect(0.0)
+    sim.run(until=3000.0)
+    assert digest(app_b.received) == digest(data)
+    assert a.hystart is not None and a.hystart.exits == 0
+    assert a.stats.RetransSegs == 0 and a.cc.ssthresh == after_loss
