@@ -29,9 +29,13 @@ kernel addresses on both hosts, and the runs alternate so machine noise hits all
    Once the backup subflow is up and data has flowed for 1 s, path1 is cut (`--cut`:
    nftables blackhole, interfaces up; or both veth ends down). Measured at the receiver:
    * backup: from the cut (the moment the testbed's call returned, the cut in force) to
-     the first poll (every ms) of the receiver's subflows (kernel: sock_diag
-     tcpi_bytes_received; stack: `info()`) that shows the backup subflow's received bytes
-     grown: the first new byte delivered over the backup. Goal: ours <= the kernel's.
+     the first new byte delivered over the backup. A kernel receiver is watched by a
+     process of its own in its namespace (this module's hidden `_watch` command), which
+     polls sock_diag every ~0.5 ms; when tcpi_bytes_received of the backup subflow has
+     grown, the arrival time is the poll's less tcpi_last_data_recv (the kernel's clock,
+     jiffies: 4 ms at HZ=250), so neither the in-process stack nor a busy machine delays
+     the reading. A stack receiver is polled through `info()` every ms. Goal: ours <= the
+     kernel's.
    * app: from the cut to the end of the longest pause of the receiving application
      (its reads are time-stamped; the pause is the hole left by data lost on path1 until
      it is resent): when delivery to the application resumed.
@@ -71,6 +75,7 @@ from testbed import build
 from testbed.apps import BLOCK, stream_chunk, stream_sha256
 from testbed.build import Topology
 from testbed.mptcp import IPPROTO_MPTCP, KernelMptcp
+from testbed.netns import Namespace
 from testbed.process import Background, spawn
 from testbed.spec import LinkProps
 
@@ -207,6 +212,35 @@ def _peer_main(argv: list[str]) -> int:
         say({"event": "done", "error": f"{args.impl} {args.role}: {error}"})
         return 1
     return 0
+
+
+def _watch_main(argv: list[str]) -> int:
+    """`_watch --port P`: in a kernel receiver's namespace, poll its subflows of the
+    connection to port P every ~0.5 ms and print one JSON line whenever the bytes
+    received on the backup path change (the primary's: at most every 10 ms). A process
+    of its own, so the polling never waits for the in-process stack's interpreter (the
+    GIL)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_mptcp _watch")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    here = Namespace("self", os.open("/proc/self/ns/net", os.O_RDONLY))
+    last = None
+    with KernelMptcp(here) as kernel:
+        while True:
+            found = [s for s in kernel.subflows() if s.local_port == args.port]
+            now = time.monotonic()
+            backups = [s for s in found if _on_backup_net(str(s.local_address))]
+            backup = sum(s.bytes_received for s in backups)
+            primary = sum(s.bytes_received for s in found) - backup
+            # every change of the backup's bytes; the primary's at most every 10 ms
+            if last is None or backup != last[0] or (primary != last[1] and now > last[2] + 0.01):
+                last = (backup, primary, now)
+                # when the backup's latest data arrived, by the kernel's clock (jiffies):
+                # free of this poll's own scheduling delay on a busy machine
+                since = min((s.last_data_recv_ms for s in backups), default=0) / 1e3
+                print(json.dumps({"t": now, "arrived": now - since, "backup": backup,
+                                  "primary": primary}), flush=True)  # fmt: skip
+            time.sleep(0.0005)
 
 
 def _spawn_peer(topo: Topology, host: str, *args: str) -> Background:
@@ -634,8 +668,43 @@ def _split(outcome: Outcome) -> str:
 # ---------------------------------------------------------------- 3: failover
 
 
+def _on_backup_net(address: str) -> bool:
+    return ipaddress.ip_address(address) in ipaddress.ip_network("198.51.100.0/24")
+
+
 def _is_backup(view: SubflowView) -> bool:
-    return ipaddress.ip_address(view.local) in ipaddress.ip_network("198.51.100.0/24")
+    return _on_backup_net(view.local)
+
+
+def _records(watcher: Background) -> list[dict[str, float]]:
+    return [json.loads(line) for line in watcher.stdout.splitlines() if line.startswith("{")]
+
+
+def _watch_records(watcher: Background, t_cut: float) -> dict[str, Any]:
+    """The kernel receiver's records around the cut: the first one that shows the
+    backup's received bytes grown (or None within FAILOVER_DEADLINE)."""
+    deadline = t_cut + FAILOVER_DEADLINE
+    while True:
+        records = _records(watcher)
+        before = [r for r in records if r["t"] <= t_cut] or records[:1]
+        if not before:
+            raise TransferFailed("the subflow watcher printed nothing")
+        base = before[-1]
+        after = [r for r in records if r["t"] > t_cut]
+        grown = next((r for r in after if r["backup"] > base["backup"]), None)
+        if grown is not None or time.monotonic() > deadline or not watcher.running:
+            break
+        time.sleep(0.005)
+    moved = [r for r in after if r["primary"] > base["primary"]]
+    # the kernel's arrival time, not before the last poll that saw nothing yet
+    t_backup = None
+    if grown is not None:
+        seen_before = [r["t"] for r in records if r["t"] < grown["t"]]
+        t_backup = max([grown["arrived"], *seen_before[-1:]])
+    return {"t_backup": t_backup,
+            "backup_bytes_before_cut": base["backup"], "primary_bytes_at_cut": base["primary"],
+            "primary_bytes_after_cut": (moved[-1]["primary"] - base["primary"]) if moved else 0,
+            "primary_last_after_cut_s": (moved[-1]["t"] - t_cut) if moved else 0.0}  # fmt: skip
 
 
 def failover_watch(cut: Callable[[bool], None]) -> Callable[[Live], dict[str, Any]]:
@@ -655,7 +724,22 @@ def failover_watch(cut: Callable[[bool], None]) -> Callable[[Live], dict[str, An
                 raise TransferFailed(f"{live.sender.impl} -> {receiver.impl}: no backup "
                                      f"subflow at the receiver within 20 s: {views}")  # fmt: skip
             time.sleep(0.01)
+        watcher = None
+        if receiver.impl == "kernel":
+            watcher = spawn(live.topo.hosts[receiver.host].ns,
+                            [sys.executable, "-m", "bench.bench_mptcp", "_watch",
+                             "--port", str(live.port)], cwd=str(ROOT))  # fmt: skip
+            watcher.wait_for_line('"t"', timeout=20)
         time.sleep(max(0.0, live.t_connected + WARMUP - time.monotonic()))
+        if watcher is not None:
+            try:
+                called = time.monotonic()
+                cut(True)
+                t_cut = time.monotonic()
+                return {"t_cut": t_cut, "cut_call_s": t_cut - called,
+                        **_watch_records(watcher, t_cut)}  # fmt: skip
+            finally:
+                watcher.terminate()
         views = live.subflows(receiver)
         backup_at_cut = sum(v.received for v in views if _is_backup(v))
         primary_at_cut = sum(v.received for v in views if not _is_backup(v))
@@ -894,6 +978,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_peer"]:
         return _peer_main(argv[1:])
+    if argv[:1] == ["_watch"]:
+        return _watch_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.bench_mptcp",
                                      description=__doc__.splitlines()[0])  # fmt: skip
     parser.add_argument("--bytes", type=int, default=100_000_000, help="goodput transfers")

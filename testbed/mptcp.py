@@ -134,6 +134,7 @@ class Subflow:
     bytes_received: int
     bytes_sent: int
     rtt_us: int
+    last_data_recv_ms: int = 0  # since data last arrived (tcpi_last_data_recv, jiffies)
 
     @property
     def state_name(self) -> str:
@@ -490,8 +491,8 @@ _MPTCP_INFO = (
     ("bytes_received", 64, "Q"), ("bytes_acked", 72, "Q"), ("subflows_total", 80, "B"),
 )  # fmt: skip
 # struct tcp_info (include/uapi/linux/tcp.h): the few fields reported per subflow
-_TCP_INFO = (("rtt_us", 68, "I"), ("bytes_acked", 120, "Q"), ("bytes_received", 128, "Q"),
-             ("bytes_sent", 200, "Q"))  # fmt: skip
+_TCP_INFO = (("last_data_recv", 52, "I"), ("rtt_us", 68, "I"), ("bytes_acked", 120, "Q"),
+             ("bytes_received", 128, "Q"), ("bytes_sent", 200, "Q"))  # fmt: skip
 # MPTCP_SUBFLOW_ATTR_* inside INET_ULP_INFO_MPTCP
 _SUBFLOW_ATTRS = {1: ("token_remote", "I"), 2: ("token_local", "I"), 8: ("flags", "I"),
                   9: ("id_remote", "B"), 10: ("id_local", "B")}  # fmt: skip
@@ -597,4 +598,5 @@ def _subflow(header: _DiagHeader, attrs: dict[int, bytes]) -> Subflow | None:
         bytes_received=info["bytes_received"],
         bytes_sent=info["bytes_sent"],
         rtt_us=info["rtt_us"],
+        last_data_recv_ms=info["last_data_recv"],
     )

@@ -49,7 +49,7 @@ from stack.mptcp.reassembly import DSN_MOD, HALF, DataReassembly
 from stack.mptcp.sched import make_scheduler
 from stack.mptcp.sendmap import MAX_MAPPING
 from stack.mptcp.sendqueue import DataSendQueue
-from stack.mptcp.subflow import Address, Phase, Subflow
+from stack.mptcp.subflow import STALE_LOSS_CNT, Address, Phase, Subflow
 from stack.mptcp.token import TokenTable
 from stack.route import IPAddress
 from stack.tcp.congestion import NewReno
@@ -81,6 +81,7 @@ JOIN_ACK_RETRIES = 5  # third-ACK retransmissions before the join is given up
 DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
 ADD_ADDR_RTO = 1.0  # first retransmission of an unechoed ADD_ADDR; doubles each time
 ADD_ADDR_RETRIES = 3  # as the kernel's ADD_ADDR_RETRANS_MAX
+STALE_NEVER = 1 << 30  # no subflow holds data: nothing counts against a backup
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,12 @@ def _expand(value: int, reference: int, wide: bool) -> int:
     elif delta < HALF and delta > 1 << 31:
         candidate = (candidate - (1 << 32)) % DSN_MOD
     return candidate
+
+
+def _pending(tcp: TcpConnection) -> float | None:
+    """When the subflow's next retransmission timer fires (the kernel's icsk_timeout)."""
+    times = [t for t in (tcp.probe_deadline, tcp.rto_deadline) if t is not None]
+    return min(times) if times else None
 
 
 def send_ack_now(tcp: TcpConnection, now: float) -> None:
@@ -684,14 +691,7 @@ class MptcpConnection:
                 break
             dsn, data = chunk
             for sf in chosen:
-                checksum = (
-                    dss_checksum(dsn, sf.sendmap.write_seq, len(data), data)
-                    if self.checksum
-                    else None
-                )
-                sf.sendmap.append(dsn, len(data), checksum)
-                sf.tcp.send(data, now)
-                sf.counters.bytes_sent += len(data)
+                self._send_chunk(sf, dsn, data, now)
         self._arm_data_rtx(now)
         if sendq.fin_requested and not sendq.has_work() and not sendq.fin_sent:
             ready = [s for s in self.subflows if s.usable]
@@ -702,34 +702,91 @@ class MptcpConnection:
                     send_ack_now(sf.tcp, now)
                 self._fin_deadline = now + DATA_FIN_RTO
 
-    def _data_rto(self) -> float:
-        rtos = [sf.tcp.rto.rto for sf in self.subflows if sf.usable]
-        base = max(rtos) if rtos else 1.0
-        return min(base * 2 * (1 << min(self._data_rtx_backoff, 5)), 30.0)
+    def _send_chunk(self, sf: Subflow, dsn: int, data: bytes, now: float) -> None:
+        """One mapping's worth of the stream onto `sf` (its TCP has room for it)."""
+        checksum = (
+            dss_checksum(dsn, sf.sendmap.write_seq, len(data), data) if self.checksum else None
+        )
+        sf.sendmap.append(dsn, len(data), checksum)
+        sf.tcp.send(data, now)
+        sf.counters.bytes_sent += len(data)
+
+    def _data_rto(self, now: float) -> float:
+        """The data-level retransmission interval, as Linux's msk timer: until the latest
+        pending retransmission timer (tail loss probe or RTO) of a subflow still making
+        progress (no stale count), else the minimum RTO; doubled per data-level
+        retransmission without a DATA_ACK."""
+        waits = [
+            deadline - now
+            for sf in self.subflows
+            if sf.usable and sf.stale_count == 0 and (deadline := _pending(sf.tcp)) is not None
+        ]
+        base = max(waits, default=0.0)
+        if base <= 0:
+            base = self.config.tcp.min_rto
+        return min(base * (1 << min(self._data_rtx_backoff, 5)), 30.0)
 
     def _arm_data_rtx(self, now: float) -> None:
         sendq = self.sendq
         if sendq is None or self.fallback or sendq.in_flight == 0:
             self._data_rtx_deadline = None
         elif self._data_rtx_deadline is None:
-            self._data_rtx_deadline = now + self._data_rto()
+            self._data_rtx_deadline = now + self._data_rto(now)
+
+    def _retransmit_target(self) -> Subflow | None:
+        """Where the oldest unacknowledged bytes go again (the kernel's
+        mptcp_subflow_get_retrans): an idle regular subflow; an idle backup only when
+        every subflow holding data has gone two intervals without receiving anything
+        (a lossy regular path that still answers keeps the backup unused). Subflows
+        holding data count the interval towards going stale."""
+        pick = backup = None
+        least_stale = STALE_NEVER
+        for sf in self.subflows:
+            if not sf.active:
+                continue
+            if sf.outstanding:
+                sf.note_retransmit_interval()
+                least_stale = min(least_stale, sf.stale_count)
+                self._mark_stale(sf)
+            elif sf.backup:
+                backup = backup or sf
+            else:
+                pick = pick or sf
+        if pick is not None:
+            return pick
+        return backup if least_stale > 1 else None
+
+    def _mark_stale(self, sf: Subflow) -> None:
+        """STALE_LOSS_CNT intervals without progress, and another subflow does better:
+        this one stops carrying data, and what it holds goes to the others (the
+        kernel's mptcp_pm_subflows_chk_stale)."""
+        if sf.stale_marked or sf.stale_count < STALE_LOSS_CNT:
+            return
+        if any(o is not sf and o.active and o.stale_count < STALE_LOSS_CNT
+               for o in self.subflows):  # fmt: skip
+            sf.stale_marked = True
+            self._check_stale(sf)
 
     def _retransmit_data(self, now: float) -> None:
-        """The DATA_ACK has not moved for a data-level RTO: send the oldest unacknowledged
-        bytes again, on whichever subflow the scheduler picks. A peer can hold a hole
-        otherwise (bytes its subflow acknowledged but its connection did not take)."""
+        """The DATA_ACK has not moved for a data-level interval: send the oldest
+        unacknowledged bytes again on the subflow `_retransmit_target` picks (the
+        kernel's __mptcp_retrans). A peer can hold a hole otherwise (bytes its subflow
+        acknowledged but its connection did not take), and a blackholed regular path
+        loses the bytes it holds until the backup carries them."""
         self._data_rtx_deadline = None
         sendq = self.sendq
         if sendq is None or self.fallback or sendq.in_flight == 0:
             return
-        if any(sf.tcp.snd_una < sf.tcp.snd_max for sf in self.subflows if sf.usable):
-            # a subflow still has the bytes in flight: its own RTO is on it
-            self._data_rtx_deadline = now + self._data_rto()
-            return
-        self._data_rtx_backoff += 1
-        self._count("MPTCPRetrans")
-        sendq.reinject(sendq.snd_una, min(sendq.in_flight, MAX_MAPPING))
-        self._data_rtx_deadline = now + self._data_rto()
+        target = self._retransmit_target()
+        if target is not None and target.tcp.send_space > 0:
+            room = min(sendq.in_flight, MAX_MAPPING, target.tcp.send_space)
+            sendq.reinject(sendq.snd_una, room)
+            chunk = sendq.take(room)
+            if chunk is not None:
+                self._data_rtx_backoff += 1
+                self._count("MPTCPRetrans")
+                self._send_chunk(target, chunk[0], chunk[1], now)
+        self._data_rtx_deadline = now + self._data_rto(now)
 
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""
@@ -766,6 +823,7 @@ class MptcpConnection:
                     # option-less ACKs are no proof: Linux sends some, e.g. window updates.)
                     self._fall_back(sf, f"data acknowledged without DATA_ACK: {sf.last_plain}")
                 sf.sendmap.acknowledged(event.snd_una)
+                sf.stale_count = 0  # progress: its timers time the data level again
                 if self.fallback and self.sendq is not None:
                     self.sendq.acknowledge((event.snd_una + self._fb_offset) % DSN_MOD)
             elif isinstance(event, PeerFinished):
@@ -1166,6 +1224,7 @@ class MptcpConnection:
             tcp = sf.tcp
             tcp.state = TcpState.CLOSED
             tcp.rto_deadline = tcp.delack_deadline = tcp.persist_deadline = None
+            tcp.probe_deadline = None
             tcp.poll_segments()
             sf.gone = True
             sf.phase = Phase.FAILED

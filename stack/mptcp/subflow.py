@@ -58,6 +58,11 @@ class Subflow:
     rst_reason: int | None = None  # MP_TCPRST reason to put on our RST, if we reset it
     prio_due: bool | None = None  # an MP_PRIO with this backup value is owed to the peer
     fourth_ack_due: bool = False  # join responder: acknowledge the third ACK at once
+    # the kernel's stale detection (net.mptcp.stale_loss_cnt): data-level retransmission
+    # intervals that found data outstanding here and nothing received meanwhile
+    stale_count: int = 0
+    stale_rcv_tstamp: float = 0.0  # the TCP's rcv_tstamp when stale_count started
+    stale_marked: bool = False  # STALE_LOSS_CNT intervals without progress, others usable
     stale_reinjected: bool = False  # its unacknowledged data was moved to other subflows
     gone: bool = False  # reset, timed out or closed: reported once
     counted: bool = False  # a join the peer completed: it holds a slot of the limit
@@ -76,13 +81,18 @@ class Subflow:
     # ---- the scheduler's view (stack.mptcp.sched.SchedulableSubflow)
 
     @property
-    def usable(self) -> bool:
+    def active(self) -> bool:
+        """Established and open for sending, stale or not (the kernel's
+        __mptcp_subflow_active)."""
         return (
             self.phase is Phase.ESTABLISHED
             and self.tcp.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
             and self.tcp.fin_seq is None
-            and not self.stale
         )
+
+    @property
+    def usable(self) -> bool:
+        return self.active and not self.stale
 
     @property
     def backup(self) -> bool:
@@ -90,8 +100,29 @@ class Subflow:
 
     @property
     def stale(self) -> bool:
-        """Retransmission timeouts without progress, like the kernel's stale_loss_cnt."""
-        return self.tcp.retries >= STALE_RETRIES
+        """Judged stale by the connection and nothing received since: one ACK makes it
+        usable again (as the kernel's mptcp_subflow_set_active on progress)."""
+        return self.stale_marked and self.tcp.rcv_tstamp == self.stale_rcv_tstamp
+
+    @property
+    def outstanding(self) -> bool:
+        """Data given to TCP and not acknowledged (tcp_rtx_and_write_queues_empty false)."""
+        return self.unacked > 0
+
+    def note_retransmit_interval(self) -> None:
+        """A data-level retransmission interval found data outstanding here: count it
+        (the kernel's mptcp_pm_subflow_chk_stale). The count is the number of intervals
+        since the receive time it recorded; anything received since starts it again
+        from this interval (the kernel restarts at 0 and records at the next one, which
+        costs a whole interval more when a late ACK came just before a path died). Data
+        acknowledged on the subflow clears it (`MptcpConnection._after`)."""
+        stamp = self.tcp.rcv_tstamp
+        if self.stale_count and stamp == self.stale_rcv_tstamp:
+            self.stale_count += 1
+        else:
+            self.stale_rcv_tstamp = stamp
+            self.stale_count = 1
+            self.stale_marked = False
 
     @property
     def srtt(self) -> float:
@@ -125,4 +156,6 @@ class Subflow:
         }
 
 
-STALE_RETRIES = 2  # RTO expiries in a row before a subflow stops being "usable"
+# data-level retransmission intervals without progress before a subflow stops being
+# usable (net.mptcp.stale_loss_cnt's default)
+STALE_LOSS_CNT = 4

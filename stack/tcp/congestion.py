@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+INITIAL_SSTHRESH = 1 << 30  # "arbitrarily high" (RFC 5681 §3.1): the initial slow start
+
 # (cwnd, acked bytes, mss) -> bytes to add to cwnd in congestion avoidance
 IncreaseRule = Callable[[int, int, int], float]
 
@@ -36,7 +38,7 @@ class NewReno:
         self.mss = mss
         self.initial_window = initial_window
         self.cwnd = initial_window * mss  # RFC 6928
-        self.ssthresh = 1 << 30  # "arbitrarily high" (RFC 5681 §3.1)
+        self.ssthresh = INITIAL_SSTHRESH
         self._ca_increase = ca_increase
         self._ca_credit = 0.0
 

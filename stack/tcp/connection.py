@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stack.tcp.congestion import CongestionController, NewReno
+from stack.tcp.congestion import INITIAL_SSTHRESH, CongestionController, NewReno
 from stack.tcp.events import (
     Closed,
     CloseReason,
@@ -30,6 +30,7 @@ from stack.tcp.events import (
     SendSpaceAvailable,
     TcpState,
 )
+from stack.tcp.hystart import SlowStartExit
 from stack.tcp.isn import initial_sequence_number, timestamp_offset
 from stack.tcp.reassembly import ReceiveBuffer
 from stack.tcp.rto import RtoEstimator
@@ -44,6 +45,8 @@ SegmentHook = Callable[[Segment, int], None]
 
 _DEFAULT_MSS = 536  # RFC 9293 §3.7.1 when the peer sends no MSS option (IPv4)
 _TS_LEN = 12  # timestamps option with its padding
+_WORST_DELAYED_ACK = 0.2  # RFC 8985 §7.2 WCDelAckT: one segment in flight may wait for it
+_MIN_PTO = 0.01  # seconds: no probe sooner than this (timer and scheduling noise)
 _SYNCHRONIZED_SEND = frozenset(
     {
         TcpState.ESTABLISHED,
@@ -78,6 +81,8 @@ class TcpConfig:
     syn_retries: int = 6  # like tcp_syn_retries
     time_wait: float = 60.0  # 2*MSL
     initial_cwnd: int = 10  # segments (RFC 6928)
+    hystart: bool = True  # end slow start when the RTT grows (RFC 9406), not at a loss
+    tail_loss_probe: bool = True  # a probe after 2 SRTT of silence (RFC 8985 §7)
     nodelay: bool = True  # False turns Nagle on (RFC 896)
     challenge_ack_limit: int = 10  # per second, per connection (RFC 5961 §7)
     option_reserve: int = 0  # bytes of every segment kept for extra options (MPTCP DSS)
@@ -109,6 +114,7 @@ class TcpStats:
     TCPPAWSDrop: int = 0
     TCPSACKSkipped: int = 0  # retransmissions avoided because the bytes were SACKed
     TCPWinProbe: int = 0
+    TCPLossProbes: int = 0
     DelayedACKs: int = 0
     OutOfWindowDrops: int = 0
 
@@ -160,7 +166,9 @@ class TcpConnection:
         self.rto = RtoEstimator(initial=cfg.initial_rto, min_rto=cfg.min_rto, max_rto=cfg.max_rto)
         self.cc = cfg.congestion(self.snd_mss, cfg.initial_cwnd)
         self.scoreboard = Scoreboard()
+        self.hystart = SlowStartExit() if cfg.hystart else None
         self.retries = 0
+        self.rcv_tstamp = now  # when the last acceptable ACK arrived: the path's liveness
         self.dupacks = 0
         self.in_recovery = False
         self.recover = 0
@@ -183,6 +191,9 @@ class TcpConnection:
         self._data_event = False
         # timers (absolute deadlines on the caller's clock)
         self.rto_deadline: float | None = None
+        self.probe_deadline: float | None = None  # tail loss probe (PTO), before the RTO
+        self._probe_sent = False  # one probe per flight: until an ACK makes progress
+        self._probe_rearm = False  # new data went out or an ACK came: schedule again
         self.delack_deadline: float | None = None
         self.persist_deadline: float | None = None
         self.timewait_deadline: float | None = None
@@ -389,6 +400,7 @@ class TcpConnection:
         best: float | None = None
         for t in (
             self.rto_deadline,
+            self.probe_deadline,
             self.delack_deadline,
             self.persist_deadline,
             self.timewait_deadline,
@@ -413,8 +425,11 @@ class TcpConnection:
             self._close(CloseReason.NORMAL)
             return
         if self.rto_deadline is not None and now >= self.rto_deadline:
-            self.rto_deadline = None
+            self.rto_deadline = self.probe_deadline = None
             self._on_rto(now)
+        if self.probe_deadline is not None and now >= self.probe_deadline:
+            self.probe_deadline = None
+            self._on_probe(now)
         if self.persist_deadline is not None and now >= self.persist_deadline:
             self.persist_deadline = None
             self._on_persist(now)
@@ -452,6 +467,49 @@ class TcpConnection:
         self.scoreboard.clear()
         self.snd_nxt = self.snd_una
         self._rtt_seq = None
+        self.rto_deadline = now + self.rto.rto
+
+    def _arm_probe(self, now: float) -> None:
+        """Schedule a tail loss probe (RFC 8985 §7.2): 2 SRTT after the last transmission
+        of new data or ACK, plus the worst-case delayed ACK when one segment is in
+        flight; only while open, not recovering, not backed off, and not after the RTO."""
+        self._probe_rearm = False
+        self.probe_deadline = None
+        srtt = self.rto.srtt
+        flight = self.snd_max - self.snd_una
+        if (
+            not self.config.tail_loss_probe
+            or srtt is None
+            or flight <= 0
+            or self._probe_sent
+            or self.in_recovery
+            or self.retries
+            or not self.sack_enabled
+            or self.rto_deadline is None
+            or self.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
+        ):
+            return
+        pto = 2 * srtt + (_WORST_DELAYED_ACK if flight <= self.payload_mss else 0.0)
+        deadline = now + max(pto, _MIN_PTO)
+        if deadline < self.rto_deadline:
+            self.probe_deadline = deadline
+
+    def _on_probe(self, now: float) -> None:
+        """The tail loss probe (RFC 8985 §7.3): one new segment if there is one and the
+        peer's window takes it, else the last segment again; the ACK it draws reveals a
+        lost tail to SACK recovery without waiting for the RTO. Then the RTO is armed."""
+        if self.snd_una >= self.snd_max or self.in_recovery or self.retries:
+            return
+        self.stats.TCPLossProbes += 1
+        self._probe_sent = True
+        mss = self.payload_mss
+        data_end = 1 + self.sendbuf.end
+        nxt = self.snd_nxt
+        if nxt == self.snd_max and nxt < data_end and self.snd_una + self.snd_wnd - nxt >= mss:
+            self._send_data(nxt, mss, now)
+        else:
+            start = max(self.snd_una, self.snd_max - mss)
+            self._send_data(start, self.snd_max - start, now, retransmit=True)
         self.rto_deadline = now + self.rto.rto
 
     def _on_persist(self, now: float) -> None:
@@ -637,6 +695,7 @@ class TcpConnection:
         if ack < self.snd_una - max(self.max_snd_wnd, 1):
             self._challenge_ack(now)
             return
+        self.rcv_tstamp = now  # an acceptable ACK arrived (Linux's tp->rcv_tstamp)
         if self.option_observer is not None:
             self.option_observer(seg, seq)
         self._process_ack(seg, seq, ack, plen, now)
@@ -715,11 +774,23 @@ class TcpConnection:
 
     def _on_new_ack(self, seg: Segment, ack: int, acked: int, now: float) -> None:
         ts = seg.timestamp if self.ts_enabled else None
+        rtt: float | None = None
         if ts is not None and ts[1]:
-            self.rto.sample(((self._tsval(now) - ts[1]) & SEQ_MASK) / 1000.0)
+            rtt = ((self._tsval(now) - ts[1]) & SEQ_MASK) / 1000.0
         elif self._rtt_seq is not None and ack >= self._rtt_seq:
-            self.rto.sample(now - self._rtt_time)
+            rtt = now - self._rtt_time
             self._rtt_seq = None
+        if rtt is not None:
+            self.rto.sample(rtt)
+            cc = self.cc
+            if (
+                self.hystart is not None
+                and cc.ssthresh >= INITIAL_SSTHRESH  # the initial slow start only (§4.3)
+                and cc.cwnd < cc.ssthresh
+                and not self.in_recovery
+                and self.hystart.on_rtt(rtt, ack, self.snd_max, cc.cwnd // self.payload_mss)
+            ):
+                cc.ssthresh = cc.cwnd  # the queue grows: congestion avoidance from here
         self.rto.reset_backoff()
         self.retries = 0
         data_end = 1 + self.sendbuf.end
@@ -729,6 +800,8 @@ class TcpConnection:
             self.snd_nxt = ack
         self.scoreboard.advance(ack)
         self.dupacks = 0
+        self._probe_sent = False
+        self._probe_rearm = True
         if self.in_recovery:
             if ack >= self.recover:  # full ACK (RFC 6582 §3.2 step 3)
                 self.in_recovery = False
@@ -763,6 +836,7 @@ class TcpConnection:
             # fast retransmit (RFC 5681 §3.2, RFC 6582 §3.2 step 2; SACK as RFC 6675 IsLost)
             self.stats.TCPFastRetrans += 1
             self.in_recovery = True
+            self.probe_deadline = None  # recovery repairs the tail itself
             self.recover = self.snd_max
             self.cc.on_enter_recovery(self.flight_size)
             self._high_rxt = self.snd_una
@@ -821,11 +895,12 @@ class TcpConnection:
     def _enter_time_wait(self, now: float) -> None:
         self.state = TcpState.TIME_WAIT
         self.rto_deadline = self.persist_deadline = self.delack_deadline = None
+        self.probe_deadline = None
         self.timewait_deadline = now + self.config.time_wait
 
     def _close(self, reason: CloseReason) -> None:
         self.state = TcpState.CLOSED
-        self.rto_deadline = self.persist_deadline = None
+        self.rto_deadline = self.persist_deadline = self.probe_deadline = None
         self.delack_deadline = self.timewait_deadline = None
         self._events.append(Closed(reason))
 
@@ -913,6 +988,8 @@ class TcpConnection:
             self._rtt_seq, self._rtt_time = top, now  # time one segment per RTT (Karn)
         if retransmit:
             self._rtt_seq = None
+        elif top > self.snd_max:
+            self._probe_rearm = True  # new data: the probe timer starts again
         if not retransmit and top > self.snd_nxt:
             self.snd_nxt = top
         if top > self.snd_max:
@@ -1010,6 +1087,8 @@ class TcpConnection:
             if used <= 0:
                 break
             self.snd_nxt = max(self.snd_nxt, nxt + used)
+        if self._probe_rearm:
+            self._arm_probe(now)
         # 3. persist timer: data waiting, a closed window and nothing in flight to clock ACKs
         if (
             self.snd_wnd == 0

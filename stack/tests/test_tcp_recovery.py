@@ -178,3 +178,32 @@ def test_receiver_generates_sack_blocks_most_recent_first():
     assert (
         conn.receive(1000, 1.05) == b"a" * 100 + b"b" * 100 + b"c" * 100 + b"d" * 100 + b"e" * 100
     )
+
+
+def test_tail_loss_probe_resends_the_last_segment_after_two_srtt():
+    # RFC 8985 §7: a flight's tail is lost and no duplicate ACK comes; after PTO = 2 SRTT
+    # (20 ms here, not the 200 ms RTO) the last segment goes again, and the ACK it draws
+    # (with SACK) lets recovery repair the rest; one probe per flight, then the RTO
+    conn, peer = established(sack=True)
+    conn.send(b"x" * 5 * MSS, 1.0)
+    assert len(data_seqs(peer, conn.poll_segments())) == 5
+    assert conn.rto.srtt == 0.01 and conn.rto_deadline == 1.2
+    probe_at = conn.next_timer()
+    assert probe_at is not None and abs(probe_at - 1.02) < 1e-9
+    conn.handle_timer(probe_at)
+    [probe] = conn.poll_segments()
+    assert peer.seq_of(probe) == 1 + 4 * MSS and len(probe.payload) == MSS
+    assert conn.stats.TCPLossProbes == 1 and conn.retries == 0 and not conn.in_recovery
+    rto_at = conn.next_timer()
+    assert rto_at is not None and abs(rto_at - (probe_at + 0.2)) < 1e-9
+    # the probe's ACK: everything but the first segment arrived: SACK recovery resends it
+    block = ((conn.iss + 1 + MSS) & 0xFFFFFFFF, (conn.iss + 1 + 5 * MSS) & 0xFFFFFFFF)
+    answer = peer.send(ACK, probe_at + 0.01, seq=1, ack=1, sack_blocks=(block,))
+    assert data_seqs(peer, answer) == [1] and conn.in_recovery
+
+
+def test_no_tail_loss_probe_without_sack():
+    conn, _peer = established(sack=False)
+    conn.send(b"x" * 5 * MSS, 1.0)
+    conn.poll_segments()
+    assert conn.next_timer() == 1.2  # the RTO alone

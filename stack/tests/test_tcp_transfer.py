@@ -185,3 +185,42 @@ def test_no_ack_war_after_go_back_n():
     t = run_transfer(path, path, seed=1, size_ab=15929, size_ba=13033, config=cfg)
     _assert_complete(t)
     assert t.a.stats.OutOfWindowDrops < 20 and t.sim.now < 60
+
+
+@pytest.mark.parametrize("hystart", [True, False])
+def test_slow_start_ends_on_delay_before_the_bottleneck_queue_overflows(hystart):
+    # 4 MB windows over 100 Mbit/s with a 512 KB queue (40 ms of it): slow start alone
+    # doubles cwnd until the queue overflows and a window's worth of segments is lost;
+    # HyStart (RFC 9406 §4.2) sees each round's minimum RTT grow by the queue it built
+    # and moves to congestion avoidance first, without a loss
+    config = dataclasses.replace(FAST, hystart=hystart)
+    queue = 512 * 1024
+    t = run_transfer(PathConfig(rate=12.5e6, queue_bytes=queue), PathConfig(), seed=3,
+                     size_ab=4_000_000,
+                     size_ba=0, config=config)  # fmt: skip
+    _assert_complete(t)
+    if hystart:
+        assert t.a.hystart is not None and t.a.hystart.exits == 1
+        assert t.a.stats.RetransSegs == 0
+        assert t.a.cc.ssthresh < queue + 12.5e6 * 0.010  # queue + bandwidth-delay
+    else:
+        assert t.a.hystart is None
+        assert t.a.stats.RetransSegs > 0
+
+
+def test_hystart_watches_only_the_initial_slow_start():
+    # RFC 9406 §4.3: once a loss has set ssthresh, slow start up to it is the standard
+    # one; the delay that the queue builds on the way does not end it early
+    queue = 512 * 1024
+    a, b, sim = connection_pair(FAST, FAST, a_to_b=PathConfig(rate=12.5e6, queue_bytes=queue),
+                                b_to_a=PathConfig(), seed=3)  # fmt: skip
+    data = _payload(4_000_000, 3)
+    app_a, app_b = StreamApp(a, data), StreamApp(lambda: b.connection, b"")
+    sim.hooks += [app_a, app_b]
+    after_loss = 300 * 1448  # below queue + bandwidth-delay: no loss on the way up
+    a.cc.ssthresh = after_loss
+    a.connect(0.0)
+    sim.run(until=3000.0)
+    assert digest(app_b.received) == digest(data)
+    assert a.hystart is not None and a.hystart.exits == 0
+    assert a.stats.RetransSegs == 0 and a.cc.ssthresh == after_loss

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from stack.sim import PathConfig, StreamApp, connection_pair
 from stack.tcp import NewReno, TcpConfig, TcpState
+from stack.tcp.hystart import LOW_WINDOW, SlowStartExit
 from stack.tcp.isn import initial_sequence_number
 from stack.tcp.reassembly import ReceiveBuffer
 from stack.tcp.rto import RtoEstimator
@@ -138,3 +139,27 @@ def test_mptcp_hooks_see_every_segment_with_relative_sequence_numbers():
     assert seen[0] == (0, 0)  # the SYN, at relative 0
     assert {r for r, n in seen if n} <= {r for r, _ in sent}
     assert a.payload_mss == 1460 - 12 - 20  # room left for the MPTCP option
+
+
+def _round(detector, rtt, start, cwnd, samples=8):
+    """One round of slow start: `samples` ACKs with RTT `rtt`, from snd_una `start`."""
+    verdicts = [detector.on_rtt(rtt, start + i, start + 100, cwnd) for i in range(samples)]
+    return any(verdicts)
+
+
+def test_hystart_exits_when_a_round_min_rtt_grows_by_an_eighth_clamped_to_4ms():
+    steady = SlowStartExit()
+    assert not any(_round(steady, 0.010, 100 * r, 32) for r in range(1, 6))  # flat RTT
+    growing = SlowStartExit()
+    assert not _round(growing, 0.010, 100, 32)  # the first round only sets the base
+    assert not _round(growing, 0.0139, 200, 32)  # +3.9 ms < max(10/8 ms, 4 ms)
+    assert _round(growing, 0.0179, 300, 32)  # +4 ms over the last round's 13.9 ms
+    assert growing.exits == 1
+    assert not _round(growing, 0.0139, 400, 32, samples=7)  # too few samples
+
+
+def test_hystart_leaves_small_windows_alone():
+    detector = SlowStartExit()
+    _round(detector, 0.010, 100, LOW_WINDOW - 1)
+    assert not _round(detector, 0.100, 200, LOW_WINDOW - 1)
+    assert _round(detector, 0.200, 300, LOW_WINDOW)
