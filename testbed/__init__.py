@@ -1,14 +1,38 @@
-"""Multi-homed network namespace testbeds for MPTCP, built on pyroute2."""
+"""Multi-homed network namespace testbeds for MPTCP, built on pyroute2.
 
-from testbed.build import HostHandle, Interface, LinkHandle, Topology, build
-from testbed.errors import (
-    CommandFailed,
-    FeatureMissing,
-    KernelMptcpError,
-    NotRootError,
-    TestbedError,
-    TopologyError,
-)
+Names are loaded on first use (PEP 562), so that `import testbed.apps` or
+`testbed.netns` does not pull in pyroute2 through `testbed.build`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from testbed.build import HostHandle, Interface, LinkHandle, Topology, build
+    from testbed.errors import (
+        CommandFailed,
+        FeatureMissing,
+        KernelMptcpError,
+        NotRootError,
+        TestbedError,
+        TopologyError,
+    )
+
+_HOME = {
+    "HostHandle": "testbed.build",
+    "Interface": "testbed.build",
+    "LinkHandle": "testbed.build",
+    "Topology": "testbed.build",
+    "build": "testbed.build",
+    "CommandFailed": "testbed.errors",
+    "FeatureMissing": "testbed.errors",
+    "KernelMptcpError": "testbed.errors",
+    "NotRootError": "testbed.errors",
+    "TestbedError": "testbed.errors",
+    "TopologyError": "testbed.errors",
+}
 
 __all__ = [
     "CommandFailed",
@@ -23,3 +47,12 @@ __all__ = [
     "TopologyError",
     "build",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'testbed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from testbed.mptcp import (
+from testbed.mptcp_info import (
     IPPROTO_MPTCP,
     MPTCP_INFO,
     MPTCP_INFO_FLAG_FALLBACK,

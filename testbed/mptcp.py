@@ -15,8 +15,8 @@
     and whose INET_DIAG_INFO is `struct tcp_info` (bytes acked/received/sent).
 
 Layouts come from include/uapi/linux/{inet_diag,mptcp,tcp}.h of Linux 6.18. Only the
-fields listed in `_MPTCP_INFO` and `_TCP_INFO` are read; a shorter struct from an older
-kernel leaves the missing ones at 0.
+fields listed in `testbed.mptcp_info.MPTCP_INFO_FIELDS` and `_TCP_INFO` are read; a
+shorter struct from an older kernel leaves the missing ones at 0.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ from pyroute2.netlink.generic.mptcp import (
 )
 
 from testbed.errors import KernelMptcpError
+from testbed.mptcp_info import (  # the rest re-exported: callers import them from here
+    IPPROTO_MPTCP,
+    MPTCP_INFO,  # noqa: F401
+    MPTCP_INFO_FLAG_FALLBACK,
+    MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED,  # noqa: F401
+    MPTCP_INFO_SIZE,  # noqa: F401
+    SOL_MPTCP,  # noqa: F401
+    TCP_IS_MPTCP,  # noqa: F401
+    parse_mptcp_info,
+    unpack_fields,
+)
 from testbed.netns import Namespace
 
 T = TypeVar("T")
@@ -49,13 +60,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 FLAG_BITS = {"signal": 1, "subflow": 2, "backup": 4, "fullmesh": 8, "implicit": 16}
 SETTABLE_FLAGS = frozenset({"signal", "subflow", "backup", "fullmesh"})
 
-IPPROTO_MPTCP = 262
-SOL_MPTCP = 284
-MPTCP_INFO = 1
-MPTCP_INFO_FLAG_FALLBACK = 0x1
-MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 0x2
-MPTCP_INFO_SIZE = 96  # sizeof(struct mptcp_info) in 6.18
-TCP_IS_MPTCP = 43  # SOL_TCP option: 1 while the socket speaks MPTCP, 0 after a fallback
 
 # MPTCP_SUBFLOW_FLAG_* (include/uapi/linux/mptcp.h)
 SUBFLOW_FLAG_MCAP_REM = 0x1
@@ -481,15 +485,6 @@ _REQUEST = struct.Struct("=BBBxI48x")
 # dst[16], if, cookie[2]); expires, rqueue, wqueue, uid, inode
 _RESPONSE = struct.Struct("=BBBBHH16s16sI8xIIIII")
 
-# struct mptcp_info (include/uapi/linux/mptcp.h, 96 bytes in 6.18): (name, offset, format)
-_MPTCP_INFO = (
-    ("subflows", 0, "B"), ("add_addr_signal", 1, "B"), ("add_addr_accepted", 2, "B"),
-    ("subflows_max", 3, "B"), ("flags", 8, "I"), ("token", 12, "I"),
-    ("write_seq", 16, "Q"), ("snd_una", 24, "Q"), ("rcv_nxt", 32, "Q"),
-    ("local_addr_used", 40, "B"), ("local_addr_max", 41, "B"), ("csum_enabled", 42, "B"),
-    ("retransmits", 44, "I"), ("bytes_retrans", 48, "Q"), ("bytes_sent", 56, "Q"),
-    ("bytes_received", 64, "Q"), ("bytes_acked", 72, "Q"), ("subflows_total", 80, "B"),
-)  # fmt: skip
 # struct tcp_info (include/uapi/linux/tcp.h): the few fields reported per subflow
 _TCP_INFO = (("last_data_recv", 52, "I"), ("rtt_us", 68, "I"), ("bytes_acked", 120, "Q"),
              ("bytes_received", 128, "Q"), ("bytes_sent", 200, "Q"))  # fmt: skip
@@ -506,22 +501,6 @@ class _DiagHeader:
     local_port: int
     remote_address: IPAddress
     remote_port: int
-
-
-def parse_mptcp_info(raw: bytes) -> dict[str, int]:
-    """struct mptcp_info (from getsockopt(SOL_MPTCP, MPTCP_INFO) or sock_diag) as a dict
-    of the fields in `_MPTCP_INFO`; fields past the end of `raw` (older kernel) are 0."""
-    return _unpack_fields(_MPTCP_INFO, raw)
-
-
-def _unpack_fields(layout: Iterable[tuple[str, int, str]], data: bytes) -> dict[str, int]:
-    values = {}
-    for name, offset, fmt in layout:
-        size = struct.calcsize(fmt)
-        values[name] = (
-            struct.unpack_from("=" + fmt, data, offset)[0] if len(data) >= offset + size else 0
-        )
-    return values
 
 
 def _attributes(data: bytes) -> dict[int, bytes]:
@@ -582,7 +561,7 @@ def _subflow(header: _DiagHeader, attrs: dict[int, bytes]) -> Subflow | None:
         if kind in _SUBFLOW_ATTRS:
             name, fmt = _SUBFLOW_ATTRS[kind]
             values[name] = struct.unpack_from("=" + fmt, payload)[0]
-    info = _unpack_fields(_TCP_INFO, attrs.get(INET_DIAG_INFO, b""))
+    info = unpack_fields(_TCP_INFO, attrs.get(INET_DIAG_INFO, b""))
     return Subflow(
         local_address=header.local_address,
         local_port=header.local_port,

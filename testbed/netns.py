@@ -208,13 +208,24 @@ def ours() -> list[str]:
         return []
 
 
+def owned_by_process(pid: int | None = None) -> list[str]:
+    """Names of our namespaces made by process `pid` (default: this one): what a test
+    may compare before and after, while other runs or xdist workers make their own."""
+    pid = os.getpid() if pid is None else pid
+    return _owned_where("pid", pid)
+
+
 def owned_by_session(session: str) -> list[str]:
     """Names of our namespaces whose marker carries `session`."""
+    return _owned_where("session", session)
+
+
+def _owned_where(key: str, value: object) -> list[str]:
     names = []
     for name in ours():
         try:
             with open(f"{MARKER_DIR}/{name}") as f:
-                if json.load(f).get("session") == session:
+                if json.load(f).get(key) == value:
                     names.append(name)
         except (FileNotFoundError, ValueError, AttributeError):
             continue

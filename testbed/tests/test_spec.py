@@ -9,7 +9,7 @@ import pytest
 
 import topologies
 from testbed import TestbedError, TopologyError, build
-from testbed.netns import ours
+from testbed.netns import owned_by_process
 from testbed.spec import (
     End,
     Host,
@@ -131,17 +131,17 @@ def test_units() -> None:
 
 @pytest.mark.netns
 def test_refused_topology_creates_nothing() -> None:
-    before = set(ours())
+    before = set(owned_by_process())
     spec = _pair(End("client", "eth0", ("192.0.2.1/24",)), End("server", "eth0", ("192.0.2.1/24",)))
     with pytest.raises(TopologyError):
         build(spec)
-    assert set(ours()) == before
+    assert set(owned_by_process()) == before
 
 
 @pytest.mark.netns
 def test_topology_failing_halfway_leaves_nothing_behind() -> None:
     """A failure after namespaces and links exist (a bad static route) removes all of it."""
-    before = set(ours())
+    before = set(owned_by_process())
     spec = topologies.dual_homed()
     # Valid as data, impossible for the kernel: the gateway is on no connected network.
     from testbed.spec import Route
@@ -150,6 +150,6 @@ def test_topology_failing_halfway_leaves_nothing_behind() -> None:
     spec = dataclasses.replace(spec, hosts=(broken_client, spec.hosts[1]))
     with pytest.raises(TestbedError, match="configuring addresses and routes of host 'client'"):
         build(spec)
-    assert set(ours()) == before
+    assert set(owned_by_process()) == before
     links = os.popen("ip -o link show type veth").read()
     assert "mptl" not in links
