@@ -39,7 +39,7 @@ from stack.route import InterfaceConfig
 from stack.tcp_host import TcpServer, connect
 from testbed import build
 from testbed.apps import BLOCK, stream_chunk, stream_sha256
-from testbed.build import Topology
+from testbed.builder import Topology
 from testbed.process import Background, spawn
 from testbed.spec import LinkProps
 

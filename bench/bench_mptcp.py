@@ -73,7 +73,7 @@ from stack.api import MptcpSocket, Stack
 from stack.cli import endpoints_of, parse_interface, parse_limits
 from testbed import build
 from testbed.apps import BLOCK, stream_chunk, stream_sha256
-from testbed.build import Topology
+from testbed.builder import Topology
 from testbed.mptcp import IPPROTO_MPTCP, KernelMptcp
 from testbed.netns import Namespace
 from testbed.process import Background, spawn

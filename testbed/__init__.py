@@ -1,7 +1,7 @@
 """Multi-homed network namespace testbeds for MPTCP, built on pyroute2.
 
 Names are loaded on first use (PEP 562), so that `import testbed.apps` or
-`testbed.netns` does not pull in pyroute2 through `testbed.build`.
+`testbed.netns` does not pull in pyroute2 through `testbed.builder`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from testbed.build import HostHandle, Interface, LinkHandle, Topology, build
+    from testbed.builder import HostHandle, Interface, LinkHandle, Topology, build
     from testbed.errors import (
         CommandFailed,
         FeatureMissing,
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     )
 
 _HOME = {
-    "HostHandle": "testbed.build",
-    "Interface": "testbed.build",
-    "LinkHandle": "testbed.build",
-    "Topology": "testbed.build",
-    "build": "testbed.build",
+    "HostHandle": "testbed.builder",
+    "Interface": "testbed.builder",
+    "LinkHandle": "testbed.builder",
+    "Topology": "testbed.builder",
+    "build": "testbed.builder",
     "CommandFailed": "testbed.errors",
     "FeatureMissing": "testbed.errors",
     "KernelMptcpError": "testbed.errors",
