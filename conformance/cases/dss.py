@@ -400,7 +400,8 @@ def _infinite_mapping_fallback(
     role=LISTENER,
     topology="dual_homed",
     expected="With checksums required and two subflows, a checksum failure on one subflow "
-    "resets that subflow (RST), and the connection goes on on the other.",
+    "resets that subflow with a RST carrying MP_FAIL at the failed mapping's DSN, and the "
+    "connection goes on on the other.",
 )
 def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
     _checksums_required(ctx)
@@ -408,7 +409,11 @@ def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
     second = joined(ctx, conn)
     payload = b"flipped on the second path"
     dsn, answer = _bad_checksum(ctx, conn, second, payload)
-    if not is_rst(answer):
-        expect_rst(second)
+    rst = answer if is_rst(answer) else expect_rst(second)
+    fail = rst.option(MpFail)
+    if fail is None or fail.dsn != dsn:
+        # RFC 8684 §3.7: "closed with a RST that includes an MP_FAIL option, which
+        # defines the data sequence number at the start of the segment" that failed
+        raise deviates(f"the RST does not carry MP_FAIL at DSN {dsn:#x}: {rst.describe()}")
     conn.data_snd_nxt = dsn  # the failed bytes, sent again on the first subflow
     exchange(ctx, conn, first, payload, on=first)
