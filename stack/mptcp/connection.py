@@ -531,10 +531,17 @@ class MptcpConnection:
             ):
                 start = option.subflow_seq or rel  # 0: the segment's own start
                 dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
+                self._count("InfiniteMapRx")
+                gap = (dsn - self.reasm.next_dsn) % DSN_MOD
+                if 0 < gap < HALF:
+                    # the peer resumes past what we have: those bytes are gone for good
+                    have = self.reasm.next_dsn
+                    why = f"infinite mapping at {dsn:#x} skips the data from {have:#x}"
+                    self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, why)
+                    return
                 self._infinite_rx = (start, dsn)
                 self._mp_fail_deadline = None
                 sf.mp_fail_due = None
-                self._count("InfiniteMapRx")
                 self._fall_back(sf, "infinite mapping after our MP_FAIL")
                 return
 

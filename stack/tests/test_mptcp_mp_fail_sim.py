@@ -13,7 +13,7 @@ mapping fails at the receiver.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -148,3 +148,33 @@ def test_two_subflows_bad_checksum_resets_that_subflow(version: int) -> None:
     assert reasons == ([MPTCP_RST_EMIDDLEBOX] if version == 1 else [])
     assert not client.fallback and not server.fallback
     assert "MPFailTx" in server.counters and "InfiniteMapTx" not in client.counters
+
+
+@dataclass
+class SkipAhead(Corrupt):
+    """Corrupt, then move the peer's infinite mapping 100 DSNs on: as a sender that
+    resumes past the MP_FAIL DSN without sending those bytes again."""
+
+    def __call__(self, seg: Segment) -> bool:
+        super().__call__(seg)
+        seg.extra_options = tuple(
+            replace(o, dsn=o.dsn + 100)
+            if isinstance(o, Dss) and o.dsn is not None and o.data_level_length == 0
+            else o
+            for o in seg.extra_options
+        )
+        return False
+
+
+def test_an_infinite_mapping_past_the_mp_fail_dsn_resets_instead_of_hanging() -> None:
+    """Bytes between our MP_FAIL's DSN and the peer's infinite mapping would never come:
+    a clear reset (MP_TCPRST reason 6), no stall and nothing delivered out of place."""
+    to_server = SkipAhead(nth=5)
+    client, server, _, app_b, up, _ = run_pair(_config(1), size=200_000, strip_to_server=to_server)
+    assert to_server.failed_dsn is not None
+    assert server.counters["InfiniteMapRx"] == 1 and not server.fallback
+    (sf,) = server.subflows
+    assert sf.gone and sf.rst_reason == MPTCP_RST_EMIDDLEBOX
+    assert sf.error.startswith("infinite mapping at") and "skips the data from" in sf.error
+    assert up.startswith(bytes(app_b.received))  # a prefix: nothing out of place
+    assert server.closed and client.closed and client.error
