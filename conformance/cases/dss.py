@@ -8,6 +8,7 @@ RFC 8684).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
@@ -330,8 +331,11 @@ def _bad_checksum(
     role=LISTENER,
     expected="With checksums required by the IUT and a single subflow, data whose DSS "
     "checksum fails is never delivered (the receiver MUST discard the data from the DSN "
-    "in its MP_FAIL on): the IUT answers MP_FAIL carrying the DSN of the failed mapping, "
-    "or resets the subflow.",
+    "in its MP_FAIL on): the IUT answers MP_FAIL carrying the DSN of the failed mapping "
+    "(on an ACK, or on a RST if it closes the subflow). After MP_FAIL on an ACK, the "
+    "tester answers MP_FAIL and sends the data again from that DSN under an infinite "
+    "mapping (data-level length 0), then as plain TCP: the IUT delivers that stream as "
+    "TCP (the echo comes back whole).",
 )
 def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
     _checksums_required(ctx)
@@ -339,12 +343,54 @@ def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
     payload = b"flipped on the way"
     dsn, answer = _bad_checksum(ctx, conn, sf, payload)
     fail = answer.option(MpFail)
-    if fail is not None and fail.dsn != dsn:
+    if fail is None:
+        # RFC 8684 §3.7: a subflow closed for a checksum failure gets "a RST that
+        # includes an MP_FAIL option", and with one subflow MP_FAIL goes on an ACK
+        raise deviates(f"answer to a failed checksum without MP_FAIL: {answer.describe()}")
+    if fail.dsn != dsn:
         raise deviates(f"MP_FAIL names DSN {fail.dsn:#x}, the failed mapping is at {dsn:#x}")
     sf.expect_none(
         data=True, within=1, what="echo of the data that failed its checksum",
         where=lambda s: payload in s.payload,
     )  # fmt: skip
+    if is_rst(answer):
+        return  # the non-contiguous case of §3.7: the subflow is closed
+    _infinite_mapping_fallback(conn, sf, dsn, payload)
+
+
+def _at_seq(seq: int) -> Callable[[Segment], bool]:
+    return lambda segment: segment.seq == seq
+
+
+def _infinite_mapping_fallback(
+    conn: MptcpConnection, sf: Subflow, dsn: int, payload: bytes
+) -> None:
+    """The tester as the receiver of MP_FAIL (RFC 8684 §3.7): MP_FAIL in answer, the
+    data again from `dsn` under an infinite mapping (its subflow sequence number is the
+    segment's), then plain TCP; the IUT's echo, read as plain TCP, must be both."""
+    sf.send("A", [MpFail(conn.data_rcv_nxt)])
+    infinite = Dss(
+        data_ack=conn.data_rcv_nxt, data_ack_64=True, dsn=dsn, dsn_64=True,
+        subflow_seq=(sf.snd_nxt - sf.iss) & 0xFFFFFFFF, data_level_length=0,
+        checksum=0 if conn.checksum else None,
+    )  # fmt: skip
+    sf.send("PA", [infinite], payload)
+    more = b", then sent as plain TCP"
+    sf.send("PA", [], more)
+    expected = payload + more
+    start, echoed = sf.rcv_nxt, b""
+    while len(echoed) < len(expected):
+        echo = sf.expect(
+            data=True, within=2, what="the echo, as plain TCP, of the data after MP_FAIL",
+            where=_at_seq((start + len(echoed)) & 0xFFFFFFFF),
+        )  # fmt: skip
+        echoed += echo.payload
+        sf.send("A")  # acknowledges what the tester tracked in order
+    if echoed != expected:
+        raise deviates(
+            f"after MP_FAIL and an infinite mapping at DSN {dsn:#x}, the IUT echoed "
+            f"{echoed!r}, not {expected!r}"
+        )
 
 
 @case(
@@ -354,7 +400,8 @@ def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
     role=LISTENER,
     topology="dual_homed",
     expected="With checksums required and two subflows, a checksum failure on one subflow "
-    "resets that subflow (RST), and the connection goes on on the other.",
+    "resets that subflow with a RST carrying MP_FAIL at the failed mapping's DSN, and the "
+    "connection goes on on the other.",
 )
 def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
     _checksums_required(ctx)
@@ -362,7 +409,11 @@ def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
     second = joined(ctx, conn)
     payload = b"flipped on the second path"
     dsn, answer = _bad_checksum(ctx, conn, second, payload)
-    if not is_rst(answer):
-        expect_rst(second)
+    rst = answer if is_rst(answer) else expect_rst(second)
+    fail = rst.option(MpFail)
+    if fail is None or fail.dsn != dsn:
+        # RFC 8684 §3.7: "closed with a RST that includes an MP_FAIL option, which
+        # defines the data sequence number at the start of the segment" that failed
+        raise deviates(f"the RST does not carry MP_FAIL at DSN {dsn:#x}: {rst.describe()}")
     conn.data_snd_nxt = dsn  # the failed bytes, sent again on the first subflow
     exchange(ctx, conn, first, payload, on=first)

@@ -76,6 +76,9 @@ from stack.wire.mptcp import (
     RemoveAddr,
 )
 
+# Linux's fail_tout (TCP_RTO_MAX): our MP_FAIL unanswered by an infinite mapping this
+# long, the subflow is reset rather than discarding data for ever
+MP_FAIL_TIMEOUT = 120.0
 DSS_RESERVE = 28  # DSS with 64-bit DATA_ACK and DSN and a checksum: 26 bytes, padded
 JOIN_ACK_RETRIES = 5  # third-ACK retransmissions before the join is given up
 DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
@@ -181,6 +184,12 @@ class MptcpConnection:
         self._data_rtx_backoff = 0
         self._fin_backoff = 0
         self._fb_offset = 0  # DSN - subflow sequence, once fallen back (one subflow)
+        # RFC 8684 §3.7 with one subflow: the DSN our MP_FAIL reported (the peer's data
+        # from it on is discarded until its infinite mapping), and that mapping's
+        # (subflow seq, DSN): where the peer's stream resumes as plain TCP
+        self.mp_fail_dsn: int | None = None
+        self._infinite_rx: tuple[int, int] | None = None
+        self._mp_fail_deadline: float | None = None
         self._new_subflows: list[Subflow] = []
         self._gone_subflows: list[Subflow] = []
         self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer
@@ -278,8 +287,9 @@ class MptcpConnection:
         assert self.reasm is not None
         return self.config.receive_buffer - self.reasm.readable
 
-    def _fall_back(self, sf: Subflow, reason: str) -> None:
-        """Continue as plain TCP on `sf`, the only subflow (RFC 8684 §3.7)."""
+    def _fall_back(self, sf: Subflow, reason: str, resume: int | None = None) -> None:
+        """Continue as plain TCP on `sf`, the only subflow (RFC 8684 §3.7). `resume`: the
+        DSN our next new subflow byte carries (after MP_FAIL: sending restarts there)."""
         if self.fallback:
             return
         self.fallback = True
@@ -293,15 +303,27 @@ class MptcpConnection:
             self.mptcp_decided = True
         # Everything given to the subflow is in order on it: DSN = subflow seq + offset.
         offset = sf.sendmap.dsn_offset()
-        if offset is None:
+        if resume is not None:
+            offset = (resume - sf.sendmap.write_seq) % DSN_MOD
+        elif offset is None:
             offset = (self.sendq.snd_nxt - sf.sendmap.write_seq) % DSN_MOD
         self._fb_offset = offset
         sf.tcp.segment_limit = None
+        held = sf.recvmap.take_held() if sf.recvmap is not None else None
+        if held is not None and self.mp_fail_dsn is None:
+            # a checksummed mapping half received: its bytes are the stream's next
+            self.reasm.add(held.dsn, held.data)
         if self.local_token and not self.subflows_joined():
             self.tokens.release(self.local_token)
 
     def subflows_joined(self) -> bool:
         return any(not s.initial for s in self.subflows)
+
+    def _infinite_fallback_allowed(self) -> bool:
+        """RFC 8684 §3.7: an infinite mapping needs all data in flight contiguous on
+        one subflow: only one is alive and no other ever joined (Linux's
+        allow_infinite_fallback is cleared by the first join)."""
+        return len(self._alive()) == 1 and not self.subflows_joined()
 
     def _count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -326,9 +348,14 @@ class MptcpConnection:
         elif flags & RST:
             if self.fastclose and self.remote_key is not None and not self.fallback:
                 options.append(MpFastclose(self.remote_key))
+            elif sf.mp_fail_due is not None:
+                # RFC 8684 §3.7: "closed with a RST that includes an MP_FAIL option"
+                options.append(MpFail(sf.mp_fail_due))
             if sf.rst_reason is not None and self.version == 1:
                 options.append(MpTcpRst(sf.rst_reason))
-        elif self.fallback or not self.mptcp_decided or self.version is None:
+        elif self.fallback:
+            self._provide_fallback(sf, seg, rel, options)
+        elif not self.mptcp_decided or self.version is None:
             pass
         elif sf.join_ack_due:
             assert sf.join is not None
@@ -356,6 +383,21 @@ class MptcpConnection:
         else:
             options.append(MpJoinSyn(sf.local_id, self.remote_token, join.local_nonce,
                                      backup=sf.backup_local))  # fmt: skip
+
+    def _provide_fallback(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
+        """After MP_FAIL (RFC 8684 §3.7): our MP_FAIL answer on a pure ACK, and the
+        infinite mapping (data-level length 0) on every segment that holds its first
+        byte until that byte is acknowledged; nothing otherwise, as plain TCP."""
+        payload = seg.payload
+        if sf.mp_fail_due is not None and not payload:
+            options.append(MpFail(sf.mp_fail_due))
+            sf.mp_fail_due = None
+        if sf.infinite_map is not None and payload:
+            dsn, start = sf.infinite_map
+            if rel <= start < rel + len(payload):
+                options.append(Dss(self._data_ack(), dsn, start, 0,
+                                   0 if self.checksum else None,
+                                   data_ack_64=True, dsn_64=True))  # fmt: skip
 
     def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         assert self.sendq is not None and self.remote_key is not None
@@ -394,6 +436,9 @@ class MptcpConnection:
                                data_ack_64=True, dsn_64=True))  # fmt: skip
         else:
             options.append(Dss(self._data_ack(), data_ack_64=True))
+        if sf.mp_fail_due is not None and not payload:
+            options.append(MpFail(sf.mp_fail_due))  # on every pure ACK until answered
+            return
         if sf.prio_due is not None and not payload:
             options.append(MpPrio(sf.prio_due, sf.local_id if self.version == 0 else None))
             sf.prio_due = None
@@ -423,6 +468,8 @@ class MptcpConnection:
             sf.join_ack_due = False
             sf.join_ack_deadline = None
             self._count("MPJoinAckRx")
+        if self.mp_fail_dsn is not None and self._infinite_rx is None and not flags & RST:
+            self._await_infinite_mapping(sf, options, rel)
         if self.fallback or self.version is None:
             return
         sf.plain_ack = not options  # no MPTCP option at all
@@ -448,8 +495,55 @@ class MptcpConnection:
                         other.tcp.abort(0.0)
             elif isinstance(option, MpFail):
                 self._count("MPFailRx")
-                if len(self._alive()) == 1:
-                    self._fall_back(sf, "MP_FAIL from the peer")
+                if not flags & RST:
+                    self._on_mp_fail(sf, option)
+
+    def _on_mp_fail(self, sf: Subflow, option: MpFail) -> None:
+        """RFC 8684 §3.7 (RFC 6824 §3.6): the peer discarded our data from `option.dsn`
+        on. With all data in flight contiguous on this one subflow, send it again from
+        there under an infinite mapping, answer MP_FAIL ("the receiver of an MP_FAIL
+        MUST also respond with an MP_FAIL") and go on as plain TCP. With other subflows
+        the peer resets this one, and reinjection sends its data on the others."""
+        if not self._infinite_fallback_allowed() or self.sendq is None:
+            return
+        if self.mp_fail_dsn is not None:
+            return  # the answer to ours (Linux: the fail timeout stops); ours stands
+        resume = self.sendq.restart_from(option.dsn)
+        sf.mp_fail_due = self._data_ack()
+        sf.ack_due = True
+        self._count("MPFailTx")
+        self._fall_back(sf, "MP_FAIL from the peer", resume=resume)
+        sf.infinite_map = (resume, sf.sendmap.write_seq)
+        self._count("InfiniteMapTx")
+
+    def _await_infinite_mapping(self, sf: Subflow, options: tuple[Any, ...], rel: int) -> None:
+        """We sent MP_FAIL: the peer's infinite mapping (a DSS mapping of length 0) says
+        where its stream resumes; from there on the connection is plain TCP."""
+        for option in options:
+            if isinstance(option, MpFail):
+                self._count("MPFailRx")  # the peer's answer
+            elif (
+                isinstance(option, Dss)
+                and option.dsn is not None
+                and not option.data_level_length
+                and not option.data_fin
+                and self.reasm is not None
+            ):
+                start = option.subflow_seq or rel  # 0: the segment's own start
+                dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
+                self._count("InfiniteMapRx")
+                gap = (dsn - self.reasm.next_dsn) % DSN_MOD
+                if 0 < gap < HALF:
+                    # the peer resumes past what we have: those bytes are gone for good
+                    have = self.reasm.next_dsn
+                    why = f"infinite mapping at {dsn:#x} skips the data from {have:#x}"
+                    self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, why)
+                    return
+                self._infinite_rx = (start, dsn)
+                self._mp_fail_deadline = None
+                sf.mp_fail_due = None
+                self._fall_back(sf, "infinite mapping after our MP_FAIL")
+                return
 
     def _on_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
         capable = next((o for o in options if isinstance(o, MpCapable)), None)
@@ -533,7 +627,7 @@ class MptcpConnection:
                 self._data_rtx_deadline = None  # progress: re-armed from now by _push
                 self.peer_data_acked = True
             self._update_send_window(ack, sf, window)
-        if option.dsn is not None:
+        if option.dsn is not None and self.mp_fail_dsn is None:
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
             if length == 0 and option.subflow_seq == 0:
@@ -591,6 +685,8 @@ class MptcpConnection:
     def _mapping_events(self, sf: Subflow, events: list[Any]) -> None:
         assert self.reasm is not None
         for event in events:
+            if self.mp_fail_dsn is not None:
+                break  # we sent MP_FAIL: the peer's data is discarded until it falls back
             if isinstance(event, Deliver):
                 self.reasm.add(event.dsn, event.data)
                 sf.counters.bytes_received += len(event.data)
@@ -601,20 +697,46 @@ class MptcpConnection:
                     # RFC 8684 §3.7: the peer (or a middlebox) dropped the options: the
                     # bytes continue the stream in order.
                     self._fall_back(sf, "data without a DSS mapping")
-                    self._deliver_fallback(sf, b"")
                 else:
                     self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "data without a mapping")
             elif isinstance(event, ChecksumFailed):
                 self._count("DSSChecksumBad")
-                self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "DSS checksum failed")
+                self._on_checksum_failed(sf, event)
             elif isinstance(event, MappingError):
                 self._reset_subflow(sf, MPTCP_RST_EMPTCP, event.reason)
         self._check_eof()
 
-    def _deliver_fallback(self, sf: Subflow, data: bytes) -> None:
+    def _on_checksum_failed(self, sf: Subflow, event: ChecksumFailed) -> None:
+        """RFC 8684 §3.7 (RFC 6824 §3.6): the mapping's data is never delivered. One
+        subflow with contiguous data: MP_FAIL with the mapping's DSN on every pure ACK,
+        and everything from it on discarded until the peer's infinite mapping. Else (or
+        already failing): the subflow is reset, MP_FAIL on the RST, and its data comes
+        again on the others."""
+        sf.mp_fail_due = event.dsn
+        self._count("MPFailTx")
+        if not self._infinite_fallback_allowed() or self.mp_fail_dsn is not None:
+            self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "DSS checksum failed")
+            return
+        self.mp_fail_dsn = event.dsn
+        self._mp_fail_deadline = self._now + MP_FAIL_TIMEOUT
+        sf.ack_due = True
+
+    def _deliver_fallback(self, sf: Subflow, data: bytes, start: int) -> None:
+        """In-order subflow bytes from `start`, once fallen back: the stream's next
+        bytes; after our MP_FAIL, only those from the infinite mapping's start on, at
+        its DSN (the ones before it are what we discarded)."""
         assert self.reasm is not None
+        dsn = self.reasm.next_dsn
+        if self._infinite_rx is not None:
+            resume_seq, resume_dsn = self._infinite_rx
+            skip = resume_seq - start
+            if skip >= len(data):
+                return
+            if skip > 0:
+                data, start = data[skip:], resume_seq
+            dsn = (resume_dsn + start - resume_seq) % DSN_MOD
         if data:
-            self.reasm.add(self.reasm.next_dsn, data)
+            self.reasm.add(dsn, data)
             sf.counters.bytes_received += len(data)
 
     def _drain(self, sf: Subflow, now: float) -> None:
@@ -632,8 +754,10 @@ class MptcpConnection:
             if not data:
                 break
             if self.fallback:
-                self._deliver_fallback(sf, data)
+                self._deliver_fallback(sf, data, start)
                 continue
+            if self.mp_fail_dsn is not None:
+                continue  # discarded: RFC 8684 §3.7, from the MP_FAIL DSN on
             assert sf.recvmap is not None
             events = sf.recvmap.deliver(start, data)
             unmapped = [e for e in events if isinstance(e, Unmapped)]
@@ -642,7 +766,7 @@ class MptcpConnection:
                 self._mapping_events(sf, unmapped[:1])
                 if self.fallback:
                     offset = unmapped[0].subflow_seq - start
-                    self._deliver_fallback(sf, data[offset:])
+                    self._deliver_fallback(sf, data[offset:], unmapped[0].subflow_seq)
         self._check_eof()
 
     def _check_eof(self) -> None:
@@ -823,6 +947,8 @@ class MptcpConnection:
                     # option-less ACKs are no proof: Linux sends some, e.g. window updates.)
                     self._fall_back(sf, f"data acknowledged without DATA_ACK: {sf.last_plain}")
                 sf.sendmap.acknowledged(event.snd_una)
+                if sf.infinite_map is not None and event.snd_una > sf.infinite_map[1]:
+                    sf.infinite_map = None  # the peer has it
                 sf.stale_count = 0  # progress: its timers time the data level again
                 if self.fallback and self.sendq is not None:
                     self.sendq.acknowledge((event.snd_una + self._fb_offset) % DSN_MOD)
@@ -1004,8 +1130,9 @@ class MptcpConnection:
     def open_subflow(self, local: IPAddress, local_id: int, remote: IPAddress, port: int, *,
                      backup: bool, now: float) -> Subflow | None:  # fmt: skip
         """MP_JOIN from `local` to `remote` (RFC 8684 §3.2)."""
-        if self.fallback or self.version is None or self.remote_key is None or self.closed:
-            return None
+        if (self.fallback or self.version is None or self.remote_key is None or self.closed
+                or self.mp_fail_dsn is not None):  # fmt: skip
+            return None  # after MP_FAIL no subflow may join (Linux: allow_subflows)
         if self.allocate_port is None:
             return None
         local_port = self.allocate_port(local, remote, port)
@@ -1092,6 +1219,9 @@ class MptcpConnection:
             self._retry_with_v0(sf, now)
             return
         self._after(sf, now)
+        if sf.ack_due and not sf.gone:
+            sf.ack_due = False
+            send_ack_now(sf.tcp, now)  # an MP_FAIL is owed
         if self._announce and sf.usable:
             send_ack_now(sf.tcp, now)  # an ADD_ADDR, its echo or a REMOVE_ADDR is owed
         self._open_pending(now)
@@ -1104,6 +1234,8 @@ class MptcpConnection:
             times.append(self._fin_deadline)
         if self._data_rtx_deadline is not None:
             times.append(self._data_rtx_deadline)
+        if self._mp_fail_deadline is not None:
+            times.append(self._mp_fail_deadline)
         times += [deadline for _, deadline, _ in self._unechoed.values()]
         return min(times) if times else None
 
@@ -1127,6 +1259,10 @@ class MptcpConnection:
                     send_ack_now(usable[0].tcp, now)
         if self._data_rtx_deadline is not None and self._data_rtx_deadline <= now:
             self._retransmit_data(now)
+        if self._mp_fail_deadline is not None and self._mp_fail_deadline <= now:
+            self._mp_fail_deadline = None
+            for sf in self._alive():
+                self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "MP_FAIL never answered")
         if self._fin_deadline is not None and self._fin_deadline <= now:
             self._fin_backoff += 1
             self._fin_deadline = now + DATA_FIN_RTO * (1 << min(self._fin_backoff, 6))

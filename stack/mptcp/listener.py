@@ -134,7 +134,9 @@ class MptcpListener:
             self._count("MPJoinNoTokenFound")
             self._reset(local, remote, seg, MPTCP_RST_EMPTCP)
             return None
-        if msk.fallback or msk.closed or msk.version is None or msk.remote_key is None or (
+        if msk.fallback or msk.mp_fail_dsn is not None or msk.closed or msk.version is None or (
+            msk.remote_key is None
+        ) or (
             msk.sendq is not None and msk.sendq.fin_requested
         ):  # fmt: skip
             self._count("MPJoinRefused")

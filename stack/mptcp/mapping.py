@@ -152,6 +152,16 @@ class SubflowReceiveMapper:
                     events += self._complete(mapping)
         return events
 
+    def take_held(self) -> Deliver | None:
+        """The bytes of a checksummed mapping received so far, unverified: on fallback
+        (RFC 8684 §3.7) the stream goes on as plain TCP, and these bytes are its next."""
+        mapping = self._mappings.get(self._held_from)
+        if not self._held or mapping is None:
+            return None
+        held = Deliver(mapping.dsn, bytes(self._held))
+        self._held.clear()
+        return held
+
     def _covering(self, position: int) -> Mapping | None:
         index = bisect.bisect_right(self._starts, position) - 1
         while index >= 0:

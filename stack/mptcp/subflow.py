@@ -58,6 +58,9 @@ class Subflow:
     rst_reason: int | None = None  # MP_TCPRST reason to put on our RST, if we reset it
     prio_due: bool | None = None  # an MP_PRIO with this backup value is owed to the peer
     fourth_ack_due: bool = False  # join responder: acknowledge the third ACK at once
+    ack_due: bool = False  # send a pure ACK once the segments in hand are processed
+    mp_fail_due: int | None = None  # MP_FAIL with this DSN owed to the peer (RFC 8684 §3.7)
+    infinite_map: tuple[int, int] | None = None  # (DSN, subflow seq) of our infinite mapping
     # the kernel's stale detection (net.mptcp.stale_loss_cnt): data-level retransmission
     # intervals that found data outstanding here and nothing received meanwhile
     stale_count: int = 0

@@ -38,6 +38,18 @@ def test_checksum_verified_per_whole_mapping() -> None:
     assert bad.deliver(11, b"wxyz") == [ChecksumFailed(DSN + 10, 11)]
 
 
+def test_held_bytes_of_a_checksummed_mapping_are_released_on_fallback() -> None:
+    """RFC 8684 §3.7: once fallen back the stream is plain TCP; bytes of a mapping whose
+    checksum could not be checked yet are its next bytes, not lost."""
+    data = b"0123456789"
+    mapper = SubflowReceiveMapper(checksums=True)
+    mapper.add_mapping(Mapping(DSN, 1, 10, checksum=dss_checksum(DSN, 1, 10, data)), 1)
+    assert mapper.take_held() is None  # nothing held yet
+    assert mapper.deliver(1, data[:4]) == []
+    assert mapper.take_held() == Deliver(DSN, b"0123")
+    assert mapper.take_held() is None  # released once
+
+
 def test_a_mapping_without_its_checksum_is_a_protocol_error_when_checksums_are_used() -> None:
     mapper = SubflowReceiveMapper(checksums=True)
     (error,) = mapper.add_mapping(Mapping(DSN, 1, 10), 1)
