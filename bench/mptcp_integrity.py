@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capture", type=Path, default=None, help="tcpdump; keep failed pcaps")
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
     args = parser.parse_args(argv)
+    # A kill between runs or mid-run still tears the namespaces and tcpdumps down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = 0
     for run in range(args.runs):
         outcome = one_run(args.bytes, 6000 + run, args.capture)
