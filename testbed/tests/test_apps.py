@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from testbed.apps import AppReport, TransferResult, stream_sha256, transfer
+from testbed.apps import (
+    BLOCK,
+    AppReport,
+    Divergence,
+    StreamChecker,
+    TransferResult,
+    kernel_join_remap,
+    stream_chunk,
+    stream_sha256,
+    transfer,
+)
 from testbed.mptcp import KernelMptcp
 from testbed.netns import Namespace
 from testbed.process import run, spawn
@@ -38,6 +49,7 @@ def test_20mb_mptcp_transfer_arrives_intact(
         (result.client, result.server) if direction == "upload" else (result.server, result.client)
     )
     assert sender.bytes_sent == receiver.bytes_received == MB20
+    assert receiver.divergences == []
     assert sender.sha256_sent == receiver.sha256_received == stream_sha256(MB20)
     assert (sender.role, receiver.role) == ("source", "sink")
     for end in (result.client, result.server):
@@ -86,6 +98,83 @@ def test_mptcp_client_to_a_tcp_server_reports_the_fallback(
     assert result.intact, result
     assert result.client.mptcp["in_use"] is False and result.client.mptcp["fallback"] is True
     assert moved.get("MPCapableFallbackSYNACK") == 1
+
+
+def _check_in_reads(data: bytes, read: int) -> list[Divergence]:
+    checker = StreamChecker()
+    for start in range(0, len(data), read):
+        checker.update(memoryview(data)[start : start + read])
+    return checker.finish()
+
+
+def test_stream_checker_passes_the_stream_read_across_the_mib_boundary() -> None:
+    stream = stream_chunk(0) + stream_chunk(1)
+    assert _check_in_reads(stream, 100_003) == []
+
+
+def test_stream_checker_locates_bytes_delivered_at_the_wrong_offset() -> None:
+    # 1500 bytes of offset 100000 delivered at offset BLOCK - 700 (spanning two reads
+    # and the MiB boundary): one range, and where its bytes belong.
+    stream = bytearray(stream_chunk(0) + stream_chunk(1))
+    stream[BLOCK - 700 : BLOCK + 800] = stream[100_000:101_500]
+    assert _check_in_reads(bytes(stream), 65_536) == [Divergence(BLOCK - 700, 1500, 100_000)]
+
+
+def test_stream_checker_reports_bytes_that_are_nowhere_in_the_stream() -> None:
+    stream = bytearray(stream_chunk(0))
+    stream[5000:5100] = bytes(100)
+    stream[9000:9001] = bytes([stream[9000] ^ 0xFF])
+    assert _check_in_reads(bytes(stream), 4096) == [Divergence(5000, 100), Divergence(9000, 1)]
+
+
+# The stream that the CI run of 2026-12-02 received (SHA-256 935d6493...) in
+# test_kernel_topologies[dual_homed]: the join subflow's first mapping (DSN 88752, 9432
+# bytes) applied at the msk's ack_seq of the moment, 808 bytes too low.
+_CI_SHIFTED = (88_752, 89_560, 98_184)
+_CI_SHA256 = "935d64934e0061245c1b5ec3374b7cd5e147d61e9bb24d21dc0987ae0a5494da"
+
+
+def _ci_stream() -> bytes:
+    start, source, end = _CI_SHIFTED
+    stream = stream_chunk(0) + stream_chunk(1)
+    return stream[:start] + stream[source:end] + stream[start + end - source :]
+
+
+def _upload(received: bytes, divergences: list[Divergence]) -> TransferResult:
+    n = len(received)
+    sent = AppReport("source", "client", "mptcp", bytes_sent=n, sha256_sent=stream_sha256(n))
+    got = AppReport("sink", "server", "mptcp", bytes_received=n,
+                    sha256_received=hashlib.sha256(received).hexdigest(),
+                    divergences=divergences)  # fmt: skip
+    return TransferResult(sent, got, "upload", n)
+
+
+def test_stream_checker_explains_the_corrupt_ci_transfer() -> None:
+    received = _ci_stream()
+    assert hashlib.sha256(received).hexdigest() == _CI_SHA256
+    assert _check_in_reads(received, 1 << 18) == [Divergence(88_752, 8_624, 89_560)]
+
+
+def test_kernel_join_remap_needs_its_whole_signature() -> None:
+    received = _ci_stream()
+    found = _check_in_reads(received, 1 << 18)
+    mib = {"MPJoinAckRx": 1}
+    assert "808 bytes early" in kernel_join_remap(_upload(received, found), mib)
+    # Without a join it is something else.
+    assert kernel_join_remap(_upload(received, found), {"DuplicateData": 1}) == ""
+    # Bytes from earlier in the stream (a replay), or two runs, are not this bug.
+    replay = [Divergence(89_560, 8_624, 88_752)]
+    assert kernel_join_remap(_upload(received, replay), mib) == ""
+    two = [*found, Divergence(500_000, 10, 600_000)]
+    assert kernel_join_remap(_upload(received, two), mib) == ""
+    far = [Divergence(88_752, 8_624, 88_752 + (1 << 16) + 1)]
+    assert kernel_join_remap(_upload(received, far), mib) == ""
+    # Neither are missing bytes.
+    short = _upload(received, found)
+    short.server.bytes_received -= 1
+    assert kernel_join_remap(short, mib) == ""
+    intact = _upload(stream_chunk(0) + stream_chunk(1), [])
+    assert intact.intact and kernel_join_remap(intact, mib) == ""
 
 
 def test_intact_is_false_when_the_ends_disagree() -> None:

@@ -11,8 +11,8 @@ import pytest
 
 import topologies
 from testbed import Topology
-from testbed.apps import transfer
-from testbed.mptcp import KernelMptcp
+from testbed.apps import TransferResult, kernel_join_remap, transfer
+from testbed.mptcp import KernelMptcp, counters_diff
 from testbed.smoke import SERVER_ADDRESS
 from testbed.spec import LinkProps
 
@@ -30,6 +30,18 @@ def _enable_subflows(topo: Topology) -> tuple[KernelMptcp, KernelMptcp]:
             if iface is not first:
                 client.add_endpoint(str(address.ip), flags={"subflow"})
     return client, server
+
+
+def _assert_intact(result: TransferResult, server_mib: dict[str, int], what: str) -> None:
+    """Every byte arrived unchanged; or else the failure is the Linux 6.18 receiver bug
+    of docs/architecture.md (a mapping applied at the wrong DSN after a join), which is
+    recorded as an expected failure with its evidence. Any other corruption fails."""
+    if result.intact:
+        return
+    known = kernel_join_remap(result, server_mib)
+    if known:
+        pytest.xfail(f"{what}: Linux MPTCP receiver corrupted the stream at a join: {known}")
+    raise AssertionError(f"{what}: {result}; server MIB {server_mib}")
 
 
 def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -56,11 +68,12 @@ def test_topology_builds_connects_and_carries_an_mptcp_transfer(
     for address in server.addresses():
         family = "-6" if ":" in address else "-4"
         client.run(["ping", family, "-c1", "-W2", address])
-    _enable_subflows(topo)
+    kernel = _enable_subflows(topo)[1]
+    before = kernel.counters()
     result = transfer(
         server.ns, client.ns, SERVER_ADDRESS[name], 5001, 2 << 20, protocol="mptcp", timeout=60
     )
-    assert result.intact, f"{name}: {result}"
+    _assert_intact(result, counters_diff(before, kernel.counters()), name)
 
 
 def test_dual_homed_kernel_opens_two_subflows(topology: Callable[..., Topology]) -> None:
@@ -79,13 +92,14 @@ def test_dual_homed_kernel_opens_two_subflows(topology: Callable[..., Topology])
         lambda: len(client.subflows()) >= 2 and client.subflows(), 10, "2 subflows"
     )
     worker.join(60)
-    assert outcome and outcome[0].intact
+    assert outcome, "the transfer did not finish"
+    moved = counters_diff(before, server.counters())
     locals_ = sorted(str(s.local_address) for s in subflows)
     assert locals_ == ["192.0.2.1", "198.51.100.1"]
-    moved = {k: v - before.get(k, 0) for k, v in server.counters().items()}
     assert moved.get("MPJoinSynRx", 0) == 1
     assert moved.get("MPJoinAckRx", 0) == 1
     assert moved.get("MPCapableSYNRX", 0) == 1
+    _assert_intact(outcome[0], moved, "dual_homed, 64 MiB")
 
 
 def test_link_down_mid_transfer_moves_traffic_without_loss(
@@ -93,7 +107,8 @@ def test_link_down_mid_transfer_moves_traffic_without_loss(
 ) -> None:
     paths = (LinkProps(rate="40mbit"), LinkProps(rate="40mbit"))
     topo = topology(topologies.dual_homed(paths), capture=True)
-    client, _ = _enable_subflows(topo)
+    client, server = _enable_subflows(topo)
+    before = server.counters()
     outcome: list[Any] = []
     worker = threading.Thread(
         target=lambda: outcome.append(
@@ -106,7 +121,7 @@ def test_link_down_mid_transfer_moves_traffic_without_loss(
     topo.links["path1"].down()
     worker.join(90)
     assert outcome, "the transfer did not finish after path1 went down"
-    assert outcome[0].intact, outcome[0]
+    _assert_intact(outcome[0], counters_diff(before, server.counters()), "path1 down")
 
 
 @pytest.mark.parametrize("after_handshake", [False, True])
