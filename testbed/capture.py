@@ -5,6 +5,7 @@ tcpdump runs inside the interface's namespace with:
 - `-s 0`: whole frames (veth hands up to 64 KB GSO frames: see FACTS.md);
 - `--immediate-mode`: packets reach tcpdump at once, not in TPACKET_V3 blocks that are
   only handed over after a timeout; otherwise the last packets before `stop()` are lost;
+- `-B`: a 16 MiB buffer, so a starved tcpdump drops no frames of a fast transfer;
 - `-Z root`: tcpdump keeps root instead of becoming user `tcpdump`, who may not write
   to the output directory.
 `start()` returns once tcpdump printed "listening on" (awaited, not slept for). `stop()`
@@ -25,6 +26,11 @@ from testbed.netns import Namespace
 from testbed.process import Background, spawn
 
 START_TIMEOUT = 5.0
+
+
+# tcpdump's kernel buffer (-B, KiB): the 2 MiB default drops frames of a busy veth when
+# a loaded machine starves tcpdump (GSO frames are up to 64 KB each).
+CAPTURE_BUFFER_KIB = 16384
 
 
 def _tcpdump() -> str:
@@ -48,7 +54,7 @@ class Capture:
         """Start tcpdump without waiting for it; `wait_running()` completes the start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         argv = [_tcpdump(), "-i", self.ifname, "-n", "-U", "-s", "0", "--immediate-mode",
-                "-Z", "root", "-w", str(self.path)]  # fmt: skip
+                "-B", str(CAPTURE_BUFFER_KIB), "-Z", "root", "-w", str(self.path)]  # fmt: skip
         if self.bpf_filter:
             argv.append(self.bpf_filter)
         self._process = spawn(self.ns, argv)
