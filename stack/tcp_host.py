@@ -37,6 +37,15 @@ from stack.wire.tcp import (
 )
 
 _ISN_SECRET = os.urandom(16)
+
+
+def _new_isn_secret() -> None:
+    global _ISN_SECRET
+    _ISN_SECRET = os.urandom(16)
+
+
+# A forked stack (the harness's fork server) must not share its ISN secret (RFC 6528).
+os.register_at_fork(after_in_child=_new_isn_secret)
 # The largest payload of a super-segment: its IP packet must stay within 65535 bytes
 # (20 bytes of IPv4 header and up to 60 of TCP header).
 GSO_MAX_SIZE = 65535 - 20 - 60

@@ -72,6 +72,7 @@ class WrongJoinHashStackV0(StackV0Iut):
     sends and expects) use SHA-256, v1's hash; tokens, keys and the rest stay v0."""
 
     name: ClassVar[str] = "stack-v0-join-sha256"
+    launch: ClassVar[str] = "spawn"  # the sitecustomize runs only in a fresh interpreter
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         super().__init__(topo, host)
