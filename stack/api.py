@@ -209,6 +209,7 @@ class Stack:
         self._secret = os.urandom(16)
         self._listeners: dict[int, _ListenerDriver] = {}
         self._drivers: dict[int, _Driver] = {}  # id(msk) -> its driver, while it lives
+        self.host.link_listeners.append(self._on_link_change)
         self.host.start()
         self._on_loop(self._sync_join_ports)
 
@@ -220,6 +221,13 @@ class Stack:
 
     def close(self) -> None:
         self.host.close()
+
+    def _on_link_change(self, ifname: str, up: bool, now: float) -> None:
+        """On the loop: every connection hears which of our addresses it concerns."""
+        addresses = {c.address.ip for c in self.host.routing.interfaces if c.ifname == ifname}
+        for driver in list(self._drivers.values()):
+            driver.msk.on_link_change(addresses, up, now)
+            driver.pump(now)
 
     def _on_loop(self, fn: Callable[[float], Any]) -> Any:
         """Run fn(now) on the loop thread and return its result (or raise its error)."""

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from stack.link import RawLink, open_in_netns
+from stack.link import RawLink, in_netns, open_in_netns
+from stack.linkwatch import LinkWatcher
 from stack.neighbour import NeighbourTable, Release, Solicit
 from stack.route import InterfaceConfig, IPAddress, Route, RoutingTable
 from stack.wire.errors import MalformedHeader
@@ -136,6 +137,13 @@ class Host:
             for link in self.links.values():  # nothing else exists yet
                 link.close()
             raise
+        # link up/down events; without them (no netlink here) ENETDOWN still tells down
+        self.watcher: LinkWatcher | None = None
+        with contextlib.suppress(OSError):
+            indexes = {link.info.index: name for name, link in self.links.items()}
+            self.watcher = in_netns(netns, lambda: LinkWatcher(indexes))
+        # called on the loop with (interface name, up, now) when a link changes
+        self.link_listeners: list[Callable[[str, bool, float], None]] = []
         self._macs = {name: link.info.mac for name, link in self.links.items()}
         self.routing.is_down = lambda ifname: self.links[ifname].down
         self._by_fd = {link.fileno(): (name, link) for name, link in self.links.items()}
@@ -180,6 +188,8 @@ class Host:
         self.stop()
         for link in self.links.values():
             link.close()
+        if self.watcher is not None:
+            self.watcher.close()
         with contextlib.suppress(AttributeError):
             self._wake_read.close()
             self._wake_write.close()
@@ -229,6 +239,8 @@ class Host:
     def run(self) -> None:
         self.loop_thread_id = threading.get_ident()
         fds = [self._wake_read.fileno(), *self._by_fd]
+        if self.watcher is not None:
+            fds.append(self.watcher.fileno())
         poller = select.epoll()
         for fd in fds:
             poller.register(fd, select.EPOLLIN)
@@ -249,6 +261,9 @@ class Host:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_read.recv(4096)
                 continue
+            if self.watcher is not None and fd == self.watcher.fileno():
+                self._on_link_changes(self.watcher.changes())
+                continue
             name, link = self._by_fd[fd]
             for frame, trusted in link.receive(128):
                 self._on_frame(name, frame, trusted)
@@ -256,6 +271,16 @@ class Host:
                 self._end_batch()
         while self._calls:
             self._calls.popleft()()
+
+    def _on_link_changes(self, changes: list[tuple[str, bool]]) -> None:
+        if not changes:
+            return
+        now = self.clock()
+        for ifname, up in changes:
+            self.links[ifname].down = not up
+            self._paths.clear()  # routes afresh: the way to a peer may have changed
+            for listener in self.link_listeners:
+                listener(ifname, up, now)
 
     def _internal_error(self) -> None:
         self._batch = {}

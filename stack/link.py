@@ -23,7 +23,11 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -203,8 +207,13 @@ def _interface_info(ifname: str, sock: socket.socket) -> InterfaceInfo:
 
 def open_in_netns(ifname: str, netns: str | None) -> RawLink:
     """Open `ifname` inside the named namespace (as `ip netns` names it), or here."""
+    return in_netns(netns, lambda: RawLink(ifname))
+
+
+def in_netns(netns: str | None, make: Callable[[], T]) -> T:
+    """`make()` run inside the named namespace (its sockets stay there), or here."""
     if netns is None:
-        return RawLink(ifname)
+        return make()
     from testbed import _linux
 
     path = f"/run/netns/{netns}"
@@ -216,7 +225,7 @@ def open_in_netns(ifname: str, netns: str | None) -> RawLink:
     try:
         _linux.setns(target)
         try:
-            return RawLink(ifname)
+            return make()
         finally:
             _linux.setns(home)
     finally:

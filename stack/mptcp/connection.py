@@ -54,7 +54,15 @@ from stack.mptcp.token import TokenTable
 from stack.route import IPAddress
 from stack.tcp.congestion import NewReno
 from stack.tcp.connection import TcpConfig, TcpConnection
-from stack.tcp.events import Closed, DataAcked, DataReceived, PeerFinished, Reset, TcpState
+from stack.tcp.events import (
+    Closed,
+    CloseReason,
+    DataAcked,
+    DataReceived,
+    PeerFinished,
+    Reset,
+    TcpState,
+)
 from stack.tcp.segment import ACK, RST, SYN, Segment
 from stack.wire.mptcp import (
     MPC_FLAG_C,
@@ -125,6 +133,18 @@ def _pending(tcp: TcpConnection) -> float | None:
     """When the subflow's next retransmission timer fires (the kernel's icsk_timeout)."""
     times = [t for t in (tcp.probe_deadline, tcp.rto_deadline) if t is not None]
     return min(times) if times else None
+
+
+def _transient(event: Reset | Closed) -> bool:
+    """Whether a subflow's failure may pass (pm.py: re-joining): retransmissions
+    exhausted, or the peer's RST without MP_TCPRST, or with its T flag (RFC 8684 §3.6).
+    Our own resets (a bad HMAC, a removed address, ...) are not."""
+    if isinstance(event, Closed):
+        return event.reason is CloseReason.TIMEOUT
+    if not event.by_peer:
+        return False
+    rst = next((o for o in event.options if isinstance(o, MpTcpRst)), None)
+    return rst is None or rst.transient
 
 
 def send_ack_now(tcp: TcpConnection, now: float) -> None:
@@ -468,6 +488,8 @@ class MptcpConnection:
             sf.join_ack_due = False
             sf.join_ack_deadline = None
             self._count("MPJoinAckRx")
+            if self.paths is not None and sf.path_key is not None:
+                self.paths.subflow_up(sf.path_key)
         if self.mp_fail_dsn is not None and self._infinite_rx is None and not flags & RST:
             self._await_infinite_mapping(sf, options, rel)
         if self.fallback or self.version is None:
@@ -1027,7 +1049,7 @@ class MptcpConnection:
                 if sf.counted:
                     self.paths.join_closed()
             else:
-                self.paths.subflow_closed(sf.local[0], sf.remote[0], sf.remote[1])
+                self._path_gone(sf, event, orderly, now)
         if not self._alive():
             if not (self.eof and (self.sendq is None or self.sendq.fin_acknowledged)):
                 if not self.error:
@@ -1041,6 +1063,57 @@ class MptcpConnection:
             if self.local_token:
                 self.tokens.release(self.local_token)
         self._gone_subflows.append(sf)
+
+    def _path_gone(self, sf: Subflow, event: Reset | Closed, orderly: bool, now: float) -> None:
+        """A subflow we opened is gone: free its slot, and have its path joined again
+        if it failed while the connection goes on (pm.py: re-joining)."""
+        assert self.paths is not None
+        key = sf.path_key
+        if sf.initial:
+            key = self.paths.initial_key if not self.server else None
+        if key is None:
+            return
+        ongoing = (
+            not orderly
+            and not self.fallback
+            and not self.fastclose
+            and self.mp_fail_dsn is None
+            and not self.closed
+            and not (self.eof and (self.sendq is None or self.sendq.fin_acknowledged))
+            and any(not other.gone for other in self.subflows)
+        )
+        if not ongoing:
+            self.paths.subflow_closed(key)
+            return
+        self.paths.subflow_failed(key, now, transient=_transient(event))
+        self._count("SubflowFailed")
+
+    def on_link_change(self, addresses: set[IPAddress], up: bool, now: float) -> None:
+        """The link of some of our addresses went down or came back (the host's link
+        watcher). Down: its subflows go stale at once, their data to the others, rather
+        than after the data-level timeouts. Up: its subflows retransmit now rather
+        than at their backed-off RTO, and its failed paths are joined again."""
+        self._now = now
+        if self.closed or self.version is None or self.fallback:
+            return
+        for sf in self.subflows:
+            if sf.gone or sf.local[0] not in addresses:
+                continue
+            if up:
+                sf.tcp.kick(now)
+            elif (
+                sf.active
+                and not sf.stale_marked
+                and any(o is not sf and o.usable for o in self.subflows)
+            ):
+                sf.stale_count = STALE_LOSS_CNT
+                sf.stale_rcv_tstamp = sf.tcp.rcv_tstamp
+                sf.stale_marked = True
+                self._check_stale(sf)
+        if up and self.paths is not None:
+            for address in sorted(addresses, key=str):
+                self._apply_paths(self.paths.address_returned(address), now)
+        self._push(now)
 
     def _reset_subflow(self, sf: Subflow, reason: int, why: str) -> None:
         sf.rst_reason = reason
@@ -1123,9 +1196,13 @@ class MptcpConnection:
         for action in opens:
             # the connection's initial address is address ID 0 (RFC 8684 §3.2)
             local_id = 0 if action.local.address == initial else action.local.id
-            self.open_subflow(action.local.address, local_id, action.remote.address,
-                              action.remote.port or self.subflows[0].remote[1],
-                              backup=action.backup, now=now)  # fmt: skip
+            sf = self.open_subflow(action.local.address, local_id, action.remote.address,
+                                   action.remote.port or self.subflows[0].remote[1],
+                                   backup=action.backup, now=now)  # fmt: skip
+            if sf is not None:
+                sf.path_key = action.key
+            elif self.paths is not None:
+                self.paths.subflow_closed(action.key)  # not opened: its slot stays free
 
     def open_subflow(self, local: IPAddress, local_id: int, remote: IPAddress, port: int, *,
                      backup: bool, now: float) -> Subflow | None:  # fmt: skip
@@ -1237,6 +1314,9 @@ class MptcpConnection:
         if self._mp_fail_deadline is not None:
             times.append(self._mp_fail_deadline)
         times += [deadline for _, deadline, _ in self._unechoed.values()]
+        rejoin = self.paths.next_rejoin() if self.paths is not None else None
+        if rejoin is not None and not self.closed:
+            times.append(rejoin)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -1257,6 +1337,10 @@ class MptcpConnection:
                 usable = [s for s in self.subflows if s.usable]
                 if usable:
                     send_ack_now(usable[0].tcp, now)
+        if self.paths is not None and not self.closed:
+            rejoin = self.paths.next_rejoin()
+            if rejoin is not None and rejoin <= now:
+                self._apply_paths(self.paths.rejoin_due(now), now)
         if self._data_rtx_deadline is not None and self._data_rtx_deadline <= now:
             self._retransmit_data(now)
         if self._mp_fail_deadline is not None and self._mp_fail_deadline <= now:
@@ -1304,6 +1388,7 @@ class MptcpConnection:
         for sf in self.subflows:
             for seg in sf.tcp.poll_segments():
                 out.append((sf, seg))
+            sf.sendmap.trim()  # now that every built segment carries its mapping
         return out
 
     def poll_new_subflows(self) -> list[Subflow]:

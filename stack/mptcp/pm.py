@@ -11,6 +11,17 @@ Limits, as the kernel's: `subflows` bounds the additional subflows of a connecti
 (created or accepted; the initial one does not count), `add_addr_accepted` bounds the
 peer announcements we act on. An ADD_ADDR is echoed whether or not it is accepted.
 A subflow whose endpoint or peer address goes away is re-established when it returns.
+
+Re-joining. A subflow we opened that fails for a transient cause (retransmissions
+exhausted, a plain RST, an MP_TCPRST with the T flag: RFC 8684 §3.6 lets the receiver
+"try to reestablish a subflow for this connection over the failed path") is opened
+again after REJOIN_FIRST seconds, doubling up to REJOIN_MAX, at most REJOIN_ATTEMPTS
+times in a row. A permanent failure (MP_TCPRST without T, or our own reset) waits, as
+does one out of attempts, until its address returns: its link comes back up
+(`address_returned`), its endpoint is added again, or the peer announces its address
+again. If the connection's first subflow fails, the initiator joins that path again
+(as address ID 0). The kernel's in-kernel path manager leaves all of this to a
+userspace daemon (mptcpd); we do it ourselves.
 """
 
 from __future__ import annotations
@@ -83,6 +94,10 @@ class OpenSubflow:
     remote: PeerAddress
     backup: bool
 
+    @property
+    def key(self) -> tuple[IPAddress, IPAddress, int | None]:
+        return (self.local.address, self.remote.address, self.remote.port)
+
 
 @dataclass(frozen=True)
 class Announce:
@@ -95,6 +110,20 @@ class Echo:
 
 
 Action = OpenSubflow | Announce | Echo
+PathKey = tuple[IPAddress, IPAddress, int | None]  # local, peer address, peer port
+
+REJOIN_FIRST = 1.0  # s before the first new attempt after a transient failure
+REJOIN_MAX = 30.0  # s: the longest wait between attempts
+REJOIN_ATTEMPTS = 6  # failures in a row before waiting for the address to return
+
+
+@dataclass
+class Rejoin:
+    """A failed path waiting to be joined again: at `due`, or (None) when it returns."""
+
+    failures: int
+    due: float | None
+    trying: bool = False  # its attempt is under way (or about to be)
 
 
 @dataclass
@@ -112,6 +141,12 @@ class ConnectionPaths:
     established: bool = False
     # False when the peer set the C flag (RFC 8684 §3.1): its initial address takes no joins
     initial_remote_joinable: bool = True
+    rejoin: dict[PathKey, Rejoin] = field(default_factory=dict)  # failed paths
+    initial_failed: bool = False  # our first subflow failed: join its path again
+
+    @property
+    def initial_key(self) -> PathKey:
+        return (self.initial_local, self.initial_remote.address, self.initial_remote.port)
 
     def on_established(self) -> list[Action]:
         """The connection is fully established: announce and open subflows."""
@@ -132,6 +167,7 @@ class ConnectionPaths:
         if endpoint.signal:  # even an ID announced before: that address was removed since
             self.announced.add(endpoint.id)
             actions.append(Announce(endpoint))
+        self._forget_failures(local=endpoint.address)  # the address is back: start afresh
         return actions + self._new_subflows()
 
     def on_add_addr(self, announced: PeerAddress) -> list[Action]:
@@ -141,6 +177,7 @@ class ConnectionPaths:
             and (announced.port in (None, self.initial_remote.port))
         ):
             return actions  # a retransmission, or our initial peer address
+        self._forget_failures(remote=announced.address)
         if self.accepted_add_addrs >= self.manager.limits.add_addr_accepted:
             return actions
         self.accepted_add_addrs += 1
@@ -156,6 +193,9 @@ class ConnectionPaths:
             peer = self.remote.pop(address_id, None)
             if peer is not None:
                 gone.append((peer.address, peer.port))
+                # as the kernel: the slot is free again, so a new announcement is taken
+                self.accepted_add_addrs = max(0, self.accepted_add_addrs - 1)
+                self._forget_failures(remote=peer.address)
         return gone
 
     def join_fits(self) -> bool:
@@ -174,14 +214,65 @@ class ConnectionPaths:
         """A subflow the peer joined is gone: it no longer counts against the limit."""
         self.extra_subflows = max(0, self.extra_subflows - 1)
 
-    def subflow_closed(self, local: IPAddress, remote: IPAddress, port: int | None) -> None:
-        if (local, remote, port) in self.subflows:
-            self.subflows.discard((local, remote, port))
+    def subflow_closed(self, key: PathKey) -> None:
+        """A subflow we opened is gone (closed in order, or removed): its slot is free."""
+        if key in self.subflows:
+            self.subflows.discard(key)
             self.extra_subflows = max(0, self.extra_subflows - 1)
 
+    def subflow_up(self, key: PathKey) -> None:
+        """A subflow we opened works: its path's failures are forgotten."""
+        self.rejoin.pop(key, None)
+
+    def subflow_failed(self, key: PathKey, now: float, *, transient: bool) -> None:
+        """A subflow we opened failed: schedule its path's next attempt (module doc)."""
+        self.subflow_closed(key)
+        if key == self.initial_key:
+            self.initial_failed = True
+        entry = self.rejoin.get(key) or Rejoin(0, None)
+        entry.failures += 1
+        entry.trying = False
+        if transient and entry.failures <= REJOIN_ATTEMPTS:
+            entry.due = now + min(REJOIN_FIRST * 2 ** (entry.failures - 1), REJOIN_MAX)
+        else:
+            entry.due = None
+        self.rejoin[key] = entry
+
+    def next_rejoin(self) -> float | None:
+        times = [e.due for e in self.rejoin.values() if e.due is not None and not e.trying]
+        return min(times) if times else None
+
+    def rejoin_due(self, now: float) -> list[Action]:
+        """The attempts due by `now`."""
+        due = False
+        for entry in self.rejoin.values():
+            if entry.due is not None and entry.due <= now and not entry.trying:
+                entry.trying = due = True
+        return self._new_subflows() if due and self.established else []
+
+    def address_returned(self, local: IPAddress) -> list[Action]:
+        """A local address is usable again (its link came up): its failed paths are
+        tried at once, however many attempts they have had."""
+        returned = False
+        for key, entry in self.rejoin.items():
+            if key[0] == local:
+                entry.failures, entry.due, entry.trying = 0, None, True
+                returned = True
+        return self._new_subflows() if returned and self.established else []
+
     def retry(self) -> list[Action]:
-        """Re-establish what is missing, e.g. after a failed address returns."""
+        """Open whatever the endpoints call for and is missing, except failed paths that
+        still wait for their next attempt."""
         return self._new_subflows() if self.established else []
+
+    def _forget_failures(self, *, local: IPAddress | None = None,
+                         remote: IPAddress | None = None) -> None:  # fmt: skip
+        for key in [k for k in self.rejoin if k[0] == local or k[1] == remote]:
+            del self.rejoin[key]
+
+    def _waiting(self, key: PathKey) -> bool:
+        entry = self.rejoin.get(key)
+        return entry is not None and not entry.trying
 
     def _new_subflows(self) -> list[Action]:
         peers = [self.initial_remote] if self.initial_remote_joinable else []
@@ -194,6 +285,21 @@ class ConnectionPaths:
             # fullmesh: the initial local address joins announced peers too.
             sources.append(Endpoint(255, self.initial_local, fullmesh=True))
         actions: list[Action] = []
+        key = self.initial_key
+        if (
+            self.initial_failed
+            and self.initial_remote_joinable
+            and key not in self.subflows
+            and not self._waiting(key)
+            and self.extra_subflows < self.manager.limits.subflows
+        ):
+            # the first path again, as a join from address ID 0 (RFC 8684 §3.2)
+            local = self.manager.endpoint_for(self.initial_local) or Endpoint(
+                255, self.initial_local
+            )
+            self.subflows.add(key)
+            self.extra_subflows += 1
+            actions.append(OpenSubflow(local, self.initial_remote, local.backup))
         if not sources:
             # As the kernel: with no subflow endpoint, an accepted announcement gets one
             # subflow, from the address routing picks for it (the initial one if none).
@@ -203,7 +309,11 @@ class ConnectionPaths:
                 address = self.manager.source_for(peer.address) or self.initial_local
                 local = self.manager.endpoint_for(address) or Endpoint(255, address)
                 key = (local.address, peer.address, peer.port)
-                if key in self.subflows or self.extra_subflows >= self.manager.limits.subflows:
+                if (
+                    key in self.subflows
+                    or self._waiting(key)
+                    or self.extra_subflows >= self.manager.limits.subflows
+                ):
                     continue
                 self.subflows.add(key)
                 self.extra_subflows += 1
@@ -216,7 +326,7 @@ class ConnectionPaths:
                 if local.address == self.initial_local and peer == self.initial_remote:
                     continue  # that is the initial subflow
                 key = (local.address, peer.address, peer.port)
-                if key in self.subflows:
+                if key in self.subflows or self._waiting(key):
                     continue
                 if self.extra_subflows >= self.manager.limits.subflows:
                     return actions

@@ -9,6 +9,11 @@ does with an skb's mapping: so a retransmission, however the TCP layer cuts it, 
 the very mapping the first transmission did (RFC 8684 §3.3.1), and a checksum covers
 exactly the bytes it was computed over. `limit()` says where a segment must end so that
 it never spans two chunks. Chunks are never merged: a mapping never changes once sent.
+
+A chunk the peer acknowledges is forgotten only at `trim()`, once the segments already
+built have been given their options: an ACK later in the same batch of input can cover
+a segment (a SACK retransmission) built from an earlier one, and that segment still
+needs its mapping.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class SubflowSendMap:
         self._chunks: list[Chunk] = []
         self._starts: list[int] = []
         self.write_seq = 1  # the next subflow byte to assign
+        self.una = 1  # the first subflow byte the peer has not acknowledged
 
     def append(self, dsn: int, length: int, checksum: int | None = None) -> int:
         """Assign the next `length` subflow bytes to DSN `dsn` as one mapping; returns
@@ -71,18 +77,30 @@ class SubflowSendMap:
         return chunk
 
     def acknowledged(self, subflow_seq: int) -> None:
-        """Forget chunks entirely below `subflow_seq` (acknowledged at the subflow level)."""
-        while self._chunks and self._chunks[0].subflow_seq + self._chunks[0].length <= subflow_seq:
-            self._chunks.pop(0)
-            self._starts.pop(0)
+        """The peer acknowledged the subflow bytes below `subflow_seq` (kept until `trim`)."""
+        self.una = max(self.una, subflow_seq)
+
+    def trim(self) -> None:
+        """Forget the chunks entirely acknowledged (every built segment has its options)."""
+        chunks = self._chunks
+        count = 0
+        while count < len(chunks) and chunks[count].subflow_seq + chunks[count].length <= self.una:
+            count += 1
+        if count:
+            del chunks[:count]
+            del self._starts[:count]
+
+    def _unacknowledged(self) -> list[Chunk]:
+        return [c for c in self._chunks if c.subflow_seq + c.length > self.una]
 
     def dsn_offset(self) -> int | None:
-        """DSN minus subflow seq of the oldest held chunk (None when nothing is held)."""
-        if not self._chunks:
+        """DSN minus subflow seq of the oldest unacknowledged chunk (None: there is none)."""
+        held = self._unacknowledged()
+        if not held:
             return None
-        return (self._chunks[0].dsn - self._chunks[0].subflow_seq) % DSN_MOD
+        return (held[0].dsn - held[0].subflow_seq) % DSN_MOD
 
     def unacknowledged(self) -> list[tuple[int, int]]:
-        """(dsn, length) of every chunk still held: what reinjection re-sends if the
-        subflow dies."""
-        return [(c.dsn, c.length) for c in self._chunks]
+        """(dsn, length) of every chunk not entirely acknowledged: what reinjection
+        re-sends if the subflow dies."""
+        return [(c.dsn, c.length) for c in self._unacknowledged()]

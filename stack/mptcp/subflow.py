@@ -69,6 +69,8 @@ class Subflow:
     stale_reinjected: bool = False  # its unacknowledged data was moved to other subflows
     gone: bool = False  # reset, timed out or closed: reported once
     counted: bool = False  # a join the peer completed: it holds a slot of the limit
+    # the path manager's key of a join we opened (local, peer address, peer port)
+    path_key: tuple[IPAddress, IPAddress, int | None] | None = None
     plain_ack: bool = False  # the last segment in carried no MPTCP option
     last_plain: str = ""  # that segment, for the fallback reason
     error: str = ""

@@ -469,6 +469,13 @@ class TcpConnection:
         self._rtt_seq = None
         self.rto_deadline = now + self.rto.rto
 
+    def kick(self, now: float) -> None:
+        """The path is back (its link came up): what waits for a backed-off
+        retransmission (data, or a SYN) goes again now, from a fresh backoff."""
+        if self.rto_deadline is not None and self.retries and self.rto_deadline > now:
+            self.rto.reset_backoff()
+            self.rto_deadline = now
+
     def _arm_probe(self, now: float) -> None:
         """Schedule a tail loss probe (RFC 8985 §7.2): 2 SRTT after the last transmission
         of new data or ACK, plus the worst-case delayed ACK when one segment is in
@@ -576,7 +583,7 @@ class TcpConnection:
                 return
         if flags & RST:
             if flags & ACK:  # acceptable ACK: the peer refused
-                self._events.append(Reset(by_peer=True))
+                self._events.append(Reset(by_peer=True, options=seg.extra_options))
                 self._close(CloseReason.RESET)
             return
         if not flags & SYN:
@@ -667,7 +674,7 @@ class TcpConnection:
         # 2. RST (RFC 5961 §3)
         if flags & RST:
             if seq == rcv_nxt:
-                self._events.append(Reset(by_peer=True))
+                self._events.append(Reset(by_peer=True, options=seg.extra_options))
                 self._close(CloseReason.RESET)
             else:
                 self._challenge_ack(now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class TcpState(enum.Enum):
@@ -56,6 +57,7 @@ class PeerFinished:
 @dataclass(frozen=True, slots=True)
 class Reset:
     by_peer: bool
+    options: tuple[Any, ...] = ()  # the peer's RST's extra options (e.g. MP_TCPRST)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,11 @@ import ipaddress
 import pytest
 
 from stack.mptcp.pm import (
+    REJOIN_ATTEMPTS,
+    REJOIN_FIRST,
+    REJOIN_MAX,
     Announce,
+    ConnectionPaths,
     Echo,
     Endpoint,
     Limits,
@@ -57,7 +61,7 @@ def test_subflow_limit_bounds_created_and_accepted_joins() -> None:
     conn = pm.connection(CLIENT0, SERVER0)
     assert len(conn.on_established()) == 1
     assert conn.accept_join() is False  # the limit is spent: reject with reason 3
-    conn.subflow_closed(CLIENT1, SERVER0.address, None)
+    conn.subflow_closed((CLIENT1, SERVER0.address, None))
     assert conn.accept_join() is True
 
 
@@ -65,8 +69,86 @@ def test_closed_subflow_is_re_established_on_retry() -> None:
     pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=2))
     conn = pm.connection(CLIENT0, SERVER0)
     first = conn.on_established()
-    conn.subflow_closed(CLIENT1, SERVER0.address, None)
+    conn.subflow_closed((CLIENT1, SERVER0.address, None))
     assert conn.retry() == first
+
+
+def _one_join() -> tuple[ConnectionPaths, OpenSubflow]:
+    pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=2))
+    conn = pm.connection(CLIENT0, SERVER0)
+    [join] = conn.on_established()
+    assert isinstance(join, OpenSubflow)
+    return conn, join
+
+
+def test_a_transient_failure_is_joined_again_with_backoff() -> None:
+    conn, join = _one_join()
+    conn.subflow_failed(join.key, 100.0, transient=True)
+    assert conn.retry() == []  # held back: not before its time
+    assert conn.next_rejoin() == 100.0 + REJOIN_FIRST
+    assert conn.rejoin_due(100.5) == []
+    assert conn.rejoin_due(101.0) == [join]
+    assert conn.next_rejoin() is None  # under way
+    conn.subflow_failed(join.key, 110.0, transient=True)  # the attempt failed too
+    assert conn.next_rejoin() == 110.0 + 2 * REJOIN_FIRST
+    assert conn.rejoin_due(112.0) == [join]
+    conn.subflow_up(join.key)  # it worked: the next failure starts again from 1 s
+    conn.subflow_closed(join.key)
+    conn.subflow_failed(join.key, 200.0, transient=True)
+    assert conn.next_rejoin() == 200.0 + REJOIN_FIRST
+
+
+def test_attempts_are_bounded_and_the_wait_is_capped() -> None:
+    conn, join = _one_join()
+    now, waits = 0.0, []
+    for _ in range(REJOIN_ATTEMPTS):
+        conn.subflow_failed(join.key, now, transient=True)
+        due = conn.next_rejoin()
+        assert due is not None
+        waits.append(due - now)
+        assert conn.rejoin_due(due) == [join]
+        now = due + 10.0
+    assert waits == [min(REJOIN_FIRST * 2**i, REJOIN_MAX) for i in range(REJOIN_ATTEMPTS)]
+    conn.subflow_failed(join.key, now, transient=True)  # one too many: wait for the address
+    assert conn.next_rejoin() is None and conn.rejoin_due(now + 1000) == []
+    assert conn.address_returned(CLIENT1) == [join]  # its link came back
+
+
+def test_a_permanent_failure_waits_for_its_address_to_return() -> None:
+    conn, join = _one_join()
+    conn.subflow_failed(join.key, 0.0, transient=False)
+    assert conn.next_rejoin() is None and conn.retry() == []
+    assert conn.address_returned(CLIENT0) == []  # another address: nothing
+    assert conn.address_returned(CLIENT1) == [join]
+
+
+def test_a_re_added_endpoint_or_re_announced_address_starts_afresh() -> None:
+    pm = PathManager([], Limits(subflows=2, add_addr_accepted=1))
+    conn = pm.connection(CLIENT0, SERVER0)
+    conn.on_established()
+    [_, join] = conn.on_add_addr(SERVER1)
+    assert isinstance(join, OpenSubflow)
+    conn.subflow_failed(join.key, 0.0, transient=False)
+    # the peer removes the address (the slot is free again, as the kernel's) and
+    # announces it once more: a subflow to it, although the limit is one announcement
+    assert conn.on_remove_addr([SERVER1.id]) == [(SERVER1.address, None)]
+    assert conn.on_add_addr(SERVER1) == [Echo(SERVER1), join]
+    endpoint = Endpoint(2, CLIENT1, subflow=True)
+    conn.subflow_failed(join.key, 0.0, transient=False)
+    pm.add(endpoint)
+    actions = conn.on_endpoint_added(endpoint)
+    assert OpenSubflow(endpoint, SERVER0, backup=False) in actions
+
+
+def test_the_first_path_is_joined_again_when_its_subflow_fails() -> None:
+    conn, _ = _one_join()
+    conn.subflow_failed(conn.initial_key, 0.0, transient=True)
+    assert conn.rejoin_due(REJOIN_FIRST) == [
+        OpenSubflow(Endpoint(255, CLIENT0), SERVER0, backup=False)
+    ]
+    conn.initial_remote_joinable = False  # the peer's C flag: never to its first address
+    conn.subflow_failed(conn.initial_key, 10.0, transient=True)
+    assert conn.rejoin_due(20.0) == []
 
 
 def test_fullmesh_connects_every_local_to_every_peer() -> None:

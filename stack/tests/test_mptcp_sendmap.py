@@ -28,8 +28,25 @@ def test_every_segment_of_a_chunk_carries_the_same_mapping() -> None:
     assert sent.mapping(3, 5) == sent.mapping(1, 10) == sent.mapping(8, 2) == Chunk(1, 7, 10)
     sent.acknowledged(11)
     assert sent.unacknowledged() == [(100, 10)]
+    assert sent.dsn_offset() == 100 - 11
+    sent.trim()
     with pytest.raises(KeyError):
         sent.mapping(3, 1)
+
+
+def test_a_segment_built_before_an_ack_that_covers_it_keeps_its_mapping() -> None:
+    """A batch of input: a SACK retransmission is built in answer to one ACK, the next
+    ACK covers it, and only then are options given: the mapping must still be there."""
+    sent = SubflowSendMap()
+    sent.append(500, 10)
+    sent.append(510, 10)
+    sent.acknowledged(21)  # everything, before the retransmission got its options
+    assert sent.mapping(1, 10) == Chunk(1, 500, 10)
+    assert sent.unacknowledged() == [] and sent.dsn_offset() is None
+    sent.trim()
+    with pytest.raises(KeyError):
+        sent.mapping(1, 10)
+    assert sent.append(520, 5) == 21
 
 
 def test_send_map_and_receive_mapper_agree() -> None:

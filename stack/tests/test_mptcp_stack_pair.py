@@ -178,3 +178,50 @@ def test_mp_prio_moves_the_peers_traffic(topology: Callable[..., Topology], vers
         client_end, server_end = finish()
     assert_echo(client_end, server_end, size)
     assert moved == 0  # the peer's scheduler obeyed at once
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_removed_address_that_returns_is_joined_again(
+    topology: Callable[..., Topology], version: int
+) -> None:
+    """The server removes its announced endpoint (REMOVE_ADDR: the client closes that
+    subflow) and adds it again (a new ADD_ADDR): the client joins it again."""
+    size = 40_000_000
+    with pair(topology, version, server_flags=",signal", rate="40mbit") as (_, server, client):
+        sock, _, finish = run(server, client, "source", size, server_mode="sink")
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join to the announced address")
+        endpoint = server.remove_endpoint("198.51.100.2")
+        wait_until(lambda: sock.info()["subflows"][1]["state"] == "failed", 5,
+                   "the subflow to the removed address closed")  # fmt: skip
+        server.add_endpoint(endpoint)
+        wait_until(lambda: len(sock.info()["subflows"]) == 3 and on(sock, 2, "bytes_sent") > 0,
+                   10, "a new subflow to the address announced again, carrying data")  # fmt: skip
+        client_end, server_end = finish()
+    assert_upload(client_end, server_end, size)
+    assert server_end.mptcp["counters"]["AddAddrTx"] == 2
+    assert client_end.mptcp["subflows"][2]["remote"] == "198.51.100.2:8000"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_traffic_returns_at_once_when_a_link_comes_back(
+    topology: Callable[..., Topology], version: int
+) -> None:
+    """The link of the join path goes down until its RTO has backed off past 1.5 s;
+    when it comes back, both stacks hear it and data is on it again within 1.5 s."""
+    size = 60_000_000
+    with pair(topology, version, server_flags=",signal", rate="40mbit") as (
+        topo, server, client,
+    ):  # fmt: skip
+        sock, _, finish = run(server, client, "source", size, server_mode="sink")
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join to the announced address")
+        wait_until(lambda: on(sock, 1, "bytes_sent") > 500_000, 10, "data on path 2")
+        topo.links["path2"].down()
+        tcp = sock.msk.subflows[1].tcp
+        wait_until(lambda: tcp.rto.backoff >= 4, 15, "the RTO backed off")
+        assert tcp.rto_deadline is not None and tcp.rto_deadline - time.monotonic() > 1.5
+        before = on(sock, 1, "bytes_sent")
+        topo.links["path2"].up()
+        wait_until(lambda: on(sock, 1, "bytes_sent") > before + 500_000, 1.5,
+                   "data on path 2 again")  # fmt: skip
+        client_end, server_end = finish()
+    assert_upload(client_end, server_end, size)
