@@ -207,6 +207,27 @@ class LinkHandle:
         a, b = self.a, self.b
         return f"LinkHandle({self.name!r}: {a.host}/{a.ifname} - {b.host}/{b.ifname})"
 
+    # -- observation --
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's interface counters of both ends (rtnetlink IFLA_STATS64):
+        `a_tx_bytes` is what end a put on the link, `b_rx_bytes` what end b took off it,
+        and so on for packets. Evidence from outside whatever runs on the hosts."""
+        out: dict[str, int] = {}
+        for side, end in (("a", self.a), ("b", self.b)):
+            [link] = self.topo.hosts[end.host].ipr.get_links(end.index)
+            stats = link.get_attr("IFLA_STATS64") or {}
+            for key in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets"):
+                out[f"{side}_{key}"] = int(stats.get(key, 0))
+        return out
+
+    def sent_by(self, host: str) -> int:
+        """Bytes the given host's end has sent onto this link so far."""
+        for side, end in (("a", self.a), ("b", self.b)):
+            if end.host == host:
+                return self.counters()[f"{side}_tx_bytes"]
+        raise TopologyError(f"link {self.name} does not reach host {host!r}")
+
     # -- administrative state --
 
     def down(self) -> None:
@@ -612,6 +633,9 @@ def _install_routes(host: HostHandle, only: str | None = None) -> None:
                 scope=253,  # link
                 prefsrc=str(address.ip),
             )
+            rules = host.spec.source_rules
+            if rules is not None and not any(ipaddress.ip_address(r) == address.ip for r in rules):
+                continue
             with contextlib.suppress(Exception):  # replaced on up(): may already exist
                 ipr.rule(
                     "add",

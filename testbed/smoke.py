@@ -31,6 +31,7 @@ SERVER_ADDRESS = {
     "strip_mptcp_after_handshake": "203.0.113.1",
     "dual_homed_ipv6": "2001:db8:1::2",
     "dual_homed_mixed": "2001:db8:1::2",
+    "user_dual_homed": "203.0.113.2",
 }
 
 

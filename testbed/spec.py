@@ -75,6 +75,11 @@ class Host:
     functions: tuple[MiddleboxFunction, ...] = ()
     routes: tuple[Route, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
+    # Per-source policy routing of a multi-homed host: None gives every address a rule
+    # (the testbed's default: a subflow bound to an address leaves through its
+    # interface); a tuple lists the only addresses that get one, () none at all (a host
+    # set up as a user would: replies follow the main table's connected routes).
+    source_rules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,14 @@ def validate(spec: TopologySpec) -> None:
                     f"{where}: route destination {route.destination!r} is not a network"
                 ) from None
             _check_ip(route.gateway, f"{where}, route to {route.destination}")
+        if host.source_rules is not None:
+            own = {str(parse_address(a, where).ip) for e in spec.ends_of(host.name)
+                   for a in e.addresses}  # fmt: skip
+            for text in host.source_rules:
+                if str(_check_ip(text, f"{where}, source rule")) not in own:
+                    raise TopologyError(
+                        f"{where}: source rule for {text}, which is not one of its addresses"
+                    )
         for key, _ in host.sysctls:
             if not re.fullmatch(r"net\.[a-z0-9_.*-]+", key):
                 raise TopologyError(f"{where}: sysctl {key!r} is not a net.* sysctl")

@@ -8,6 +8,7 @@ Addresses come only from the documentation and benchmarking ranges.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from testbed.spec import (
@@ -33,6 +34,7 @@ __all__ = [
     "primary_backup",
     "single_path",
     "strip_mptcp",
+    "user_dual_homed",
 ]
 
 
@@ -143,6 +145,38 @@ def dual_homed_mixed(
         props or (LinkProps(), LinkProps()),
         bare,
     )
+
+
+USER_PATHS = (
+    (("203.0.113.1/24",), ("203.0.113.2/24",)),
+    (("198.18.0.1/24",), ("198.18.0.2/24",)),
+)
+
+
+def user_dual_homed(
+    props: tuple[LinkProps, LinkProps] | None = None, bare: Iterable[str] = ()
+) -> TopologySpec:
+    """Two dual-homed hosts routed as users set them up, not as the testbed does.
+
+    The server has no policy rules: its replies follow the main table's connected
+    routes, so an answer from 203.0.113.2 to 198.18.0.1 leaves through eth1. The client
+    has one source rule, for its second address (the usual companion of
+    `ip mptcp endpoint add 198.18.0.1 dev eth1 subflow`). A join from 198.18.0.1 to the
+    server's first address then arrives on the server's eth1.
+    """
+    spec = _two_paths(
+        "user_dual_homed",
+        "two dual-homed hosts routed as users do: no server policy rules, a source rule "
+        "for the client's second address",
+        ("path1", "path2"),
+        USER_PATHS,
+        props or (LinkProps(), LinkProps()),
+        bare,
+    )
+    client, server = spec.hosts
+    client = dataclasses.replace(client, source_rules=("198.18.0.1",))
+    server = dataclasses.replace(server, source_rules=())
+    return dataclasses.replace(spec, hosts=(client, server))
 
 
 def asymmetric(bare: Iterable[str] = ()) -> TopologySpec:
@@ -283,4 +317,5 @@ CATALOGUE: dict[str, Callable[..., TopologySpec]] = {
     "strip_mptcp_after_handshake": _strip_after_handshake,
     "dual_homed_ipv6": dual_homed_ipv6,
     "dual_homed_mixed": dual_homed_mixed,
+    "user_dual_homed": user_dual_homed,
 }

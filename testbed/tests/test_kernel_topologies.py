@@ -102,6 +102,32 @@ def test_dual_homed_kernel_opens_two_subflows(topology: Callable[..., Topology])
     _assert_intact(outcome[0], moved, "dual_homed, 64 MiB")
 
 
+def test_user_routed_kernel_joins_the_first_address_from_its_second_interface(
+    topology: Callable[..., Topology],
+) -> None:
+    """The usual Linux client: a `subflow` endpoint with `dev eth1`, a source rule for
+    it, and a server with no policy rules that announces nothing. The join SYN from
+    198.18.0.1 to 203.0.113.2 arrives on the server's eth1, and the server's reply
+    follows the connected route back out of eth1: two subflows, one per path."""
+    topo = topology(topologies.user_dual_homed(), capture=True)
+    client = KernelMptcp(topo.hosts["client"].ns)
+    server = KernelMptcp(topo.hosts["server"].ns)
+    for side in (client, server):
+        side.set_limits(subflows=2, add_addr_accepted=0)
+    client.add_endpoint("198.18.0.1", flags={"subflow"}, ifname="eth1")
+    before = server.counters()
+    links = {name: topo.links[name].counters() for name in ("path1", "path2")}
+    result = transfer(topo.hosts["server"].ns, topo.hosts["client"].ns, "203.0.113.2", 5004,
+                      8 << 20, protocol="mptcp", timeout=60)  # fmt: skip
+    moved = counters_diff(before, server.counters())
+    assert moved.get("MPJoinAckRx", 0) == 1, moved
+    assert result.client.mptcp.get("subflows", 0) == 1, result.client.mptcp  # joined ones
+    for name, start in links.items():
+        carried = topo.links[name].counters()["a_tx_bytes"] - start["a_tx_bytes"]
+        assert carried > 100_000, f"{name} carried {carried} bytes from the client"
+    _assert_intact(result, moved, "user_dual_homed join from eth1")
+
+
 def test_link_down_mid_transfer_moves_traffic_without_loss(
     topology: Callable[..., Topology],
 ) -> None:

@@ -94,6 +94,13 @@ def test_impossible_topology_is_refused_with_a_reason(spec: TopologySpec, messag
         validate(spec)
 
 
+def test_a_source_rule_for_a_foreign_address_is_refused() -> None:
+    spec = _pair(End("client", "eth0", ("192.0.2.1/24",)), End("server", "eth0", ("192.0.2.2/24",)))
+    client = dataclasses.replace(spec.hosts[0], source_rules=("192.0.2.2",))
+    with pytest.raises(TopologyError, match=r"source rule for 192\.0\.2\.2, which is not one of"):
+        validate(dataclasses.replace(spec, hosts=(client, spec.hosts[1])))
+
+
 def test_duplicate_host_and_interface_are_refused() -> None:
     spec = _pair(End("client", "eth0"), End("server", "eth0"))
     twice = dataclasses.replace(spec, hosts=(*spec.hosts, Host("client")))
