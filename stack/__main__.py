@@ -25,7 +25,7 @@ from stack.control import control_loop
 from stack.mptcp.connection import MptcpConfig
 from stack.mptcp.handshake import V0Policy
 from stack.mptcp.pm import PathManagerError
-from testbed.apps import AppReport, play
+from testbed.apps import SEED, AppReport, play
 
 _print_lock = threading.Lock()
 
@@ -39,9 +39,11 @@ def emit(line: dict[str, Any]) -> None:
         print(json.dumps(line), flush=True)
 
 
-def run_connection(sock: MptcpSocket, mode: str, nbytes: int, side: str) -> AppReport:
+def run_connection(
+    sock: MptcpSocket, mode: str, nbytes: int, side: str, seed: int | None = None
+) -> AppReport:
     report = AppReport(role=mode, side=side, protocol="mptcp-stack")
-    play(sock, mode, nbytes, report)  # type: ignore[arg-type]  # socket-like
+    play(sock, mode, nbytes, report, SEED if seed is None else seed)  # type: ignore[arg-type]
     report.mptcp = sock.msk.describe()
     return report
 
@@ -96,7 +98,7 @@ def serve(stack: Stack, args: Any, stop: threading.Event) -> int:
           "addresses": [str(s.config.address.ip) for s in args.interface]})  # fmt: skip
 
     def handle(sock: MptcpSocket) -> None:
-        report = run_connection(sock, args.mode, args.bytes, "server")
+        report = run_connection(sock, args.mode, args.bytes, "server", args.seed)
         emit({"event": "connection", **report.to_json()})
 
     def accept_loop() -> None:
@@ -127,7 +129,9 @@ def connect(stack: Stack, args: Any, stop: threading.Event) -> int:
         return 1
     result: list[AppReport] = []
     worker = threading.Thread(
-        target=lambda: result.append(run_connection(sock, args.mode, args.bytes, "client")),
+        target=lambda: result.append(
+            run_connection(sock, args.mode, args.bytes, "client", args.seed)
+        ),
         daemon=True,
     )
     worker.start()

@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
         p.add_argument("--bytes", type=_non_negative, default=0, help="bytes to send as source")
         p.add_argument(
+            "--seed", type=_non_negative, default=None,
+            help="source: send the random bytes of this seed instead of the testbed's seeded "
+            "stream (receivers then check only the SHA-256)",
+        )  # fmt: skip
+        p.add_argument(
             "--limits", type=_wrap(parse_limits), default=Limits(),
             metavar="SUBFLOWS,ADD_ADDR_ACCEPTED", help="path-manager limits (default 2,0)",
         )  # fmt: skip

@@ -56,23 +56,32 @@ ROLES = ("sink", "echo", "source")
 BLOCK = 1 << 20
 SEED = 20261125
 _BLOCK_DATA = random.Random(SEED).randbytes(BLOCK)
+_OTHER_BLOCKS: dict[int, bytes] = {}  # seed -> its block, for data other than the stream
 _RECV_SIZE = 1 << 18
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
-def stream_chunk(index: int) -> bytes:
+def stream_chunk(index: int, seed: int = SEED) -> bytes:
     """The index-th MiB of the deterministic stream: the seeded block rotated by a step
     per index, so that no two nearby MiBs are equal and a misplaced MiB changes the digest.
-    One memcpy per MiB: far faster than the link."""
+    One memcpy per MiB: far faster than the link. Another `seed` gives other random
+    bytes (what an iperf-like sender sends), which receivers do not recognise as the
+    stream: only their SHA-256 is checked."""
+    if seed == SEED:
+        block = _BLOCK_DATA
+    else:
+        block = _OTHER_BLOCKS.get(seed) or _OTHER_BLOCKS.setdefault(
+            seed, random.Random(seed).randbytes(BLOCK)
+        )
     shift = (index * 7919) % BLOCK
-    return _BLOCK_DATA[shift:] + _BLOCK_DATA[:shift]
+    return block[shift:] + block[:shift]
 
 
-def stream_sha256(nbytes: int) -> str:
+def stream_sha256(nbytes: int, seed: int = SEED) -> str:
     """The SHA-256 of the first `nbytes` of the stream that `source` sends."""
     digest = hashlib.sha256()
     for index in range((nbytes + BLOCK - 1) // BLOCK):
-        digest.update(stream_chunk(index)[: min(BLOCK, nbytes - index * BLOCK)])
+        digest.update(stream_chunk(index, seed)[: min(BLOCK, nbytes - index * BLOCK)])
     return digest.hexdigest()
 
 
@@ -106,6 +115,8 @@ class AppReport:
     # Where the received bytes differ from the seeded stream (at most MAX_DIVERGENCES
     # ranges); empty when they match.
     divergences: list[Divergence] = field(default_factory=list)
+    # Whether what arrived began as the seeded stream (only then are divergences located)
+    seeded_stream: bool = False
 
     @property
     def goodput_mbps(self) -> float:
@@ -227,11 +238,19 @@ class StreamChecker:
     """Compares received bytes with the seeded stream as they arrive, so that a failed
     digest comes with where it failed. A copy and a memcmp per read (~10 us per 256 KiB);
     only a read that differs is scanned byte by byte. Differing bytes less than
-    _MERGE_GAP apart form one range (random data matches the expected byte 1 time in 256)."""
+    _MERGE_GAP apart form one range (random data matches the expected byte 1 time in 256).
+
+    It costs nothing on other data (a file, iperf-like random bytes): when the first
+    bytes are not the stream's, it stops at once (`is_stream` False), and it also stops
+    once it has located MAX_DIVERGENCES ranges or one range longer than _MAX_RANGE. The
+    SHA-256 of what arrived is what says whether a transfer is intact; this only says where
+    a seeded transfer went wrong."""
 
     def __init__(self) -> None:
         self.offset = 0
         self.divergences: list[Divergence] = []
+        self.is_stream: bool | None = None  # None until the first bytes arrive
+        self.checking = True
         self._samples: list[bytes] = []
         self._index, self._chunk = -1, b""
 
@@ -250,8 +269,17 @@ class StreamChecker:
         return bytes(out)
 
     def update(self, data: memoryview | bytes) -> None:
+        if not self.checking:
+            self.offset += len(data)
+            return
         got = bytes(data)  # bytes == bytes is a memcmp; memoryview == bytes is ~100x slower
         expected = self._expected(self.offset, len(got))
+        if self.is_stream is None and got:
+            self.is_stream = _looks_like(got[:_PROBE], expected[:_PROBE])
+            if not self.is_stream:
+                self.checking = False
+                self.offset += len(got)
+                return
         if got != expected:
             self._note(got, expected)
         self.offset += len(got)
@@ -265,10 +293,14 @@ class StreamChecker:
             last = ranges[-1] if ranges else None
             if last is not None and at - (last.offset + last.length) < _MERGE_GAP:
                 last.length = at + 1 - last.offset
+                if last.length > _MAX_RANGE:
+                    self.checking = False  # located; scanning on is Python per byte
+                    return
             elif len(ranges) < MAX_DIVERGENCES:
                 ranges.append(Divergence(at, 1))
                 self._samples.append(got[i : i + _SAMPLE])
             else:
+                self.checking = False
                 return
 
     def finish(self) -> list[Divergence]:
@@ -278,6 +310,17 @@ class StreamChecker:
             for divergence, sample in zip(self.divergences, self._samples, strict=True):
                 divergence.source = stream.find(sample) if len(sample) >= _SAMPLE // 2 else -1
         return self.divergences
+
+
+_PROBE = 64  # first bytes compared to tell the seeded stream from other data
+_MAX_RANGE = 1 << 16  # a differing range this long is located enough
+
+
+def _looks_like(got: bytes, expected: bytes) -> bool:
+    """Whether the first bytes are the seeded stream's, allowing for a few corrupted ones
+    (other data matches 1 byte in 256 by chance)."""
+    same = sum(a == b for a, b in zip(got, expected, strict=True))
+    return same * 2 >= len(got)
 
 
 def _receive_all(conn: socket.socket, report: AppReport, reply: bool) -> None:
@@ -300,11 +343,12 @@ def _receive_all(conn: socket.socket, report: AppReport, reply: bool) -> None:
             report.bytes_sent += n
     report.sha256_received = received.hexdigest()
     report.divergences = checker.finish()
+    report.seeded_stream = bool(checker.is_stream)
     if reply:
         report.sha256_sent = sent.hexdigest()
 
 
-def _source(conn: socket.socket, nbytes: int, report: AppReport) -> None:
+def _source(conn: socket.socket, nbytes: int, report: AppReport, seed: int = SEED) -> None:
     """Send the stream while a second thread reads (and hashes) what comes back, so that
     an echoing peer never blocks on a full window; done when the peer closes."""
     errors: list[OSError] = []
@@ -320,7 +364,7 @@ def _source(conn: socket.socket, nbytes: int, report: AppReport) -> None:
     digest = hashlib.sha256()
     try:
         for index in range((nbytes + BLOCK - 1) // BLOCK):
-            chunk = stream_chunk(index)[: min(BLOCK, nbytes - index * BLOCK)]
+            chunk = stream_chunk(index, seed)[: min(BLOCK, nbytes - index * BLOCK)]
             conn.sendall(chunk)
             digest.update(chunk)
             report.bytes_sent += len(chunk)
@@ -336,8 +380,9 @@ def _source(conn: socket.socket, nbytes: int, report: AppReport) -> None:
         raise errors[0]
 
 
-def play(conn: socket.socket, role: str, nbytes: int, report: AppReport) -> None:
-    """Play `role` on a connected socket; fills `report` (errors included) and closes it."""
+def play(conn: socket.socket, role: str, nbytes: int, report: AppReport, seed: int = SEED) -> None:
+    """Play `role` on a connected socket; fills `report` (errors included) and closes it.
+    A `source` sends the stream of `seed` (the seeded stream by default)."""
     started = time.monotonic()
     try:
         report.local = _endpoint(conn.getsockname())
@@ -345,7 +390,7 @@ def play(conn: socket.socket, role: str, nbytes: int, report: AppReport) -> None
         if report.protocol == "mptcp":
             report.mptcp = mptcp_status(conn)
         if role == "source":
-            _source(conn, nbytes, report)
+            _source(conn, nbytes, report, seed)
         elif role in ("sink", "echo"):
             _receive_all(conn, report, reply=role == "echo")
         else:
@@ -382,8 +427,9 @@ def listen(ns: Namespace | None, address: str, port: int, protocol: str) -> sock
 
 
 def serve_one(
-    listener: socket.socket, role: str, nbytes: int, protocol: str, timeout: float
-) -> AppReport:
+    listener: socket.socket, role: str, nbytes: int, protocol: str, timeout: float,
+    seed: int = SEED,
+) -> AppReport:  # fmt: skip
     """Accept one connection and play `role` on it; `timeout` bounds each socket wait."""
     report = AppReport(role, "server", protocol)
     listener.settimeout(timeout)
@@ -393,7 +439,7 @@ def serve_one(
         report.error = f"accept: {error or 'timed out'}"
         return report
     conn.settimeout(timeout)
-    play(conn, role, nbytes, report)
+    play(conn, role, nbytes, report, seed)
     return report
 
 
@@ -406,6 +452,7 @@ def connect_one(
     protocol: str,
     timeout: float,
     bind: str | None = None,
+    seed: int = SEED,
 ) -> AppReport:
     """Connect from `ns` (optionally from `bind`) and play `role`."""
     report = AppReport(role, "client", protocol)
@@ -423,7 +470,7 @@ def connect_one(
         report.error = f"connect to {address}:{port}: {error or 'timed out'}"
         conn.close()
         return report
-    play(conn, role, nbytes, report)
+    play(conn, role, nbytes, report, seed)
     return report
 
 
@@ -487,6 +534,7 @@ def transfer(
     timeout: float = 60.0,
     client_bind: str | None = None,
     server_protocol: str | None = None,
+    seed: int = SEED,
 ) -> TransferResult:
     """One connection from client to server moving `nbytes`; asserts nothing, reports
     both ends (`TransferResult.intact`). `timeout` bounds each socket wait. A different
@@ -499,15 +547,16 @@ def transfer(
     reports: list[AppReport] = []
     thread = threading.Thread(
         target=lambda: reports.append(
-            serve_one(listener, server_role, nbytes, server_protocol, timeout)
+            serve_one(listener, server_role, nbytes, server_protocol, timeout, seed)
         ),
         daemon=True,
     )
     thread.start()
     try:
         client = connect_one(
-            client_ns, server_address, port, client_role, nbytes, protocol, timeout, client_bind
-        )
+            client_ns, server_address, port, client_role, nbytes, protocol, timeout,
+            client_bind, seed,
+        )  # fmt: skip
     finally:
         thread.join(timeout + 5)
         listener.close()
@@ -531,6 +580,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=("mptcp", "tcp"), default="mptcp")
     parser.add_argument("--bytes", type=int, default=0, help="bytes to send as source")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per socket wait")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="source: send other random bytes than the seeded stream")  # fmt: skip
     parser.add_argument("--count", type=int, default=1, help="connections to serve")
     parser.add_argument("--json", action="store_true", help="end with JSON reports")
     return parser
@@ -555,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             host, _, port = args.connect.rpartition(":")
             report = connect_one(None, host.strip("[]"), int(port), args.role, args.bytes,
-                                 args.protocol, args.timeout, args.bind)  # fmt: skip
+                                 args.protocol, args.timeout, args.bind, args.seed)  # fmt: skip
             finish(report)
             return 1 if report.error else 0
         address = args.bind or "0.0.0.0"
@@ -564,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
                    "protocol": args.protocol, "role": args.role})  # fmt: skip
             failed = 0
             for _ in range(args.count):
-                report = serve_one(listener, args.role, args.bytes, args.protocol, args.timeout)
+                report = serve_one(listener, args.role, args.bytes, args.protocol, args.timeout,
+                                   args.seed)  # fmt: skip
                 finish(report)
                 failed += bool(report.error)
         return 1 if failed else 0

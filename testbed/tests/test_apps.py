@@ -107,6 +107,31 @@ def _check_in_reads(data: bytes, read: int) -> list[Divergence]:
     return checker.finish()
 
 
+def test_stream_checker_stops_at_once_on_data_that_is_not_the_stream() -> None:
+    checker = StreamChecker()
+    other = stream_chunk(0, seed=7) + stream_chunk(1, seed=7)
+    checker.update(other[:4096])
+    assert checker.is_stream is False and not checker.checking
+    checker.update(other[4096:])
+    assert checker.finish() == [] and checker.offset == len(other)
+
+
+def test_stream_checker_stops_scanning_after_a_long_corrupted_range() -> None:
+    stream = bytearray(stream_chunk(0))
+    stream[200_000:600_000] = stream_chunk(0, seed=7)[:400_000]
+    checker = StreamChecker()
+    for start in range(0, len(stream), 65_536):
+        checker.update(memoryview(stream)[start : start + 65_536])
+    assert checker.is_stream is True and not checker.checking
+    [divergence] = checker.finish()
+    assert divergence.offset == 200_000 and divergence.length > 1 << 16
+
+
+def test_a_seed_gives_other_bytes_and_their_digest() -> None:
+    assert stream_chunk(0, seed=7) != stream_chunk(0)
+    assert stream_sha256(3 << 20, seed=7) != stream_sha256(3 << 20)
+
+
 def test_stream_checker_passes_the_stream_read_across_the_mib_boundary() -> None:
     stream = stream_chunk(0) + stream_chunk(1)
     assert _check_in_reads(stream, 100_003) == []
