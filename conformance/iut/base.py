@@ -19,13 +19,14 @@ from typing import Any, ClassVar
 MODES = ("sink", "echo", "source")
 
 
-def source_bytes(nbytes: int) -> bytes:
+def source_bytes(nbytes: int, seed: int | None = None) -> bytes:
     """What a `source` application sends: the first `nbytes` of the testbed's
     deterministic stream (`testbed.apps`), the same for every IUT, so that a case can
-    check what arrives byte for byte."""
-    from testbed.apps import BLOCK, stream_chunk
+    check what arrives byte for byte; with a `seed`, other random bytes (iperf-like)."""
+    from testbed.apps import BLOCK, SEED, stream_chunk
 
-    chunks = [stream_chunk(i) for i in range((nbytes + BLOCK - 1) // BLOCK)]
+    seed = SEED if seed is None else seed
+    chunks = [stream_chunk(i, seed) for i in range((nbytes + BLOCK - 1) // BLOCK)]
     return b"".join(chunks)[:nbytes]
 
 
@@ -48,6 +49,9 @@ class AppReport:
     data: bytes = b""  # the first bytes received (up to 64 KB), when the driver keeps them
     mptcp: bool | None = None  # MPTCP in use (False: fell back to TCP), None: unknown
     error: str = ""
+    sha256_sent: str = ""  # of every byte sent / received ("": the driver cannot tell)
+    sha256_received: str = ""
+    duration_s: float = 0.0  # from the connection's start to its end
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +62,9 @@ class Iut(ABC):
     versions: ClassVar[frozenset[int]]
     bare: ClassVar[bool]  # True: runs in userspace on a bare host (answers ARP itself)
     description: ClassVar[str] = ""
+    # What a `source` sends: None, the testbed's seeded stream; a number, the random
+    # bytes of that seed (data the receiver cannot recognise, as from iperf or a file)
+    data_seed: int | None = None
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         self.topo = topo

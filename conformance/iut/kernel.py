@@ -9,13 +9,16 @@ Endpoints, limits, sysctls, counters and subflows go through `testbed.mptcp.Kern
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import hashlib
 import os
 import platform
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -172,14 +175,19 @@ class KernelIut(Iut):
 
     def _play(self, conn: socket.socket, mode: str, nbytes: int) -> None:
         report = AppReport()
+        started = time.monotonic()
         with contextlib.suppress(OSError):
             report.mptcp = bool(conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP))
-        pending = source_bytes(nbytes) if mode == "source" else b""
+        sent, received = hashlib.sha256(), hashlib.sha256()
+        # What is still to send, as a queue of views: no copy of the rest on each send
+        queue: collections.deque[memoryview] = collections.deque()
+        if mode == "source":
+            queue.append(memoryview(source_bytes(nbytes, self.data_seed)))
         shut = False
         try:
             while True:
                 watched: list[Any] = [conn, self._stop_r]
-                if pending:
+                if queue:
                     ready_r, ready_w, _ = select.select(watched, [conn], [])
                 else:
                     if mode == "source" and not shut:
@@ -189,28 +197,34 @@ class KernelIut(Iut):
                 if self._stop_r in ready_r:
                     report.error = report.error or "stopped before the peer closed"
                     break
-                if conn in ready_w and pending:
+                if conn in ready_w and queue:
                     with contextlib.suppress(BlockingIOError):
-                        sent = conn.send(pending)
-                        pending = pending[sent:]
-                        report.bytes_sent += sent
+                        done = conn.send(queue[0])
+                        sent.update(queue[0][:done])
+                        report.bytes_sent += done
+                        queue[0] = queue[0][done:]
+                        if not queue[0]:
+                            queue.popleft()
                 if conn in ready_r:
                     try:
-                        chunk = conn.recv(1 << 16)
+                        chunk = conn.recv(1 << 18)
                     except BlockingIOError:
                         continue
                     if not chunk:
                         break
                     report.bytes_received += len(chunk)
+                    received.update(chunk)
                     if len(report.data) < KEEP_DATA:
                         report.data += chunk[: KEEP_DATA - len(report.data)]
                     if mode == "echo":
-                        pending += chunk
+                        queue.append(memoryview(chunk))
         except OSError as error:
             report.error = str(error)
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
+            report.sha256_sent, report.sha256_received = sent.hexdigest(), received.hexdigest()
+            report.duration_s = time.monotonic() - started
             self._add_report(report)
 
     def stop(self) -> None:

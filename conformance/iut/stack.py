@@ -206,6 +206,8 @@ class StackIut(Iut):
                 "--version", str(self.version), "--mode", mode]  # fmt: skip
         if nbytes:
             args += ["--bytes", str(nbytes)]
+        if self.data_seed is not None:
+            args += ["--seed", str(self.data_seed)]
         if self._limits:
             args += ["--limits", f"{self._limits[0]},{self._limits[1]}"]
         for flag, value in sorted(self._sysctls.items()):
@@ -260,6 +262,9 @@ class StackIut(Iut):
                     if isinstance(data.get("mptcp"), dict)
                     else None,
                     error=str(data.get("error") or ""),
+                    sha256_sent=str(data.get("sha256_sent") or ""),
+                    sha256_received=str(data.get("sha256_received") or ""),
+                    duration_s=float(data.get("duration_s") or 0.0),
                     extra=data,
                 )
             )
