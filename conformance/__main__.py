@@ -4,10 +4,14 @@
                               [--json FILE] [--junit FILE] [--pcap-dir DIR]
                               [--check-baseline] [--update-baseline] [--quiet]
     python -m conformance list [-k EXPR] [--json FILE]
+    python -m conformance interop [--impl kernel,stack-v1,stack-v0] [--scenario NAMES]
+                                  [-n WORKERS] [--quick] [--json FILE] [--junit FILE]
+                                  [--artifacts DIR] [--quiet]
 
 `run` prints progress, the verdict matrix, the diff of stack-v1 against the kernel and
 a summary line. Exit status: 0, or 1 when `--check-baseline` finds a changed verdict
-(either way) or an error, or 2 on a usage error.
+(either way) or an error, or 2 on a usage error. `interop` prints one grid per scenario
+(client in rows, server in columns) and exits 1 when any cell fails.
 """
 
 from __future__ import annotations
@@ -45,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="record this run's verdicts as the baseline")  # fmt: skip
     run_p.add_argument("--baseline", type=Path, default=baseline.DEFAULT_PATH)
     run_p.add_argument("-q", "--quiet", action="store_true", help="no per-case progress")
+    inter = sub.add_parser("interop", help="the interop matrix: every implementation as "
+                           "client and as server")  # fmt: skip
+    inter.add_argument("--impl", default=",".join(DRIVERS),
+                       help="comma-separated implementations (default: all)")  # fmt: skip
+    inter.add_argument("--scenario", default="",
+                       help="comma-separated scenarios (default: all)")  # fmt: skip
+    inter.add_argument("-n", dest="workers", type=int, default=1, help="worker processes")
+    inter.add_argument("--quick", action="store_true",
+                       help="smaller transfers, only the scenarios marked quick")  # fmt: skip
+    inter.add_argument("--json", type=Path, help="write one object per cell as JSON")
+    inter.add_argument("--junit", type=Path, help="write JUnit XML")
+    inter.add_argument("--artifacts", type=Path, default=Path("interop-artifacts"),
+                       help="where failed cells keep their pcaps and reports")  # fmt: skip
+    inter.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress")
     list_p = sub.add_parser("list", help="list the catalogue")
     list_p.add_argument("-k", dest="expression")
     list_p.add_argument("--json", type=Path, help="write the list as JSON")
@@ -138,10 +156,67 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
+def _names(text: str, known: list[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(known)}")  # fmt: skip
+    return names or list(known)
+
+
+def _interop(args: argparse.Namespace) -> int:
+    from conformance.interop import matrix
+    from conformance.interop.scenarios import SCENARIOS
+
+    try:
+        impls = _names(args.impl, list(DRIVERS), "implementation")
+        scenarios = _names(args.scenario, list(SCENARIOS), "scenario")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("error: -n must be at least 1", file=sys.stderr)
+        return 2
+    unavailable = {n: r for n in impls if (r := DRIVERS[n].unavailable())}
+    for name, reason in unavailable.items():
+        print(f"{name} is unavailable: {reason} (its cells are n/a)")
+    cells = matrix.plan(impls, unavailable, scenarios, args.quick)
+    started = time.monotonic()
+
+    def progress(result: matrix.CellResult, done: int, total: int) -> None:
+        if args.quiet or result.verdict == "n/a":
+            return
+        print(f"[{done:>3}/{total}] {result.scenario:<20} {result.client:>9} -> "
+              f"{result.server:<9} {matrix.cell_text(result):<28} {result.duration_s:5.1f} s",
+              flush=True)  # fmt: skip
+
+    results = matrix.run(cells, workers=args.workers, quick=args.quick,
+                         artifacts=args.artifacts, progress=progress)  # fmt: skip
+    wall = time.monotonic() - started
+    print()
+    print(matrix.grids(results, impls))
+    for result in results:
+        if result.verdict == "fail" or (result.verdict == "pass" and result.detail):
+            print(f"{result.scenario} {result.client} -> {result.server}: {result.verdict}: "
+                  f"{result.detail}")  # fmt: skip
+            for path in result.artifacts:
+                print(f"    {path}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(matrix.to_json(results), indent=1) + "\n")
+    if args.junit:
+        matrix.to_junit(results, args.junit)
+    print(matrix.summary(results, wall))
+    return 1 if any(r.verdict == "fail" for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list(args)
+    if args.command == "interop":
+        return _interop(args)
     return _run(args)
 
 

@@ -211,6 +211,12 @@ class KernelIut(Iut):
                     except BlockingIOError:
                         continue
                     if not chunk:
+                        # The peer has finished sending: an echo still owes it the rest.
+                        conn.setblocking(True)
+                        for view in queue:
+                            conn.sendall(view)
+                            sent.update(view)
+                            report.bytes_sent += len(view)
                         break
                     report.bytes_received += len(chunk)
                     received.update(chunk)
