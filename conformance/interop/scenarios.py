@@ -361,31 +361,32 @@ def strip(cell: Cell) -> None:
         raise CellFailed(f"no fallback: client in use {client.mptcp}, server {server.mptcp}")
 
 
-def _second_family_path(cell: Cell, address: str, second: str) -> None:
-    for end in (cell.client, cell.server):
-        end.set_limits(2, 0)
-    cell.client.add_endpoint(second, flags={"subflow"}, ifname="eth1")
+def _second_family_path(cell: Cell, address: str, announced: str) -> None:
+    """The server announces its IPv6 address on eth1 (`signal`), the client accepts it."""
+    cell.client.set_limits(2, 1)
+    cell.server.set_limits(2, 0)
+    cell.server.add_endpoint(announced, flags={"signal"}, ifname="eth1")
     before = _snapshot(cell, "client")
-    nbytes = cell.size(20 * MB, 6 * MB)
-    _upload(cell, nbytes, address)
+    _upload(cell, cell.size(20 * MB, 6 * MB), address)
     _need_subflows(cell, 2)
     _both_paths_carry(cell, "client", before)
 
 
 @scenario(
-    setup="IPv6 only, two paths tbf 100 Mbit/s; client: `subflow` endpoint on eth1",
+    setup="IPv6 only, two paths tbf 100 Mbit/s; server: `signal` endpoint on eth1; "
+    "client: add_addr_accepted 1",
     pass_when=f"2 subflows; each path carries ≥ {BOTH_PATHS_SHARE:.0%}; intact",
     topology=lambda bare: topologies.dual_homed_ipv6((SHAPED, SHAPED), bare=bare),
 )
 def ipv6(cell: Cell) -> None:
-    _second_family_path(cell, "2001:db8:1::2", "2001:db8:2::1")
+    _second_family_path(cell, "2001:db8:1::2", "2001:db8:2::2")
 
 
 @scenario(
     setup="path1 dual-stack, path2 IPv6 only, tbf 100 Mbit/s; an IPv6 connection over "
-    "path1 and a `subflow` endpoint on the client's eth1",
+    "path1; the server announces its IPv6 address on eth1",
     pass_when=f"2 subflows; each path carries ≥ {BOTH_PATHS_SHARE:.0%}; intact",
     topology=lambda bare: topologies.dual_homed_mixed((SHAPED, SHAPED), bare=bare),
 )
 def mixed(cell: Cell) -> None:
-    _second_family_path(cell, "2001:db8:1::2", "2001:db8:2::1")
+    _second_family_path(cell, "2001:db8:1::2", "2001:db8:2::2")
