@@ -4,9 +4,10 @@
                                 [--join-runs 10] [--only goodput,aggregation,failover,join]
                                 [--cut blackhole|down] [--quick] [--json]
 
-Every transfer is the seeded stream of `testbed.apps`: the receiver counts and hashes what
-its application reads, and a transfer whose count or SHA-256 differs from the stream's
-fails the run. The sender is always the side that connects. The stack lives on the bare
+Every transfer is random data that is not the testbed's seeded stream (`DATA_SEED`, as
+an iperf-like sender's), so no receiver can recognise it: the receiver counts and hashes
+what its application reads, and a transfer whose count or SHA-256 differs from what was
+sent fails the run. The sender is always the side that connects. The stack lives on the bare
 `client` host and runs in this process (its application beside its I/O thread, as a user
 of `stack.api` would); kernel ends run as child processes (this module's hidden `_peer`
 command), so they do not share the stack's interpreter. stack->stack's receiver is a
@@ -79,6 +80,7 @@ from testbed.netns import Namespace
 from testbed.process import Background, spawn
 from testbed.spec import LinkProps
 
+DATA_SEED = 4242  # other random bytes than the seeded stream (see the module's docstring)
 CLIENT, SERVER = ("192.0.2.1", "198.51.100.1"), ("192.0.2.2", "198.51.100.2")
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_UNSHAPED_MBPS = 40.0
@@ -107,7 +109,7 @@ def send_stream(sendall: Callable[[memoryview], None], nbytes: int, pace: float 
     started = time.monotonic()
     sent = 0
     for index in range((nbytes + BLOCK - 1) // BLOCK):
-        chunk = memoryview(stream_chunk(index)[: min(BLOCK, nbytes - index * BLOCK)])
+        chunk = memoryview(stream_chunk(index, DATA_SEED)[: min(BLOCK, nbytes - index * BLOCK)])
         digest.update(chunk)
         if pace is None:
             sendall(chunk)
@@ -499,7 +501,7 @@ def transfer(topo: Topology, sender: End, receiver: End, nbytes: int, port: int,
     if errors:
         raise TransferFailed("; ".join(errors) + f" (kernel MPTcpExt moved: {moved})")
     got, sent = results["receiver"], results["sender"]
-    expected = stream_sha256(nbytes)
+    expected = stream_sha256(nbytes, DATA_SEED)
     if got["bytes"] != nbytes or got["sha256"] != expected or sent["sha256"] != expected:
         raise TransferFailed(
             f"{what}: {got['bytes']} of {nbytes} bytes arrived, SHA-256 {got['sha256'][:16]}... "

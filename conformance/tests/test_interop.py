@@ -1,0 +1,125 @@
+"""The interop matrix: its plan, its judgement against the kernel, its command line, and,
+in real namespaces, that a cell notices the fault it exists for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import topologies
+from conformance.interop import matrix
+from conformance.interop.cell import CellResult, run_cell
+from conformance.interop.scenarios import SCENARIOS, Scenario
+from conformance.iut import DRIVERS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conformance", "interop", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_an_unknown_implementation_is_refused_with_the_valid_names() -> None:
+    done = _cli("--impl", "kernel,bsd")
+    assert done.returncode == 2
+    assert "unknown implementation 'bsd'" in done.stderr
+    assert all(name in done.stderr for name in DRIVERS)
+
+
+def test_an_unknown_scenario_is_refused_with_the_valid_names() -> None:
+    done = _cli("--scenario", "teleport")
+    assert done.returncode == 2
+    assert "unknown scenario 'teleport'" in done.stderr and "join-same-address" in done.stderr
+
+
+def test_the_plan_runs_every_scenario_for_pairs_of_one_version_and_transfer_across() -> None:
+    cells = matrix.plan(["kernel", "stack-v1", "stack-v0"], {}, list(SCENARIOS), quick=False)
+    assert len(cells) == 9 * len(SCENARIOS)
+    runs = {(c.scenario, c.client, c.server) for c in cells if not c.why_not}
+    assert ("transfer", "stack-v0", "kernel") in runs and ("transfer", "kernel", "stack-v0") in runs
+    assert ("failover", "stack-v0", "stack-v0") in runs
+    assert ("failover", "stack-v0", "kernel") not in runs
+    [cross] = [
+        c for c in cells if (c.scenario, c.client, c.server) == ("nat", "stack-v1", "stack-v0")
+    ]
+    assert "cross-version pair runs `transfer` only" in cross.why_not
+
+
+def test_an_unavailable_implementation_gets_n_a_with_the_reason() -> None:
+    cells = matrix.plan(["kernel", "stack-v1"], {"stack-v1": "no CLI"}, ["transfer"], quick=False)
+    reasons = {(c.client, c.server): c.why_not for c in cells}
+    assert reasons[("kernel", "kernel")] == ""
+    assert reasons[("kernel", "stack-v1")] == "stack-v1 is unavailable here: no CLI"
+    results = matrix.run([c for c in cells if c.why_not])
+    assert {r.verdict for r in results} == {"n/a"}
+
+
+def _result(client: str, server: str, scenario: str, **figures: float) -> CellResult:
+    return CellResult(scenario, client, server, "pass", figures=dict(figures))
+
+
+def test_throughput_and_failover_figures_are_judged_against_kernel_to_kernel() -> None:
+    results = [
+        _result("kernel", "kernel", "aggregation", goodput_MBps=23.0),
+        _result("kernel", "stack-v1", "aggregation", goodput_MBps=22.0),  # 0.957
+        _result("stack-v1", "kernel", "aggregation", goodput_MBps=21.0),  # 0.913
+        _result("kernel", "kernel", "failover", resume_ms=200.0),
+        _result("stack-v1", "kernel", "failover", resume_ms=150.0),
+        _result("kernel", "stack-v1", "failover", resume_ms=250.0),
+        _result("stack-v0", "stack-v0", "failover-blackhole", resume_ms=10.0),
+    ]
+    matrix.judge_against_kernel(results)
+    verdicts = [r.verdict for r in results]
+    assert verdicts == ["pass", "pass", "fail", "pass", "pass", "fail", "pass"]
+    assert "0.91 x kernel" in results[2].detail
+    assert "exceeds kernel" in results[5].detail
+    assert results[6].detail == "no kernel→kernel figure in this run to compare with"
+
+
+def test_the_json_of_a_cell_has_the_documented_fields() -> None:
+    [entry] = matrix.to_json([_result("kernel", "stack-v1", "transfer", goodput_MBps=1.0)])
+    assert {"scenario", "client", "server", "verdict", "detail", "figures"} <= set(entry)
+    json.dumps(entry)
+
+
+def _testbed_routed_server(bare: tuple[str, ...]) -> object:
+    """The fault of issue 10 played by the kernel itself: a server whose replies follow
+    per-source rules (the testbed's default) answers a join that arrived on eth1 out of
+    eth0, where the client's subflow bound to eth1 does not exist."""
+    spec = topologies.user_dual_homed(bare=bare)
+    client, server = spec.hosts
+    return dataclasses.replace(spec, hosts=(client, dataclasses.replace(server, source_rules=None)))
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_join_same_address_passes_kernel_to_kernel_and_notices_a_misrouted_reply(
+    tmp_path: Path,
+) -> None:
+    scenario = SCENARIOS["join-same-address"]
+    good = run_cell(scenario, "kernel", "kernel", quick=True, artifacts=tmp_path)
+    assert good.verdict == "pass", good.detail
+    assert good.figures["subflows"] == 2
+    assert good.figures["path1_share"] >= 0.1 and good.figures["path2_share"] >= 0.1
+    broken: Scenario = dataclasses.replace(scenario, topology=_testbed_routed_server)
+    bad = run_cell(broken, "kernel", "kernel", quick=True, artifacts=tmp_path)
+    assert bad.verdict == "fail" and "1 subflows established, expected 2" in bad.detail
+    [kept] = bad.artifacts
+    kept_files = sorted(p.name for p in Path(kept).iterdir())
+    assert kept_files == ["client-eth0.pcap", "client-eth1.pcap", "client.json", "server.json"]
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_strip_notices_no_fallback_when_nothing_strips(tmp_path: Path) -> None:
+    """Would `strip` notice MPTCP surviving? Run it on a plain path: it must fail."""
+    plain = dataclasses.replace(SCENARIOS["strip"],
+                                topology=lambda bare: topologies.nat(bare=bare))  # fmt: skip
+    result = run_cell(plain, "kernel", "kernel", quick=True, artifacts=tmp_path)
+    assert result.verdict == "fail" and "no fallback" in result.detail
