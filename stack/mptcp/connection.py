@@ -1253,12 +1253,10 @@ class MptcpConnection:
         join.remote_nonce = synack.nonce
         if synack.hmac != join.expected_synack_hmac():
             self._count("MPJoinSynAckHMacFailure")
-            # reset once TCP has taken the SYN/ACK (handle_segments): an abort in SYN-SENT,
-            # from inside its processing, would send no RST and be undone by it
-            sf.phase = Phase.FAILED
-            sf.rst_reason = MPTCP_RST_EMPTCP
-            sf.error = "MP_JOIN SYN/ACK with a wrong HMAC"
-            self._count("SubflowReset")
+            # aborted from inside TCP's SYN-SENT processing: TCP answers the SYN/ACK
+            # with a RST (MP_TCPRST reason 1) and nothing else, as Linux; never the ACK
+            # that would complete the handshake of a peer that failed authentication
+            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "MP_JOIN SYN/ACK with a wrong HMAC")
             return
         self._count("MPJoinSynAckRx")
         sf.remote_id = synack.address_id

@@ -1,4 +1,4 @@
-"""A bug users found, tested against a real peer in real namespaces:
+"""Two bugs users found, each tested against a real peer in real namespaces:
 
 - ADD_ADDR echo: the stack as a client with no endpoint flags and the default limits
   (2,0: it accepts no announced address) must still echo a kernel server's ADD_ADDR
@@ -6,7 +6,11 @@
   does: a pure ACK carrying only the echo (E=1, the ID and the address; no DSS, no
   HMAC). The kernel's own counters and a capture on its side are the judges. The
   reported cause (a connection without a path manager returned before queueing the
-  echo) is pinned down in the simulator too, with a bad HMAC and a lost echo.
+  echo) is pinned down in the simulator too, with a bad HMAC and a lost echo;
+- a refused join SYN/ACK: the stack joining (MP_JOIN initiator) a peer whose SYN/ACK
+  fails authentication must answer with a RST only, never an ACK first. The peer is
+  the scapy tester of the conformance harness, crafting the SYN/ACK in each variant
+  that could lead there (`conformance.cases.mp_join.REFUSED_SYNACKS`).
 """
 
 from __future__ import annotations
@@ -14,16 +18,23 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap
 
 import topologies
+from conformance.cases import Context
+from conformance.cases.mp_join import REFUSED_SYNACKS, refused_join_synack
+from conformance.cases.steps import exchange
+from conformance.iut import NotSupported
+from conformance.iut.base import Iut
+from conformance.tester import Tester as ScriptedPeer  # (named so pytest does not collect it)
 from stack.__main__ import run_connection
-from stack.api import Stack
+from stack.api import MptcpSocket, Stack
 from stack.cli import endpoints_of, parse_interface
 from stack.mptcp.connection import MptcpConfig, MptcpConnection, send_ack_now
 from stack.mptcp.listener import MptcpListener
@@ -33,7 +44,8 @@ from stack.sim import PathConfig, Simulator
 from stack.tcp.segment import Segment
 from stack.tests.test_mptcp_multipath import wait_until
 from stack.tests.test_mptcp_sim import CLIENT, FAST, SERVER, App, ClientEnd, ServerEnd
-from stack.wire import AddAddrV1, Dss
+from stack.wire import AddAddrV1, Dss, MpTcpRst
+from stack.wire.mptcp import MPTCP_RST_EMPTCP
 from stack.wire.scapy_bridge import mptcp_options_from_scapy
 from testbed import Topology
 from testbed.apps import AppReport, make_socket, play, stream_sha256
@@ -239,3 +251,119 @@ def test_stack_without_endpoints_echoes_the_kernels_add_addr(
     assert echo.hmac is None, echo
     assert not with_dss, "the echo rides with a DSS (Linux sends it alone on a pure ACK)"
     assert not [o for src, o, _ in seen if src == CLIENT_ADDRESSES[0] and not o.echo], seen
+
+
+# ---------------------------------------------------------------- a refused join SYN/ACK
+
+
+class InProcessStack(Iut):
+    """The stack in this process (`stack.api.Stack`) as the harness's IUT, so that the
+    conformance steps drive it and the test can look inside: only what the join cases
+    use (limits and endpoints before the start, `connect`)."""
+
+    name: ClassVar[str] = "stack-in-process"
+    versions: ClassVar[frozenset[int]] = frozenset({0, 1})
+    bare: ClassVar[bool] = True
+
+    def __init__(self, topo: Topology, version: int) -> None:
+        super().__init__(topo, "server")
+        self.version = version
+        self.limits = Limits()
+        self.flags: dict[str, str] = {}  # address -> ",subflow,id=3"...
+        self.stack: Stack | None = None
+        self.sock: MptcpSocket | None = None
+        self.connected = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def set_limits(self, subflows: int, add_addr_accepted: int) -> None:
+        self.limits = Limits(subflows, add_addr_accepted)
+
+    def add_endpoint(
+        self, address: str, *, flags: Iterable[str] = (), id: int | None = None,
+        port: int | None = None, ifname: str | None = None,
+    ) -> None:  # fmt: skip
+        if self.stack is not None or port is not None:
+            raise NotSupported("endpoints before the start, without a port")
+        text = "".join(f",{flag}" for flag in sorted(flags))
+        self.flags[address] = text + (f",id={id}" if id is not None else "")
+
+    def set_sysctl(self, name: str, value: str | int) -> None:
+        raise NotSupported("no sysctls in process")
+
+    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
+        raise NotSupported("the join cases only connect")
+
+    def connect(
+        self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
+        source: str | None = None,
+    ) -> None:  # fmt: skip
+        specs = [
+            parse_interface(f"{ifname}={a.with_prefixlen}{self.flags.get(str(a.ip), '')}")
+            for ifname, iface in self.host.interfaces.items()
+            for a in iface.addresses
+        ]
+        config = MptcpConfig(versions=frozenset({self.version}))
+        self.stack = Stack([s.config for s in specs], netns=self.host.netns, config=config,
+                           endpoints=endpoints_of(specs), limits=self.limits)  # fmt: skip
+
+        def run() -> None:
+            assert self.stack is not None
+            self.sock = self.stack.connect((address, port))
+            self.connected.set()
+            run_connection(self.sock, mode, nbytes, "client")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def info(self) -> dict[str, Any]:
+        assert self.connected.wait(5) and self.sock is not None
+        return self.sock.info()
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.abort()  # the application ends at once (a RST to the tester)
+        if self.stack is not None:
+            self.stack.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("variant", sorted(REFUSED_SYNACKS))
+@pytest.mark.parametrize("version", [1, 0])
+def test_a_refused_join_synack_gets_only_a_rst(
+    topology: Callable[..., Topology], variant: str, version: int
+) -> None:
+    """The stack joins (a `subflow` endpoint on eth1) a peer crafted by the scapy tester,
+    which answers the join SYN with a SYN/ACK the stack must refuse: a wrong HMAC-B
+    (once, twice, or on the other interface), no MP_JOIN, or a malformed one. The first
+    segment the stack sends on the subflow after it is a RST (in v1 with MP_TCPRST
+    reason 1, not transient, as Linux), never an ACK, and nothing but RSTs follow; the
+    connection goes on over its first subflow, and the failed path is not joined again."""
+    topo = topology(topologies.dual_homed(bare=("client", "server")))
+    with ScriptedPeer(topo, "client", "server") as tester:
+        iut = InProcessStack(topo, version)
+        try:
+            ctx = Context(tester, iut, topo, version)
+            conn, first, rst = refused_join_synack(ctx, variant, mode="echo")
+            echoed = exchange(ctx, conn, first, b"still one subflow", on=first)
+            assert echoed.payload == b"still one subflow"
+            info = iut.info()
+        finally:
+            iut.stop()
+    reset = rst.option(MpTcpRst)
+    if version == 1:
+        assert reset is not None and reset.reason == MPTCP_RST_EMPTCP, rst.describe()
+        assert not reset.transient, rst.describe()
+    else:
+        assert reset is None, rst.describe()
+    initial, join = info["subflows"]
+    assert initial["state"] == "established" and not initial["error"], initial
+    assert join["state"] == "failed" and join["error"], join
+    counters = info["counters"]
+    assert counters["MPJoinSynTx"] == 1 and counters["SubflowReset"] == 1, counters
+    hmac_failed = variant.startswith("bad_hmac")
+    assert counters.get("MPJoinSynAckHMacFailure", 0) == (1 if hmac_failed else 0), counters
+    # the path failed for good (our own reset: no re-join until its address returns)
+    assert "MPJoinSynAckRx" not in counters and counters["SubflowFailed"] == 1, counters
