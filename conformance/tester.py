@@ -455,10 +455,15 @@ class Subflow:
         data: bool | None = None,
         within: float = 1.0,
         what: str = "",
+        strict: bool = False,
+        skip: Callable[[Segment], bool] | None = None,
     ) -> Segment:
-        """The first segment of this subflow matching the pattern, within `within` s."""
+        """The first segment of this subflow matching the pattern, within `within` s.
+        `strict`: it must be the next one the IUT sends on the subflow (segments that
+        `skip` excuses aside): any other first is a deviation."""
         pattern = Pattern(flags, option, tuple(absent), where, data, what)
-        return self.tester.expect_pattern(pattern, within, owner=self.owns, where_text=repr(self))
+        return self.tester.expect_pattern(pattern, within, owner=self.owns, where_text=repr(self),
+                                          strict=strict, skip=skip)  # fmt: skip
 
     def read_stream(
         self,
@@ -834,14 +839,25 @@ class Tester:
         *,
         owner: Callable[[Segment], bool] | None = None,
         where_text: str = "",
+        strict: bool = False,
+        skip: Callable[[Segment], bool] | None = None,
     ) -> Segment:
+        """The first unconsumed segment (of `owner`) matching, consumed. `strict`: the
+        first unconsumed one at all (those `skip` excuses are passed over and stay
+        unconsumed) must match; another first is a deviation, and is consumed."""
         start = len(self.inbox)
-        found = self.next_matching(pattern, within, owner=owner)
+        place = f" on {where_text}" if where_text else ""
+        if strict:
+            found = self.next_matching(Pattern(where=lambda s: skip is None or not skip(s)),
+                                       within, owner=owner)  # fmt: skip
+            if found is not None and not pattern.matches(found):
+                raise deviates(f"expected {pattern}{place} next; first came {found.describe()}")
+        else:
+            found = self.next_matching(pattern, within, owner=owner)
         if found is not None:
             return found
         seen = [s for s in self.inbox[max(0, start - 5) :] if owner is None or owner(s)]
         seen_text = "; ".join(s.describe() for s in seen[-6:]) if seen else "nothing"
-        place = f" on {where_text}" if where_text else ""
         raise deviates(f"expected {pattern}{place} within {within:g} s; saw {seen_text}")
 
     def expect_none_pattern(

@@ -7,6 +7,7 @@ no HMAC and is never echoed (8 or 10 bytes for IPv4). REMOVE_ADDR is the same in
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from typing import Any
@@ -203,8 +204,13 @@ def tester_add_addr_v0_with_port_leads_to_join(ctx: Context) -> None:
     _v0_announcement_joined(ctx, 6002)
 
 
-def _tester_announce(ctx: Context, *, good: bool) -> tuple[MptcpConnection, Subflow]:
-    ctx.iut.set_limits(2, 2)
+def _tester_announce(
+    ctx: Context, *, good: bool, limits: bool = True
+) -> tuple[MptcpConnection, Subflow]:
+    """The tester announces its eth1 address (ID 5) with a v1 ADD_ADDR; with `limits`
+    the IUT may accept 2 addresses, else it keeps its defaults (Linux's: accept none)."""
+    if limits:
+        ctx.iut.set_limits(2, 2)
     conn, sf = established(ctx)
     address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
     mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, 5, address, None)
@@ -214,16 +220,16 @@ def _tester_announce(ctx: Context, *, good: bool) -> tuple[MptcpConnection, Subf
     return conn, sf
 
 
-@case(
-    section="3.4.1",
-    level=MUST,
-    role=LISTENER,
-    topology=DUAL,
-    expected="A valid ADD_ADDR from the tester is echoed: ADD_ADDR with E=1, the same ID "
-    "and address, and no HMAC.",
+# the tester announces its second address to the IUT (a listener): the cases' common part
+_tester_announces = functools.partial(
+    case, section="3.4.1", level=MUST, role=LISTENER, topology=DUAL
 )
-def tester_add_addr_echoed(ctx: Context) -> None:
-    _, sf = _tester_announce(ctx, good=True)
+
+
+def _expect_echo(ctx: Context, *, limits: bool) -> Segment:
+    """The tester announces (`_tester_announce` with `limits`); the IUT's echo: E=1, the
+    same ID (5), address (the tester's eth1) and port (none), no HMAC."""
+    _, sf = _tester_announce(ctx, good=True, limits=limits)
     echo = sf.expect(
         option=AddAddrV1,
         within=1,
@@ -231,15 +237,32 @@ def tester_add_addr_echoed(ctx: Context) -> None:
         where=lambda s: s.need(AddAddrV1).echo,
     )
     option = echo.need(AddAddrV1)
-    if option.address_id != 5 or option.hmac is not None:
-        raise deviates(f"echo with a wrong ID or an HMAC: {echo.describe()}")
+    address = ipaddress.ip_address(ctx.tester.address("eth1"))
+    if option.address_id != 5 or option.address != address or option.port is not None:
+        raise deviates(f"echo of another ID, address or port: {echo.describe()}")
+    if option.hmac is not None:
+        raise deviates(f"echo with an HMAC: {echo.describe()}")
+    return echo
 
 
-@case(
-    section="3.4.1",
-    level=MUST,
-    role=LISTENER,
-    topology=DUAL,
+@_tester_announces(
+    expected="A valid ADD_ADDR from the tester is echoed: ADD_ADDR with E=1, the same ID "
+    "and address, and no HMAC.",
+)
+def tester_add_addr_echoed(ctx: Context) -> None:
+    _expect_echo(ctx, limits=True)
+
+
+@_tester_announces(
+    expected="With no endpoints and the default limits (no announced address accepted), "
+    "the IUT still echoes a valid ADD_ADDR from the tester: E=1, the same ID and address, "
+    "no HMAC (the receiver echoes whether or not it uses the address).",
+)
+def tester_add_addr_echoed_without_endpoints(ctx: Context) -> None:
+    _expect_echo(ctx, limits=False)
+
+
+@_tester_announces(
     expected="An ADD_ADDR whose HMAC is wrong is ignored: no echo, no join to the address.",
 )
 def tester_add_addr_bad_hmac_ignored(ctx: Context) -> None:

@@ -7,6 +7,8 @@ carries MP_TCPRST, which v0 does not have. So almost every case serves both vers
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -18,6 +20,7 @@ from conformance.cases.steps import (
     capable_syn,
     established,
     exchange,
+    expect_only_rst,
     expect_refusal,
     expect_rst,
     initiated,
@@ -25,6 +28,7 @@ from conformance.cases.steps import (
     iut_hmac_a,
     join_syn,
     joined,
+    synack_hmac,
 )
 from conformance.iut import NotSupported
 from conformance.model import deviates
@@ -418,19 +422,106 @@ def initiator_third_ack_hmac(ctx: Context) -> None:
         raise deviates(f"HMAC-A wrong: {ack.describe()}, expected {expected.hex()}")
 
 
-@case(
+# a SYN/ACK to the IUT's join SYN that it must refuse (RST only): the cases' common part
+_refusal = functools.partial(
+    case, section="3.2", level=MUST, versions=(0, 1), role=INITIATOR, topology=DUAL
+)
+
+
+@_refusal(
     ipv6=True,
-    section="3.2",
-    level=MUST,
-    versions=(0, 1),
-    role=INITIATOR,
-    topology=DUAL,
-    expected="A SYN/ACK with a wrong HMAC-B makes the joining IUT reset the subflow.",
+    expected="A SYN/ACK with a wrong HMAC-B makes the joining IUT reset the subflow: "
+    "its next segment on the subflow is a RST, with nothing before it (an ACK would "
+    "complete the handshake of a peer that failed authentication) and nothing but RSTs "
+    "after it.",
 )
 def initiator_bad_hmac_in_synack(ctx: Context) -> None:
-    conn, _, join, _ = _initiator_join(ctx)
+    refused_join_synack(ctx, "bad_hmac")
+
+
+def _bad_hmac(conn: MptcpConnection, join: Subflow) -> None:
     answer_join(conn, join, hmac=bytes(8))
-    expect_rst(join)
+
+
+def _bad_hmac_twice(conn: MptcpConnection, join: Subflow) -> None:
+    """The same SYN/ACK twice, back to back (a retransmission: both may arrive in one
+    read of the IUT's link)."""
+    answer_join(conn, join, hmac=bytes(8))
+    join.snd_nxt = join.iss
+    answer_join(conn, join, hmac=bytes(8))
+
+
+def _bad_hmac_other_interface(conn: MptcpConnection, join: Subflow) -> None:
+    """The SYN/ACK comes in on the IUT's other interface (the tester's eth0 link) while
+    the join went out on eth1."""
+    other = copy.copy(join)
+    other.ifname = next(i for i in join.tester.ports if i != join.ifname)
+    answer_join(conn, other, hmac=bytes(8))
+
+
+def _no_mp_join(conn: MptcpConnection, join: Subflow) -> None:
+    join.send("SA", [MaxSegmentSize(1460)])
+
+
+def _malformed_mp_join(conn: MptcpConnection, join: Subflow) -> None:
+    """MP_JOIN of length 14: a SYN/ACK's 16 bytes (with the right HMAC-B) cut short."""
+    raw = MpJoinSynAck(address_id=0, hmac=synack_hmac(conn, join), nonce=join.local_nonce or 0)
+    join.send("SA", raw_options=MaxSegmentSize(1460).emit() + bytes((30, 14))
+              + raw.emit()[2:14] + b"\0\0")  # fmt: skip
+
+
+REFUSED_SYNACKS: dict[str, Callable[[MptcpConnection, Subflow], None]] = {
+    "bad_hmac": _bad_hmac,
+    "bad_hmac_twice": _bad_hmac_twice,
+    "bad_hmac_other_interface": _bad_hmac_other_interface,
+    "no_mp_join": _no_mp_join,
+    "malformed_mp_join": _malformed_mp_join,
+}
+
+
+def refused_join_synack(
+    ctx: Context, variant: str, *, mode: str = "sink"
+) -> tuple[MptcpConnection, Subflow, Segment]:
+    """The IUT joins (a subflow endpoint on eth1); the tester answers its join SYN with
+    a SYN/ACK the IUT must refuse (`REFUSED_SYNACKS[variant]`). The IUT's next segment
+    on the join is a RST, and nothing but RSTs follow. Returns the connection, its
+    first subflow and the RST."""
+    conn, sf, join, _ = _initiator_join(ctx, mode=mode)
+    REFUSED_SYNACKS[variant](conn, join)
+    return conn, sf, expect_only_rst(join)
+
+
+@_refusal(
+    expected="A SYN/ACK with a wrong HMAC-B that comes twice (a retransmission) gets "
+    "RSTs only from the joining IUT: its next segment on the subflow is a RST.",
+)
+def initiator_bad_hmac_in_synack_twice(ctx: Context) -> None:
+    refused_join_synack(ctx, "bad_hmac_twice")
+
+
+@_refusal(
+    expected="A SYN/ACK with a wrong HMAC-B that arrives on the IUT's other interface "
+    "(not the one the join SYN left by) gets a RST only: no ACK first.",
+)
+def initiator_bad_hmac_in_synack_other_interface(ctx: Context) -> None:
+    refused_join_synack(ctx, "bad_hmac_other_interface")
+
+
+@_refusal(
+    expected="A SYN/ACK to the IUT's join SYN without MP_JOIN leaves the join "
+    "unauthenticated (a join cannot fall back to TCP): the IUT closes the subflow with a "
+    "RST only, no ACK first.",
+)
+def initiator_synack_without_mp_join(ctx: Context) -> None:
+    refused_join_synack(ctx, "no_mp_join")
+
+
+@_refusal(
+    expected="A SYN/ACK to the IUT's join SYN whose MP_JOIN is malformed (length 14, "
+    "cut short) carries no valid MP_JOIN: the IUT closes the subflow with a RST only.",
+)
+def initiator_synack_with_malformed_mp_join(ctx: Context) -> None:
+    refused_join_synack(ctx, "malformed_mp_join")
 
 
 @case(

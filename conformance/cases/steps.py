@@ -15,7 +15,7 @@ from stack.wire.mptcp import (
     MpJoinSynAck,
     MpTcpRst,
 )
-from stack.wire.tcp import RST, MaxSegmentSize, TcpOption
+from stack.wire.tcp import ACK, FIN, RST, SYN, MaxSegmentSize, TcpOption
 
 
 def has_mapping(segment: Segment) -> bool:
@@ -213,6 +213,20 @@ def is_rst(segment: Segment) -> bool:
 
 def expect_rst(sf: Subflow, within: float = 1.0) -> Segment:
     return sf.expect(within=within, what="RST", where=is_rst)
+
+
+def expect_only_rst(sf: Subflow, within: float = 1.0, quiet: float = 0.3) -> Segment:
+    """The IUT's next segment on `sf` is a RST: anything else first is a deviation (a
+    retransmission of its own SYN, which can cross the tester's answer, excepted), and
+    so is anything but a RST in the `quiet` s after it."""
+    rst = sf.expect(where=is_rst, what="a RST", within=within, strict=True, skip=_bare_syn)
+    sf.expect_none(where=lambda s: not is_rst(s) and not _bare_syn(s), within=quiet,
+                   what="a segment other than a RST after the RST")  # fmt: skip
+    return rst
+
+
+def _bare_syn(segment: Segment) -> bool:
+    return segment.flags & (SYN | ACK | RST | FIN) == SYN
 
 
 def expect_data_ack(sf: Subflow, expected: int, already: Segment | None = None) -> None:

@@ -40,7 +40,6 @@ from stack.mptcp.mapping import (
 from stack.mptcp.pm import (
     Announce,
     ConnectionPaths,
-    Echo,
     Endpoint,
     OpenSubflow,
     PeerAddress,
@@ -63,7 +62,7 @@ from stack.tcp.events import (
     Reset,
     TcpState,
 )
-from stack.tcp.segment import ACK, RST, SYN, Segment
+from stack.tcp.segment import ACK, PSH, RST, SYN, Segment
 from stack.wire.mptcp import (
     MPC_FLAG_C,
     MPTCP_RST_EMIDDLEBOX,
@@ -454,6 +453,14 @@ class MptcpConnection:
                 checksum = dss_checksum(fin, 0, 1, b"")
             options.append(Dss(self._data_ack(), fin, 0, 1, checksum, data_fin=True,
                                data_ack_64=True, dsn_64=True))  # fmt: skip
+        elif sf.mp_fail_due is None and self._echo_next(seg):
+            # as Linux: an echo goes alone on a pure ACK (no DSS), and an MP_PRIO owed
+            if sf.prio_due is not None:
+                options.append(MpPrio(sf.prio_due, sf.local_id if self.version == 0 else None))
+                sf.prio_due = None
+            options.append(self._take_announcement())
+            self._count("EchoAddTx")
+            return
         else:
             options.append(Dss(self._data_ack(), data_ack_64=True))
         if sf.mp_fail_due is not None and not payload:
@@ -464,6 +471,15 @@ class MptcpConnection:
             sf.prio_due = None
         if self._announce and not payload:
             options.append(self._take_announcement())
+
+    def _echo_next(self, seg: Segment) -> bool:
+        """Whether `seg` is a pure ACK (RST, SYN and FIN excepted) that carries the next
+        announcement, an ADD_ADDR echo. Linux's echo (`drop_other_suboptions`) is only E,
+        the ID and the address: no DSS, no HMAC."""
+        if seg.payload or seg.flags & ~(ACK | PSH) or not self._announce:
+            return False
+        head = self._announce[0]
+        return isinstance(head, AddAddrV1) and head.echo
 
     # ------------------------------------------------------------------ incoming options
 
@@ -681,14 +697,16 @@ class MptcpConnection:
                 self._count("AddAddrHmacBad")
                 return  # RFC 8684 §3.4.1: ignored
         self._count("AddAddr")
+        if isinstance(option, AddAddrV1):
+            # RFC 8684 §3.4.1: echoed whether or not the address is used, whatever the
+            # endpoints and limits, and each time it comes (a resend means ours was lost)
+            self._announce.append(AddAddrV1(option.address_id, option.address, option.port,
+                                            echo=True))  # fmt: skip
         if self.paths is None:
             return
         peer = PeerAddress(option.address_id, option.address, option.port)
         for action in self.paths.on_add_addr(peer):
-            if isinstance(action, Echo) and isinstance(option, AddAddrV1):
-                self._announce.append(AddAddrV1(option.address_id, option.address, option.port,
-                                                echo=True))  # fmt: skip
-            elif isinstance(action, OpenSubflow):
+            if isinstance(action, OpenSubflow):
                 self._pending_opens.append(action)
 
     def _on_remove_addr(self, option: RemoveAddr) -> None:
@@ -1235,12 +1253,10 @@ class MptcpConnection:
         join.remote_nonce = synack.nonce
         if synack.hmac != join.expected_synack_hmac():
             self._count("MPJoinSynAckHMacFailure")
-            # reset once TCP has taken the SYN/ACK (handle_segments): an abort in SYN-SENT,
-            # from inside its processing, would send no RST and be undone by it
-            sf.phase = Phase.FAILED
-            sf.rst_reason = MPTCP_RST_EMPTCP
-            sf.error = "MP_JOIN SYN/ACK with a wrong HMAC"
-            self._count("SubflowReset")
+            # aborted from inside TCP's SYN-SENT processing: TCP answers the SYN/ACK
+            # with a RST (MP_TCPRST reason 1) and nothing else, as Linux; never the ACK
+            # that would complete the handshake of a peer that failed authentication
+            self._reset_subflow(sf, MPTCP_RST_EMPTCP, "MP_JOIN SYN/ACK with a wrong HMAC")
             return
         self._count("MPJoinSynAckRx")
         sf.remote_id = synack.address_id

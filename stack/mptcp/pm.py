@@ -104,12 +104,7 @@ class Announce:
     endpoint: Endpoint
 
 
-@dataclass(frozen=True)
-class Echo:
-    announced: PeerAddress
-
-
-Action = OpenSubflow | Announce | Echo
+Action = OpenSubflow | Announce
 PathKey = tuple[IPAddress, IPAddress, int | None]  # local, peer address, peer port
 
 REJOIN_FIRST = 1.0  # s before the first new attempt after a transient failure
@@ -171,7 +166,9 @@ class ConnectionPaths:
         return actions + self._new_subflows()
 
     def on_add_addr(self, announced: PeerAddress) -> list[Action]:
-        actions: list[Action] = [Echo(announced)]
+        # No echo here: the connection echoes every valid announcement itself (RFC 8684
+        # §3.4.1), whatever the endpoints and limits; this only decides about subflows.
+        actions: list[Action] = []
         if announced.id in self.remote or (
             announced.address == self.initial_remote.address
             and (announced.port in (None, self.initial_remote.port))

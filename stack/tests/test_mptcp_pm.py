@@ -10,7 +10,6 @@ from stack.mptcp.pm import (
     REJOIN_MAX,
     Announce,
     ConnectionPaths,
-    Echo,
     Endpoint,
     Limits,
     OpenSubflow,
@@ -42,18 +41,19 @@ def test_signal_endpoint_is_announced_and_backup_flag_carries() -> None:
     assert OpenSubflow(backup, SERVER0, backup=True) in actions
 
 
-def test_add_addr_is_always_echoed_but_accepted_within_the_limit() -> None:
+def test_add_addr_is_accepted_within_the_limit() -> None:
+    """(The echo is the connection's, for every valid announcement: not a path-manager
+    decision; see test_user_setups_echo_hmac.)"""
     pm = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=4, add_addr_accepted=0))
     conn = pm.connection(CLIENT0, SERVER0)
     conn.on_established()
-    assert conn.on_add_addr(SERVER1) == [Echo(SERVER1)]  # echoed, not acted on
+    assert conn.on_add_addr(SERVER1) == []  # not acted on
     pm2 = PathManager([Endpoint(1, CLIENT1, subflow=True)], Limits(subflows=4, add_addr_accepted=1))
     conn2 = pm2.connection(CLIENT0, SERVER0)
     conn2.on_established()
     actions = conn2.on_add_addr(SERVER1)
-    assert actions[0] == Echo(SERVER1)
     assert OpenSubflow(pm2.endpoints[0], SERVER1, backup=False) in actions
-    assert conn2.on_add_addr(SERVER1) == [Echo(SERVER1)]  # a retransmission
+    assert conn2.on_add_addr(SERVER1) == []  # a retransmission
 
 
 def test_subflow_limit_bounds_created_and_accepted_joins() -> None:
@@ -126,13 +126,13 @@ def test_a_re_added_endpoint_or_re_announced_address_starts_afresh() -> None:
     pm = PathManager([], Limits(subflows=2, add_addr_accepted=1))
     conn = pm.connection(CLIENT0, SERVER0)
     conn.on_established()
-    [_, join] = conn.on_add_addr(SERVER1)
+    [join] = conn.on_add_addr(SERVER1)
     assert isinstance(join, OpenSubflow)
     conn.subflow_failed(join.key, 0.0, transient=False)
     # the peer removes the address (the slot is free again, as the kernel's) and
     # announces it once more: a subflow to it, although the limit is one announcement
     assert conn.on_remove_addr([SERVER1.id]) == [(SERVER1.address, None)]
-    assert conn.on_add_addr(SERVER1) == [Echo(SERVER1), join]
+    assert conn.on_add_addr(SERVER1) == [join]
     endpoint = Endpoint(2, CLIENT1, subflow=True)
     conn.subflow_failed(join.key, 0.0, transient=False)
     pm.add(endpoint)
