@@ -73,30 +73,32 @@ class Cell:
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
 
-    def start(self, address: str, *, server_mode: str, client_mode: str, nbytes: int) -> float:
-        """The server listens, then the client connects; returns when it was started."""
+    def start(self, address: str, *, server_mode: str, client_mode: str, nbytes: int) -> None:
+        """The server listens, then the client connects."""
         self.server.listen(PORT, mode=server_mode, nbytes=nbytes if server_mode == "source" else 0)
-        started = time.monotonic()
+        self.connect(address, client_mode, nbytes)
+
+    def connect(self, address: str, client_mode: str, nbytes: int) -> None:
+        """One more connection from the client to the listening server."""
         self.client.connect(
             address, PORT, mode=client_mode, nbytes=nbytes if client_mode == "source" else 0
         )
-        return started
 
-    def finish(self, within: float) -> tuple[AppReport, AppReport]:
-        """Both ends' reports of the connection, waited for (events, not sleeps)."""
+    def finish(self, within: float, count: int = 1) -> tuple[AppReport, AppReport]:
+        """Both ends' reports of the `count`-th connection, waited for (events, not sleeps)."""
         deadline = time.monotonic() + within
-        client = self.client.wait_report(within)
-        server = self.server.wait_report(max(0.1, deadline - time.monotonic()))
-        if not client or not server:
-            missing = [n for n, r in (("client", client), ("server", server)) if not r]
+        client = self.client.wait_report(within, count)
+        server = self.server.wait_report(max(0.1, deadline - time.monotonic()), count)
+        if len(client) < count or len(server) < count:
+            missing = [n for n, r in (("client", client), ("server", server)) if len(r) < count]
             raise CellFailed(
                 f"no report from the {' and '.join(missing)} within {within:g} s "
                 "(the transfer hung)"
             )
-        for name, [report] in (("client", client[:1]), ("server", server[:1])):
+        for name, report in (("client", client[count - 1]), ("server", server[count - 1])):
             if report.error:
                 raise CellFailed(f"{name}: {report.error}")
-        return client[0], server[0]
+        return client[count - 1], server[count - 1]
 
     def check_intact(self, sender: AppReport, receiver: AppReport, nbytes: int, what: str) -> None:
         """The bytes arrived whole: counts and SHA-256 at both ends, against the digest

