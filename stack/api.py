@@ -36,7 +36,7 @@ from stack.mptcp.subflow import Subflow
 from stack.mptcp.token import TokenTable
 from stack.route import InterfaceConfig, IPAddress, RoutingError
 from stack.tcp.segment import Segment
-from stack.tcp_host import GSO_MAX_SIZE, segment_from_header, transmit
+from stack.tcp_host import GSO_MAX_SIZE, segment_from_header, transmit, with_path_mss
 from stack.wire.ip import IPv4Header, IPv6Header
 from stack.wire.mptcp import MpJoinSyn
 from stack.wire.tcp import TcpHeader
@@ -180,13 +180,13 @@ class _ListenerDriver:
         return self.half_open.pop(id(msk)) if msk is not None else None
 
 
-def _with_gso(config: MptcpConfig) -> MptcpConfig:
-    """Subflows on a real link send super-segments that the kernel cuts (GSO)."""
-    if config.tcp.gso_max_size is not None:
-        return config
-    return dataclasses.replace(
-        config, tcp=dataclasses.replace(config.tcp, gso_max_size=GSO_MAX_SIZE)
-    )
+def _on_host(config: MptcpConfig, host: Host) -> MptcpConfig:
+    """Subflows on a real link send super-segments that the kernel cuts (GSO), and
+    their MSS fits the link's MTU (`Host.path_mss`: 1440 for IPv6 on 1500 bytes)."""
+    tcp = with_path_mss(config.tcp, host)
+    if tcp.gso_max_size is None:
+        tcp = dataclasses.replace(tcp, gso_max_size=GSO_MAX_SIZE)
+    return config if tcp is config.tcp else dataclasses.replace(config, tcp=tcp)
 
 
 class Stack:
@@ -201,8 +201,8 @@ class Stack:
         endpoints: list[Endpoint] | None = None,
         limits: Limits | None = None,
     ) -> None:
-        self.config = _with_gso(config or MptcpConfig())
         self.host = Host(interfaces, netns=netns)
+        self.config = _on_host(config or MptcpConfig(), self.host)
         self.tokens: TokenTable[MptcpConnection] = TokenTable()
         self.paths = PathManager(endpoints or [], limits)
         self.paths.route_source = self._route_source
@@ -254,7 +254,7 @@ class Stack:
                 config: MptcpConfig | None = None) -> MptcpSocket:  # fmt: skip
         address = ipaddress.ip_address(remote[0])
         route = self.host.routing.route(address, ipaddress.ip_address(source) if source else None)
-        config = _with_gso(config) if config is not None else self.config
+        config = _on_host(config, self.host) if config is not None else self.config
 
         def start(now: float) -> _Driver:
             port = self.host.allocate_port(route.source, address, remote[1])

@@ -29,7 +29,7 @@ from typing import Protocol
 from stack.link import RawLink, in_netns, open_in_netns
 from stack.linkwatch import LinkWatcher
 from stack.neighbour import NeighbourTable, Release, Solicit
-from stack.route import InterfaceConfig, IPAddress, Route, RoutingTable
+from stack.route import InterfaceConfig, IPAddress, Route, RoutingError, RoutingTable
 from stack.wire.errors import MalformedHeader
 from stack.wire.ethernet import (
     ARP_REPLY,
@@ -233,6 +233,17 @@ class Host:
             if (local, port, remote, remote_port) not in self._connections:
                 return port
         raise OSError(99, f"no free local port towards {remote}:{remote_port}")
+
+    def path_mss(self, local: IPAddress, remote: IPAddress) -> int | None:
+        """The largest MSS a segment from `local` to `remote` may announce and carry: the
+        MTU of the route's link less the IP and TCP headers (1460 for IPv4 and 1440 for
+        IPv6 on a 1500-byte link), as Linux advertises. None if there is no route."""
+        try:
+            route = self.routing.route(remote, local)
+        except RoutingError:
+            return None
+        headers = 60 if remote.version == 6 else 40
+        return self.links[route.ifname].info.mtu - headers
 
     # ------------------------------------------------------------------ loop
 

@@ -8,6 +8,7 @@ path the MPTCP layer will use; on its own it is plain TCP against any peer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -122,6 +123,15 @@ def segment_to_bytes(seg: Segment, src: IPAddress, dst: IPAddress) -> bytes:
     return emit_tcp(seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window,
                     options=option_area(seg), payload=seg.payload, src=src.packed,
                     dst=dst.packed)  # fmt: skip
+
+
+def with_path_mss(config: TcpConfig, host: Host) -> TcpConfig:
+    """`config` for connections on `host`: their MSS fits the route's link (RFC 9293
+    §3.7.1: the MTU less the IP and TCP headers of the connection's family), unless the
+    caller chose `path_mss` already."""
+    if config.path_mss is not None:
+        return config
+    return dataclasses.replace(config, path_mss=host.path_mss)
 
 
 def transmit(host: Host, seg: Segment, src: IPAddress, dst: IPAddress, mss: int) -> bool:
@@ -252,6 +262,7 @@ def connect(host: Host, remote: tuple[str, int], *, config: TcpConfig | None = N
     address = ipaddress.ip_address(remote[0])
     route = host.routing.route(address)
     port = host.allocate_port(route.source, address, remote[1])
+    config = with_path_mss(config or TcpConfig(), host)
     holder: list[TcpStream] = []
     ready = threading.Event()
 
@@ -278,7 +289,7 @@ class TcpServer:
     def __init__(self, host: Host, port: int, *, config: TcpConfig | None = None):
         self.host = host
         self.port = port
-        self.config = config
+        self.config = with_path_mss(config or TcpConfig(), host)
         self._listeners: dict[IPAddress, TcpListener] = {}
         self._accepted: list[TcpStream] = []
         self._changed = threading.Condition()

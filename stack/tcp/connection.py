@@ -43,7 +43,10 @@ Address = tuple[Any, int]
 # hooks: (segment, relative sequence number of its first byte)
 SegmentHook = Callable[[Segment, int], None]
 
-_DEFAULT_MSS = 536  # RFC 9293 §3.7.1 when the peer sends no MSS option (IPv4)
+# RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option (576 and 1280 bytes
+# less the IP and TCP headers)
+_DEFAULT_MSS = 536
+_DEFAULT_MSS_V6 = 1220
 _TS_LEN = 12  # timestamps option with its padding
 _WORST_DELAYED_ACK = 0.2  # RFC 8985 §7.2 WCDelAckT: one segment in flight may wait for it
 _MIN_PTO = 0.01  # seconds: no probe sooner than this (timer and scheduling noise)
@@ -65,7 +68,12 @@ def _default_congestion(mss: int, initial_window: int) -> CongestionController:
 
 @dataclass
 class TcpConfig:
-    mss: int = 1460  # what we announce and the cap on what we send
+    mss: int = 1460  # the most we announce and the cap on what we send
+    # The largest MSS the path (local address, remote address) carries: its link's MTU
+    # less the IP and TCP headers, as Linux's advertised MSS (1460 for IPv4, 1440 for
+    # IPv6 on a 1500-byte link); None (or a None answer): `mss` alone. The host glue
+    # sets it (`Host.path_mss`); the in-memory simulator leaves it unset.
+    path_mss: Callable[[Any, Any], int | None] | None = None
     # a few MB, as Linux's tcp_rmem/tcp_wmem maxima: one flow is not window-limited on
     # a fast path (4 MiB is 3 ms at 10 Gbit/s, 330 ms at 100 Mbit/s)
     receive_buffer: int = 4 << 20
@@ -156,7 +164,13 @@ class TcpConnection:
         self.snd_wscale = 0
         self.rcv_wscale = 0
         self.wscale_enabled = False
-        self.snd_mss = min(cfg.mss, _DEFAULT_MSS)
+        # our MSS: announced on the SYN, and the most any segment carries whatever the
+        # peer announces (an IPv6 segment of 1460 bytes does not fit a 1500-byte link)
+        ipv6 = getattr(local[0], "version", 4) == 6
+        path_mss = cfg.path_mss(local[0], remote[0]) if cfg.path_mss is not None else None
+        self.mss = max(min(cfg.mss, path_mss or cfg.mss), 1)
+        self._default_mss = _DEFAULT_MSS_V6 if ipv6 else _DEFAULT_MSS
+        self.snd_mss = min(self.mss, self._default_mss)
         self.ts_enabled = False
         self.sack_enabled = False
         self.ts_recent: int | None = None
@@ -184,7 +198,7 @@ class TcpConnection:
         self.rcv_adv = 0  # right edge of the window we advertised (never moves left)
         self._peer_fin_seq: int | None = None
         self.fin_received = False
-        self._rcv_mss = _DEFAULT_MSS
+        self._rcv_mss = self._default_mss
         self._unacked_bytes = 0
         self._ack_now = False  # an ACK is owed at once (out of order, duplicate, window...)
         self._ack_due = False  # two full segments unacknowledged: ACK at the end of the batch
@@ -242,7 +256,7 @@ class TcpConnection:
         cfg = self.config
         self.irs = syn.seq
         self.rcvbuf.rcv_nxt = self.rcvbuf.read_seq = 1
-        self.snd_mss = min(cfg.mss, syn.mss or _DEFAULT_MSS)
+        self.snd_mss = min(self.mss, syn.mss or self._default_mss)
         self.wscale_enabled = cfg.window_scaling and syn.wscale is not None
         if self.wscale_enabled and syn.wscale is not None:
             # RFC 7323 §2.3: shifts above 14 are treated as 14
@@ -254,7 +268,7 @@ class TcpConnection:
         if syn.timestamp is not None and self.ts_enabled:
             self.ts_recent = syn.timestamp[0]
         self.sack_enabled = cfg.sack and syn.sack_permitted
-        self._rcv_mss = min(cfg.mss, _DEFAULT_MSS)
+        self._rcv_mss = min(self.mss, self._default_mss)
         self.cc.set_mss(self.payload_mss)
         if self.option_observer is not None:
             self.option_observer(syn, 0)
@@ -276,7 +290,7 @@ class TcpConnection:
             0,
             flags,
             min(cfg.receive_buffer, 0xFFFF),
-            mss=cfg.mss,
+            mss=self.mss,
         )
         if flags & ACK:
             seg.ack = (self.irs + 1) & SEQ_MASK
@@ -872,7 +886,7 @@ class TcpConnection:
             payload = payload[: max(limit, 0)]
         plen = len(payload)
         if plen > self._rcv_mss:
-            self._rcv_mss = min(plen, self.config.mss)
+            self._rcv_mss = min(plen, self.mss)
         advanced = rb.insert(seq, payload)
         if advanced:
             self._data_event = True
@@ -915,7 +929,7 @@ class TcpConnection:
 
     @property
     def _sws_threshold(self) -> int:
-        return min(self.config.receive_buffer // 2, self.config.mss)
+        return min(self.config.receive_buffer // 2, self.mss)
 
     def _window_field(self) -> int:
         """The window to advertise: never moves the right edge left (RFC 9293 §3.8.6.2.2),

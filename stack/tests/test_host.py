@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -47,3 +48,13 @@ def test_kernel_connect_to_a_closed_port_is_refused(stack_client, address: str) 
     sock.close()
     assert host.counters.resets_sent >= 1
     assert host.counters.bad_checksum == 0
+
+
+def test_path_mss_is_the_links_mtu_less_the_families_headers(stack_client) -> None:
+    """As Linux advertises: 1460 for IPv4 and 1440 for IPv6 on a 1500-byte veth."""
+    _, host = stack_client
+    assert host.links["eth0"].info.mtu == 1500
+    v4, v6 = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8:1::1")
+    assert host.path_mss(v4, ipaddress.ip_address("192.0.2.2")) == 1460
+    assert host.path_mss(v6, ipaddress.ip_address("2001:db8:1::2")) == 1440
+    assert host.path_mss(v6, ipaddress.ip_address("192.0.2.2")) is None  # no such route

@@ -1,6 +1,7 @@
 """Multipath between two of our stacks, in v1 and in v0 (RFC 6824, checksums on): joins
-by subflow endpoint and by ADD_ADDR, backup semantics with failover and return, and
-MP_PRIO (v0's 4-byte form carries the address ID). Real namespaces, SHA-256 checked."""
+by subflow endpoint and by ADD_ADDR, backup semantics with failover and return, MP_PRIO
+(v0's 4-byte form carries the address ID), and IPv6 on 1500-byte links. Real namespaces,
+SHA-256 checked."""
 
 from __future__ import annotations
 
@@ -41,18 +42,27 @@ def pair(
     client_flags: str = "",
     server_flags: str = "",
     rate: str | None = None,
+    *,
+    ipv6: bool = False,
+    limits: dict[str, Limits] | None = None,
 ) -> Iterator[tuple[Topology, Stack, Stack]]:
+    """Two stacks on the dual-homed topology (IPv4, or IPv6 only: `dual_homed_ipv6`)."""
     props = LinkProps(rate=rate) if rate else LinkProps()
-    topo = topology(topologies.dual_homed((props, props), bare=("client", "server")))
+    spec = topologies.dual_homed_ipv6 if ipv6 else topologies.dual_homed
+    topo = topology(spec((props, props), bare=("client", "server")))
     config = MptcpConfig(versions=frozenset({version}))
     stacks = []
     for host, flags in (("server", server_flags), ("client", client_flags)):
         last = "2" if host == "server" else "1"
-        specs = [parse_interface(f"eth0=192.0.2.{last}/24"),
-                 parse_interface(f"eth1=198.51.100.{last}/24{flags}")]  # fmt: skip
+        first, second = (
+            (f"2001:db8:1::{last}/64", f"2001:db8:2::{last}/64")
+            if ipv6
+            else (f"192.0.2.{last}/24", f"198.51.100.{last}/24")
+        )
+        specs = [parse_interface(f"eth0={first}"), parse_interface(f"eth1={second}{flags}")]
         stacks.append(Stack([s.config for s in specs], netns=topo.hosts[host].netns,
                             config=config, endpoints=endpoints_of(specs),
-                            limits=Limits(2, 2)))  # fmt: skip
+                            limits=(limits or {}).get(host, Limits(2, 2))))  # fmt: skip
     try:
         yield topo, stacks[0], stacks[1]
     finally:
@@ -61,11 +71,16 @@ def pair(
 
 
 def run(
-    server: Stack, client: Stack, client_mode: str, size: int, server_mode: str = "echo"
+    server: Stack,
+    client: Stack,
+    client_mode: str,
+    size: int,
+    server_mode: str = "echo",
+    address: str = "192.0.2.2",
 ) -> tuple[Any, ...]:
     """Connect, start both applications; returns (client sock, server sock, finish())."""
     listener = server.listen(8000)
-    sock = client.connect(("192.0.2.2", 8000))
+    sock = client.connect((address, 8000))
     accepted = listener.accept(10)
     reports: dict[str, AppReport] = {}
     threads = [
@@ -225,3 +240,28 @@ def test_traffic_returns_at_once_when_a_link_comes_back(
                    "data on path 2 again")  # fmt: skip
         client_end, server_end = finish()
     assert_upload(client_end, server_end, size)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ipv6_upload_to_an_announced_address_behind_tbf(
+    topology: Callable[..., Topology], version: int
+) -> None:
+    """The interop matrix's `ipv6` cell between two stacks: IPv6 only, both paths tbf
+    100 Mbit/s, the server announces its address on eth1. Full-sized segments must fit
+    the 1500-byte MTU with a 40-byte IPv6 header: each stack announces MSS 1440 (as
+    Linux) and sends no more. With 1460, the IPv4 figure, no data segment ever left
+    (the kernel refused the oversized frames) and the transfer hung."""
+    size = 6_000_000
+    limits = {"server": Limits(2, 0), "client": Limits(2, 1)}
+    with pair(topology, version, server_flags=",signal", rate="100mbit", ipv6=True,
+              limits=limits) as (_, server, client):  # fmt: skip
+        sock, accepted, finish = run(server, client, "source", size, server_mode="sink",
+                                     address="2001:db8:1::2")  # fmt: skip
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join to the announced address")
+        wait_until(lambda: on(accepted, 0, "bytes_received") > 0, 5, "data on the first path")
+        client_end, server_end = finish()
+        assert [sf.tcp.snd_mss for sf in sock.msk.subflows] == [1440, 1440]
+    assert_upload(client_end, server_end, size)
+    subflows = client_end.mptcp["subflows"]
+    assert [f["remote"] for f in subflows] == ["2001:db8:1::2:8000", "2001:db8:2::2:8000"]
+    assert all(f["bytes_sent"] > 0 for f in subflows), subflows

@@ -4,6 +4,8 @@ listener's bounded backlog."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from stack.sim import ADDR_A, ADDR_B, FakePeer, PathConfig, Simulator, connection_pair
 from stack.tcp import (
     ACK,
@@ -245,3 +247,46 @@ def test_lost_synack_is_retransmitted_by_listener():
     a.connect(0.0)
     sim.run(stop=lambda: a.state is TcpState.ESTABLISHED and b.connection is not None)
     assert drops["n"] == 1 and sim.now > 1.0  # waited one (initial) RTO
+
+
+V6_A = (ipaddress.ip_address("2001:db8:1::1"), 40000)
+V6_B = (ipaddress.ip_address("2001:db8:1::2"), 80)
+
+
+def _active(config: TcpConfig, local=V6_A, remote=V6_B) -> tuple[TcpConnection, Segment]:
+    conn = TcpConnection(local, remote, config=config, isn_secret=b"k", now=0.0)
+    conn.connect(0.0)
+    [syn] = conn.poll_segments()
+    return conn, syn
+
+
+def test_the_path_mss_caps_what_is_announced_and_what_is_sent():
+    """On a 1500-byte link an IPv6 segment carries 1440 bytes (40 of IPv6 header): we
+    announce 1440, and a peer announcing 1460 (the IPv4 figure) does not make us send
+    frames the link refuses."""
+    asked = []
+
+    def path_mss(local, remote):
+        asked.append((local, remote))
+        return 1440
+
+    conn, syn = _active(TcpConfig(path_mss=path_mss))
+    assert asked == [(V6_A[0], V6_B[0])] and syn.mss == 1440
+    FakePeer(conn).send(SYN | ACK, 0.01, seq=0, ack=1, mss=1460)
+    assert conn.state is TcpState.ESTABLISHED and conn.snd_mss == 1440
+    # a passive open takes the same cap
+    listener = TcpListener(V6_B, config=TcpConfig(path_mss=path_mss), isn_secret=b"k")
+    listener.handle_segment(V6_A, Segment(V6_A[1], 80, 7, 0, SYN, 65535, mss=1460), 0.0)
+    [(_, synack)] = listener.poll_segments()
+    assert synack.mss == 1440
+    # no answer (no route): the configured MSS alone
+    conn, syn = _active(TcpConfig(mss=1400, path_mss=lambda local, remote: None))
+    assert syn.mss == 1400
+
+
+def test_the_default_send_mss_without_an_option_depends_on_the_family():
+    """RFC 9293 §3.7.1: 536 for IPv4, 1220 for IPv6 when the SYN carries no MSS."""
+    for local, remote, expected in ((ADDR_A, ADDR_B, 536), (V6_A, V6_B, 1220)):
+        conn, _ = _active(TcpConfig(), local, remote)
+        FakePeer(conn).send(SYN | ACK, 0.01, seq=0, ack=1)
+        assert conn.snd_mss == expected
