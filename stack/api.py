@@ -91,7 +91,7 @@ class _Driver:
             host.register(key, _SubflowPort(self, sf))
             self._registered.add(key)
         for sf, seg in msk.poll_segments():
-            transmit(host, seg, sf.local[0], sf.remote[0], sf.tcp.snd_mss)
+            transmit(host, seg, sf.local[0], sf.remote[0], sf.tcp.snd_mss, sf.device)
         for sf in msk.poll_gone_subflows():
             if sf.tcp.next_timer() is None or sf.tcp.state.name == "CLOSED":
                 self._unregister(sf)

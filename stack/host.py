@@ -1,9 +1,10 @@
 """One userspace host: its interfaces, ARP/NDP, IP, and the single I/O loop of the stack.
 
 The host owns the interfaces it is given (through `stack.link`), answers ARP and NDP for
-any of its addresses on any of them (weak host model, as Linux), routes per source
-address, and hands TCP segments to whoever registered for their 4-tuple or port. A
-segment nobody wants gets the RFC 9293 reset. Everything runs in one thread: protocol
+any of its addresses on any of them (weak host model, as Linux), routes as Linux does
+(`stack.route`: by destination, source rules where a gateway is set), and hands TCP
+segments to whoever registered for their 4-tuple or port. A segment nobody wants gets
+the RFC 9293 reset. Everything runs in one thread: protocol
 objects are sans-I/O and only this loop calls them, so they need no locks; other
 threads talk to the loop through `call_soon`.
 """
@@ -165,10 +166,10 @@ class Host:
         self.last_error = ""
         # receivers with end_of_batch() that got segments in the current read of a link
         self._batch: dict[int, Callable[[float], None]] = {}
-        # per (source, destination): route, Ethernet header, IP header template, pseudo-
-        # header sum; the MAC part is trusted for _PATH_TTL seconds and dropped whenever
-        # a neighbour is learnt
-        self._paths: dict[tuple[IPAddress, IPAddress], _Path] = {}
+        # per (source, destination, bound device): route, Ethernet header, IP header
+        # template, pseudo-header sum; the MAC part is trusted for _PATH_TTL seconds and
+        # dropped whenever a neighbour is learnt
+        self._paths: dict[tuple[IPAddress, IPAddress, str], _Path] = {}
         self._addresses: dict[bytes, IPAddress] = {}
 
     # ------------------------------------------------------------------ lifetime
@@ -480,6 +481,7 @@ class Host:
         payload: bytes | bytearray | memoryview = b"",
         *,
         gso_size: int = 0,
+        device: str = "",
     ) -> bool:
         """Send a TCP segment in one system call, its checksum left to the kernel.
 
@@ -488,12 +490,13 @@ class Host:
         segment is a super-segment that the kernel cuts into pieces of `gso_size` bytes
         of payload (each with a copy of the header, FIN and PSH on the last only), as
         TSO does. Returns False when it was dropped (queue full, link down) or waits
-        for address resolution.
+        for address resolution. The route is `RoutingTable.route(dst, src, device)`:
+        `device` is the interface a connection is bound to ("" for none).
         """
         now = self.clock()
-        path = self._paths.get((src, dst))
+        path = self._paths.get((src, dst, device))
         if path is None or now >= path.expires:
-            return self._send_tcp_slowly(src, dst, header, payload, gso_size, now)
+            return self._send_tcp_slowly(src, dst, header, payload, gso_size, now, device)
         length = len(header) + len(payload)
         value = path.pseudo + length
         partial = value % 0xFFFF or 0xFFFF  # folded, not complemented (CHECKSUM_PARTIAL)
@@ -514,7 +517,8 @@ class Host:
         )
         self._count(ok)
         if not ok and path.link.down:
-            self._paths.pop((src, dst), None)  # route afresh: another link may reach dst
+            # route afresh: another link may reach dst
+            self._paths.pop((src, dst, device), None)
         return ok
 
     def _send_tcp_slowly(
@@ -525,11 +529,12 @@ class Host:
         payload: bytes | bytearray | memoryview,
         gso_size: int,
         now: float,
+        device: str,
     ) -> bool:
         """The path is not cached (first segment, or its MAC is due for a fresh look):
         cut and checksum the segment here and send the pieces as plain packets, which
         wait in the neighbour queue if need be; cache the path once the MAC is known."""
-        route = self.routing.route(dst, src)
+        route = self.routing.route(dst, src, device)
         step = gso_size if 0 < gso_size < len(payload) else max(len(payload), 1)
         seq = int.from_bytes(header[4:8], "big")
         flags = header[13]
@@ -551,7 +556,7 @@ class Host:
         template = bytearray(emit_ip(src.packed, dst.packed, IPPROTO_TCP))
         if not ipv6:
             template[10:12] = b"\0\0"
-        self._paths[(src, dst)] = _Path(
+        self._paths[(src, dst, device)] = _Path(
             link=self.links[route.ifname],
             ethernet=ethernet,
             ip=template,

@@ -134,8 +134,11 @@ def with_path_mss(config: TcpConfig, host: Host) -> TcpConfig:
     return dataclasses.replace(config, path_mss=host.path_mss)
 
 
-def transmit(host: Host, seg: Segment, src: IPAddress, dst: IPAddress, mss: int) -> bool:
-    """Send one outgoing segment from `src` to `dst` through the host, in one system call.
+def transmit(
+    host: Host, seg: Segment, src: IPAddress, dst: IPAddress, mss: int, device: str = ""
+) -> bool:
+    """Send one outgoing segment from `src` to `dst` through the host, in one system call
+    (out of `device` if the connection is bound to one: `RoutingTable.route`).
 
     `mss` is the peer's MSS (`TcpConnection.snd_mss`): payload plus TCP options of one
     wire segment (RFC 9293 §3.7.1). A segment whose payload does not fit beside its
@@ -145,7 +148,8 @@ def transmit(host: Host, seg: Segment, src: IPAddress, dst: IPAddress, mss: int)
     Returns False if the frame was dropped locally (full queue) or waits for ARP/NDP.
     """
     header = segment_header(seg)
-    return host.send_tcp(src, dst, header, seg.payload, gso_size=mss - (len(header) - 20))
+    return host.send_tcp(src, dst, header, seg.payload, gso_size=mss - (len(header) - 20),
+                         device=device)  # fmt: skip
 
 
 class TcpStream:

@@ -1216,15 +1216,16 @@ class MptcpConnection:
             local_id = 0 if action.local.address == initial else action.local.id
             sf = self.open_subflow(action.local.address, local_id, action.remote.address,
                                    action.remote.port or self.subflows[0].remote[1],
-                                   backup=action.backup, now=now)  # fmt: skip
+                                   backup=action.backup, now=now,
+                                   device=action.local.ifname)  # fmt: skip
             if sf is not None:
                 sf.path_key = action.key
             elif self.paths is not None:
                 self.paths.subflow_closed(action.key)  # not opened: its slot stays free
 
     def open_subflow(self, local: IPAddress, local_id: int, remote: IPAddress, port: int, *,
-                     backup: bool, now: float) -> Subflow | None:  # fmt: skip
-        """MP_JOIN from `local` to `remote` (RFC 8684 §3.2)."""
+                     backup: bool, now: float, device: str = "") -> Subflow | None:  # fmt: skip
+        """MP_JOIN from `local` to `remote` (RFC 8684 §3.2), bound to `device` if given."""
         if (self.fallback or self.version is None or self.remote_key is None or self.closed
                 or self.mp_fail_dsn is not None):  # fmt: skip
             return None  # after MP_FAIL no subflow may join (Linux: allow_subflows)
@@ -1233,7 +1234,7 @@ class MptcpConnection:
         local_port = self.allocate_port(local, remote, port)
         tcp = TcpConnection((local, local_port), (remote, port), config=self._subflow_config(),
                             isn_secret=self.isn_secret, now=now)  # fmt: skip
-        sf = Subflow(tcp, initial=False, local_id=local_id, backup_local=backup)
+        sf = Subflow(tcp, initial=False, local_id=local_id, backup_local=backup, device=device)
         sf.join = JoinCrypto.fresh(self.version, self.local_key, self.remote_key)
         sf.recvmap = SubflowReceiveMapper(self.checksum)
         self._hook(sf)

@@ -71,6 +71,9 @@ class Subflow:
     counted: bool = False  # a join the peer completed: it holds a slot of the limit
     # the path manager's key of a join we opened (local, peer address, peer port)
     path_key: tuple[IPAddress, IPAddress, int | None] | None = None
+    # the interface a join we opened is bound to (its endpoint's, as `ip mptcp endpoint
+    # add ADDR dev IFNAME`): it leaves through it whatever the routes say; "" for none
+    device: str = ""
     plain_ack: bool = False  # the last segment in carried no MPTCP option
     last_plain: str = ""  # that segment, for the fallback reason
     error: str = ""
