@@ -317,6 +317,7 @@ def _failover(cell: Cell, cut: Callable[[bool], None]) -> None:
     pass_when="3 cuts, each completes intact; median time from the cut to data on path2 "
     "≤ kernel→kernel's in the same run (within the kernel's own spread)",
     topology=_user_dual(SHAPED),
+    quick=False,
     exclusive=True,
     versus_kernel=("resume_ms", "lower"),
 )
@@ -330,6 +331,7 @@ def failover(cell: Cell) -> None:
     pass_when="3 cuts, each completes intact; median time from the cut to data on path2 "
     "≤ kernel→kernel's in the same run (within the kernel's own spread)",
     topology=_user_dual(SHAPED),
+    quick=False,
     exclusive=True,
     versus_kernel=("resume_ms", "lower"),
 )
