@@ -25,6 +25,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -243,9 +244,16 @@ class Stack:
             finally:
                 done.set()
 
+        if self.host.stopped:
+            raise ConnectionAbortedError("the stack is closed")
         self.host.call_soon(call)
-        if not done.wait(30.0):
-            raise TimeoutError("the stack's I/O loop did not answer within 30 s")
+        deadline = time.monotonic() + 30.0
+        while not done.wait(0.05):
+            # A loop that stopped meanwhile will never run the call: say so at once.
+            if self.host.stopped:
+                raise ConnectionAbortedError("the stack is closed")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the stack's I/O loop did not answer within 30 s")
         if error:
             raise error[0]
         return result[0] if result else None

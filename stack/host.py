@@ -179,6 +179,11 @@ class Host:
         self._thread = threading.Thread(target=self.run, name="stack-io", daemon=True)
         self._thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        """The loop was asked to stop: it runs no more calls."""
+        return self._stop.is_set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake()

@@ -240,3 +240,23 @@ def test_syn_flood_costs_bounded_memory_and_tokens() -> None:
     assert len(listener.half_open) == 64
     assert len(tokens) == 64
     assert listener.counters["ListenDrops"] == 10_000 - 64
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_a_socket_of_a_closed_stack_fails_at_once_with_a_clear_error(
+    topology: Callable[..., Topology],
+) -> None:
+    """A call on a connection whose stack was closed meanwhile says so (it used to wait
+    30 s for a loop that had stopped, then raise TimeoutError in the caller's thread)."""
+    topo = topology(topologies.single_path(bare=("client",)))
+    listener = listen(topo.hosts["server"].ns, "192.0.2.2", 8000, "mptcp")
+    try:
+        stack = Stack([InterfaceConfig.parse("eth0=192.0.2.1/24")],
+                      netns=topo.hosts["client"].netns)  # fmt: skip
+        sock = stack.connect(("192.0.2.2", 8000))
+        stack.close()
+        with pytest.raises(ConnectionAbortedError, match="the stack is closed"):
+            sock.sendall(b"late")
+    finally:
+        listener.close()
