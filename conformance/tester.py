@@ -766,7 +766,13 @@ class Tester:
         for subflow in self.subflows:
             if subflow.owns(segment):
                 subflow.track(segment)
-        self.inbox.append(segment)
+        # In the order the kernel stamped them on arrival: two frames sent back to back
+        # can reach this socket the other way round (veth hands each to the backlog of
+        # the CPU that sent it), and "the next segment" means the next one sent.
+        at = len(self.inbox)
+        while at > 0 and self.inbox[at - 1].time > when:
+            at -= 1
+        self.inbox.insert(at, segment)
 
     def _is_mine(self, address: str) -> bool:
         return any(address in port.addresses for port in self.ports.values())
