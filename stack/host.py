@@ -99,7 +99,8 @@ class Counters:
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0  # the kernel refused them (queue full, link down)
-    bad_checksum: int = 0
+    bad_checksum: int = 0  # TCP checksums that fail
+    bad_ip_checksum: int = 0  # IPv4 header checksums that fail (RFC 1122 §3.2.1.2: drop)
     malformed: int = 0
     resets_sent: int = 0
     unreachable: int = 0
@@ -343,6 +344,11 @@ class Host:
             ip4 = parse_ipv4(eth.payload)
             if isinstance(ip4, MalformedHeader) or ip4.is_fragment:
                 self.counters.malformed += 1
+                return
+            if internet_checksum(ip4.header):
+                # never offloaded on veth: a sender always fills it in, so no frame
+                # from the wire is exempt (RFC 1122 §3.2.1.2 MUST drop)
+                self.counters.bad_ip_checksum += 1
                 return
             if ip4.protocol == IPPROTO_TCP:
                 self._on_tcp(ip4, self._address(ip4.dst), trusted)

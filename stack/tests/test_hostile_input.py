@@ -1,0 +1,58 @@
+"""Hostile or broken input to `python -m stack serve`, from the scripted tester in real
+namespaces: each gets the RFC's reaction and the listener goes on serving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import topologies
+from conformance.iut.stack import StackV1Iut
+from conformance.tester import Tester as ScriptedPeer
+from stack.wire.mptcp import MpCapable
+from stack.wire.tcp import SYN, MaxSegmentSize
+from testbed import Topology
+
+pytestmark = pytest.mark.netns
+
+
+def _syn_frame(tester: ScriptedPeer, sport: int, *, ip_checksum_ok: bool) -> bytes:
+    """A v1 MP_CAPABLE SYN to the stack's port 8000, its IPv4 header checksum right or
+    not (built by scapy, which fills the checksum in; then one byte of it flipped)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from stack.wire.scapy_bridge import to_scapy_option
+
+    port = tester.ports["eth0"]
+    options = [MaxSegmentSize(1460), MpCapable(version=1, flags=0x01)]
+    frame = bytearray(bytes(
+        Ether(src=port.mac, dst=port.peer_mac)
+        / IP(src="192.0.2.1", dst="192.0.2.2", ttl=64)
+        / TCP(sport=sport, dport=8000, seq=1000, flags="S", window=65535,
+              options=[to_scapy_option(o) for o in options])
+    ))  # fmt: skip
+    if not ip_checksum_ok:
+        frame[14 + 10] ^= 0x5A  # the IPv4 header checksum's first byte
+    return bytes(frame)
+
+
+def test_a_syn_with_a_bad_ipv4_header_checksum_is_dropped(
+    topology: Callable[..., Topology],
+) -> None:
+    """RFC 1122 §3.2.1.2: a datagram whose IP header checksum fails MUST be discarded.
+    The stack answered such a SYN with a SYN/ACK (issue 11); now it stays silent, and
+    the same SYN with a good checksum is answered."""
+    topo = topology(topologies.single_path(bare=("client", "server")))
+    iut = StackV1Iut(topo, "server")
+    try:
+        iut.listen(8000, mode="sink")
+        with ScriptedPeer(topo, "client", "server") as tester:
+            tester.send_frame("eth0", _syn_frame(tester, 40001, ip_checksum_ok=False))
+            tester.expect_none(flags="SA", within=0.5, what="a SYN/ACK to a corrupted SYN")
+            tester.send_frame("eth0", _syn_frame(tester, 40002, ip_checksum_ok=True))
+            synack = tester.expect(flags="SA", within=2, what="a SYN/ACK to a good SYN")
+            assert synack.dport == 40002 and synack.flags & SYN
+    finally:
+        iut.stop()
