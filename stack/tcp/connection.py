@@ -47,6 +47,9 @@ SegmentHook = Callable[[Segment, int], None]
 # less the IP and TCP headers)
 _DEFAULT_MSS = 536
 _DEFAULT_MSS_V6 = 1220
+# The smallest send MSS a peer can impose: Linux's tcp_min_snd_mss (a hostile MSS of 1
+# would leave no room for options, or make every segment a byte)
+MIN_SND_MSS = 48
 _TS_LEN = 12  # timestamps option with its padding
 _WORST_DELAYED_ACK = 0.2  # RFC 8985 §7.2 WCDelAckT: one segment in flight may wait for it
 _MIN_PTO = 0.01  # seconds: no probe sooner than this (timer and scheduling noise)
@@ -256,7 +259,7 @@ class TcpConnection:
         cfg = self.config
         self.irs = syn.seq
         self.rcvbuf.rcv_nxt = self.rcvbuf.read_seq = 1
-        self.snd_mss = min(self.mss, syn.mss or self._default_mss)
+        self.snd_mss = min(self.mss, max(syn.mss or self._default_mss, MIN_SND_MSS))
         self.wscale_enabled = cfg.window_scaling and syn.wscale is not None
         if self.wscale_enabled and syn.wscale is not None:
             # RFC 7323 §2.3: shifts above 14 are treated as 14

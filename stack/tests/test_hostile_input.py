@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import topologies
+from conformance.iut.base import source_bytes
 from conformance.iut.stack import StackV1Iut
 from conformance.tester import Tester as ScriptedPeer
 from stack.wire.mptcp import MpCapable
@@ -56,3 +57,27 @@ def test_a_syn_with_a_bad_ipv4_header_checksum_is_dropped(
             assert synack.dport == 40002 and synack.flags & SYN
     finally:
         iut.stop()
+
+
+def test_a_peer_mss_of_1_is_raised_to_linux_floor_of_48(topology: Callable[..., Topology]) -> None:
+    """A SYN with MSS 1 used to make every send of a `source` raise struct.error in the
+    I/O loop: the connection never sent (issue 11 fault 3). Linux raises the send MSS
+    to tcp_min_snd_mss (48); so does the stack: data flows, in segments whose payload
+    and options fit in 48 bytes."""
+    topo = topology(topologies.single_path(bare=("client", "server")))
+    iut = StackV1Iut(topo, "server")
+    try:
+        iut.listen(8000, mode="source", nbytes=2000)
+        with ScriptedPeer(topo, "client", "server") as tester:
+            tester.mss = lambda address: MaxSegmentSize(1)  # type: ignore[method-assign]
+            conn, subflow = tester.connect(8000)
+            data = subflow.expect(data=True, within=2, what="data from the source")
+            assert 0 < len(data.payload) <= 48, data.describe()
+            data.consumed = False  # read_stream starts from it
+            stream, _ = subflow.read_stream(
+                enough=lambda got: len(got) >= 2000, within=10,
+                options=lambda got: [conn.data_ack()],
+            )  # fmt: skip
+    finally:
+        iut.stop()
+    assert stream == source_bytes(2000, None)
