@@ -113,6 +113,15 @@ class DataSendQueue:
             self.fin_acknowledged = True
         return data_advance
 
+    def beyond_sent(self, data_ack: int) -> bool:
+        """Whether a DATA_ACK acknowledges bytes never sent (RFC 8684 §3.3.2: invalid;
+        Linux ignores where it points). Behind snd_una (half the space back) is old, not
+        beyond."""
+        advance = (data_ack - self.snd_una) % DSN_MOD
+        fin_pending = self.fin_sent and not self.fin_acknowledged
+        limit = self.in_flight + (1 if fin_pending and self.unsent == 0 else 0)
+        return limit < advance < HALF
+
     def reinject(self, dsn: int, length: int) -> None:
         """Queue [dsn, dsn+length) for sending again, e.g. after its subflow failed."""
         offset = (dsn - self.snd_una) % DSN_MOD

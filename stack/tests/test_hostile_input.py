@@ -3,6 +3,8 @@ namespaces: each gets the RFC's reaction and the listener goes on serving."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +13,7 @@ import topologies
 from conformance.iut.base import source_bytes
 from conformance.iut.stack import StackV1Iut
 from conformance.tester import Tester as ScriptedPeer
-from stack.wire.mptcp import MpCapable
+from stack.wire.mptcp import Dss, MpCapable
 from stack.wire.tcp import SYN, MaxSegmentSize
 from testbed import Topology
 
@@ -81,3 +83,41 @@ def test_a_peer_mss_of_1_is_raised_to_linux_floor_of_48(topology: Callable[..., 
     finally:
         iut.stop()
     assert stream == source_bytes(2000, None)
+
+
+def test_one_data_ack_far_beyond_what_was_sent_does_not_stop_sending(
+    topology: Callable[..., Topology],
+) -> None:
+    """A DATA_ACK about 2^63 ahead of what was sent, in an in-window segment, moved the
+    connection's send-window edge out of reach: sending stopped (issue 11 fault 2; here
+    until a retransmission timer broke the stall). RFC 8684 §3.3.2 makes such an ACK
+    invalid and Linux ignores where it points; so does the stack: the stream goes on."""
+    nbytes = 300_000
+    topo = topology(topologies.single_path(bare=("client", "server")))
+    iut = StackV1Iut(topo, "server")
+    sent_bogus: list[int] = []
+    arrivals: list[float] = []  # when each advance of the stream came (and was acked)
+    try:
+        iut.listen(8000, mode="source", nbytes=nbytes)
+        with ScriptedPeer(topo, "client", "server") as tester:
+            conn, subflow = tester.connect(8000)
+
+            def data_ack(got: bytes) -> list[Dss]:
+                arrivals.append(time.monotonic())
+                real = (conn.remote_idsn + 1 + len(got)) % 2**64
+                if len(got) >= 50_000 and not sent_bogus:
+                    sent_bogus.append((real + 2**63 - 4096) % 2**64)
+                    return [Dss(sent_bogus[0], data_ack_64=True)]
+                return [Dss(real, data_ack_64=True)]
+
+            stream, _ = subflow.read_stream(
+                enough=lambda got: len(got) >= nbytes, within=15, options=data_ack
+            )
+    finally:
+        iut.stop()
+    assert sent_bogus, "the bogus DATA_ACK was never sent"
+    assert len(stream) == nbytes and stream == source_bytes(nbytes, None)
+    # The old code stopped for ~3 s (until the data-level retransmission timer), on an
+    # unshaped veth where the stream otherwise never pauses for a tenth of that.
+    pause = max(b - a for a, b in itertools.pairwise(arrivals))
+    assert pause < 1.0, f"the stream paused {pause:.2f} s after the bogus DATA_ACK"

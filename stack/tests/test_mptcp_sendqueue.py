@@ -23,6 +23,15 @@ def test_dsns_are_consecutive_and_acks_free_the_buffer() -> None:
     assert q.take(10) is None
 
 
+def test_a_data_ack_beyond_what_was_sent_is_told_from_an_old_one() -> None:
+    q = DataSendQueue(100, capacity=10)
+    q.write(b"0123456789")
+    q.take(4)  # 100..103 in flight
+    assert not q.beyond_sent(104) and not q.beyond_sent(102)  # up to snd_nxt: valid
+    assert q.beyond_sent(105) and q.beyond_sent((100 + 2**63 - 4096) % DSN_MOD)
+    assert not q.beyond_sent(99) and not q.beyond_sent((100 + 2**63) % DSN_MOD)  # old
+
+
 def test_reinjection_goes_first_and_skips_acknowledged_parts() -> None:
     q = DataSendQueue(0, capacity=100)
     q.write(b"abcdefghij")
