@@ -74,10 +74,20 @@ class MappingError:
 Event = Deliver | DataFin | ChecksumFailed | Unmapped | MappingError
 
 
+# Mappings kept for bytes not yet delivered are bounded, as Linux bounds what it queues
+# out of order (by the receive buffer): one that starts beyond the receive window (plus
+# one 64 KiB mapping) maps bytes TCP would not accept, and at most MAX_MAPPINGS are kept.
+# A peer that sent 100,000 mappings for bytes it never sent held 27 MB (issue 11).
+MAX_MAPPINGS = 8192
+MAPPING_SLACK = 1 << 16
+
+
 class SubflowReceiveMapper:
-    def __init__(self, checksums: bool, max_pending: int = 1 << 20):
+    def __init__(self, checksums: bool, max_pending: int = 1 << 20, window: int = 4 << 20):
         self.checksums = checksums
         self.max_pending = max_pending
+        self.window = window  # the subflow's receive buffer
+        self.ignored = 0  # mappings dropped by the bounds above
         self._starts: list[int] = []  # mapping subflow_seq, sorted (relative, unwrapped)
         self._mappings: dict[int, Mapping] = {}
         self._infinite: Mapping | None = None
@@ -120,6 +130,12 @@ class SubflowReceiveMapper:
             return [DataFin((mapping.dsn + mapping.length - 1) % DSN_MOD)]  # data already in
         if end < next_in_order and mapping.data_length:
             return []  # a retransmitted segment's copy of a mapping already used
+        if (
+            mapping.subflow_seq > next_in_order + self.window + MAPPING_SLACK
+            or len(self._mappings) >= MAX_MAPPINGS
+        ):
+            self.ignored += 1
+            return []
         bisect.insort(self._starts, mapping.subflow_seq)
         self._mappings[mapping.subflow_seq] = mapping
         if mapping.data_fin and mapping.data_length == 0 and mapping.subflow_seq <= next_in_order:

@@ -126,3 +126,22 @@ def test_data_fin_on_a_mapping_whose_bytes_were_all_delivered() -> None:
     mapper.add_mapping(Mapping(500, 1, 10), 1)
     mapper.deliver(1, b"x" * 10)
     assert mapper.add_mapping(Mapping(500, 1, 11, data_fin=True), 11) == [DataFin(510)]
+
+
+def test_mappings_for_future_bytes_are_bounded() -> None:
+    """100,000 mappings for bytes never sent (issue 11: 27 MB on one connection) keep at
+    most MAX_MAPPINGS; those beyond the receive window are not kept at all; the stream's
+    own mappings still work after the flood."""
+    from stack.mptcp.mapping import MAX_MAPPINGS
+
+    mapper = SubflowReceiveMapper(checksums=False, window=1 << 20)
+    for i in range(100_000):
+        mapper.add_mapping(Mapping(10_000 + i * 10, 2 + i * 10, 10), next_in_order=1)
+    assert len(mapper._mappings) == MAX_MAPPINGS == len(mapper._starts)
+    assert mapper.ignored == 100_000 - MAX_MAPPINGS
+    far = SubflowReceiveMapper(checksums=False, window=1 << 20)
+    assert far.add_mapping(Mapping(5, (1 << 20) + (1 << 17), 10), next_in_order=1) == []
+    assert far.ignored == 1 and not far._mappings
+    # the stream's own mapping, within the window, is still kept and used
+    assert far.add_mapping(Mapping(7, 1, 3), next_in_order=1) == []
+    assert far.deliver(1, b"abc") == [Deliver(7, b"abc")]
