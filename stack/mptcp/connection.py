@@ -200,6 +200,9 @@ class MptcpConnection:
         # data-level retransmission: when the DATA_ACK stalls although the subflows
         # delivered (Linux's msk-level retransmit timer, MPTCPRetrans)
         self._data_rtx_deadline: float | None = None
+        # the interval in force (the kernel's timer_ival): computed when the timer is
+        # armed from progress, reused by a firing that sends nothing (`_retransmit_data`)
+        self._data_rtx_ival = config.tcp.min_rto
         self._data_rtx_backoff = 0
         self._fin_backoff = 0
         self._fb_offset = 0  # DSN - subflow sequence, once fallen back (one subflow)
@@ -895,7 +898,8 @@ class MptcpConnection:
         if sendq is None or self.fallback or sendq.in_flight == 0:
             self._data_rtx_deadline = None
         elif self._data_rtx_deadline is None:
-            self._data_rtx_deadline = now + self._data_rto(now)
+            self._data_rtx_ival = self._data_rto(now)
+            self._data_rtx_deadline = now + self._data_rtx_ival
 
     def _retransmit_target(self) -> Subflow | None:
         """Where the oldest unacknowledged bytes go again (the kernel's
@@ -950,7 +954,15 @@ class MptcpConnection:
                 self._data_rtx_backoff += 1
                 self._count("MPTCPRetrans")
                 self._send_chunk(target, chunk[0], chunk[1], now)
-        self._data_rtx_deadline = now + self._data_rto(now)
+                self._data_rtx_deadline = now + self._data_rto(now)
+                return
+        # Nothing went out: the timer goes again with the interval in force, as the
+        # kernel's __mptcp_retrans re-arms with timer_ival, which only its scheduler
+        # recomputes, after the re-arm. So a blackholed path's backup takes over two
+        # of its short intervals (2 SRTT: the tail loss probe's) after the last ACK,
+        # not one and then a minimum RTO. Later firings use the recomputed interval.
+        self._data_rtx_deadline = now + self._data_rtx_ival
+        self._data_rtx_ival = self._data_rto(now)
 
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""
