@@ -3,11 +3,12 @@ way, net/mptcp: stale detection and data-level retransmission onto the backup).
 
 Two subflows share one simulated path: the initial one (regular) and a join flagged
 backup. The regular one's segments can be dropped both ways (a blackhole) or at random
-(a lossy path that still answers). The data-level retransmission interval is, as the
-kernel's timer_ival, the regular subflow's next retransmission timer (its tail loss
-probe or RTO: the kernel's icsk_timeout) when the timer was armed at the last DATA_ACK;
-a firing that sends nothing goes again after that same interval, later ones after the
-interval recomputed then (the minimum RTO once the silent subflow no longer counts).
+(a lossy path that still answers). The data-level timer is armed, at every DATA_ACK
+that moves and at every firing, with the interval in force (the kernel's timer_ival),
+which is recomputed just after: the time until the latest pending retransmission timer
+(tail loss probe or RTO: the kernel's icsk_timeout) of the subflows still making
+progress, else the minimum RTO. So after a blackhole the first firing comes one probe
+timeout after the last DATA_ACK, and the second one probe timeout later again.
 An interval that finds data outstanding and nothing received since the last one counts
 against the subflow. The backup gets the oldest unacknowledged bytes once every
 subflow holding data has gone two intervals without a word; after STALE_LOSS_CNT
