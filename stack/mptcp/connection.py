@@ -200,8 +200,8 @@ class MptcpConnection:
         # data-level retransmission: when the DATA_ACK stalls although the subflows
         # delivered (Linux's msk-level retransmit timer, MPTCPRetrans)
         self._data_rtx_deadline: float | None = None
-        # the interval in force (the kernel's timer_ival): computed when the timer is
-        # armed from progress, reused by a firing that sends nothing (`_retransmit_data`)
+        # the interval in force (the kernel's timer_ival): what the next arming uses
+        # (`_rearm_data_rtx`), recomputed just after it
         self._data_rtx_ival = config.tcp.min_rto
         self._data_rtx_backoff = 0
         self._fin_backoff = 0
@@ -662,6 +662,12 @@ class MptcpConnection:
                 self._start_paths(self._now)
         if option.data_ack is not None:
             ack = _expand(option.data_ack, self.sendq.snd_una, option.data_ack_64)
+            if self.sendq.beyond_sent(ack):
+                # As Linux: such a DATA_ACK moves nothing, and the window it carries is
+                # taken relative to snd_una (else one bogus ACK far ahead pushed the
+                # window's edge out of reach and sending stopped for good)
+                self._count("DataAckBeyondSent")
+                ack = self.sendq.snd_una
             if self.sendq.acknowledge(ack):
                 self._fin_backoff = 0
                 self._data_rtx_backoff = 0
@@ -898,8 +904,19 @@ class MptcpConnection:
         if sendq is None or self.fallback or sendq.in_flight == 0:
             self._data_rtx_deadline = None
         elif self._data_rtx_deadline is None:
-            self._data_rtx_ival = self._data_rto(now)
-            self._data_rtx_deadline = now + self._data_rtx_ival
+            self._rearm_data_rtx(now)
+
+    def _rearm_data_rtx(self, now: float) -> None:
+        """Arm the data-level timer with the interval in force, then recompute the
+        interval for the next arming, in the kernel's order: a DATA_ACK that moves
+        (__mptcp_clean_una) and a firing (__mptcp_retrans) reset the timer with
+        timer_ival, which the scheduler (mptcp_subflow_get_send) recomputes only
+        afterwards. So after a blackhole the firing that finds the path silent goes
+        again after the path's own short interval (its tail loss probe's, 2 SRTT),
+        and the second one sends on the backup, rather than a minimum RTO later (the
+        silent subflow no longer counts towards the recomputed interval)."""
+        self._data_rtx_deadline = now + self._data_rtx_ival
+        self._data_rtx_ival = self._data_rto(now)
 
     def _retransmit_target(self) -> Subflow | None:
         """Where the oldest unacknowledged bytes go again (the kernel's
@@ -954,15 +971,7 @@ class MptcpConnection:
                 self._data_rtx_backoff += 1
                 self._count("MPTCPRetrans")
                 self._send_chunk(target, chunk[0], chunk[1], now)
-                self._data_rtx_deadline = now + self._data_rto(now)
-                return
-        # Nothing went out: the timer goes again with the interval in force, as the
-        # kernel's __mptcp_retrans re-arms with timer_ival, which only its scheduler
-        # recomputes, after the re-arm. So a blackholed path's backup takes over two
-        # of its short intervals (2 SRTT: the tail loss probe's) after the last ACK,
-        # not one and then a minimum RTO. Later firings use the recomputed interval.
-        self._data_rtx_deadline = now + self._data_rtx_ival
-        self._data_rtx_ival = self._data_rto(now)
+        self._rearm_data_rtx(now)
 
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""

@@ -60,6 +60,7 @@ class Session:
     listener: Any = None
     reports: dict[str, AppReport] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+    addresses: dict[str, tuple[str, str]] = field(default_factory=lambda: ADDRESSES)
 
     @property
     def kernel_role(self) -> str:
@@ -72,17 +73,18 @@ class Session:
 
     def open(self) -> None:
         ns = self.topo.hosts[self.kernel_role].ns
+        server_address = self.addresses["server"][0]
         if self.stack_role == "client":
             listener = make_socket(ns, "0.0.0.0", "mptcp")
             listener.bind(("0.0.0.0", PORT))
             listener.listen(4)
-            self.sock = self.stack.connect((ADDRESSES["server"][0], PORT))
+            self.sock = self.stack.connect((server_address, PORT))
             self.kernel_sock, _ = listener.accept()
             self.listener = listener  # kept open: the kernel takes joins through it
         else:
             server = self.stack.listen(PORT)
-            self.kernel_sock = make_socket(ns, ADDRESSES["server"][0], "mptcp")
-            self.kernel_sock.connect((ADDRESSES["server"][0], PORT))
+            self.kernel_sock = make_socket(ns, server_address, "mptcp")
+            self.kernel_sock.connect((server_address, PORT))
             self.sock = server.accept(10)
         self.kernel_sock.settimeout(60)
 
@@ -125,10 +127,12 @@ def session(
     limits: Limits = Limits(2, 2),  # noqa: B008  (frozen)
     config: MptcpConfig | None = None,
     props: tuple[LinkProps, LinkProps] | None = None,
+    spec: Callable[..., Any] = topologies.dual_homed,
+    addresses: dict[str, tuple[str, str]] = ADDRESSES,
 ) -> Iterator[Session]:
-    topo = topology(topologies.dual_homed(props, bare=(stack_role,)))
+    topo = topology(spec(props, bare=(stack_role,)))
     specs = [
-        parse_interface(f"eth{i}={ADDRESSES[stack_role][i]}/24{stack_flags[i]}") for i in (0, 1)
+        parse_interface(f"eth{i}={addresses[stack_role][i]}/24{stack_flags[i]}") for i in (0, 1)
     ]
     kernel = KernelMptcp(topo.hosts["server" if stack_role == "client" else "client"].ns)
     kernel.set_limits(subflows=4, add_addr_accepted=4)
@@ -136,7 +140,7 @@ def session(
         stack = Stack([s.config for s in specs], netns=topo.hosts[stack_role].netns,
                       config=config, endpoints=endpoints_of(specs), limits=limits)  # fmt: skip
         with stack:
-            yield Session(topo, stack_role, stack, kernel)
+            yield Session(topo, stack_role, stack, kernel, addresses=addresses)
     finally:
         kernel.close()
 
@@ -285,6 +289,53 @@ def test_failover_to_backup_and_back(topology: Callable[..., Topology], stack_ro
                    "traffic back on the regular path")  # fmt: skip
         stack_end, kernel_end = s.finish()
     assert_transfer_intact(stack_end, kernel_end, size)
+
+
+USER_ADDRESSES = {
+    "client": ("203.0.113.1", "198.18.0.1"),
+    "server": ("203.0.113.2", "198.18.0.2"),
+}
+MIN_RTO = 0.2  # Linux's TCP_RTO_MIN, the stack's default minimum RTO (MptcpConfig)
+
+
+def test_blackholed_regular_path_fails_over_within_two_probe_timeouts(
+    topology: Callable[..., Topology],
+) -> None:
+    """Path 1 is blackholed (nftables both ways, the links stay up) while the stack
+    uploads to the kernel over 100 Mbit/s paths, with a backup subflow on path 2.
+    Linux's MPTCP-level retransmission timer runs with the regular subflow's pending
+    timer as its interval (its tail loss probe's: 2 SRTT, at least 10 ms here): the
+    first firing after the last ACK counts the silent subflow, the second, after the
+    same interval, sends the oldest unacknowledged data on the backup. The send buffer
+    (128 KB) keeps what is in flight, so the tbf queue and the RTT, small (about
+    10 ms) and the path free of losses: two intervals are well within the 200 ms
+    minimum RTO, which the stack used to wait on top of a probe timeout (about 230 ms).
+    Measured from the link counters, as the interop matrix does."""
+    size = 8_000_000
+    rate = LinkProps(rate="100mbit")
+    # user_dual_homed: the kernel answers the join (from our eth1 to its first address)
+    # by its connected route, so the backup subflow lies on path 2 both ways (the
+    # testbed's source rules would send its ACKs over path 1, into the blackhole)
+    with session(topology, "client", ("", ",subflow,backup"), limits=Limits(2, 0),
+                 config=MptcpConfig(send_buffer=128 << 10), props=(rate, rate),
+                 spec=topologies.user_dual_homed, addresses=USER_ADDRESSES) as s:  # fmt: skip
+        s.start("source", "sink", size)
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the backup subflow", s)
+        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > 2_000_000, 10, "data on path 1")
+        assert _bytes_on(s, 1, "bytes_sent") == 0  # nothing on the backup while path 1 works
+        path1, path2 = s.topo.links["path1"], s.topo.links["path2"]
+        at_cut = path2.sent_by("client")
+        cut = time.monotonic()
+        path1.blackhole(True)
+        deadline = cut + 10
+        while path2.sent_by("client") - at_cut <= 32_000:
+            assert time.monotonic() < deadline, f"no data on the backup path: {s.stack_subflows()}"
+            time.sleep(0.001)  # polling the link counters
+        waited = time.monotonic() - cut
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+    assert stack_end.mptcp["counters"].get("MPTCPRetrans", 0) >= 1  # the data-level timer
+    assert waited < MIN_RTO, f"{waited * 1000:.0f} ms from the cut to data on the backup path"
 
 
 @pytest.mark.parametrize("ours", [True, False], ids=["our-mp-prio", "kernel-mp-prio"])
