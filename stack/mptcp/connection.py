@@ -92,6 +92,8 @@ DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
 ADD_ADDR_RTO = 1.0  # first retransmission of an unechoed ADD_ADDR; doubles each time
 ADD_ADDR_RETRIES = 3  # as the kernel's ADD_ADDR_RETRANS_MAX
 STALE_NEVER = 1 << 30  # no subflow holds data: nothing counts against a backup
+# the part of the peer's connection-level window left unused (1/N): see _data_window_room
+DATA_WINDOW_RESERVE = 4
 
 
 @dataclass(frozen=True)
@@ -642,12 +644,19 @@ class MptcpConnection:
             self.snd_wnd_edge = edge
 
     def _data_window_room(self) -> int:
-        """New bytes the peer's connection-level window still admits."""
-        assert self.sendq is not None
+        """New bytes the peer's connection-level window still admits, a quarter of it
+        kept free (`DATA_WINDOW_RESERVE`). Linux (6.18) counts out-of-order data against
+        its receive buffer by the memory its packets take, which a full window of ours
+        can exceed; it then takes no more data from any subflow, not even the bytes
+        that fill the hole, and the connection stalls for good."""
+        sendq = self.sendq
+        assert sendq is not None
         if self.snd_wnd_edge is None:
             return MAX_MAPPING  # not heard yet: the subflows' TCP windows bound the start
-        room = (self.snd_wnd_edge - self.sendq.snd_nxt) % DSN_MOD
-        return 0 if room >= HALF else room
+        window = (self.snd_wnd_edge - sendq.snd_una) % DSN_MOD
+        if window >= HALF:
+            return 0
+        return max(window - window // DATA_WINDOW_RESERVE - sendq.in_flight, 0)
 
     def _on_dss(self, sf: Subflow, option: Dss, window: int) -> None:
         assert self.sendq is not None and self.reasm is not None and sf.recvmap is not None
