@@ -527,16 +527,23 @@ class MptcpConnection:
             elif isinstance(option, RemoveAddr):
                 self._on_remove_addr(option)
             elif isinstance(option, MpFastclose):
-                if option.receiver_key == self.local_key:
-                    self._count("MPFastcloseRx")
-                    self.error = "connection reset by peer (MP_FASTCLOSE)"
-                    self.fastclose = True
-                    for other in self.subflows:
-                        other.tcp.abort(0.0)
+                self._on_fastclose(option)
             elif isinstance(option, MpFail):
                 self._count("MPFailRx")
                 if not flags & RST:
                     self._on_mp_fail(sf, option)
+
+    def _on_fastclose(self, option: MpFastclose) -> None:
+        """RFC 8684 §3.5: the peer reset the whole connection, with MP_FASTCLOSE on an ACK
+        or (as Linux does) on the RST of each subflow. Every subflow goes at once, and
+        none is joined again."""
+        if option.receiver_key != self.local_key or self.fastclose:
+            return
+        self._count("MPFastcloseRx")
+        self.error = "connection reset by peer (MP_FASTCLOSE)"
+        self.fastclose = True
+        for other in self.subflows:
+            other.tcp.abort(self._now)
 
     def _on_mp_fail(self, sf: Subflow, option: MpFail) -> None:
         """RFC 8684 §3.7 (RFC 6824 §3.6): the peer discarded our data from `option.dsn`
@@ -1062,6 +1069,12 @@ class MptcpConnection:
         if sf.gone:
             return
         sf.gone = True
+        if isinstance(event, Reset) and event.by_peer and self.version is not None:
+            # Linux resets a connection with MP_FASTCLOSE on the RST of every subflow:
+            # the connection ends, this is no subflow failure to join again
+            for option in event.options:
+                if isinstance(option, MpFastclose):
+                    self._on_fastclose(option)
         orderly = isinstance(event, Closed) and event.reason.value == "normal"
         sf.phase = Phase.CLOSED if orderly else Phase.FAILED
         if not sf.error and not orderly:
