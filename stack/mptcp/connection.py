@@ -196,6 +196,7 @@ class MptcpConnection:
         self.closed = False  # every subflow is gone
         self.error = ""
         self.fastclose = False  # we sent, or got, MP_FASTCLOSE
+        self._fastclose_ack = False  # we abort: pure ACKs carry MP_FASTCLOSE (abort())
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
@@ -376,6 +377,8 @@ class MptcpConnection:
                 options.append(MpTcpRst(sf.rst_reason))
         elif self.fallback:
             self._provide_fallback(sf, seg, rel, options)
+        elif self._fastclose_ack and self.remote_key is not None:
+            options.append(MpFastclose(self.remote_key))  # abort(): the ACK before the RST
         elif not self.mptcp_decided or self.version is None:
             pass
         elif sf.join_ack_due:
@@ -1495,11 +1498,18 @@ class MptcpConnection:
             self.tokens.release(self.local_token)
 
     def abort(self, now: float) -> None:
-        """MP_FASTCLOSE (RFC 8684 §3.5): reset every subflow at once."""
-        if not self.fallback and self.version is not None:
-            self.fastclose = True
+        """MP_FASTCLOSE (RFC 8684 §3.5): reset every subflow at once. Each gets a pure ACK
+        with MP_FASTCLOSE, then a RST with it (and MP_TCPRST in v1 if a reason is set):
+        a RST is taken only at the exact sequence number the peer expects (RFC 5961), so
+        with data lost in flight the peer would answer it with a challenge ACK and end
+        only the subflow, at our host's plain reset; the ACK it always takes."""
+        fastclose = not self.fallback and self.version is not None
+        if fastclose:
+            self.fastclose = self._fastclose_ack = True
             self._count("MPFastcloseTx")
         for sf in self.subflows:
+            if fastclose:
+                sf.tcp.send_pure_ack(now)
             sf.tcp.abort(now)
         if not self.error:
             self.error = "aborted"

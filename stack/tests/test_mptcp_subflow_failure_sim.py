@@ -11,6 +11,9 @@ a connection) ends the connection: no subflow failure is counted and no path is 
 again. The stack used to take that RST for a failed subflow, counting `SubflowFailed`
 and scheduling a re-join of a connection the peer had closed (seen at the end of a
 stalled test against Linux, where it was read as the stall's cause).
+
+Our own MP_FASTCLOSE (`abort`) must end the peer's connection even when our RST is not
+at the sequence number the peer expects.
 """
 
 from __future__ import annotations
@@ -116,3 +119,21 @@ def test_mp_fastclose_on_the_rst_ends_the_connection_without_rejoining() -> None
     assert "SubflowFailed" not in client.counters, client.counters
     assert client.counters["MPJoinSynTx"] == 1  # the one join, never opened again
     assert client.paths is not None and client.paths.next_rejoin() is None
+
+
+def test_our_mp_fastclose_ends_the_peer_even_with_data_lost_in_flight() -> None:
+    """abort() sends, on every subflow, a pure ACK with MP_FASTCLOSE before the RST: a RST
+    is taken only at the exact sequence number the peer expects (RFC 5961 §3.2), and
+    with data lost in flight ours is beyond it; the peer answered it with a challenge
+    ACK and kept its connection (the kernel did, in test_stack_internal_error)."""
+    blackhole = Blackhole()
+    client, b, sim, _, _ = _setup(6_000_000, MptcpConfig(tcp=FAST), blackhole)
+    join = _join_with_data_in_flight(client, sim)
+    assert b.msk is not None
+    blackhole.on = True  # the join's data in flight is lost...
+    assert sim.run(until=sim.now + 1.0, stop=lambda: join.unacked > 0 and join.tcp.retries > 0)
+    blackhole.on = False  # ...and the path is back when we abort
+    client.abort(sim.now)
+    sim.run(until=sim.now + 2.0)
+    assert b.msk.error == "connection reset by peer (MP_FASTCLOSE)"
+    assert b.msk.closed and all(s.gone for s in b.msk.subflows)
