@@ -1348,6 +1348,8 @@ class MptcpConnection:
 
     def next_timer(self) -> float | None:
         times = [t for sf in self.subflows if (t := sf.tcp.next_timer()) is not None]
+        if self.closed:
+            return min(times) if times else None  # every subflow is gone: nothing else to do
         times += [sf.join_ack_deadline for sf in self.subflows if sf.join_ack_deadline]
         if self._fin_deadline is not None:
             times.append(self._fin_deadline)
@@ -1513,6 +1515,23 @@ class MptcpConnection:
             sf.tcp.abort(now)
         if not self.error:
             self.error = "aborted"
+
+    def fail(self, reason: str, now: float) -> None:
+        """Something went wrong in our own handling of this connection (an exception on
+        the I/O loop: a bug, or a send the kernel refused): rather than leave it silent,
+        reset it. Every subflow gets `abort`'s MP_FASTCLOSE (so the peer ends the
+        connection at once, RFC 8684 §3.5), its RST with MP_TCPRST in v1 (reason:
+        unspecified, not transient); the application's calls fail with `reason`."""
+        self._now = now
+        if not self.error:
+            self.error = reason
+        for sf in self.subflows:
+            if not sf.gone:
+                sf.rst_reason = MPTCP_RST_EUNSPEC
+                sf.error = sf.error or reason
+        self.abort(now)
+        for sf in list(self.subflows):
+            self._after(sf, now)  # gone now: no timer of theirs left to fire
 
     @property
     def finished(self) -> bool:

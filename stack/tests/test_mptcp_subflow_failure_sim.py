@@ -12,8 +12,8 @@ again. The stack used to take that RST for a failed subflow, counting `SubflowFa
 and scheduling a re-join of a connection the peer had closed (seen at the end of a
 stalled test against Linux, where it was read as the stall's cause).
 
-Our own MP_FASTCLOSE (`abort`) must end the peer's connection even when our RST is not
-at the sequence number the peer expects.
+Our own MP_FASTCLOSE (`abort`, and `fail` after an internal error) must end the peer's
+connection even when our RST is not at the sequence number the peer expects.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from stack.mptcp.pm import Endpoint, Limits, PathManager, PeerAddress
 from stack.mptcp.subflow import Subflow
 from stack.mptcp.token import TokenTable
 from stack.sim import PathConfig, Simulator
-from stack.tcp.segment import Segment
+from stack.tcp.segment import RST, Segment
 from stack.tests.test_mptcp_failover_sim import Reader
 from stack.tests.test_mptcp_sim import CLIENT, FAST, SERVER, App, ClientEnd, ServerEnd
-from stack.wire.mptcp import MPTCP_RST_EUNSPEC
+from stack.wire.mptcp import MPTCP_RST_EUNSPEC, MpFastclose, MpTcpRst
 
 CLIENT2 = ipaddress.ip_address("198.51.100.1")  # the client's subflow endpoint
 JOIN_PORT = CLIENT[1] + 1
@@ -137,3 +137,28 @@ def test_our_mp_fastclose_ends_the_peer_even_with_data_lost_in_flight() -> None:
     sim.run(until=sim.now + 2.0)
     assert b.msk.error == "connection reset by peer (MP_FASTCLOSE)"
     assert b.msk.closed and all(s.gone for s in b.msk.subflows)
+
+
+def test_fail_resets_every_subflow_with_mp_fastclose_and_mp_tcprst() -> None:
+    """MptcpConnection.fail (an internal error): per subflow, a pure ACK with MP_FASTCLOSE,
+    then a RST with MP_FASTCLOSE and MP_TCPRST (unspecified, not transient); the
+    application's calls fail with the reason."""
+    client, _, sim, _, _ = _setup(2_000_000, MptcpConfig(tcp=FAST), Blackhole())
+    client.poll_segments()  # what was owed before
+    client.fail("internal error in the stack: RuntimeError: test", sim.now)
+    sent: dict[int, list[Segment]] = {}
+    for sf, seg in client.poll_segments():
+        sent.setdefault(sf.local[1], []).append(seg)
+    assert sorted(sent) == [CLIENT[1], JOIN_PORT]
+    for segments in sent.values():
+        ack, rst = segments
+        assert not ack.flags & RST and not ack.payload
+        assert [type(o) for o in ack.extra_options] == [MpFastclose]
+        assert rst.flags & RST
+        assert [type(o) for o in rst.extra_options] == [MpFastclose, MpTcpRst]
+        reset = rst.extra_options[1]
+        assert reset.reason == MPTCP_RST_EUNSPEC and not reset.transient
+    assert client.closed and client.finished
+    assert client.error == "internal error in the stack: RuntimeError: test"
+    with pytest.raises(ConnectionError, match="RuntimeError: test"):
+        client.send(b"more", sim.now)
