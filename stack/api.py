@@ -65,8 +65,7 @@ class _SubflowPort:
 
     def end_of_batch(self, now: float) -> None:
         arrived, self.arrived = self.arrived, []
-        self.driver.msk.handle_segments(self.subflow, arrived, now)
-        self.driver.pump(now)
+        self.driver.run(now, self.driver.msk.handle_segments, self.subflow, arrived, now)
 
 
 class _Driver:
@@ -80,12 +79,75 @@ class _Driver:
         self.watchers: list[Callable[[], None]] = []
         self._timer: Timer | None = None
         self._registered: set[tuple[Any, ...]] = set()
+        self.failures = 0  # internal errors met (`fail`)
 
     @staticmethod
     def _key(sf: Subflow) -> tuple[Any, ...]:
         return (sf.local[0], sf.local[1], sf.remote[0], sf.remote[1])
 
+    def run(self, now: float, fn: Callable[..., object], *args: Any) -> None:
+        """fn(*args) on the connection, then pump. An exception (a bug of ours, or a send
+        the kernel refused) resets this connection (`fail`) instead of leaving it
+        silent with no timer armed while its application waits."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.fail(exc, now)
+            return
+        self.pump(now)
+
     def pump(self, now: float) -> None:
+        try:
+            self._pump(now)
+        except Exception as exc:
+            self.fail(exc, now)
+
+    def fail(self, exc: Exception, now: float) -> None:
+        """Reset the connection after an internal error: RST (MP_FASTCLOSE, MP_TCPRST in
+        v1) on every subflow, and the application's calls fail naming the exception. If
+        even that raises, forget the connection: the host answers its segments with
+        the closed port's RST from then on."""
+        host = self.stack.host
+        reason = f"internal error in the stack: {type(exc).__name__}: {exc} (connection reset)"
+        host.note_internal_error(f"connection {self._name()}: ")
+        self.failures += 1
+        if self.failures > 1:  # it failed again after its reset: nothing more to try
+            self._forget(reason)
+            return
+        try:
+            self.msk.fail(reason, now)
+            self._pump(now)
+        except Exception:
+            host.note_internal_error(f"connection {self._name()}, while resetting it: ")
+            self._forget(reason)
+
+    def _name(self) -> str:
+        subflows = self.msk.subflows
+        if not subflows:
+            return "(no subflow)"
+        (la, lp), (ra, rp) = subflows[0].local, subflows[0].remote
+        return f"{la}:{lp} -> {ra}:{rp}"
+
+    def _forget(self, reason: str) -> None:
+        msk = self.msk
+        if not msk.error:
+            msk.error = reason
+        msk.closed = True
+        if msk.local_token and msk.tokens.lookup(msk.local_token) is msk:
+            msk.tokens.release(msk.local_token)  # no join finds it any more
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for key in list(self._registered):
+            self.stack.host.unregister(key)
+        self._registered.clear()
+        self.stack._drivers.pop(id(msk), None)
+        with self.changed:
+            self.changed.notify_all()
+        for watcher in self.watchers:
+            watcher()
+
+    def _pump(self, now: float) -> None:
         host, msk = self.stack.host, self.msk
         for sf in msk.poll_new_subflows():
             key = self._key(sf)
@@ -123,8 +185,7 @@ class _Driver:
 
     def _on_timer(self, now: float) -> None:
         self._timer = None
-        self.msk.handle_timer(now)
-        self.pump(now)
+        self.run(now, self.msk.handle_timer, now)
 
 
 class _ListenerDriver:
@@ -227,8 +288,7 @@ class Stack:
         """On the loop: every connection hears which of our addresses it concerns."""
         addresses = {c.address.ip for c in self.host.routing.interfaces if c.ifname == ifname}
         for driver in list(self._drivers.values()):
-            driver.msk.on_link_change(addresses, up, now)
-            driver.pump(now)
+            driver.run(now, driver.msk.on_link_change, addresses, up, now)
 
     def _on_loop(self, fn: Callable[[float], Any]) -> Any:
         """Run fn(now) on the loop thread and return its result (or raise its error)."""
@@ -345,8 +405,7 @@ class Stack:
             self.paths.endpoints.remove(endpoint)
             self._sync_join_ports(now)
             for driver in list(self._drivers.values()):
-                driver.msk.remove_local_address(endpoint.id, ip, now)
-                driver.pump(now)
+                driver.run(now, driver.msk.remove_local_address, endpoint.id, ip, now)
             return endpoint
 
         return self._on_loop(remove)
@@ -363,8 +422,7 @@ class Stack:
             self.paths.add(endpoint)
             self._sync_join_ports(now)
             for driver in list(self._drivers.values()):
-                driver.msk.add_local_endpoint(endpoint, now)
-                driver.pump(now)
+                driver.run(now, driver.msk.add_local_endpoint, endpoint, now)
 
         self._on_loop(add)
 
@@ -384,12 +442,15 @@ class Stack:
             endpoint = self._endpoint(address)
             position = self.paths.endpoints.index(endpoint)
             self.paths.endpoints[position] = dataclasses.replace(endpoint, backup=backup)
-            sent = 0
+            sent: list[int] = []
+
+            def prio(msk: MptcpConnection) -> None:
+                targets = [sf for sf in msk.subflows if sf.local[0] == endpoint.address]
+                sent.append(_send_prio(msk, targets, backup, now))
+
             for driver in list(self._drivers.values()):
-                targets = [sf for sf in driver.msk.subflows if sf.local[0] == endpoint.address]
-                sent += _send_prio(driver.msk, targets, backup, now)
-                driver.pump(now)
-            return sent
+                driver.run(now, prio, driver.msk)
+            return sum(sent)
 
         return self._on_loop(change)
 
@@ -462,11 +523,18 @@ class MptcpSocket:
             raise ConnectionError(msk.error)
 
     def _call(self, fn: Callable[[float], Any]) -> Any:
+        driver = self._driver
+
         def run(now: float) -> Any:
             try:
                 return fn(now)
+            except ConnectionError:
+                raise  # the connection's own answer (reset, closed, not established)
+            except Exception as exc:  # a bug of ours: the connection is reset
+                driver.fail(exc, now)
+                raise ConnectionError(driver.msk.error) from exc
             finally:
-                self._driver.pump(now)
+                driver.pump(now)
 
         return self.stack._on_loop(run)
 

@@ -302,10 +302,15 @@ class Host:
 
     def _internal_error(self) -> None:
         self._batch = {}
+        self.note_internal_error()
+
+    def note_internal_error(self, context: str = "") -> None:
+        """Count the exception being handled (call it from an `except` block) and keep its
+        traceback in `last_error`; the first three are printed."""
         self.counters.internal_errors += 1
-        self.last_error = traceback.format_exc()
+        self.last_error = context + traceback.format_exc()
         if self.counters.internal_errors <= 3:
-            print(f"stack: internal error in the I/O loop:\n{self.last_error}", file=sys.stderr)
+            print(f"stack: internal error in the I/O loop: {self.last_error}", file=sys.stderr)
 
     def _end_batch(self) -> None:
         batch = self._batch

@@ -92,6 +92,8 @@ DATA_FIN_RTO = 0.5  # first retransmission of a lone DATA_FIN; doubles each time
 ADD_ADDR_RTO = 1.0  # first retransmission of an unechoed ADD_ADDR; doubles each time
 ADD_ADDR_RETRIES = 3  # as the kernel's ADD_ADDR_RETRANS_MAX
 STALE_NEVER = 1 << 30  # no subflow holds data: nothing counts against a backup
+# the part of the peer's connection-level window left unused (1/N): see _data_window_room
+DATA_WINDOW_RESERVE = 4
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ class MptcpConnection:
         self.closed = False  # every subflow is gone
         self.error = ""
         self.fastclose = False  # we sent, or got, MP_FASTCLOSE
+        self._fastclose_ack = False  # we abort: pure ACKs carry MP_FASTCLOSE (abort())
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
@@ -377,6 +380,8 @@ class MptcpConnection:
                 options.append(MpTcpRst(sf.rst_reason))
         elif self.fallback:
             self._provide_fallback(sf, seg, rel, options)
+        elif self._fastclose_ack and self.remote_key is not None:
+            options.append(MpFastclose(self.remote_key))  # abort(): the ACK before the RST
         elif not self.mptcp_decided or self.version is None:
             pass
         elif sf.join_ack_due:
@@ -528,16 +533,23 @@ class MptcpConnection:
             elif isinstance(option, RemoveAddr):
                 self._on_remove_addr(option)
             elif isinstance(option, MpFastclose):
-                if option.receiver_key == self.local_key:
-                    self._count("MPFastcloseRx")
-                    self.error = "connection reset by peer (MP_FASTCLOSE)"
-                    self.fastclose = True
-                    for other in self.subflows:
-                        other.tcp.abort(0.0)
+                self._on_fastclose(option)
             elif isinstance(option, MpFail):
                 self._count("MPFailRx")
                 if not flags & RST:
                     self._on_mp_fail(sf, option)
+
+    def _on_fastclose(self, option: MpFastclose) -> None:
+        """RFC 8684 §3.5: the peer reset the whole connection, with MP_FASTCLOSE on an ACK
+        or (as Linux does) on the RST of each subflow. Every subflow goes at once, and
+        none is joined again."""
+        if option.receiver_key != self.local_key or self.fastclose:
+            return
+        self._count("MPFastcloseRx")
+        self.error = "connection reset by peer (MP_FASTCLOSE)"
+        self.fastclose = True
+        for other in self.subflows:
+            other.tcp.abort(self._now)
 
     def _on_mp_fail(self, sf: Subflow, option: MpFail) -> None:
         """RFC 8684 §3.7 (RFC 6824 §3.6): the peer discarded our data from `option.dsn`
@@ -645,12 +657,19 @@ class MptcpConnection:
             self.snd_wnd_edge = edge
 
     def _data_window_room(self) -> int:
-        """New bytes the peer's connection-level window still admits."""
-        assert self.sendq is not None
+        """New bytes the peer's connection-level window still admits, a quarter of it
+        kept free (`DATA_WINDOW_RESERVE`). Linux (6.18) counts out-of-order data against
+        its receive buffer by the memory its packets take, which a full window of ours
+        can exceed; it then takes no more data from any subflow, not even the bytes
+        that fill the hole, and the connection stalls for good."""
+        sendq = self.sendq
+        assert sendq is not None
         if self.snd_wnd_edge is None:
             return MAX_MAPPING  # not heard yet: the subflows' TCP windows bound the start
-        room = (self.snd_wnd_edge - self.sendq.snd_nxt) % DSN_MOD
-        return 0 if room >= HALF else room
+        window = (self.snd_wnd_edge - sendq.snd_una) % DSN_MOD
+        if window >= HALF:
+            return 0
+        return max(window - window // DATA_WINDOW_RESERVE - sendq.in_flight, 0)
 
     def _on_dss(self, sf: Subflow, option: Dss, window: int) -> None:
         assert self.sendq is not None and self.reasm is not None and sf.recvmap is not None
@@ -1074,6 +1093,12 @@ class MptcpConnection:
         if sf.gone:
             return
         sf.gone = True
+        if isinstance(event, Reset) and event.by_peer and self.version is not None:
+            # Linux resets a connection with MP_FASTCLOSE on the RST of every subflow:
+            # the connection ends, this is no subflow failure to join again
+            for option in event.options:
+                if isinstance(option, MpFastclose):
+                    self._on_fastclose(option)
         orderly = isinstance(event, Closed) and event.reason.value == "normal"
         sf.phase = Phase.CLOSED if orderly else Phase.FAILED
         if not sf.error and not orderly:
@@ -1344,6 +1369,8 @@ class MptcpConnection:
 
     def next_timer(self) -> float | None:
         times = [t for sf in self.subflows if (t := sf.tcp.next_timer()) is not None]
+        if self.closed:
+            return min(times) if times else None  # every subflow is gone: nothing else to do
         times += [sf.join_ack_deadline for sf in self.subflows if sf.join_ack_deadline]
         if self._fin_deadline is not None:
             times.append(self._fin_deadline)
@@ -1494,14 +1521,38 @@ class MptcpConnection:
             self.tokens.release(self.local_token)
 
     def abort(self, now: float) -> None:
-        """MP_FASTCLOSE (RFC 8684 §3.5): reset every subflow at once."""
-        if not self.fallback and self.version is not None:
-            self.fastclose = True
+        """MP_FASTCLOSE (RFC 8684 §3.5): reset every subflow at once. Each gets a pure ACK
+        with MP_FASTCLOSE, then a RST with it (and MP_TCPRST in v1 if a reason is set):
+        a RST is taken only at the exact sequence number the peer expects (RFC 5961), so
+        with data lost in flight the peer would answer it with a challenge ACK and end
+        only the subflow, at our host's plain reset; the ACK it always takes."""
+        fastclose = not self.fallback and self.version is not None
+        if fastclose:
+            self.fastclose = self._fastclose_ack = True
             self._count("MPFastcloseTx")
         for sf in self.subflows:
+            if fastclose:
+                sf.tcp.send_pure_ack(now)
             sf.tcp.abort(now)
         if not self.error:
             self.error = "aborted"
+
+    def fail(self, reason: str, now: float) -> None:
+        """Something went wrong in our own handling of this connection (an exception on
+        the I/O loop: a bug, or a send the kernel refused): rather than leave it silent,
+        reset it. Every subflow gets `abort`'s MP_FASTCLOSE (so the peer ends the
+        connection at once, RFC 8684 §3.5), its RST with MP_TCPRST in v1 (reason:
+        unspecified, not transient); the application's calls fail with `reason`."""
+        self._now = now
+        if not self.error:
+            self.error = reason
+        for sf in self.subflows:
+            if not sf.gone:
+                sf.rst_reason = MPTCP_RST_EUNSPEC
+                sf.error = sf.error or reason
+        self.abort(now)
+        for sf in list(self.subflows):
+            self._after(sf, now)  # gone now: no timer of theirs left to fire
 
     @property
     def finished(self) -> bool:

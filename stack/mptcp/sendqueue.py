@@ -56,13 +56,24 @@ class DataSendQueue:
     def close(self) -> None:
         self.fin_requested = True
 
+    def _reinjection(self) -> int:
+        """Bytes left of the first reinjection range not acknowledged meanwhile (0: none)."""
+        for dsn, length in self._reinject:
+            offset = (dsn - self.snd_una) % DSN_MOD
+            if offset < HALF:
+                return length
+            if DSN_MOD - offset < length:  # partly acknowledged meanwhile
+                return length - (DSN_MOD - offset)
+        return 0
+
     @property
     def reinjecting(self) -> bool:
-        """The next take() re-sends old bytes (below snd_nxt) rather than new ones."""
-        return bool(self._reinject)
+        """The next take() re-sends old bytes (below snd_nxt) rather than new ones (a
+        range acknowledged since it was queued does not count: take() skips it)."""
+        return self._reinjection() > 0
 
     def has_work(self) -> bool:
-        return bool(self._reinject) or self.unsent > 0
+        return self.reinjecting or self.unsent > 0
 
     def take(self, max_len: int) -> tuple[int, bytes] | None:
         """The next chunk to send: reinjections first, then new data. None when idle."""

@@ -383,6 +383,14 @@ class TcpConnection:
             return
         self.shutdown_write(now)
 
+    def send_pure_ack(self, now: float) -> None:
+        """A pure ACK at once, and no data (in a synchronized state): a carrier for the
+        options of the layer above. Its sequence number is the one every pure ACK
+        carries, inside the peer's window (a RST must match the peer's next expected
+        byte exactly, RFC 5961 §3.2, which after a loss ours may not)."""
+        if self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}:
+            self._segment(0, min(self.snd_max, self.snd_una + self.snd_wnd), b"", now)
+
     def abort(self, now: float) -> None:
         """Send RST (in a synchronized state) and drop everything."""
         if self.state in _SYNCHRONIZED_SEND | {TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_2}:

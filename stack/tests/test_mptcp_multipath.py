@@ -145,9 +145,13 @@ def session(
         kernel.close()
 
 
-def assert_transfer_intact(stack_end: AppReport, kernel_end: AppReport, size: int) -> None:
+def assert_transfer_intact(
+    stack_end: AppReport, kernel_end: AppReport, size: int, context: object = None
+) -> None:
     expected = stream_sha256(size)
-    assert not stack_end.error and not kernel_end.error, (stack_end.error, kernel_end.error)
+    assert not stack_end.error and not kernel_end.error, (
+        stack_end.error, kernel_end.error, context, stack_end.mptcp, kernel_end.mptcp,
+    )  # fmt: skip
     sent, received = (stack_end, kernel_end) if stack_end.bytes_sent else (kernel_end, stack_end)
     assert sent.bytes_sent == received.bytes_received == size
     assert sent.sha256_sent == received.sha256_received == expected
@@ -173,7 +177,9 @@ def test_two_subflows_carry_20_mb(
         s.start("source" if stack_sends else "sink", "sink" if stack_sends else "source", size)
         wait_until(lambda: len(established_subflows(s)) == 2, 5, "the second subflow", s)
         stack_end, kernel_end = s.finish()
-    assert_transfer_intact(stack_end, kernel_end, size)
+        host = s.stack.host  # if it failed: the stack's loop and the kernel's account
+        context = {"host": vars(host.counters), "last_error": host.last_error}
+    assert_transfer_intact(stack_end, kernel_end, size, {**context, "kernel MIB": kernel})
     subflows = stack_end.mptcp["subflows"]
     ours = stack_end.mptcp["counters"]
     assert len(subflows) == 2 and all(not f["error"] for f in subflows), subflows

@@ -44,6 +44,25 @@ def test_reinjection_goes_first_and_skips_acknowledged_parts() -> None:
     assert q.reinjected_bytes == 4
 
 
+def test_a_reinjection_acknowledged_meanwhile_is_no_reinjection() -> None:
+    """A range queued for reinjection that a DATA_ACK then covers is skipped by take():
+    the next bytes are new data, which the connection must hold to the peer's window
+    (it skips the window check only for old bytes). Counting the stale range as a
+    reinjection let new data past the window."""
+    q = DataSendQueue(0, capacity=100)
+    q.write(b"abcdefghij")
+    q.take(4)
+    q.reinject(0, 4)  # its subflow failed...
+    q.acknowledge(4)  # ...but the peer had it all
+    assert not q.reinjecting
+    assert q.has_work()  # the unsent bytes
+    assert q.take(3) == (4, b"efg")
+    q.take(10)
+    q.reinject(4, 6)
+    q.acknowledge(10)
+    assert not q.reinjecting and not q.has_work()
+
+
 def test_restart_from_an_mp_fail_dsn_sends_everything_after_it_again() -> None:
     """MP_FAIL (RFC 8684 §3.7): the peer discarded the data from its DSN on; below it
     is acknowledged, from it on everything goes out again, in order, then new data."""
