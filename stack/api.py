@@ -33,6 +33,7 @@ from stack.host import Host, Timer
 from stack.mptcp.connection import MptcpConfig, MptcpConnection, send_ack_now
 from stack.mptcp.listener import MptcpListener
 from stack.mptcp.pm import Endpoint, Limits, PathManager, PeerAddress
+from stack.mptcp.subflow import Address as SubflowAddress
 from stack.mptcp.subflow import Subflow
 from stack.mptcp.token import TokenTable
 from stack.route import InterfaceConfig, IPAddress, RoutingError
@@ -66,6 +67,26 @@ class _SubflowPort:
     def end_of_batch(self, now: float) -> None:
         arrived, self.arrived = self.arrived, []
         self.driver.run(now, self.driver.msk.handle_segments, self.subflow, arrived, now)
+
+
+class _JoinPort:
+    """The host's receiver for a half-open join's 4-tuple, until its third ACK."""
+
+    __slots__ = ("arrived", "listener", "local", "remote")
+
+    def __init__(self, listener: _ListenerDriver, local: SubflowAddress,
+                 remote: SubflowAddress):  # fmt: skip
+        self.listener = listener
+        self.local = local
+        self.remote = remote
+        self.arrived: list[Segment] = []
+
+    def on_segment(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> None:
+        self.arrived.append(segment_from_header(tcp))
+
+    def end_of_batch(self, now: float) -> None:
+        arrived, self.arrived = self.arrived, []
+        self.listener.on_join_segments(self.local, self.remote, arrived, now)
 
 
 class _Driver:
@@ -122,10 +143,10 @@ class _Driver:
             self._forget(reason)
 
     def _name(self) -> str:
-        subflows = self.msk.subflows
-        if not subflows:
+        first = self.msk.first_subflow
+        if first is None:
             return "(no subflow)"
-        (la, lp), (ra, rp) = subflows[0].local, subflows[0].remote
+        (la, lp), (ra, rp) = first.local, first.remote
         return f"{la}:{lp} -> {ra}:{rp}"
 
     def _forget(self, reason: str) -> None:
@@ -197,6 +218,8 @@ class _ListenerDriver:
         self.listener = listener
         self.changed = threading.Condition()
         self.half_open: dict[int, _Driver] = {}  # id(msk) -> driver, until accepted
+        self._join_ports: set[tuple[Any, ...]] = set()  # 4-tuples of half-open joins
+        self._timer: Timer | None = None  # the half-open joins' SYN/ACK retransmissions
         # Not None: the port of signal endpoints (`port=`), taking only joins to these
         # addresses, as the kernel's listening socket per such endpoint; anything else
         # gets the closed port's reset
@@ -212,8 +235,7 @@ class _ListenerDriver:
         ):
             return False
         msk = self.listener.handle_syn(local, remote, seg, now)
-        for src, dst, seg in self.listener.poll_segments():
-            transmit(self.stack.host, seg, src[0], dst[0], 1460)
+        self._flush(now)
         drivers = self.stack._drivers
         for evicted in self.listener.poll_evicted():
             driver = drivers.get(id(evicted))
@@ -226,6 +248,58 @@ class _ListenerDriver:
                 self.half_open[id(msk)] = driver
             driver.pump(now)
         return True
+
+    def on_join_segments(self, local: SubflowAddress, remote: SubflowAddress,
+                         segments: list[Segment], now: float) -> None:  # fmt: skip
+        """Segments for a half-open join: the third ACK hands it to its connection."""
+        joined = self.listener.handle_join_segments(local, remote, segments, now)
+        if joined is not None:
+            msk, sf = joined
+            self._join_ports.discard((local[0], local[1], remote[0], remote[1]))
+            driver = self.stack._drivers.get(id(msk))
+            if driver is None:  # the connection was forgotten meanwhile
+                self.stack.host.unregister((local[0], local[1], remote[0], remote[1]))
+                self.listener._reset(local, remote, segments[-1])
+            else:  # its driver registers the subflow in place of our `_JoinPort`
+                driver.run(now, msk.handle_segments, sf, segments, now)
+        self._flush(now)
+
+    def _on_timer(self, now: float) -> None:
+        self._timer = None
+        self.listener.handle_timer(now)
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """Send what the listener owes, route its half-open joins, re-arm its timer."""
+        host = self.stack.host
+        for src, dst, seg in self.listener.poll_segments():
+            transmit(host, seg, src[0], dst[0], 1460)
+        for local, remote in self.listener.poll_new_joins():
+            key = (local[0], local[1], remote[0], remote[1])
+            self._join_ports.add(key)
+            host.register(key, _JoinPort(self, local, remote))
+        for local, remote in self.listener.poll_gone_joins():
+            key = (local[0], local[1], remote[0], remote[1])
+            if key in self._join_ports:
+                self._join_ports.discard(key)
+                host.unregister(key)
+        deadline = self.listener.next_timer()
+        if self._timer is not None and self._timer.deadline != deadline:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            self._timer = host.call_at(deadline, self._on_timer)
+
+    def stop(self) -> None:
+        """The port closes: its half-open joins go silently."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for key in self._join_ports:
+            self.stack.host.unregister(key)
+        self._join_ports.clear()
+        self.listener.drop_joins()
+        self.listener.poll_gone_joins()
 
     def settled(self, driver: _Driver) -> None:
         msk = driver.msk
@@ -385,6 +459,7 @@ class Stack:
             if driver.join_addresses is not None and port not in wanted:
                 self.host.unlisten(port)
                 del self._listeners[port]
+                driver.stop()
         for port, addresses in wanted.items():
             current = self._listeners.get(port)
             if current is None:
@@ -497,6 +572,7 @@ class MptcpServerSocket:
         def stop(now: float) -> None:
             self.stack.host.unlisten(self.port)
             self.stack._listeners.pop(self.port, None)
+            self._driver.stop()
             self.stack._sync_join_ports(now)  # an endpoint's port still takes joins
 
         self.stack._on_loop(stop)
@@ -581,12 +657,14 @@ class MptcpSocket:
         self._call(self._driver.msk.abort)
 
     def getsockname(self) -> tuple[str, int]:
-        local = self._driver.msk.subflows[0].local
-        return str(local[0]), local[1]
+        first = self._driver.msk.first_subflow
+        assert first is not None  # every connection starts with its initial subflow
+        return str(first.local[0]), first.local[1]
 
     def getpeername(self) -> tuple[str, int]:
-        remote = self._driver.msk.subflows[0].remote
-        return str(remote[0]), remote[1]
+        first = self._driver.msk.first_subflow
+        assert first is not None
+        return str(first.remote[0]), first.remote[1]
 
     def info(self) -> dict[str, Any]:
         """Tokens, keys, version, fallback, subflows and counters (like MPTCP_INFO)."""

@@ -20,6 +20,7 @@ listener, as Linux), or data with no mapping while only one subflow exists.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -94,6 +95,9 @@ ADD_ADDR_RETRIES = 3  # as the kernel's ADD_ADDR_RETRANS_MAX
 STALE_NEVER = 1 << 30  # no subflow holds data: nothing counts against a backup
 # the part of the peer's connection-level window left unused (1/N): see _data_window_room
 DATA_WINDOW_RESERVE = 4
+
+# closed subflows kept for reports (`describe`); older ones are forgotten
+CLOSED_SUBFLOW_HISTORY = 32
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,15 @@ class MptcpConnection:
         self._mp_fail_deadline: float | None = None
         self._new_subflows: list[Subflow] = []
         self._gone_subflows: list[Subflow] = []
+        # subflows that are gone and CLOSED leave `subflows` (as the kernel's conn_list:
+        # nothing scans them again); the last few are kept for reports (`describe`)
+        self.closed_subflows: deque[Subflow] = deque(maxlen=CLOSED_SUBFLOW_HISTORY)
+        self.first_subflow: Subflow | None = None  # the (latest) initial subflow
+        self._subflows_added = 0
+        # joins waiting for their third ACK in a listener: (local, remote) -> (when, the
+        # listener), oldest first
+        self.half_open_joins: dict[tuple[Address, Address], tuple[float, Any]] = {}
+        self._tcp_config: TcpConfig | None = None
         self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer
         # v1 ADD_ADDRs sent and not yet echoed: address ID -> (option, resend at, tries)
         self._unechoed: dict[int, tuple[AddAddrV1, float, int]] = {}
@@ -254,11 +267,15 @@ class MptcpConnection:
         )
         sf = Subflow(tcp, initial=True)
         self._hook(sf)
-        self.subflows.append(sf)
-        self._new_subflows.append(sf)
+        self.add_subflow(sf)
         tcp.connect(now)
 
     def _subflow_config(self) -> TcpConfig:
+        if self._tcp_config is None:  # made once: a join flood makes one per SYN
+            self._tcp_config = self._make_subflow_config()
+        return self._tcp_config
+
+    def _make_subflow_config(self) -> TcpConfig:
         base = self.config.tcp
         if self.config.congestion == "lia":
 
@@ -282,6 +299,15 @@ class MptcpConnection:
         if mine is None or len(windows) < 2:
             return acked * controller.mss / max(controller.cwnd, 1)
         return increase(mine, acked, windows, alpha(windows))
+
+    def add_subflow(self, sf: Subflow) -> None:
+        """A subflow now belongs to this connection (the driver registers it)."""
+        sf.number = self._subflows_added
+        self._subflows_added += 1
+        if sf.initial:
+            self.first_subflow = sf
+        self.subflows.append(sf)
+        self._new_subflows.append(sf)
 
     def _hook(self, sf: Subflow) -> None:
         sf.tcp.option_provider = lambda seg, rel: self._provide(sf, seg, rel)
@@ -1256,12 +1282,13 @@ class MptcpConnection:
 
     def _open_pending(self, now: float) -> None:
         opens, self._pending_opens = self._pending_opens, []
-        initial = self.subflows[0].local[0] if self.subflows else None
+        first = self.first_subflow
+        initial = first.local[0] if first is not None else None
         for action in opens:
             # the connection's initial address is address ID 0 (RFC 8684 §3.2)
             local_id = 0 if action.local.address == initial else action.local.id
             sf = self.open_subflow(action.local.address, local_id, action.remote.address,
-                                   action.remote.port or self.subflows[0].remote[1],
+                                   action.remote.port or self._peer_port(),
                                    backup=action.backup, now=now,
                                    device=action.local.ifname)  # fmt: skip
             if sf is not None:
@@ -1284,8 +1311,7 @@ class MptcpConnection:
         sf.join = JoinCrypto.fresh(self.version, self.local_key, self.remote_key)
         sf.recvmap = SubflowReceiveMapper(self.checksum)
         self._hook(sf)
-        self.subflows.append(sf)
-        self._new_subflows.append(sf)
+        self.add_subflow(sf)
         self._count("MPJoinSynTx")
         tcp.connect(now)
         return sf
@@ -1310,11 +1336,10 @@ class MptcpConnection:
         sf.backup_remote = synack.backup
 
     def attach_join(self, sf: Subflow) -> None:
-        """A join the listener accepted (SYN seen): the subflow now belongs here."""
+        """A join the listener accepted at its third ACK: the subflow now belongs here."""
         sf.recvmap = SubflowReceiveMapper(self.checksum)
         self._hook(sf)
-        self.subflows.append(sf)
-        self._new_subflows.append(sf)
+        self.add_subflow(sf)
 
     def _on_join_ack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
         ack = next((o for o in options if isinstance(o, MpJoinAck)), None)
@@ -1450,11 +1475,37 @@ class MptcpConnection:
 
     def poll_segments(self) -> list[tuple[Subflow, Segment]]:
         out = []
+        finished = False
         for sf in self.subflows:
             for seg in sf.tcp.poll_segments():
                 out.append((sf, seg))
             sf.sendmap.trim()  # now that every built segment carries its mapping
+            finished = finished or (sf.gone and sf.tcp.state is TcpState.CLOSED)
+        if finished:
+            self._prune_closed()
         return out
+
+    def _prune_closed(self) -> None:
+        """Subflows gone for good leave the connection (reported once more to the
+        driver, which unregisters them); the last few stay in `closed_subflows`."""
+        live = []
+        for sf in self.subflows:
+            if sf.gone and sf.tcp.state is TcpState.CLOSED:
+                self.closed_subflows.append(sf)
+                self._gone_subflows.append(sf)
+            else:
+                live.append(sf)
+        self.subflows = live
+
+    def every_subflow(self) -> list[Subflow]:
+        """The live subflows and the last closed ones, in the order they were made."""
+        if not self.closed_subflows:
+            return list(self.subflows)
+        return sorted([*self.closed_subflows, *self.subflows], key=lambda sf: sf.number)
+
+    def _peer_port(self) -> int:
+        first = self.first_subflow
+        return first.remote[1] if first is not None else 0
 
     def poll_new_subflows(self) -> list[Subflow]:
         new, self._new_subflows = self._new_subflows, []
@@ -1507,11 +1558,7 @@ class MptcpConnection:
     def discard(self) -> None:
         """Forget a half-open connection silently (listener backlog overflow)."""
         for sf in self.subflows:
-            tcp = sf.tcp
-            tcp.state = TcpState.CLOSED
-            tcp.rto_deadline = tcp.delack_deadline = tcp.persist_deadline = None
-            tcp.probe_deadline = None
-            tcp.poll_segments()
+            sf.tcp.forget()
             sf.gone = True
             sf.phase = Phase.FAILED
         self.closed = True
@@ -1577,6 +1624,6 @@ class MptcpConnection:
             "remote_token": f"{self.remote_token:08x}" if self.remote_token is not None else None,
             "local_key": f"{self.local_key:016x}" if self.version is not None else None,
             "remote_key": f"{self.remote_key:016x}" if self.remote_key is not None else None,
-            "subflows": [sf.describe() for sf in self.subflows],
+            "subflows": [sf.describe() for sf in self.every_subflow()],
             "counters": dict(self.counters),
         }

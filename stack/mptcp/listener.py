@@ -8,14 +8,22 @@
 - A SYN with MP_JOIN (RFC 8684 §3.2) is looked up by token. Unknown token: RST with
   MP_TCPRST reason 1. A connection that fell back or is closing, or one at its subflow
   limit (reason 3, "administratively prohibited"), refuses it the same way. Otherwise
-  the subflow is attached to its connection at once, and that connection checks the
-  third ACK's HMAC.
+  the join waits here, half-open, in its own bounded queue (`joins`, oldest dropped
+  when full), as Linux keeps it in the listener's request queue: its connection is not
+  touched until the third ACK. One connection has at most `joins_per_connection` of
+  them; a join SYN beyond is dropped before any work unless the oldest went unanswered
+  for a second. So a flood of join SYNs with a valid token costs bounded memory and
+  little CPU and leaves the connection alone, and a real join gets in after it.
+  The third ACK attaches the subflow to its connection (`handle_join_segments`), which
+  then checks its HMAC and limit.
 - Once established, connections wait in a bounded accept queue.
 Sans-I/O: the caller sends `poll_segments()` and registers what `handle_syn` returns.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -25,7 +33,7 @@ from stack.mptcp.handshake import JoinCrypto
 from stack.mptcp.pm import PathManager, PeerAddress
 from stack.mptcp.subflow import Address, Subflow
 from stack.mptcp.token import TokenTable
-from stack.tcp.connection import TcpConnection
+from stack.tcp.connection import TcpConnection, TcpState
 from stack.tcp.segment import ACK, RST, SYN, Segment
 from stack.wire.mptcp import (
     MPTCP_RST_EMPTCP,
@@ -35,6 +43,11 @@ from stack.wire.mptcp import (
     MpJoinSyn,
     MpTcpRst,
 )
+
+# Half-open joins one connection may have here: twice the most subflows Linux allows
+# (net.mptcp limits: 8), so a peer that joins at once on every path never meets it
+JOINS_PER_CONNECTION = 16
+JOIN_UNANSWERED = 1.0  # s: TCP's initial RTO (RFC 6298), when a SYN/ACK is sent again
 
 
 class MptcpListener:
@@ -49,6 +62,7 @@ class MptcpListener:
         allocate_port: Any = None,
         backlog: int = 128,
         accept_backlog: int = 128,
+        joins_per_connection: int = JOINS_PER_CONNECTION,
     ) -> None:
         self.port = port
         self.config = config
@@ -58,7 +72,17 @@ class MptcpListener:
         self.allocate_port = allocate_port
         self.backlog = backlog
         self.accept_backlog = accept_backlog
+        self.joins_per_connection = joins_per_connection
         self.half_open: OrderedDict[tuple[Address, Address], MptcpConnection] = OrderedDict()
+        self.joins: OrderedDict[tuple[Address, Address], tuple[MptcpConnection, Subflow]] = (
+            OrderedDict()
+        )
+        self._new_joins: list[tuple[Address, Address]] = []
+        self._gone_joins: list[tuple[Address, Address]] = []
+        # (deadline, order, key, subflow) of the half-open joins' timers; an entry whose
+        # join is gone or whose timer moved is skipped (`_armed`)
+        self._join_timers: list[tuple[float, int, tuple[Address, Address], Subflow]] = []
+        self._timer_order = itertools.count()
         self.accept_queue: deque[MptcpConnection] = deque()
         self._out: list[tuple[Address, Address, Segment]] = []
         self._evicted: list[MptcpConnection] = []
@@ -70,8 +94,8 @@ class MptcpListener:
     def handle_syn(
         self, local: Address, remote: Address, seg: Segment, now: float
     ) -> MptcpConnection | None:
-        """A segment for the port that no subflow owns. Returns the connection that now
-        owns it (new, or joined), or None (answered here, or ignored)."""
+        """A segment for the port that no subflow owns. Returns the new connection that
+        now owns it, or None (a join, kept half-open here; answered here; or ignored)."""
         if seg.flags & RST:
             return None
         if seg.flags & ACK or not seg.flags & SYN:
@@ -108,7 +132,7 @@ class MptcpListener:
         tcp = sf.tcp
         if decision.version is None:
             msk.fallback_reason = decision.reason
-            msk.subflows.append(sf)
+            msk.add_subflow(sf)
             msk._fall_back(sf, decision.reason)
         else:
             try:
@@ -120,9 +144,8 @@ class MptcpListener:
             msk.checksum = decision.checksum
             if decision.remote_key is not None:  # v0: Key-A came on the SYN
                 msk.remote_key = decision.remote_key
-            msk.subflows.append(sf)
+            msk.add_subflow(sf)
         msk._hook(sf)
-        msk._new_subflows.append(sf)
         self.half_open[(local, remote)] = msk
         return msk
 
@@ -149,19 +172,133 @@ class MptcpListener:
         if msk.paths is None and len(msk._alive()) > 8:
             self._reset(local, remote, seg, MPTCP_RST_ERESOURCE)
             return None
+        if len(msk.half_open_joins) >= self.joins_per_connection:
+            # more half-open joins for one connection than it could ever use: the
+            # oldest goes if its SYN/ACK went unanswered for an initial RTO (a real
+            # peer's SYN that comes again gets in); otherwise the SYN is dropped before
+            # any work (no subflow, no HMAC, no SYN/ACK), as Linux drops a SYN when the
+            # listener's queue is full, and the peer retransmits it
+            oldest, (created, owner) = next(iter(msk.half_open_joins.items()))
+            if now - created < JOIN_UNANSWERED:
+                self._count("ListenDrops")
+                return None
+            owner._count("ListenDrops")
+            owner._drop_join(oldest)
         endpoint = self.paths.endpoint_for(local[0]) if self.paths is not None else None
         # the connection's initial address is address ID 0 (RFC 8684 §3.2), whatever
         # endpoint it also is
-        initial = msk.subflows[0].local[0] if msk.subflows else None
+        initial = msk.first_subflow.local[0] if msk.first_subflow is not None else None
         local_id = 0 if local[0] == initial or endpoint is None else endpoint.id
         crypto = JoinCrypto.fresh(msk.version, msk.local_key, msk.remote_key)
         crypto.remote_nonce = join.nonce
         sf = self._passive_subflow(msk, local, remote, seg, now, initial=False, local_id=local_id,
                      remote_id=join.address_id, backup_local=bool(endpoint and endpoint.backup),
                      backup_remote=join.backup, join=crypto)  # fmt: skip
-        msk.attach_join(sf)
         msk._count("MPJoinSynRx")
-        return msk
+        if len(self.joins) >= self.backlog:
+            self._count("ListenDrops")
+            self._drop_join(next(iter(self.joins)))  # the oldest
+        self.joins[(local, remote)] = (msk, sf)
+        msk.half_open_joins[(local, remote)] = (now, self)
+        self._new_joins.append((local, remote))
+        self._drain(local, remote, sf)
+        self._arm((local, remote), sf)
+        return None
+
+    def handle_join_segments(
+        self, local: Address, remote: Address, segments: list[Segment], now: float
+    ) -> tuple[MptcpConnection, Subflow] | None:
+        """Segments for a half-open join. The third ACK (an ACK without SYN or RST)
+        hands the subflow to its connection: returns (connection, subflow), and the
+        caller gives it the segments. Anything else (the SYN again, a RST) stays here."""
+        key = (local, remote)
+        entry = self.joins.get(key)
+        if entry is None:
+            return None
+        msk, sf = entry
+        if any(seg.flags & ACK and not seg.flags & (SYN | RST) for seg in segments):
+            if msk.fallback or msk.closed or msk.mp_fail_dsn is not None:
+                # the connection changed while the join was half-open: refused at the
+                # third ACK, as Linux (its request is disposed of, with a reset)
+                self._count("MPJoinRefused")
+                self._drop_join(key)
+                self._reset(local, remote, segments[-1], MPTCP_RST_EMPTCP)
+                return None
+            del self.joins[key]
+            del msk.half_open_joins[key]
+            msk.attach_join(sf)
+            return msk, sf
+        sf.tcp.handle_segments(segments, now)
+        self._drain(local, remote, sf)
+        self._settle_join(key, sf)
+        self._arm(key, sf)
+        return None
+
+    def next_timer(self) -> float | None:
+        """The earliest SYN/ACK retransmission of a half-open join. A heap, not a scan:
+        a join flood asks after every SYN."""
+        heap = self._join_timers
+        while heap:
+            deadline, _, key, sf = heap[0]
+            if self._armed(key, sf, deadline):
+                return deadline
+            heapq.heappop(heap)  # the join is gone, or its timer moved (pushed again)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._join_timers
+        while heap and heap[0][0] <= now:
+            deadline, _, key, sf = heapq.heappop(heap)
+            if self._armed(key, sf, deadline):
+                sf.tcp.handle_timer(now)
+                self._drain(key[0], key[1], sf)
+                self._settle_join(key, sf)
+                self._arm(key, sf)
+
+    def _arm(self, key: tuple[Address, Address], sf: Subflow) -> None:
+        deadline = sf.tcp.next_timer()
+        if deadline is None or key not in self.joins:
+            return
+        if len(self._join_timers) > 4 * max(self.backlog, 1):  # stale entries: rebuild
+            self._join_timers = [entry for entry in self._join_timers
+                                 if self._armed(entry[2], entry[3], entry[0])]  # fmt: skip
+            heapq.heapify(self._join_timers)
+        heapq.heappush(self._join_timers, (deadline, next(self._timer_order), key, sf))
+
+    def _armed(self, key: tuple[Address, Address], sf: Subflow, deadline: float) -> bool:
+        entry = self.joins.get(key)
+        return entry is not None and entry[1] is sf and sf.tcp.next_timer() == deadline
+
+    def _settle_join(self, key: tuple[Address, Address], sf: Subflow) -> None:
+        if sf.tcp.state is TcpState.CLOSED:  # reset by the peer, or SYN/ACKs unanswered
+            self._drop_join(key)
+
+    def _drop_join(self, key: tuple[Address, Address]) -> None:
+        """A half-open join leaves the queue silently (reported by `poll_gone_joins`)."""
+        msk, sf = self.joins.pop(key)
+        del msk.half_open_joins[key]
+        _forget(sf)
+        self._gone_joins.append(key)
+
+    def drop_joins(self) -> None:
+        """The port closes: every half-open join goes."""
+        for key in list(self.joins):
+            self._drop_join(key)
+        self._join_timers.clear()
+
+    def _drain(self, local: Address, remote: Address, sf: Subflow) -> None:
+        self._out.extend((local, remote, seg) for seg in sf.tcp.poll_segments())
+
+    def poll_new_joins(self) -> list[tuple[Address, Address]]:
+        """Half-open joins since the last call: their (local, remote) is to be routed to
+        `handle_join_segments`."""
+        new, self._new_joins = self._new_joins, []
+        return new
+
+    def poll_gone_joins(self) -> list[tuple[Address, Address]]:
+        """Half-open joins dropped since the last call (queue full, reset, timed out)."""
+        gone, self._gone_joins = self._gone_joins, []
+        return gone
 
     def _passive_subflow(
         self, msk: MptcpConnection, local: Address, remote: Address, seg: Segment, now: float,
@@ -213,3 +350,9 @@ class MptcpListener:
     def poll_evicted(self) -> list[MptcpConnection]:
         evicted, self._evicted = self._evicted, []
         return evicted
+
+
+def _forget(sf: Subflow) -> None:
+    """Drop a half-open join silently (nothing sent, no timer left)."""
+    sf.tcp.forget()
+    sf.gone = True

@@ -68,6 +68,7 @@ class Subflow:
     stale_marked: bool = False  # STALE_LOSS_CNT intervals without progress, others usable
     stale_reinjected: bool = False  # its unacknowledged data was moved to other subflows
     gone: bool = False  # reset, timed out or closed: reported once
+    number: int = 0  # its place in the connection's order of subflows (0: the first)
     counted: bool = False  # a join the peer completed: it holds a slot of the limit
     # the path manager's key of a join we opened (local, peer address, peer port)
     path_key: tuple[IPAddress, IPAddress, int | None] | None = None

@@ -402,6 +402,14 @@ class TcpConnection:
             self._events.append(Reset(by_peer=False))
             self._close(CloseReason.ABORTED)
 
+    def forget(self) -> None:
+        """Drop this connection silently: nothing sent, no timer left (a half-open one
+        pushed out of a full queue; its peer retransmits or gives up)."""
+        self.state = TcpState.CLOSED
+        self.rto_deadline = self.delack_deadline = self.persist_deadline = None
+        self.probe_deadline = None
+        self._out = []
+
     # ------------------------------------------------------------------ outputs
 
     def poll_segments(self) -> list[Segment]:

@@ -7,14 +7,23 @@ a keyed hash of the connection identifiers, so an off-path attacker cannot guess
 from __future__ import annotations
 
 import hashlib
+import struct
 
 from stack.tcp.seq import SEQ_MASK
 
+_PORT = struct.Struct("!H")
+
 
 def _f(local: tuple[object, int], remote: tuple[object, int], secret: bytes) -> int:
-    material = f"{local[0]}|{local[1]}|{remote[0]}|{remote[1]}".encode()
+    material = b"|".join((_bytes(local[0]), _PORT.pack(local[1]), _bytes(remote[0]),
+                          _PORT.pack(remote[1])))  # fmt: skip
     digest = hashlib.blake2s(material, key=secret[:32] or b"\0").digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _bytes(address: object) -> bytes:
+    packed = getattr(address, "packed", None)  # an ipaddress object: no text formatting
+    return packed if isinstance(packed, bytes) else str(address).encode()
 
 
 def initial_sequence_number(

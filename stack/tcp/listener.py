@@ -68,7 +68,7 @@ class TcpListener:
             return
         if len(self.half_open) >= self.backlog:
             _, oldest = self.half_open.popitem(last=False)
-            oldest.poll_segments()
+            oldest.forget()
             self.dropped_half_open += 1
         conn = TcpConnection.accept_syn(
             self.local,

@@ -139,7 +139,7 @@ def test_two_subflows_bad_checksum_resets_that_subflow(version: int) -> None:
     assert corrupt.failed_dsn is not None
     assert bytes(receiver.received) == up
     assert server.counters["DSSChecksumBad"] == 1 and server.counters["SubflowReset"] == 1
-    joined = next(sf for sf in server.subflows if not sf.initial)
+    joined = next(sf for sf in server.every_subflow() if not sf.initial)
     assert joined.gone and joined.error == "DSS checksum failed"
     # the RST carries MP_FAIL (RFC 8684 §3.7) and, in v1, MP_TCPRST "middlebox interference"
     rst = [(seg, o) for seg, o in to_client.options if seg.flags & RST]
@@ -173,7 +173,7 @@ def test_an_infinite_mapping_past_the_mp_fail_dsn_resets_instead_of_hanging() ->
     client, server, _, app_b, up, _ = run_pair(_config(1), size=200_000, strip_to_server=to_server)
     assert to_server.failed_dsn is not None
     assert server.counters["InfiniteMapRx"] == 1 and not server.fallback
-    (sf,) = server.subflows
+    (sf,) = server.every_subflow()
     assert sf.gone and sf.rst_reason == MPTCP_RST_EMIDDLEBOX
     assert sf.error.startswith("infinite mapping at") and "skips the data from" in sf.error
     assert up.startswith(bytes(app_b.received))  # a prefix: nothing out of place

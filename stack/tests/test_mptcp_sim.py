@@ -63,11 +63,18 @@ class ServerEnd:
                     self.msk.handle_segment(sf, seg, now)
                     self.listener.settle(self.msk)
                     return
-        msk = self.listener.handle_syn(SERVER, (CLIENT[0], seg.src_port), seg, now)
+        remote = (CLIENT[0], seg.src_port)
+        if (SERVER, remote) in self.listener.joins:  # a half-open join: the listener's
+            joined = self.listener.handle_join_segments(SERVER, remote, [seg], now)
+            if joined is not None:
+                self.msk.handle_segment(joined[1], seg, now)
+            return
+        msk = self.listener.handle_syn(SERVER, remote, seg, now)
         if msk is not None:
             self.msk = msk
 
     def handle_timer(self, now: float) -> None:
+        self.listener.handle_timer(now)
         if self.msk is not None:
             self.msk.handle_timer(now)
             self.listener.settle(self.msk)
@@ -79,7 +86,8 @@ class ServerEnd:
         return out
 
     def next_timer(self) -> float | None:
-        return self.msk.next_timer() if self.msk is not None else None
+        times = [self.listener.next_timer(), self.msk.next_timer() if self.msk else None]
+        return min((t for t in times if t is not None), default=None)
 
 
 class App:
