@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from stack.link import RawLink, in_netns, open_in_netns
+from stack.link import LOCAL_QUEUE_LIMIT, RawLink, in_netns, open_in_netns
 from stack.linkwatch import LinkWatcher
 from stack.neighbour import NeighbourTable, Release, Solicit
 from stack.route import InterfaceConfig, IPAddress, Route, RoutingError, RoutingTable
@@ -488,6 +488,16 @@ class Host:
             self._count(ok)
         else:
             self._transmit(route.ifname, frame)
+
+    def queue_room(self, src: IPAddress, dst: IPAddress, device: str = "") -> int:
+        """Bytes a connection from `src` to `dst` may still hand to its interface now:
+        the interface's local-queue limit less what waits in its queues. Linux's TCP
+        small queues (TSQ) keep a flow's bytes in the local qdisc this low; without it
+        a local shaper's whole queue fills, and every RTT sample grows by it."""
+        path = self._paths.get((src, dst, device))
+        if path is None:
+            return LOCAL_QUEUE_LIMIT  # not sent on yet: nothing of ours waits there
+        return path.link.queue_limit.room(path.link.queued_bytes())
 
     def send_tcp(
         self,

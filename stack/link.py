@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -58,6 +59,43 @@ class InterfaceInfo:
     mtu: int
 
 
+SIOCOUTQ = 0x5411  # TIOCOUTQ: the socket's unsent (not yet freed) bytes
+# What one interface's queues may hold of ours before connections wait: Linux's TSQ
+# lets one flow keep about two 64 KB GSO frames in the local qdisc. A userspace loop
+# reacts later than the kernel's completion handler, so the limit grows when the queue
+# ran dry while senders waited on it (`QueueLimit`), up to LOCAL_QUEUE_MAX
+LOCAL_QUEUE_LIMIT = 128 * 1024
+LOCAL_QUEUE_MAX = 1 << 20
+
+
+class QueueLimit:
+    """The local-queue limit of one interface, adapted to how fast we refill it.
+
+    A sender stopped by the limit resumes at its next ACK; if the queue is found empty
+    then, it drained before we came back (the loop was late), and the link idled: the
+    limit doubles. While the queue stays more than half full it shrinks back by 1/64
+    per look, towards LOCAL_QUEUE_LIMIT."""
+
+    __slots__ = ("limit", "stopped")
+
+    def __init__(self) -> None:
+        self.limit = LOCAL_QUEUE_LIMIT
+        self.stopped = False  # a look found it (nearly) full
+
+    def room(self, queued: int) -> int:
+        if queued == 0 and self.stopped:
+            self.limit = min(2 * self.limit, LOCAL_QUEUE_MAX)
+        elif queued > self.limit // 2 and self.limit > LOCAL_QUEUE_LIMIT:
+            self.limit = max(self.limit - (self.limit >> 6), LOCAL_QUEUE_LIMIT)
+        room = self.limit - queued
+        self.stopped = room < 65536
+        return room
+
+
+_INT = struct.Struct("i")
+_INT_ZERO = bytes(4)
+
+
 class RawLink:
     """One interface, opened in the calling thread's network namespace."""
 
@@ -90,9 +128,18 @@ class RawLink:
         self._buffer = bytearray(VNET_HDR_LEN + 65536 + 64)
         self._view = memoryview(self._buffer)
         self._sendmsg = sock.sendmsg
+        self.queue_limit = QueueLimit()
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def queued_bytes(self) -> int:
+        """Bytes sent on this socket that the kernel still holds: frames in the
+        interface's qdisc (a tbf's queue) and device queue (SIOCOUTQ: sk_wmem_alloc)."""
+        try:
+            return int(_INT.unpack(fcntl.ioctl(self.sock.fileno(), SIOCOUTQ, _INT_ZERO))[0])
+        except OSError:
+            return 0
 
     def close(self) -> None:
         self.sock.close()
@@ -195,8 +242,6 @@ def _interface_info(ifname: str, sock: socket.socket) -> InterfaceInfo:
     Not from /sys/class/net: sysfs shows the namespace it was mounted in, not the
     calling thread's, so it lies to a thread that entered another namespace.
     """
-    import fcntl
-
     SIOCGIFMTU, SIOCGIFHWADDR, SIOCGIFINDEX = 0x8921, 0x8927, 0x8933
     name = struct.pack("16s16x", ifname.encode())
     hw = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, name)

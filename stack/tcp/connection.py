@@ -53,6 +53,7 @@ MIN_SND_MSS = 48
 _TS_LEN = 12  # timestamps option with its padding
 _WORST_DELAYED_ACK = 0.2  # RFC 8985 §7.2 WCDelAckT: one segment in flight may wait for it
 _MIN_PTO = 0.01  # seconds: no probe sooner than this (timer and scheduling noise)
+QUEUE_RETRY = 0.001  # s: a full local queue is looked at again after this, without ACKs
 _SYNCHRONIZED_SEND = frozenset(
     {
         TcpState.ESTABLISHED,
@@ -148,6 +149,12 @@ class TcpConnection:
         self.option_provider: SegmentHook | None = None  # called for every outgoing segment
         self.option_observer: SegmentHook | None = None  # called for every accepted segment
         self.segment_limit: Callable[[int], int] | None = None  # max payload at a rel seq
+        # bytes the local interface takes now (the host's `queue_room`, as TSQ); None:
+        # no limit. When it runs out, output waits for ACKs (or, with nothing in flight,
+        # for `throttle_deadline`)
+        self.queue_room: Callable[[], int] | None = None
+        self.throttle_deadline: float | None = None
+        self._out_bytes = 0  # payload in `_out`, not yet taken by `poll_segments`
         # payload bytes one outgoing segment may carry; above the MSS it is a super-segment
         # that the link cuts (0: one MSS)
         self.gso_max_size = cfg.gso_max_size or 0
@@ -407,8 +414,9 @@ class TcpConnection:
         pushed out of a full queue; its peer retransmits or gives up)."""
         self.state = TcpState.CLOSED
         self.rto_deadline = self.delack_deadline = self.persist_deadline = None
-        self.probe_deadline = None
+        self.probe_deadline = self.throttle_deadline = None
         self._out = []
+        self._out_bytes = 0
 
     # ------------------------------------------------------------------ outputs
 
@@ -417,6 +425,7 @@ class TcpConnection:
         if not out:
             return []  # never hand out the live list
         self._out = []
+        self._out_bytes = 0
         provider = self.option_provider
         if provider is not None:
             iss = self.iss
@@ -435,6 +444,7 @@ class TcpConnection:
             self.rto_deadline,
             self.probe_deadline,
             self.delack_deadline,
+            self.throttle_deadline,
             self.persist_deadline,
             self.timewait_deadline,
         ):
@@ -466,6 +476,8 @@ class TcpConnection:
         if self.persist_deadline is not None and now >= self.persist_deadline:
             self.persist_deadline = None
             self._on_persist(now)
+        if self.throttle_deadline is not None and now >= self.throttle_deadline:
+            self.throttle_deadline = None  # the output below looks at the queue again
         if self.delack_deadline is not None and now >= self.delack_deadline:
             self.delack_deadline = None
             if self.state is not TcpState.CLOSED:
@@ -935,13 +947,14 @@ class TcpConnection:
     def _enter_time_wait(self, now: float) -> None:
         self.state = TcpState.TIME_WAIT
         self.rto_deadline = self.persist_deadline = self.delack_deadline = None
+        self.throttle_deadline = None
         self.probe_deadline = None
         self.timewait_deadline = now + self.config.time_wait
 
     def _close(self, reason: CloseReason) -> None:
         self.state = TcpState.CLOSED
         self.rto_deadline = self.persist_deadline = self.probe_deadline = None
-        self.delack_deadline = self.timewait_deadline = None
+        self.delack_deadline = self.timewait_deadline = self.throttle_deadline = None
         self._events.append(Closed(reason))
 
     # ------------------------------------------------------------------ output engine
@@ -975,6 +988,7 @@ class TcpConnection:
     def _emit(self, seg: Segment) -> None:
         self.stats.OutSegs += 1
         self._out.append(seg)
+        self._out_bytes += len(seg.payload)
 
     def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:
         """A synchronized-state segment carrying ACK, window, timestamps and SACK blocks."""
@@ -1071,6 +1085,9 @@ class TcpConnection:
         # one segment carries up to gso_max_size bytes: a super-segment of full-sized
         # pieces that the link cuts at the MSS (TSO); bounded below by cwnd and windows
         cap = max(self.gso_max_size, mss)
+        # what the interface's queue takes, less what waits here to be handed to it
+        room = self.queue_room() - self._out_bytes if self.queue_room is not None else None
+        self.throttle_deadline = None
         while True:
             nxt = self.snd_nxt
             top = data_end  # a retransmission stops at snd_max and before SACKed bytes
@@ -1093,6 +1110,12 @@ class TcpConnection:
             cwnd_room = cc.cwnd - flight
             wnd_room = self.snd_una + self.snd_wnd - nxt
             size = min(avail, cap, wnd_room, cwnd_room, top - nxt)
+            if room is not None and room < size and avail > 0:
+                if room < mss:  # the interface's queue is full: wait until it drains,
+                    if flight <= 0:  # for the next ACK, or when none is to come, a while
+                        self.throttle_deadline = now + QUEUE_RETRY
+                    break
+                size = room
             cut = size < avail  # something else than the end of the data bounds it
             mapping_end = False
             if limit_hook is not None and avail > 0:
@@ -1127,6 +1150,8 @@ class TcpConnection:
             if used <= 0:
                 break
             self.snd_nxt = max(self.snd_nxt, nxt + used)
+            if room is not None:
+                room -= used
         if self._probe_rearm:
             self._arm_probe(now)
         # 3. persist timer: data waiting, a closed window and nothing in flight to clock ACKs
