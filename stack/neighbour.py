@@ -125,6 +125,17 @@ class NeighbourTable:
     def __contains__(self, key: Key) -> bool:
         return key in self._used or key in self._unused or key in self._incomplete
 
+    def state(self, ifname: str, address: IPAddress, now: float) -> str | None:
+        """RFC 4861's name for the entry's state (PROBE: STALE and being verified), or
+        None without an entry: for tests and diagnostics."""
+        key = (ifname, address)
+        entry = self._used.get(key) or self._unused.get(key)
+        if entry is None:
+            return "INCOMPLETE" if key in self._incomplete else None
+        if entry.probes_sent:
+            return "PROBE"
+        return "REACHABLE" if now < entry.expires else "STALE"
+
     # ------------------------------------------------------------------ lookups
 
     def lookup(

@@ -96,15 +96,21 @@ def test_a_stale_entry_is_used_while_it_is_verified_by_unicast_probes() -> None:
     """RFC 4861 §7.3.3: after its reachable time the entry is STALE; the next use still
     gets the MAC (no frame waits) and starts probes sent straight to it."""
     table = _table()
+    assert table.state("eth0", PEER, 0.0) is None
     table.lookup("eth0", PEER, b"a", 0.0)
+    assert table.state("eth0", PEER, 0.0) == "INCOMPLETE"
     table.learn("eth0", PEER, MAC, 0.0)
     assert table.lookup("eth0", PEER, b"b", REACHABLE_TIME - 0.1) == (MAC, [])
+    assert table.state("eth0", PEER, REACHABLE_TIME - 0.1) == "REACHABLE"
     assert table.next_timer() is None
     stale = REACHABLE_TIME + 1
+    assert table.state("eth0", PEER, stale) == "STALE"
     assert table.lookup("eth0", PEER, b"c", stale) == (MAC, [Solicit("eth0", PEER, MAC)])
+    assert table.state("eth0", PEER, stale) == "PROBE"
     assert table.lookup("eth0", PEER, b"d", stale + 0.1) == (MAC, [])  # probe once
     assert table.next_timer() == stale + RETRANSMIT_INTERVAL
     assert table.learn("eth0", PEER, MAC, stale + 0.2) is None  # confirmed, same MAC
+    assert table.state("eth0", PEER, stale + 0.2) == "REACHABLE"
     assert table.next_timer() is None
     assert table.lookup("eth0", PEER, b"e", stale + 1) == (MAC, [])
 
