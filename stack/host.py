@@ -29,13 +29,14 @@ from typing import Protocol
 
 from stack.link import LOCAL_QUEUE_LIMIT, RawLink, in_netns, open_in_netns
 from stack.linkwatch import LinkWatcher
-from stack.neighbour import NeighbourTable, Release, Solicit
+from stack.neighbour import NeighbourCounters, NeighbourTable, Release, Solicit
 from stack.route import InterfaceConfig, IPAddress, Route, RoutingError, RoutingTable
 from stack.wire.errors import MalformedHeader
 from stack.wire.ethernet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_P_ARP,
+    NA_FLAG_SOLICITED,
     ArpPacket,
     NeighborAdvertisement,
     NeighborSolicitation,
@@ -95,7 +96,7 @@ class PortListener(Protocol):
 
 
 @dataclass
-class Counters:
+class Counters(NeighbourCounters):  # the neighbour table's counters come first
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0  # the kernel refused them (queue full, link down)
@@ -103,7 +104,7 @@ class Counters:
     bad_ip_checksum: int = 0  # IPv4 header checksums that fail (RFC 1122 §3.2.1.2: drop)
     malformed: int = 0
     resets_sent: int = 0
-    unreachable: int = 0
+    unreachable: int = 0  # frames dropped when their neighbour's resolution failed
     internal_errors: int = 0  # exceptions caught in the loop (bugs): see Host.last_error
 
 
@@ -149,7 +150,7 @@ class Host:
         self._macs = {name: link.info.mac for name, link in self.links.items()}
         self.routing.is_down = lambda ifname: self.links[ifname].down
         self._by_fd = {link.fileno(): (name, link) for name, link in self.links.items()}
-        self.neighbours = NeighbourTable()
+        self.neighbours = NeighbourTable(self.counters)
         self._connections: dict[FourTuple, SegmentReceiver] = {}
         self._listeners: dict[int, PortListener] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -385,12 +386,20 @@ class Host:
             self.counters.malformed += 1
             return
         sender = ipaddress.IPv4Address(arp.sender_ip)
-        now = self.clock()
-        if arp.operation in (ARP_REQUEST, ARP_REPLY) and sender != ipaddress.IPv4Address(0):
-            self._flush(self.neighbours.learn(ifname, sender, arp.sender_mac, now))
-        if arp.operation == ARP_REQUEST and self.routing.is_local(
+        for_us = arp.operation == ARP_REQUEST and self.routing.is_local(
             ipaddress.IPv4Address(arp.target_ip)
+        )
+        if (
+            arp.operation in (ARP_REQUEST, ARP_REPLY)
+            and sender != ipaddress.IPv4Address(0)  # an RFC 5227 probe
+            and not self.routing.is_local(sender)
         ):
+            # as Linux (arp_accept=0): only a request to us creates an entry; other
+            # requests and replies (solicited or not) update one that exists
+            self._flush(
+                self.neighbours.learn(ifname, sender, arp.sender_mac, self.clock(), create=for_us)
+            )
+        if for_us:
             reply = arp.reply(self._macs[ifname])
             self._transmit(ifname, emit_ethernet(arp.sender_mac, self._macs[ifname],
                                                  ETH_P_ARP, reply.emit()))  # fmt: skip
@@ -404,10 +413,13 @@ class Host:
         now = self.clock()
         if isinstance(message, NeighborSolicitation):
             source = ipaddress.IPv6Address(ip6.src)
-            if message.source_lladdr is not None and not source.is_unspecified:
-                self._flush(self.neighbours.learn(ifname, source, message.source_lladdr, now))
             target = ipaddress.IPv6Address(message.target)
-            if not self.routing.is_local(target):
+            for_us = self.routing.is_local(target)
+            if message.source_lladdr is not None and not source.is_unspecified:
+                # RFC 4861 §7.2.3: a solicitation for us creates the entry (others update)
+                self._flush(self.neighbours.learn(ifname, source, message.source_lladdr, now,
+                                                  create=for_us))  # fmt: skip
+            if not for_us:
                 return
             advert = NeighborAdvertisement(message.target, self._macs[ifname])
             dst = ip6.src if not source.is_unspecified else bytes.fromhex("ff02" + "0" * 27 + "1")
@@ -415,9 +427,15 @@ class Host:
             packet = emit_ip(message.target, dst, IPPROTO_ICMPV6, payload, ttl=255)
             mac = src_mac if not source.is_unspecified else multicast_mac(dst)
             self._transmit(ifname, emit_ethernet(mac, self._macs[ifname], ETH_P_IPV6, packet))
-        elif isinstance(message, NeighborAdvertisement) and message.target_lladdr is not None:
+        elif isinstance(message, NeighborAdvertisement):
+            # RFC 4861 §7.2.5: an advertisement for no entry is discarded (not learnt)
             target = ipaddress.IPv6Address(message.target)
-            self._flush(self.neighbours.learn(ifname, target, message.target_lladdr, now))
+            if message.target_lladdr is not None:
+                self._flush(self.neighbours.learn(ifname, target, message.target_lladdr, now))
+            elif message.flags & NA_FLAG_SOLICITED:
+                # the answer to a unicast probe (Linux leaves the option out): the MAC
+                # we have is confirmed
+                self.neighbours.confirm(ifname, target, now)
 
     def _on_tcp(self, ip: IPv4Header | IPv6Header, dst: IPAddress, trusted: bool) -> None:
         if not self.routing.is_local(dst):
@@ -615,9 +633,9 @@ class Host:
             self.counters.frames_dropped += 1
 
     def _flush(self, release: Release | None) -> None:
-        self._paths.clear()  # a neighbour was (re)learnt: look MACs up afresh
         if release is None:
-            return
+            return  # nothing waited and no known MAC changed: cached paths stay right
+        self._paths.clear()  # look MACs up afresh
         for packet in release.frames:
             ethertype = ETH_P_IP if packet[0] >> 4 == 4 else ETH_P_IPV6
             self._transmit(
@@ -626,16 +644,20 @@ class Host:
             )
 
     def _solicit(self, solicit: Solicit, source: IPAddress) -> None:
+        """Broadcast (ARP) or to the solicited-node group (NDP); to the neighbour itself
+        when verifying the MAC we have (`solicit.mac`: Linux's unicast probes)."""
         mac = self._macs[solicit.ifname]
         if solicit.address.version == 4:
             request = ArpPacket(ARP_REQUEST, mac, source.packed, bytes(6), solicit.address.packed)
-            self._transmit(solicit.ifname, emit_ethernet(BROADCAST, mac, ETH_P_ARP, request.emit()))
+            self._transmit(solicit.ifname, emit_ethernet(solicit.mac or BROADCAST, mac,
+                                                         ETH_P_ARP, request.emit()))  # fmt: skip
             return
         target = solicit.address.packed
-        group = solicited_node_multicast(target)
-        payload = NeighborSolicitation(target, mac).emit(source.packed, group)
-        packet = emit_ip(source.packed, group, IPPROTO_ICMPV6, payload, ttl=255)
-        self._transmit(solicit.ifname, emit_ethernet(multicast_mac(group), mac, ETH_P_IPV6, packet))
+        dst = target if solicit.mac else solicited_node_multicast(target)
+        payload = NeighborSolicitation(target, mac).emit(source.packed, dst)
+        packet = emit_ip(source.packed, dst, IPPROTO_ICMPV6, payload, ttl=255)
+        dst_mac = solicit.mac or multicast_mac(dst)
+        self._transmit(solicit.ifname, emit_ethernet(dst_mac, mac, ETH_P_IPV6, packet))
 
     def _neighbour_timer(self, now: float) -> None:
         solicits, failures = self.neighbours.on_timer(now)

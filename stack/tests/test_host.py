@@ -12,6 +12,8 @@ import pytest
 import topologies
 from stack.host import Host
 from stack.route import InterfaceConfig
+from stack.tcp_host import connect
+from stack.tests.test_mptcp_stack_pair import wait_until
 from testbed import Topology
 
 pytestmark = pytest.mark.netns
@@ -58,3 +60,43 @@ def test_path_mss_is_the_links_mtu_less_the_families_headers(stack_client) -> No
     assert host.path_mss(v4, ipaddress.ip_address("192.0.2.2")) == 1460
     assert host.path_mss(v6, ipaddress.ip_address("2001:db8:1::2")) == 1440
     assert host.path_mss(v6, ipaddress.ip_address("192.0.2.2")) is None  # no such route
+
+
+@pytest.mark.parametrize("server", ["192.0.2.2", "2001:db8:1::2"], ids=["ipv4", "ipv6"])
+def test_a_stale_neighbour_is_confirmed_by_the_kernels_answer_to_a_unicast_probe(
+    stack_client, monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    """The kernel's entry goes STALE (a reachable time of 50 ms here); the next send
+    still goes to its MAC and starts a verification by probes sent straight to it (ARP
+    to its MAC; NS to its address, which Linux answers with an NA without the
+    link-layer option): the answer makes it REACHABLE again, and the bytes flow on."""
+    monkeypatch.setattr("stack.neighbour.REACHABLE_TIME", 0.05)
+    monkeypatch.setattr("stack.host._PATH_TTL", 0.0)  # every send looks its MAC up
+    topo, host = stack_client
+    peer = ipaddress.ip_address(server)
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with topo.hosts["server"].entered():
+        listener = socket.socket(family)
+    listener.bind((server, 9000))
+    listener.listen()
+    listener.settimeout(10)
+
+    def state() -> str | None:
+        return host.neighbours.state("eth0", peer, host.clock())
+
+    try:
+        stream = connect(host, (server, 9000))
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        stream.sendall(b"before")
+        assert conn.recv(100) == b"before"
+        wait_until(lambda: state() == "STALE", 5, "the entry to go stale")
+        monkeypatch.setattr("stack.neighbour.REACHABLE_TIME", 30.0)
+        stream.sendall(b"after")  # goes at once, and starts the verification
+        assert conn.recv(100) == b"after"
+        wait_until(lambda: state() == "REACHABLE", 5, "the kernel's answer to the probe")
+        stream.close()
+        conn.close()
+    finally:
+        listener.close()
+    assert host.counters.neigh_res_failed == 0 and host.counters.unreachable == 0

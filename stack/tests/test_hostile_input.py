@@ -3,13 +3,18 @@ namespaces: each gets the RFC's reaction and the listener goes on serving."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
 import itertools
 import os
+import queue
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,13 +23,19 @@ from conformance.iut.base import source_bytes
 from conformance.iut.stack import StackV1Iut
 from conformance.model import Outcome
 from conformance.tester import Tester as ScriptedPeer
-from stack.wire.ethernet import emit_ethernet
+from stack.host import Host
+from stack.neighbour import MAX_ENTRIES
+from stack.route import InterfaceConfig
+from stack.tcp_host import connect
+from stack.tests.test_mptcp_stack_pair import wait_until
+from stack.wire.ethernet import ARP_REPLY, ARP_REQUEST, ETH_P_ARP, ArpPacket, emit_ethernet
 from stack.wire.ip import ETH_P_IP
 from stack.wire.mptcp import Dss, MpCapable, MpJoinSyn
 from stack.wire.tcp import SYN, MaxSegmentSize, build_options, emit_tcp_ip
 from testbed import Topology
 
 pytestmark = pytest.mark.netns
+T = TypeVar("T")
 
 
 def _syn_frame(tester: ScriptedPeer, sport: int, *, ip_checksum_ok: bool) -> bytes:
@@ -226,3 +237,110 @@ def test_a_join_syn_flood_with_a_live_token_leaves_the_connection_alone(
     assert echoed_in <= 2.0, f"the connection stalled {echoed_in:.2f} s after the flood"
     assert settled is not None and settled <= 2.0, f"CPU settled after {settled} s"
     assert grown_kib <= 20 * 1024, f"RSS grew by {grown_kib} KiB"
+
+
+def _on_loop(host: Host, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """`fn()` run on the host's loop thread (where the tables change), its result here."""
+    result: queue.Queue[T] = queue.Queue()
+    host.call_soon(lambda: result.put(fn()))
+    return result.get(timeout=timeout)
+
+
+@contextlib.contextmanager
+def _echo_server(topo: Topology, address: str, port: int) -> Iterator[list[bytes]]:
+    """A kernel TCP server that echoes everything it reads until EOF; what it read."""
+    with topo.hosts["server"].entered():
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((address, port))
+    listener.listen()
+    listener.settimeout(30)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(30)
+                chunks = []
+                while chunk := conn.recv(1 << 16):
+                    chunks.append(chunk)
+                    conn.sendall(chunk)
+                received.append(b"".join(chunks))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        listener.close()
+        thread.join(30)
+
+
+def _arp_flood(count: int) -> Iterator[bytes]:
+    """`count` rounds of three frames from one made-up neighbour each (sender addresses
+    in 198.18.0.0/15, locally administered MACs): an ARP request to the stack's address,
+    an unsolicited reply to it, and a gratuitous request (its target is its sender)."""
+    ours = ipaddress.IPv4Address("192.0.2.1").packed
+    for i in range(count):
+        mac = b"\x02\xaa" + i.to_bytes(4, "big")
+        sender = (ipaddress.IPv4Address("198.18.0.0") + i).packed
+        other = (ipaddress.IPv4Address("198.19.0.0") + i).packed
+        for operation, sender_ip, target_ip, dst in (
+            (ARP_REQUEST, sender, ours, b"\xff" * 6),
+            (ARP_REPLY, other, ours, b"\xff" * 6),
+            (ARP_REQUEST, other, other, b"\xff" * 6),
+        ):
+            arp = ArpPacket(operation, mac, sender_ip, bytes(6), target_ip)
+            yield emit_ethernet(dst, mac, ETH_P_ARP, arp.emit())
+
+
+def test_an_arp_flood_keeps_the_neighbour_table_bounded_and_connections_working(
+    topology: Callable[..., Topology],
+) -> None:
+    """Issue 11: the neighbour table had no bound. A peer floods the stack with ARP from
+    3 x MAX_ENTRIES made-up neighbours in the middle of a TCP connection to the kernel:
+    requests to the stack's address (each creates an entry, as on Linux), unsolicited
+    replies and gratuitous requests (which create none). The table never holds more than
+    MAX_ENTRIES, the evictions and ignored answers are counted, the entry of the peer in
+    use survives, and the connection's bytes come back intact."""
+    topo = topology(topologies.single_path(bare=("client",)))
+    host = Host([InterfaceConfig.parse("eth0=192.0.2.1/24")], netns=topo.hosts["client"].netns)
+    host.start()
+    peer = ("eth0", ipaddress.IPv4Address("192.0.2.2"))
+    rounds = 3 * MAX_ENTRIES
+    with topo.hosts["server"].entered():
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # sends only
+    try:
+        raw.bind(("eth0", 0))
+        with _echo_server(topo, "192.0.2.2", 9000) as received:
+            data = os.urandom(400_000)
+            stream = connect(host, ("192.0.2.2", 9000))
+            stream.sendall(data[:200_000])
+            sizes = []
+            flood = _arp_flood(rounds)
+            while batch := list(itertools.islice(flood, 96)):
+                target = host.counters.frames_in + len(batch)
+                for frame in batch:
+                    raw.send(frame)
+                # paced so that the stack's socket never overflows: every frame counts
+                wait_until(lambda n=target: host.counters.frames_in >= n, 5, "the stack to read")
+                sizes.append(_on_loop(host, lambda: len(host.neighbours)))
+            stream.sendall(data[200_000:])
+            stream.shutdown()
+            echoed = []
+            while chunk := stream.recv(timeout=30):
+                echoed.append(chunk)
+            stream.close()
+        counters = host.counters
+        assert max(sizes) <= MAX_ENTRIES and sizes[-1] == MAX_ENTRIES, (max(sizes), sizes[-1])
+        # every request to us made an entry; all but the table's worth were evicted
+        assert counters.neigh_evicted >= rounds - MAX_ENTRIES, vars(counters)
+        assert counters.neigh_ignored >= 2 * rounds, vars(counters)  # replies, gratuitous
+        assert _on_loop(host, lambda: peer in host.neighbours), "the peer in use was evicted"
+        assert counters.neigh_res_failed == 0 and counters.neigh_unres_discards == 0
+        assert counters.internal_errors == 0, host.last_error
+    finally:
+        raw.close()
+        host.close()
+    assert received and hashlib.sha256(received[0]).digest() == hashlib.sha256(data).digest()
+    assert hashlib.sha256(b"".join(echoed)).digest() == hashlib.sha256(data).digest()
