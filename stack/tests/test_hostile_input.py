@@ -13,15 +13,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 import topologies
+from conformance.flood import cpu_settled_after, echoed, join_syn_frames, rss_kib
 from conformance.iut.base import source_bytes
 from conformance.iut.stack import StackV1Iut
-from conformance.model import Outcome
 from conformance.tester import Tester as ScriptedPeer
 from stack.host import Host
 from stack.neighbour import MAX_ENTRIES
@@ -29,9 +28,8 @@ from stack.route import InterfaceConfig
 from stack.tcp_host import connect
 from stack.tests.test_mptcp_stack_pair import wait_until
 from stack.wire.ethernet import ARP_REPLY, ARP_REQUEST, ETH_P_ARP, ArpPacket, emit_ethernet
-from stack.wire.ip import ETH_P_IP
-from stack.wire.mptcp import Dss, MpCapable, MpJoinSyn
-from stack.wire.tcp import SYN, MaxSegmentSize, build_options, emit_tcp_ip
+from stack.wire.mptcp import Dss, MpCapable
+from stack.wire.tcp import SYN, MaxSegmentSize
 from testbed import Topology
 
 pytestmark = pytest.mark.netns
@@ -141,60 +139,6 @@ def test_one_data_ack_far_beyond_what_was_sent_does_not_stop_sending(
     assert pause < 1.0, f"the stream paused {pause:.2f} s after the bogus DATA_ACK"
 
 
-def _join_syn_frames(tester: ScriptedPeer, token: int, ports: range) -> list[bytes]:
-    """Join SYNs (MP_JOIN with `token`) from 192.0.2.1, one per source port, built with
-    the project's codec (scapy would take seconds for thousands)."""
-    port = tester.ports["eth0"]
-    src, dst = ipaddress.ip_address("192.0.2.1").packed, ipaddress.ip_address("192.0.2.2").packed
-    frames = []
-    for sport in ports:
-        join = MpJoinSyn(address_id=7, token=token, nonce=sport)
-        options = build_options([MaxSegmentSize(1460), join]).data
-        packet = emit_tcp_ip(src, dst, sport, 8000, sport * 7919, 0, SYN, 65535, options=options)
-        frames.append(emit_ethernet(port.peer_mac, port.mac, ETH_P_IP, packet))
-    return frames
-
-
-def _echoed(conn: Any, subflow: Any, payload: bytes, within: float) -> Any:
-    """Send `payload` and wait for its echo, sending it again every 250 ms as TCP would
-    (a flood may fill either end's socket buffer, and a dropped frame is no stall)."""
-    seq, dss = subflow.snd_nxt, conn.mapping(subflow, payload)
-    subflow.send("PA", [dss], payload)
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            echo = subflow.expect(data=True, within=0.25, what="the echo")
-            break
-        except Outcome:
-            if time.monotonic() > deadline:
-                raise
-            subflow.send("PA", [dss], payload, seq=seq)
-    subflow.send("A", [conn.data_ack()])
-    return echo
-
-
-def _rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _cpu_settled_after(pid: int, within: float, window: float = 0.25) -> float | None:
-    """Seconds until the process uses under 10% of a CPU over a `window`; None if it
-    never does within `within` (the windows are a measurement, not a wait for an event)."""
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        before = _cpu_seconds(pid)
-        time.sleep(window)
-        if _cpu_seconds(pid) - before < 0.1 * window:
-            return time.monotonic() - started - window
-    return None
-
-
 def test_a_join_syn_flood_with_a_live_token_leaves_the_connection_alone(
     topology: Callable[..., Topology],
 ) -> None:
@@ -215,13 +159,13 @@ def test_a_join_syn_flood_with_a_live_token_leaves_the_connection_alone(
             echo = subflow.expect(data=True, within=2, what="the echo")
             assert echo.payload == b"before the flood"
             subflow.send("A", [conn.data_ack()])
-            rss_before = _rss_kib(pid)
-            frames = _join_syn_frames(tester, conn.remote_token, range(20_000, 28_000))
+            rss_before = rss_kib(pid)
+            frames = join_syn_frames(tester, conn.remote_token, range(20_000, 28_000))
             sock = tester.ports["eth0"].sock
             for frame in frames:
                 sock.send(frame)
             flood_sent = time.monotonic()
-            echo = _echoed(conn, subflow, b"after the flood", within=5)
+            echo = echoed(conn, subflow, b"after the flood", within=5)
             echoed_in = time.monotonic() - flood_sent
             assert echo.payload == b"after the flood"
             other, other_subflow = tester.connect(8000)  # a new client is served
@@ -229,8 +173,8 @@ def test_a_join_syn_flood_with_a_live_token_leaves_the_connection_alone(
             assert other_subflow.expect(data=True, within=2, what="its echo").payload == (
                 b"new client"
             )
-            settled = _cpu_settled_after(pid, within=5.0)
-            grown_kib = _rss_kib(pid) - rss_before
+            settled = cpu_settled_after(pid, within=5.0)
+            grown_kib = rss_kib(pid) - rss_before
     finally:
         iut.stop()
     # the bench (bench/bench_flood.py) measures the stall; here: far from the 30-40 s
