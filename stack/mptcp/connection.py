@@ -228,6 +228,7 @@ class MptcpConnection:
         self._subflows_added = 0
         # joins waiting for their third ACK in a listener: (local, remote) -> (when, the
         # listener), oldest first
+        self.opened_at = 0.0  # when a listener took its SYN
         self.half_open_joins: dict[tuple[Address, Address], tuple[float, Any]] = {}
         self._tcp_config: TcpConfig | None = None
         self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer

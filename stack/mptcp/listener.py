@@ -3,8 +3,9 @@
 - A SYN with MP_CAPABLE starts a connection (version and checksums negotiated by
   `handshake.listener_decision`); one without starts a plain-TCP (fallen-back) one.
   Either way it is "half-open" until its handshake completes, and half-open connections
-  are bounded: the oldest is dropped silently when `backlog` is reached, so a SYN flood
-  costs bounded memory and tokens (a real peer retransmits its SYN).
+  are bounded by `backlog`: when full, the oldest is dropped silently if it waited an
+  initial RTO, else the new SYN is (before any work). So a SYN flood costs bounded
+  memory and tokens and little CPU per SYN (a real peer retransmits its SYN).
 - A SYN with MP_JOIN (RFC 8684 §3.2) is looked up by token. Unknown token: RST with
   MP_TCPRST reason 1. A connection that fell back or is closing, or one at its subflow
   limit (reason 3, "administratively prohibited"), refuses it the same way. Otherwise
@@ -47,7 +48,9 @@ from stack.wire.mptcp import (
 # Half-open joins one connection may have here: twice the most subflows Linux allows
 # (net.mptcp limits: 8), so a peer that joins at once on every path never meets it
 JOINS_PER_CONNECTION = 16
-JOIN_UNANSWERED = 1.0  # s: TCP's initial RTO (RFC 6298), when a SYN/ACK is sent again
+# s: TCP's initial RTO (RFC 6298): a SYN/ACK unanswered this long is sent again, and a
+# half-open handshake this old may make room for a new one
+SYN_UNANSWERED = 1.0
 
 
 class MptcpListener:
@@ -117,8 +120,14 @@ class MptcpListener:
             self._count("ListenOverflows")
             return None  # as Linux: ignored, the peer retries
         if len(self.half_open) >= self.backlog:
-            _, oldest = self.half_open.popitem(last=False)
             self._count("ListenDrops")
+            oldest_key, oldest = next(iter(self.half_open.items()))
+            if now - oldest.opened_at < SYN_UNANSWERED:
+                # a flood: every waiting handshake is younger than an initial RTO. The
+                # new SYN is dropped before any work (as Linux without cookies), so the
+                # loop keeps up; a real peer sends its SYN again
+                return None
+            del self.half_open[oldest_key]  # its SYN/ACK went unanswered for an RTO
             oldest.discard()
             self._evicted.append(oldest)
         paths = (
@@ -128,6 +137,7 @@ class MptcpListener:
         )
         msk = MptcpConnection(self.config, self.tokens, isn_secret=self.isn_secret, server=True,
                               allocate_port=self.allocate_port, paths=paths)  # fmt: skip
+        msk.opened_at = now
         sf = self._passive_subflow(msk, local, remote, seg, now, initial=True)
         tcp = sf.tcp
         if decision.version is None:
@@ -179,7 +189,7 @@ class MptcpListener:
             # any work (no subflow, no HMAC, no SYN/ACK), as Linux drops a SYN when the
             # listener's queue is full, and the peer retransmits it
             oldest, (created, owner) = next(iter(msk.half_open_joins.items()))
-            if now - created < JOIN_UNANSWERED:
+            if now - created < SYN_UNANSWERED:
                 self._count("ListenDrops")
                 return None
             owner._count("ListenDrops")

@@ -18,7 +18,7 @@ import pytest
 
 import topologies
 from stack.api import Stack, accept, open_connection
-from stack.mptcp.connection import MptcpConfig
+from stack.mptcp.connection import MptcpConfig, MptcpConnection
 from stack.mptcp.listener import MptcpListener
 from stack.mptcp.token import TokenTable
 from stack.route import InterfaceConfig
@@ -225,21 +225,31 @@ def test_help_documents_every_flag() -> None:
 
 def test_syn_flood_costs_bounded_memory_and_tokens() -> None:
     """10 000 spoofed MP_CAPABLE SYNs: the half-open backlog and the token table stay at
-    the backlog's size, the oldest half-open connections are dropped silently."""
+    the backlog's size. While every waiting handshake is younger than an initial RTO,
+    a new SYN is dropped before any work (no connection, no token); once the oldest
+    waited that long, a new SYN takes its place."""
     tokens: TokenTable = TokenTable()
     listener = MptcpListener(80, MptcpConfig(), tokens, isn_secret=b"k", backlog=64)
     local = (ipaddress.ip_address("192.0.2.2"), 80)
-    for n in range(10_000):
+
+    def syn(n: int, now: float) -> MptcpConnection | None:
         remote = (ipaddress.ip_address(f"198.18.{n // 250}.{n % 250 + 1}"), 1024 + n % 60000)
-        syn = Segment(remote[1], 80, n, 0, SYN, 65535, mss=1460,
-                      extra_options=(MpCapable(version=1, flags=0x01),))  # fmt: skip
-        msk = listener.handle_syn(local, remote, syn, 0.0)
-        assert msk is not None
-        msk.poll_segments()
-        listener.poll_evicted()
-    assert len(listener.half_open) == 64
-    assert len(tokens) == 64
+        segment = Segment(remote[1], 80, n, 0, SYN, 65535, mss=1460,
+                          extra_options=(MpCapable(version=1, flags=0x01),))  # fmt: skip
+        msk = listener.handle_syn(local, remote, segment, now)
+        if msk is not None:
+            msk.poll_segments()
+        return msk
+
+    accepted = [msk for n in range(10_000) if (msk := syn(n, 0.0)) is not None]
+    assert len(accepted) == 64 == len(listener.half_open) == len(tokens)
     assert listener.counters["ListenDrops"] == 10_000 - 64
+    assert not listener.poll_evicted()
+    # an initial RTO later the oldest makes room for a new SYN (a real peer's retry)
+    newcomer = syn(20_000, 1.0)
+    assert newcomer is not None and newcomer in listener.half_open.values()
+    assert listener.poll_evicted() == [accepted[0]] and accepted[0].closed
+    assert len(listener.half_open) == 64 == len(tokens)
 
 
 @pytest.mark.netns
