@@ -279,13 +279,18 @@ def mp_prio_live(cell: Cell) -> None:
     _backup_idle(cell, "server", after)
 
 
-FAILOVER_SAMPLES = 3
+# Cuts per cell. The kernel as sender resumes after ~60 ms or, in about a third of the
+# cuts, after ~250 ms (its msk timer then runs at TCP_RTO_MIN: no tail loss probe was
+# pending), whatever the receiver: with 3 cuts a cell's median fell on the slow side
+# often enough that kernel-sender cells flaked against kernel->kernel (4 of 20 in 5
+# runs); 5 cuts halve that, and the comparison stays the same (`judge_against_kernel`)
+FAILOVER_SAMPLES = 5
 
 
 def _failover(cell: Cell, cut: Callable[[bool], None]) -> None:
     """The client uploads over path1 with a backup subflow on path2; path1 is cut when
     a quarter of the data is through. A sample is the time from the cut until path2
-    carries data (32 KB more than at the cut), from the link counters. Three
+    carries data (32 KB more than at the cut), from the link counters. FAILOVER_SAMPLES
     connections, path1 restored between them; the figure is their median."""
     _join_from_second_interface(cell, "backup")
     nbytes = cell.size(20 * MB, 10 * MB)
@@ -314,7 +319,8 @@ def _failover(cell: Cell, cut: Callable[[bool], None]) -> None:
 @scenario(
     setup="client: second endpoint `subflow backup`; both paths tbf 100 Mbit/s; path1 "
     "taken down (both ends) mid-upload",
-    pass_when="3 cuts, each completes intact; median time from the cut to data on path2 "
+    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; median time from the cut "
+    "to data on path2 "
     "≤ kernel→kernel's in the same run (within the kernel's own spread)",
     topology=_user_dual(SHAPED),
     quick=False,
@@ -328,7 +334,8 @@ def failover(cell: Cell) -> None:
 
 @scenario(
     setup="as failover, but path1 is blackholed with nftables (links stay up)",
-    pass_when="3 cuts, each completes intact; median time from the cut to data on path2 "
+    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; median time from the cut "
+    "to data on path2 "
     "≤ kernel→kernel's in the same run (within the kernel's own spread)",
     topology=_user_dual(SHAPED),
     quick=False,
