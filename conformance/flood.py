@@ -19,8 +19,8 @@ from conformance.model import Outcome
 from conformance.tester import Tester
 from stack.wire.ethernet import emit_ethernet
 from stack.wire.ip import ETH_P_IP
-from stack.wire.mptcp import MPC_FLAG_H, MpCapable, MpJoinSyn
-from stack.wire.tcp import SYN, MaxSegmentSize, TcpOption, build_options, emit_tcp_ip
+from stack.wire.mptcp import MPC_FLAG_H, Dss, MpCapable, MpJoinSyn
+from stack.wire.tcp import ACK, SYN, MaxSegmentSize, TcpOption, build_options, emit_tcp_ip
 
 
 def syn_frames(
@@ -54,6 +54,29 @@ def join_syn_frames(tester: Tester, token: int, sports: Iterable[int], dport: in
 def capable_syn_frames(tester: Tester, sports: Iterable[int], dport: int = 8000) -> list[bytes]:
     """v1 MP_CAPABLE SYNs (flag H), as a Linux client's first SYN."""
     return syn_frames(tester, dport, sports, [MpCapable(version=1, flags=MPC_FLAG_H)])
+
+
+def future_mapping_frames(conn: Any, subflow: Any, count: int, offset: int = 100_000
+                          ) -> list[bytes]:  # fmt: skip
+    """Pure ACKs on `subflow`, each with a DSS mapping 10 bytes that were never sent, at
+    `offset` and on past the next DSN and subflow sequence number (bytes the receiver
+    can only keep the mappings of, for data that never comes)."""
+    tester = subflow.tester
+    port = tester.ports[subflow.ifname]
+    src = ipaddress.ip_address(subflow.local).packed
+    dst = ipaddress.ip_address(subflow.remote).packed
+    relative = (subflow.snd_nxt - subflow.iss) & 0xFFFFFFFF
+    frames = []
+    for index in range(count):
+        dss = Dss(data_ack=conn.data_rcv_nxt, data_ack_64=True,
+                  dsn=(conn.data_snd_nxt + offset + 10 * index) % 2**64, dsn_64=True,
+                  subflow_seq=(relative + offset + 10 * index) & 0xFFFFFFFF,
+                  data_level_length=10)  # fmt: skip
+        packet = emit_tcp_ip(src, dst, subflow.lport, subflow.rport, subflow.snd_nxt,
+                             subflow.rcv_nxt, ACK, 64240,
+                             options=build_options([dss]).data)  # fmt: skip
+        frames.append(emit_ethernet(port.peer_mac, port.mac, ETH_P_IP, packet))
+    return frames
 
 
 def echoed(conn: Any, subflow: Any, payload: bytes, within: float, rto: float = 0.25) -> Any:

@@ -18,7 +18,13 @@ from typing import TypeVar
 import pytest
 
 import topologies
-from conformance.flood import cpu_settled_after, echoed, join_syn_frames, rss_kib
+from conformance.flood import (
+    cpu_settled_after,
+    echoed,
+    future_mapping_frames,
+    join_syn_frames,
+    rss_kib,
+)
 from conformance.iut.base import source_bytes
 from conformance.iut.stack import StackV1Iut
 from conformance.tester import Tester as ScriptedPeer
@@ -181,6 +187,41 @@ def test_a_join_syn_flood_with_a_live_token_leaves_the_connection_alone(
     assert echoed_in <= 2.0, f"the connection stalled {echoed_in:.2f} s after the flood"
     assert settled is not None and settled <= 2.0, f"CPU settled after {settled} s"
     assert grown_kib <= 20 * 1024, f"RSS grew by {grown_kib} KiB"
+
+
+def test_mappings_for_bytes_never_sent_are_bounded(topology: Callable[..., Topology]) -> None:
+    """100,000 DSS mappings for bytes never sent cost about 27 MB on one connection
+    (issue 11 fault 4): every one was kept. Now at most 8192 are (and none beyond the
+    receive window), as Linux keeps a mapping only with the data it maps: the stack
+    grows by a few MB at most, and the connection echoes as before."""
+    topo = topology(topologies.single_path(bare=("client", "server")))
+    iut = StackV1Iut(topo, "server")
+    try:
+        iut.listen(8000, mode="echo")
+        pid = iut._processes[0].pid
+        with ScriptedPeer(topo, "client", "server") as tester:
+            conn, subflow = tester.connect(8000)
+            tester.first_data_v1(conn, subflow, b"before")
+            assert subflow.expect(data=True, within=2, what="the echo").payload == b"before"
+            subflow.send("A", [conn.data_ack()])
+            rss_before = rss_kib(pid)
+            sock = tester.ports["eth0"].sock
+            for chunk in range(0, 100_000, 5000):
+                # built now: each chunk's ACKs carry the current sequence numbers, and
+                # its mappings follow the previous chunk's, far past the data
+                offset = 1_000_000 + 10 * chunk
+                for frame in future_mapping_frames(conn, subflow, 5000, offset=offset):
+                    sock.send(frame)
+                # the echo queues behind the chunk: once it is back, the stack took all
+                # of the chunk (nothing lost to a full socket buffer)
+                payload = f"chunk {chunk}".encode()
+                assert echoed(conn, subflow, payload, within=5).payload == payload
+            settled = cpu_settled_after(pid, within=5.0)
+            grown_kib = rss_kib(pid) - rss_before
+    finally:
+        iut.stop()
+    assert settled is not None and settled <= 2.0, f"CPU settled after {settled} s"
+    assert grown_kib <= 8 * 1024, f"RSS grew by {grown_kib} KiB"
 
 
 def _on_loop(host: Host, fn: Callable[[], T], timeout: float = 5.0) -> T:
