@@ -1,0 +1,252 @@
+"""The fuzzing loop: batches of sequences against both IUTs, compared, checked, reported.
+
+For each batch: generate the next `batch` sequences (`seeds.generate`), run each against
+both IUTs at once (`engine`), compare the outcomes (`observe.diff`). A difference whose
+class is known (`known`) or already seen is counted; a new one is run again, and if it
+diverges the same way it is minimised (`reproduce.minimise`) and becomes a finding with
+its case skeleton; if it does not, it is counted as flaky. Then the health checks run
+(`health`). The run ends when the budget (sequences or seconds) is spent, or at a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conformance.fuzz import known as known_file
+from conformance.fuzz.engine import Engine, Run
+from conformance.fuzz.health import RSS_LIMIT_MB, Finding, Health
+from conformance.fuzz.observe import Difference, Outcome, class_id, diff
+from conformance.fuzz.reproduce import minimise, skeleton
+from conformance.fuzz.seeds import SEEDS, Sequence, generate
+from conformance.fuzz.session import Session
+from stack.wire.scapy_bridge import describe_option
+from stack.wire.tcp import flags_text, parse_tcp_options
+
+# A test hook: change an IUT's outcome (iut name, sequence, outcome) -> outcome
+Inject = Callable[[str, Sequence, Outcome], Outcome]
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    cases: int | None = 500  # the budget in sequences, or
+    seconds: float | None = None  # in seconds
+    iuts: tuple[str, str] = ("kernel", "stack-v1")
+    known: Path = known_file.DEFAULT_PATH
+    seeds: tuple[str, ...] = tuple(SEEDS)
+    batch: int = 200
+    concurrency: int = 48
+    wait: float = 0.3  # s for an answer that does not come
+    rss_limit_mb: float = RSS_LIMIT_MB
+    minimise: bool = True
+    inject: Inject | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class DivergenceClass:
+    class_id: str
+    count: int = 0
+    known: str | None = None  # the reason, when listed
+    flaky: bool = False  # diverged once, not when run again
+    example: str = ""
+    reproducer: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class": self.class_id,
+            "count": self.count,
+            "known": self.known,
+            "flaky": self.flaky,
+            "example": self.example,
+            "reproducer": self.reproducer,
+        }
+
+
+@dataclass
+class Report:
+    config: Config
+    sequences: int = 0
+    divergent: int = 0
+    fuzz_s: float = 0.0  # running batches (the rate's denominator)
+    wall_s: float = 0.0
+    classes: dict[str, DivergenceClass] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    health: Health | None = None
+
+    @property
+    def rate(self) -> float:
+        """Sequences per second, each run against both IUTs."""
+        return self.sequences / self.fuzz_s if self.fuzz_s else 0.0
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.findings else 0
+
+    def summary(self) -> str:
+        new = sum(1 for f in self.findings if f.kind == "divergence")
+        other = len(self.findings) - new
+        known = sum(1 for c in self.classes.values() if c.known)
+        flaky = sum(1 for c in self.classes.values() if c.flaky)
+        live = self.health.liveness if self.health else {}
+        return (
+            f"fuzz: {self.sequences} sequences x {len(self.config.iuts)} IUTs in "
+            f"{self.wall_s:.1f} s ({self.rate:.0f} sequences/s), {self.divergent} divergent, "
+            f"{len(self.classes)} classes ({new} new, {known} known, {flaky} flaky), "
+            f"{other} crash/hang/growth findings; liveness echoes "
+            + ", ".join(f"{k} {v}" for k, v in live.items())
+            + f"; seed {self.config.seed}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        health = self.health
+        return {
+            "seed": self.config.seed,
+            "iuts": list(self.config.iuts),
+            "sequences": self.sequences,
+            "divergent": self.divergent,
+            "fuzz_s": round(self.fuzz_s, 3),
+            "wall_s": round(self.wall_s, 3),
+            "sequences_per_s": round(self.rate, 1),
+            "findings": [f.to_json() for f in self.findings],
+            "classes": [c.to_json() for c in self.classes.values()],
+            "liveness": health.liveness if health else {},
+            "rss_peak_mb": health.rss_peak_mb if health else {},
+            "rss_limit_mb": self.config.rss_limit_mb,
+            "cpu_settle_s": health.settle_s if health else {},
+        }
+
+
+def describe_sent(run: Run) -> list[str]:
+    """The segments a run sent, one line each (for reproducers)."""
+    lines = []
+    for name, packet in run.sent:
+        options = parse_tcp_options(packet.options_area(), version=1)
+        text = "; ".join(describe_option(o, packet.flags) for o in options if o.emit() != b"\x01")
+        lines.append(
+            f"{name:<10} {flags_text(packet.flags):<3} len {len(packet.payload):<3} <{text}>"
+        )
+    return lines
+
+
+class Fuzzer:
+    def __init__(self, config: Config, sessions: list[Session]) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.engine = Engine(sessions, wait=config.wait, concurrency=config.concurrency)
+        self.known = known_file.load(config.known)
+        self.report = Report(config)
+        self.report.health = Health(self.engine, sessions, config.rss_limit_mb)
+
+    def _say(self, text: str) -> None:
+        if self.config.progress:
+            self.config.progress(text)
+
+    def outcomes(self, sequences: list[Sequence]) -> list[tuple[list[Outcome], list[Run]]]:
+        """Each sequence against every IUT: the outcomes (hook applied) and the runs."""
+        jobs = [(sequence, session) for sequence in sequences for session in self.sessions]
+        runs = self.engine.execute(jobs)
+        out = []
+        width = len(self.sessions)
+        for k, sequence in enumerate(sequences):
+            group = runs[k * width : (k + 1) * width]
+            found = []
+            for run in group:
+                outcome = run.observed.outcome()
+                if self.config.inject is not None:
+                    outcome = self.config.inject(run.session.name, sequence, outcome)
+                found.append(outcome)
+            out.append((found, group))
+        return out
+
+    def differences(self, sequences: list[Sequence]) -> list[Difference]:
+        return [diff(o[0], o[1]) for o, _ in self.outcomes(sequences)]
+
+    def run(self) -> Report:
+        config, report = self.config, self.report
+        started = time.monotonic()
+        index = 0
+        while True:
+            elapsed = time.monotonic() - started
+            if config.seconds is not None and elapsed >= config.seconds:
+                break
+            size = config.batch
+            if config.cases is not None:
+                size = min(size, config.cases - index)
+            if size <= 0:
+                break
+            batch_started = time.monotonic()
+            sequences = [generate(config.seed, index + k, config.seeds) for k in range(size)]
+            results = self.outcomes(sequences)
+            report.fuzz_s += time.monotonic() - batch_started
+            report.sequences += size
+            index += size
+            for sequence, (outcomes, runs) in zip(sequences, results, strict=True):
+                difference = diff(outcomes[0], outcomes[1])
+                if difference:
+                    report.divergent += 1
+                    self._divergence(sequence, difference, outcomes, runs)
+            assert report.health is not None
+            problems = report.health.check()
+            report.findings += problems
+            self._say(
+                f"[{index:>6}] {time.monotonic() - started:6.1f} s  "
+                f"{report.rate:5.0f} sequences/s  {report.divergent} divergent, "
+                f"{len(report.classes)} classes, {len(report.findings)} findings"
+            )
+            for problem in problems:
+                self._say(f"  {problem.kind} ({problem.iut}): {problem.detail}")
+            if any(p.kind == "crash" and "exited" in p.detail for p in problems):
+                break
+        report.wall_s = time.monotonic() - started
+        return report
+
+    def _divergence(
+        self, sequence: Sequence, difference: Difference, outcomes: list[Outcome], runs: list[Run]
+    ) -> None:
+        cid = class_id(sequence, difference)
+        entry = self.report.classes.get(cid)
+        if entry is not None:
+            entry.count += 1
+            return
+        entry = DivergenceClass(cid, 1, example=sequence.describe())
+        self.report.classes[cid] = entry
+        listed = known_file.match(self.known, cid)
+        if listed is not None:
+            entry.known = listed.reason
+            return
+        if self.differences([sequence])[0] != difference:
+            entry.flaky = True
+            self._say(f"  flaky: {cid}")
+            return
+        minimal = sequence
+        if self.config.minimise:
+            minimal = minimise(sequence, difference, self.differences)
+        ((final, final_runs),) = self.outcomes([minimal])
+        names = [s.name for s in self.sessions]
+        if diff(final[0], final[1]) != difference:  # the minimal one: flaky in the end
+            minimal, final, final_runs = sequence, outcomes, runs
+        entry.reproducer = skeleton(
+            minimal,
+            dict(zip(names, final, strict=True)),
+            difference,
+            describe_sent(final_runs[0]),
+            self.config.seed,
+        )
+        detail = f"{sequence.describe()} -> minimised: {minimal.describe()}"
+        self.report.findings.append(
+            Finding("divergence", "/".join(names), detail, cid, entry.reproducer)
+        )
+        self._say(f"  new divergence class: {cid}\n{entry.reproducer}")
+
+
+def fuzz(config: Config) -> Report:
+    """Open both IUTs, fuzz them within the budget, close them; the report."""
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(Session(name)) for name in config.iuts]
+        return Fuzzer(config, sessions).run()
