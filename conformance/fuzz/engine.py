@@ -347,6 +347,7 @@ class Engine:
         self.concurrency = concurrency
         self.executed = 0
         self._routes: dict[Session, dict[int, tuple[Run, int]]] = {s: {} for s in sessions}
+        self._touched: set[Run] = set()  # runs that received something since they advanced
 
     def execute(self, jobs: Sequence[tuple[FuzzSequence, Session]]) -> list[Run]:
         """Every (sequence, session) job, concurrently; the runs in the jobs' order."""
@@ -367,8 +368,11 @@ class Engine:
                 active[at] = run
                 for n, sf in enumerate(run.subflows):
                     self._routes[session][sf.lport] = (run, n)
+            touched, self._touched = self._touched, set()
             for at in list(active):
                 run = active[at]
+                if run.waiting is not None and run.deadline > now and run not in touched:
+                    continue  # nothing came for it and its time is not up
                 run.advance(now)
                 if run.done:
                     self._finish(run)
@@ -395,6 +399,7 @@ class Engine:
                 route = routes.get(tcp.dst_port)
                 if route is not None:
                     route[0].receive(route[1], tcp)
+                    self._touched.add(route[0])
 
     def idle(self, seconds: float) -> None:
         """Read (answering ARP, dropping the rest) for `seconds`: the IUTs are left alone."""

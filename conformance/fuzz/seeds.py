@@ -66,7 +66,7 @@ STEPS: dict[str, StepSpec] = {
     "add_addr": StepSpec(0, "A", (AddAddrV1(ADD_ADDR_ID, ADD_ADDR_ADDRESS, hmac=bytes(8)),)),
     "mp_prio": StepSpec(0, "A", (MpPrio(backup=True),)),
     "fastclose": StepSpec(0, "A", (MpFastclose(receiver_key=1),)),
-    "tcprst": StepSpec(1, "R", (MpTcpRst(reason=1),)),
+    "tcprst": StepSpec(1, "RA", (MpTcpRst(reason=1),)),
     "probe": StepSpec(0, "PA", (_DSS,), data=True),
 }
 

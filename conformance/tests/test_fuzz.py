@@ -313,3 +313,64 @@ def test_budget() -> None:
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fuzz", *argv]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- real IUTs
+
+
+def _inject_tcprst_99(iut: str, sequence: Sequence, outcome: Outcome) -> Outcome:
+    """A planted divergence: stack-v1 "answers" any mutated data step with reason 99."""
+    if iut == "stack-v1" and any(s.name == "data" and s.mutations for s in sequence.steps):
+        return dataclasses.replace(outcome, tcprst=(*outcome.tcprst, 99))
+    return outcome
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_fuzz_finds_an_injected_divergence_and_checks_liveness(tmp_path: Path) -> None:
+    from conformance.fuzz.run import Config, fuzz
+
+    empty = tmp_path / "none.json"
+    empty.write_text('{"divergences": []}')
+    config = Config(seed=3, cases=120, batch=60, seeds=("data",), known=empty,
+                    inject=_inject_tcprst_99)  # fmt: skip
+    report = fuzz(config)
+    assert report.sequences == 120 and report.rate > 0
+    planted = [f for f in report.findings if f.kind == "divergence" and "99" in f.class_id]
+    assert planted, [c.class_id for c in report.classes.values()]
+    finding = planted[0]
+    assert report.exit_status == 1
+    # minimised, and what the divergence needs is kept: the mutated data step
+    found, minimal = finding.detail.split(" -> minimised: ")
+    assert " data[" in f" {minimal.split(': ', 1)[1]}"
+    assert len(minimal.split()) <= len(found.split())
+    tree = ast.parse(finding.reproducer)
+    names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert names[0].startswith("fuzz_data")
+    assert report.health is not None
+    assert report.health.liveness == {"kernel": 2, "stack-v1": 2}
+    assert not [f for f in report.findings if f.kind != "divergence"], report.findings
+    assert report.health.rss_peak_mb["stack-v1"] < config.rss_limit_mb
+
+    # listed with a reason, the same class is known: counted, no longer a finding
+    listed = tmp_path / "known.json"
+    listed.write_text(json.dumps({"divergences": [{"class": "* | *tcprst=*99*",
+                                                   "reason": "planted by the test"}]}))  # fmt: skip
+    again = fuzz(dataclasses.replace(config, known=listed, cases=60))
+    assert not [f for f in again.findings if "99" in f.class_id]
+    assert any(c.known == "planted by the test" for c in again.classes.values())
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_fuzz_cli_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
+    status = main(["fuzz", "--budget", "40", "--seeds", "handshake", "--seed", "2",
+                   "--json", str(out), "-q"])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert status == (1 if data["findings"] else 0)
+    assert data["sequences"] == 40 and data["sequences_per_s"] > 0
+    assert data["liveness"] == {"kernel": 1, "stack-v1": 1}
+    assert data["rss_peak_mb"]["stack-v1"] < data["rss_limit_mb"]
