@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                         "known_divergences.json)")  # fmt: skip
     fuzz_p.add_argument("--json", type=Path, help="write the findings and figures as JSON")
     fuzz_p.add_argument("--seeds", default="", help="comma-separated seed exchanges (default all)")
-    fuzz_p.add_argument("--batch", type=int, default=200, help="sequences between health checks")
-    fuzz_p.add_argument("--concurrency", type=int, default=48, help="runs in flight per IUT")
+    fuzz_p.add_argument("--batch", type=int, default=400, help="sequences between health checks")
+    fuzz_p.add_argument("--concurrency", type=int, default=96, help="runs in flight per IUT")
     fuzz_p.add_argument("--no-minimise", action="store_true", help="report reproducers as found")
     fuzz_p.add_argument("-q", "--quiet", action="store_true", help="no per-batch progress")
     list_p = sub.add_parser("list", help="list the catalogue")

@@ -340,7 +340,7 @@ class Engine:
     """Runs sequences against sessions, up to `concurrency` at once per session."""
 
     def __init__(
-        self, sessions: Sequence[Session], *, wait: float = 0.3, concurrency: int = 48
+        self, sessions: Sequence[Session], *, wait: float = 0.3, concurrency: int = 96
     ) -> None:
         self.sessions = list(sessions)
         self.wait = wait

@@ -111,9 +111,22 @@ def _send(name: str, mutations: tuple[Mutation, ...], data: bytes | None) -> lis
     return lines
 
 
+_FIRST = [
+    "conn = t.connection(1)",
+    "sf = t.subflow(ctx.port)",
+    "sf.connection = conn",
+    "conn.subflows.append(sf)",
+]
+_JOIN = ["join = t.subflow(ctx.port)", "join.connection = conn", "conn.subflows.append(join)"]
+
+
 def _body(sequence: Sequence) -> list[str]:
     names = [s.name for s in sequence.steps]
     lines = ["ctx.iut.listen(ctx.port)", "t = ctx.tester"]
+    if "syn" not in names:  # minimised away: the segments go to a connection never opened
+        lines += _FIRST
+    if "join_syn" not in names and any(STEPS[n].subflow == 1 for n in names):
+        lines += _JOIN
     skip = set()
     for i, step in enumerate(sequence.steps):
         if i in skip:
@@ -130,19 +143,9 @@ def _body(sequence: Sequence) -> list[str]:
             skip.add(i + 1)
             continue
         if name == "syn":
-            lines += [
-                "conn = t.connection(1)",
-                "sf = t.subflow(ctx.port)",
-                "sf.connection = conn",
-                "conn.subflows.append(sf)",
-            ]
+            lines += _FIRST
         if name == "join_syn":
-            lines += [
-                "join = t.subflow(ctx.port)",
-                "join.connection = conn",
-                "conn.subflows.append(join)",
-                f"join.local_nonce = {sequence.nonce:#x}",
-            ]
+            lines += [*_JOIN, f"join.local_nonce = {sequence.nonce:#x}"]
         if plain and name in ("first_data", "data", "join_data", "probe"):
             who = "join" if name == "join_data" else "sf"
             call = "first_data_v1" if name == "first_data" else "send_data"

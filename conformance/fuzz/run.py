@@ -39,8 +39,8 @@ class Config:
     iuts: tuple[str, str] = ("kernel", "stack-v1")
     known: Path = known_file.DEFAULT_PATH
     seeds: tuple[str, ...] = tuple(SEEDS)
-    batch: int = 200
-    concurrency: int = 48
+    batch: int = 400
+    concurrency: int = 96
     wait: float = 0.3  # s for an answer that does not come
     rss_limit_mb: float = RSS_LIMIT_MB
     minimise: bool = True
@@ -142,6 +142,7 @@ class Fuzzer:
         self.known = known_file.load(config.known)
         self.report = Report(config)
         self.report.health = Health(self.engine, sessions, config.rss_limit_mb)
+        self._alias: dict[str, str] = {}  # a class as found -> its class with one mutation
 
     def _say(self, text: str) -> None:
         if self.config.progress:
@@ -180,17 +181,21 @@ class Fuzzer:
                 size = min(size, config.cases - index)
             if size <= 0:
                 break
+            for session in self.sessions:
+                session.announce()
             batch_started = time.monotonic()
             sequences = [generate(config.seed, index + k, config.seeds) for k in range(size)]
             results = self.outcomes(sequences)
             report.fuzz_s += time.monotonic() - batch_started
             report.sequences += size
             index += size
-            for sequence, (outcomes, runs) in zip(sequences, results, strict=True):
+            divergent = []
+            for sequence, (outcomes, _) in zip(sequences, results, strict=True):
                 difference = diff(outcomes[0], outcomes[1])
                 if difference:
-                    report.divergent += 1
-                    self._divergence(sequence, difference, outcomes, runs)
+                    divergent.append((sequence, difference))
+            report.divergent += len(divergent)
+            self._triage(divergent)
             assert report.health is not None
             problems = report.health.check()
             report.findings += problems
@@ -206,31 +211,72 @@ class Fuzzer:
         report.wall_s = time.monotonic() - started
         return report
 
-    def _divergence(
-        self, sequence: Sequence, difference: Difference, outcomes: list[Outcome], runs: list[Run]
-    ) -> None:
-        cid = class_id(sequence, difference)
-        entry = self.report.classes.get(cid)
-        if entry is not None:
-            entry.count += 1
+    def _triage(self, divergent: list[tuple[Sequence, Difference]]) -> None:
+        """Count a batch's divergences under their classes. The new ones are run again,
+        and those with two mutations also with each one alone, all at once: a class
+        that does not come back is flaky; one that comes back with a single mutation
+        is that mutation's class. What is still new is minimised and reported."""
+        classes = self.report.classes
+        fresh: dict[str, tuple[Sequence, Difference]] = {}
+        counts: dict[str, int] = {}
+        for sequence, difference in divergent:
+            raw = class_id(sequence, difference)
+            cid = self._alias.get(raw, raw)
+            if cid in classes:
+                classes[cid].count += 1
+            elif (listed := known_file.match(self.known, cid)) is not None:
+                classes[cid] = DivergenceClass(cid, 1, listed.reason, example=sequence.describe())
+            else:
+                fresh.setdefault(raw, (sequence, difference))
+                counts[raw] = counts.get(raw, 0) + 1
+        if not fresh:
             return
-        entry = DivergenceClass(cid, 1, example=sequence.describe())
-        self.report.classes[cid] = entry
-        listed = known_file.match(self.known, cid)
-        if listed is not None:
-            entry.known = listed.reason
-            return
-        if self.differences([sequence])[0] != difference:
-            entry.flaky = True
-            self._say(f"  flaky: {cid}")
-            return
+        trials: list[tuple[str, Sequence]] = []
+        for raw, (sequence, _) in fresh.items():
+            trials += [(raw, sequence), *((raw, v) for v in single_mutations(sequence))]
+        confirmed: set[str] = set()
+        reduced: dict[str, Sequence] = {}
+        again: dict[str, Difference] = {}
+        found = self.differences([t for _, t in trials])
+        for (raw, trial), difference in zip(trials, found, strict=True):
+            sequence, wanted = fresh[raw]
+            if trial is sequence:
+                again[raw] = difference
+            if difference != wanted:
+                continue
+            if trial is sequence:
+                confirmed.add(raw)
+            else:
+                reduced.setdefault(raw, trial)
+        for raw, (sequence, difference) in fresh.items():
+            if raw not in confirmed:
+                seen = "; ".join(f"{n}={a}/{b}" for n, a, b in again[raw]) or "no difference"
+                classes[raw] = DivergenceClass(
+                    raw, counts[raw], flaky=True, example=f"{sequence.describe()} (again: {seen})"
+                )
+                self._say(f"  flaky: {raw} (again: {seen})")
+                continue
+            base = reduced.get(raw, sequence)
+            cid = self._alias[raw] = class_id(base, difference)
+            if cid in classes:
+                classes[cid].count += counts[raw]
+            elif (listed := known_file.match(self.known, cid)) is not None:
+                classes[cid] = DivergenceClass(
+                    cid, counts[raw], listed.reason, example=base.describe()
+                )
+            else:
+                self._new_class(cid, base, difference, counts[raw])
+
+    def _new_class(self, cid: str, sequence: Sequence, difference: Difference, count: int) -> None:
+        entry = self.report.classes[cid] = DivergenceClass(cid, count, example=sequence.describe())
         minimal = sequence
         if self.config.minimise:
             minimal = minimise(sequence, difference, self.differences)
         ((final, final_runs),) = self.outcomes([minimal])
-        names = [s.name for s in self.sessions]
         if diff(final[0], final[1]) != difference:  # the minimal one: flaky in the end
-            minimal, final, final_runs = sequence, outcomes, runs
+            minimal = sequence
+            ((final, final_runs),) = self.outcomes([minimal])
+        names = [s.name for s in self.sessions]
         entry.reproducer = skeleton(
             minimal,
             dict(zip(names, final, strict=True)),
@@ -243,6 +289,21 @@ class Fuzzer:
             Finding("divergence", "/".join(names), detail, cid, entry.reproducer)
         )
         self._say(f"  new divergence class: {cid}\n{entry.reproducer}")
+
+
+def single_mutations(sequence: Sequence) -> list[Sequence]:
+    """With several mutations: the sequence with each one alone (the others dropped)."""
+    where = [(i, j) for i, step in enumerate(sequence.steps) for j in range(len(step.mutations))]
+    if len(where) < 2:
+        return []
+    out = []
+    for keep in where:
+        variant = sequence
+        for i, j in reversed(where):  # from the last, so the earlier indices stay valid
+            if (i, j) != keep:
+                variant = variant.without_mutation(i, j)
+        out.append(variant)
+    return out
 
 
 def fuzz(config: Config) -> Report:

@@ -22,11 +22,13 @@ from conformance.iut import DRIVERS, Iut
 from conformance.iut.kernel import KernelIut
 from conformance.iut.stack import StackIut
 from conformance.tester import PACKET_OUTGOING, Tester
+from stack.wire.ethernet import ARP_REQUEST, BROADCAST_MAC, ETH_P_ARP, ArpPacket, emit_ethernet
 from stack.wire.ip import IPPROTO_TCP, IPv4Header, parse_ipv4
 from stack.wire.tcp import TcpHeader, emit_tcp_ip, parse_tcp
 
 PORT = 5001
 LIMITS = (8, 0)  # subflows, accepted ADD_ADDRs (an announced address is echoed, not joined)
+BACKLOG = 1024  # the kernel listener's (the stack's is its own: 128)
 PORTS = range(20000, 61000)  # the tester's ports, handed out in turn
 IFNAME = "eth0"
 
@@ -64,6 +66,8 @@ class Session:
         self.tester = self._stack.enter_context(Tester(topo, "client", "server"))
         self.iut = self.driver_class(topo, "server")
         self._stack.callback(self.iut.stop)
+        if isinstance(self.iut, KernelIut):
+            self.iut.backlog = BACKLOG  # else its queues overflow: resets, SYN cookies
         self.iut.set_limits(*LIMITS)
         self.iut.listen(PORT, mode="echo")
         port = self.tester.ports[IFNAME]
@@ -71,6 +75,7 @@ class Session:
         self.src = IPv4Address(self.tester.address(IFNAME)).packed
         self.dst = IPv4Address(self.tester.iut_address(IFNAME)).packed
         self._ethernet = port.peer_mac + port.mac + b"\x08\x00"
+        self.announce()
         for process in self.processes():
             if process.stderr is not None:
                 threading.Thread(target=self._drain, args=(process.stderr,), daemon=True).start()
@@ -129,6 +134,16 @@ class Session:
         )
         with contextlib.suppress(BlockingIOError):
             self.sock.send(frame)
+
+    def announce(self) -> None:
+        """An ARP request from the tester to the IUT: a userspace IUT learns (refreshes)
+        the tester's MAC from it, so it never queues, nor drops, a burst of answers
+        while it resolves the tester again (the stack re-resolves every 30 s)."""
+        request = ArpPacket(ARP_REQUEST, self._ethernet[6:12], self.src, bytes(6), self.dst)
+        with contextlib.suppress(BlockingIOError):
+            self.sock.send(
+                emit_ethernet(BROADCAST_MAC, self._ethernet[6:12], ETH_P_ARP, request.emit())
+            )
 
     def fileno(self) -> int:
         return self.sock.fileno()
