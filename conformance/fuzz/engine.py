@@ -185,11 +185,14 @@ class Run:
             return None
         data = payload(index, "probe")
         seq = sf.iut_ack if sf.iut_ack is not None else sf.snd_nxt
-        dsn = self.observed.data_ack if self.observed.data_ack is not None else self.data_snd_nxt
+        dsn = self.observed.data_ack  # no DATA_ACK yet: a new connection's, IDSN + 1
+        if dsn is None:
+            dsn = (crypto.key_idsn(self.sequence.key, 1) + 1) & M64
         options: list[TcpOption] = []
         if self.remote_key is not None:
             options = [self._mapping(dsn, (seq - sf.iss) & M32, len(data))]
         self.observed.probe = data
+        self.observed.acked_before_probe = self.observed.data_ack
         sf.snd_nxt = (seq + len(data)) & M32
         return (
             0,

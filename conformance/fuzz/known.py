@@ -8,8 +8,11 @@ The file (`known_divergences.json` beside this module by default, `--known FILE`
     ]}
 
 `class` is a divergence class id (`observe.class_id`: seed | mutated step.kind:target
-... | field=first IUT/second IUT; ...) or an `fnmatch` pattern of ids; the values are
-in the order of `--iut` (default kernel, then stack-v1). Every entry needs a reason.
+... | field=first IUT/second IUT; ...) or an `fnmatch` pattern of ids, or a list of
+them; the values are in the order of `--iut` (default kernel, then stack-v1). A pattern
+`* ack.length *` names a trigger: the mutated `step.kind:target` with spaces around it
+(labels are space-separated), whatever the seed and the consequences. Every entry
+needs a reason.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class KnownError(Exception):
 
 @dataclass(frozen=True)
 class Known:
-    pattern: str
+    patterns: tuple[str, ...]
     reason: str
 
 
@@ -44,9 +47,12 @@ def load(path: Path = DEFAULT_PATH) -> list[Known]:
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or not entry.get("class") or not entry.get("reason"):
             raise KnownError(f'{path}: entry {n} needs a non-empty "class" and "reason"')
-        known.append(Known(str(entry["class"]), str(entry["reason"])))
+        patterns = entry["class"] if isinstance(entry["class"], list) else [entry["class"]]
+        known.append(Known(tuple(map(str, patterns)), str(entry["reason"])))
     return known
 
 
 def match(known: list[Known], class_id: str) -> Known | None:
-    return next((k for k in known if fnmatch.fnmatchcase(class_id, k.pattern)), None)
+    return next(
+        (k for k in known if any(fnmatch.fnmatchcase(class_id, p) for p in k.patterns)), None
+    )

@@ -28,7 +28,7 @@ class Outcome:
     joined: bool | None = None  # the join's SYN/ACK carried MP_JOIN (None: no join sent)
     add_addr_echo: bool | None = None  # it echoed the ADD_ADDR (None: none sent)
     delivered: tuple[str, ...] = ()  # data steps whose bytes came back (echoed)
-    acked: tuple[str, ...] = ()  # data steps its DATA_ACK covers
+    acked: tuple[str, ...] = ()  # data steps its DATA_ACK covers (before the probe)
     usable: bool | None = None  # the closing probe came back (None: no probe sent)
 
     def describe(self) -> str:
@@ -59,12 +59,13 @@ class Observed:
     data_steps: list[tuple[str, bytes, int]] = field(default_factory=list)  # name, payload, end
     data_ack: int | None = None  # the IUT's highest DATA_ACK, 64 bits
     probe: bytes | None = None
+    acked_before_probe: int | None = None  # DATA_ACK when the probe went (it reuses DSNs)
 
     def came_back(self, data: bytes) -> bool:
         return any(data in stream for stream in self.streams.values())
 
     def outcome(self) -> Outcome:
-        data_ack = self.data_ack
+        data_ack = self.data_ack if self.probe is None else self.acked_before_probe
         return Outcome(
             reset=tuple(r for r in ROLES if r in self.reset),
             tcprst=tuple(sorted(self.tcprst)),

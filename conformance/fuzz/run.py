@@ -11,6 +11,7 @@ its case skeleton; if it does not, it is counted as flaky. Then the health check
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,9 +214,10 @@ class Fuzzer:
 
     def _triage(self, divergent: list[tuple[Sequence, Difference]]) -> None:
         """Count a batch's divergences under their classes. The new ones are run again,
-        and those with two mutations also with each one alone, all at once: a class
-        that does not come back is flaky; one that comes back with a single mutation
-        is that mutation's class. What is still new is minimised and reported."""
+        without its mutations and, with two, with each one alone, all at once: a class
+        that does not come back is flaky; one that comes back without mutation is the
+        seed's own, one that comes back with a single mutation is that mutation's. What
+        is still new is minimised and reported."""
         classes = self.report.classes
         fresh: dict[str, tuple[Sequence, Difference]] = {}
         counts: dict[str, int] = {}
@@ -233,7 +235,8 @@ class Fuzzer:
             return
         trials: list[tuple[str, Sequence]] = []
         for raw, (sequence, _) in fresh.items():
-            trials += [(raw, sequence), *((raw, v) for v in single_mutations(sequence))]
+            variants = [unmutated(sequence), *single_mutations(sequence)]
+            trials += [(raw, sequence), *((raw, v) for v in variants)]
         confirmed: set[str] = set()
         reduced: dict[str, Sequence] = {}
         again: dict[str, Difference] = {}
@@ -289,6 +292,12 @@ class Fuzzer:
             Finding("divergence", "/".join(names), detail, cid, entry.reproducer)
         )
         self._say(f"  new divergence class: {cid}\n{entry.reproducer}")
+
+
+def unmutated(sequence: Sequence) -> Sequence:
+    return dataclasses.replace(
+        sequence, steps=tuple(dataclasses.replace(s, mutations=()) for s in sequence.steps)
+    )
 
 
 def single_mutations(sequence: Sequence) -> list[Sequence]:
