@@ -71,6 +71,7 @@ class Health:
     settle_within: float = SETTLE_WITHIN
     liveness: dict[str, int] = field(default_factory=dict)  # echoes that came back, per IUT
     rss_peak_mb: dict[str, float] = field(default_factory=dict)
+    rss_now_mb: dict[str, float] = field(default_factory=dict)
     settle_s: dict[str, float] = field(default_factory=dict)  # the slowest settle seen
     _errors_seen: dict[str, int] = field(default_factory=dict)
     _checks: int = 0
@@ -130,7 +131,7 @@ class Health:
             )
         pid = session.pid()
         if pid is not None:
-            rss = rss_mb(pid)
+            rss = self.rss_now_mb[session.name] = rss_mb(pid)
             self.rss_peak_mb[session.name] = max(rss, self.rss_peak_mb.get(session.name, 0.0))
             if rss > self.rss_limit_mb:
                 findings.append(

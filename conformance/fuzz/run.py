@@ -204,6 +204,7 @@ class Fuzzer:
                 f"[{index:>6}] {time.monotonic() - started:6.1f} s  "
                 f"{report.rate:5.0f} sequences/s  {report.divergent} divergent, "
                 f"{len(report.classes)} classes, {len(report.findings)} findings"
+                + "".join(f", {n} RSS {mb:.0f} MB" for n, mb in report.health.rss_now_mb.items())
             )
             for problem in problems:
                 self._say(f"  {problem.kind} ({problem.iut}): {problem.detail}")

@@ -17,6 +17,7 @@ from conformance.fuzz.engine import Run
 from conformance.fuzz.mutate import EXTRAS, KINDS, Mutation, Packet, apply, edge, fuzzed
 from conformance.fuzz.observe import Observed, Outcome, class_id, diff
 from conformance.fuzz.reproduce import candidates, minimise, skeleton
+from conformance.fuzz.run import single_mutations, unmutated
 from conformance.fuzz.seeds import SEEDS, STEPS, Sequence, generate, payload, plain
 from stack import crypto
 from stack.wire.errors import MalformedOption
@@ -271,6 +272,21 @@ def test_minimise_keeps_only_what_the_divergence_needs() -> None:
     assert len(candidates(minimal)) == 1  # only the syn could go, and it is needed
 
 
+def test_reductions_before_classing() -> None:
+    """A new divergence is tried without mutations and with each of two alone."""
+    sequence = next(s for s in (generate(4, i) for i in range(100))
+                    if sum(len(st.mutations) for st in s.steps) == 2)  # fmt: skip
+    assert not any(st.mutations for st in unmutated(sequence).steps)
+    alone = single_mutations(sequence)
+    assert len(alone) == 2
+    assert [[m for st in s.steps for m in st.mutations] for s in alone] == [
+        [m] for st in sequence.steps for m in st.mutations
+    ]
+    one = next(s for s in (generate(4, i) for i in range(100))
+               if sum(len(st.mutations) for st in s.steps) == 1)  # fmt: skip
+    assert single_mutations(one) == []
+
+
 def test_skeleton_is_python_in_the_catalogue_style() -> None:
     sequence = generate(5, 11)
     outcomes = {"kernel": Outcome(), "stack-v1": Outcome(usable=True)}
@@ -294,6 +310,14 @@ def test_known_divergences_file(tmp_path: Path) -> None:
     listed = known.load(path)
     assert known.match(listed, "join | join_ack.field:hmac | usable=no/yes").reason == "because"
     assert known.match(listed, "data | data.drop | usable=no/yes") is None
+    # a list of patterns; a trigger pattern does not match a longer label
+    path.write_text(json.dumps({"divergences": [{"class": ["* ack.length *", "x"],
+                                                 "reason": "trigger"}]}))  # fmt: skip
+    listed = known.load(path)
+    assert known.match(listed, "join | ack.length | fallback=no/yes").reason == "trigger"
+    assert known.match(listed, "join | ack.length data.drop | fallback=no/yes")
+    assert known.match(listed, "join | data.drop ack.length | fallback=no/yes")
+    assert known.match(listed, "tcprst | join_ack.length | reset=-/join") is None
     path.write_text(json.dumps({"divergences": [{"class": "x"}]}))
     with pytest.raises(known.KnownError, match="reason"):
         known.load(path)
