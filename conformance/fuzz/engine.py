@@ -335,7 +335,10 @@ class Run:
                 if self.remote_key is not None:
                     options = [MpFastclose(receiver_key=self.remote_key)]
                 flags = RST | ACK if sf.irs is not None else RST
-                self.session.send(sf.lport, Packet(flags, sf.snd_nxt, sf.rcv_nxt, options))
+                # at the IUT's own ACK: the one RST an IUT must take (RFC 5961 §3.2),
+                # wherever the mutations left the tester's sequence
+                seq = sf.iut_ack if sf.iut_ack is not None else sf.snd_nxt
+                self.session.send(sf.lport, Packet(flags, seq, sf.rcv_nxt, options))
             self.session.release(sf.lport)
 
 
