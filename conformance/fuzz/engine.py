@@ -355,8 +355,12 @@ class Engine:
         self._routes: dict[Session, dict[int, tuple[Run, int]]] = {s: {} for s in sessions}
         self._touched: set[Run] = set()  # runs that received something since they advanced
 
-    def execute(self, jobs: Sequence[tuple[FuzzSequence, Session]]) -> list[Run]:
-        """Every (sequence, session) job, concurrently; the runs in the jobs' order."""
+    def execute(
+        self, jobs: Sequence[tuple[FuzzSequence, Session]], wait: float | None = None
+    ) -> list[Run]:
+        """Every (sequence, session) job, concurrently; the runs in the jobs' order.
+        `wait`: how long a step waits for an answer that does not come (default the
+        engine's)."""
         results: list[Run | None] = [None] * len(jobs)
         pending = collections.deque(range(len(jobs)))
         active: dict[int, Run] = {}
@@ -369,7 +373,7 @@ class Engine:
                 if load[session] >= self.concurrency:
                     pending.append(at)
                     continue
-                run = Run(sequence, session, self.wait)
+                run = Run(sequence, session, self.wait if wait is None else wait)
                 load[session] += 1
                 active[at] = run
                 for n, sf in enumerate(run.subflows):

@@ -3,7 +3,7 @@
 - **Crash**: a stack process that exited (its stderr's tail in the finding); an
   "internal error" line on the stack's stderr.
 - **Hang**: a normal client (the `data` seed, unmutated: MP_CAPABLE, data, echo) does
-  not get its data echoed through the IUT.
+  not get its data echoed through the IUT, each answer awaited `LIVENESS_WAIT` s.
 - **Growth**: the stack's resident memory (VmRSS) above `rss_limit_mb`; the kernel IUT
   keeping more live MPTCP connections than the fuzzer has in flight (every run resets
   what it opened).
@@ -28,6 +28,7 @@ RSS_LIMIT_MB = 256
 CPU_IDLE = 0.10  # of one core
 CPU_WINDOW = 0.2  # s; the clock tick is 10 ms, so one window resolves 5% of a core
 SETTLE_WITHIN = 3.0  # s
+LIVENESS_WAIT = 3.0  # s for each answer of the normal client: slower is a hang
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,7 +87,7 @@ class Health:
             return findings
         self._checks += 1
         jobs = [(plain("data", -self._checks), s) for s in self.sessions]
-        for run in self.engine.execute(jobs):
+        for run in self.engine.execute(jobs, LIVENESS_WAIT):
             outcome = run.observed.outcome()
             name = run.session.name
             if outcome.usable and "data" in outcome.delivered:

@@ -43,6 +43,7 @@ class Config:
     batch: int = 400
     concurrency: int = 96
     wait: float = 0.3  # s for an answer that does not come
+    confirm_wait: float = 1.0  # the same, when a divergence is run again
     rss_limit_mb: float = RSS_LIMIT_MB
     minimise: bool = True
     inject: Inject | None = None
@@ -149,10 +150,12 @@ class Fuzzer:
         if self.config.progress:
             self.config.progress(text)
 
-    def outcomes(self, sequences: list[Sequence]) -> list[tuple[list[Outcome], list[Run]]]:
+    def outcomes(
+        self, sequences: list[Sequence], wait: float | None = None
+    ) -> list[tuple[list[Outcome], list[Run]]]:
         """Each sequence against every IUT: the outcomes (hook applied) and the runs."""
         jobs = [(sequence, session) for sequence in sequences for session in self.sessions]
-        runs = self.engine.execute(jobs)
+        runs = self.engine.execute(jobs, wait)
         out = []
         width = len(self.sessions)
         for k, sequence in enumerate(sequences):
@@ -167,7 +170,9 @@ class Fuzzer:
         return out
 
     def differences(self, sequences: list[Sequence]) -> list[Difference]:
-        return [diff(o[0], o[1]) for o, _ in self.outcomes(sequences)]
+        """Run again (to confirm, reduce, minimise): with the longer `confirm_wait`, so
+        that a late answer is not taken for a behaviour."""
+        return [diff(o[0], o[1]) for o, _ in self.outcomes(sequences, self.config.confirm_wait)]
 
     def run(self) -> Report:
         config, report = self.config, self.report
@@ -276,10 +281,11 @@ class Fuzzer:
         minimal = sequence
         if self.config.minimise:
             minimal = minimise(sequence, difference, self.differences)
-        ((final, final_runs),) = self.outcomes([minimal])
+        wait = self.config.confirm_wait
+        ((final, final_runs),) = self.outcomes([minimal], wait)
         if diff(final[0], final[1]) != difference:  # the minimal one: flaky in the end
             minimal = sequence
-            ((final, final_runs),) = self.outcomes([minimal])
+            ((final, final_runs),) = self.outcomes([minimal], wait)
         names = [s.name for s in self.sessions]
         entry.reproducer = skeleton(
             minimal,
