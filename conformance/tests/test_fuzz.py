@@ -356,10 +356,7 @@ def _inject_tcprst_99(iut: str, sequence: Sequence, outcome: Outcome) -> Outcome
 def test_fuzz_finds_an_injected_divergence_and_checks_liveness(tmp_path: Path) -> None:
     from conformance.fuzz.run import Config, fuzz
 
-    empty = tmp_path / "none.json"
-    empty.write_text('{"divergences": []}')
-    config = Config(seed=3, cases=120, batch=60, seeds=("data",), known=empty,
-                    inject=_inject_tcprst_99)  # fmt: skip
+    config = Config(seed=3, cases=120, batch=60, seeds=("data",), inject=_inject_tcprst_99)
     report = fuzz(config)
     assert report.sequences == 120 and report.rate > 0
     planted = [f for f in report.findings if f.kind == "divergence" and "99" in f.class_id]
@@ -380,8 +377,9 @@ def test_fuzz_finds_an_injected_divergence_and_checks_liveness(tmp_path: Path) -
 
     # listed with a reason, the same class is known: counted, no longer a finding
     listed = tmp_path / "known.json"
-    listed.write_text(json.dumps({"divergences": [{"class": "* | *tcprst=*99*",
-                                                   "reason": "planted by the test"}]}))  # fmt: skip
+    entries = json.loads(known.DEFAULT_PATH.read_text())["divergences"]
+    entries.append({"class": "* | *tcprst=*99*", "reason": "planted by the test"})
+    listed.write_text(json.dumps({"divergences": entries}))
     again = fuzz(dataclasses.replace(config, known=listed, cases=60))
     assert not [f for f in again.findings if "99" in f.class_id]
     assert any(c.known == "planted by the test" for c in again.classes.values())
