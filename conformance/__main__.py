@@ -4,6 +4,8 @@
                               [--json FILE] [--junit FILE] [--pcap-dir DIR]
                               [--check-baseline] [--update-baseline] [--quiet]
     python -m conformance list [-k EXPR] [--json FILE]
+    python -m conformance fuzz [--iut kernel,stack-v1] [--seed N] [--budget 500|60s]
+                               [--known FILE] [--json FILE] [--seeds NAMES] [--quiet]
     python -m conformance interop [--impl kernel,stack-v1,stack-v0] [--scenario NAMES]
                                   [-n WORKERS] [--quick] [--json FILE] [--junit FILE]
                                   [--artifacts DIR] [--quiet]
@@ -11,7 +13,8 @@
 `run` prints progress, the verdict matrix, the diff of stack-v1 against the kernel and
 a summary line. Exit status: 0, or 1 when `--check-baseline` finds a changed verdict
 (either way) or an error, or 2 on a usage error. `interop` prints one grid per scenario
-(client in rows, server in columns) and exits 1 when any cell fails.
+(client in rows, server in columns) and exits 1 when any cell fails. `fuzz` exits 1 on
+a crash, a hang, growth or a new divergence class (docs/conformance.md, "Fuzzer").
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     inter.add_argument("--artifacts", type=Path, default=Path("interop-artifacts"),
                        help="where failed cells keep their pcaps and reports")  # fmt: skip
     inter.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress")
+    fuzz_p = sub.add_parser("fuzz", help="differential fuzzer: the same mutated segment "
+                            "sequences to two IUTs, where they differ")  # fmt: skip
+    fuzz_p.add_argument("--iut", default="kernel,stack-v1", help="the two IUTs to compare")
+    fuzz_p.add_argument("--seed", type=int, default=0, help="the same seed, the same sequences")
+    fuzz_p.add_argument("--budget", default="500",
+                        help="sequences (500) or seconds (60s) to run")  # fmt: skip
+    fuzz_p.add_argument("--known", type=Path, default=None,
+                        help="known divergences (default: conformance/fuzz/"
+                        "known_divergences.json)")  # fmt: skip
+    fuzz_p.add_argument("--json", type=Path, help="write the findings and figures as JSON")
+    fuzz_p.add_argument("--seeds", default="", help="comma-separated seed exchanges (default all)")
+    fuzz_p.add_argument("--batch", type=int, default=400, help="sequences between health checks")
+    fuzz_p.add_argument("--concurrency", type=int, default=96, help="runs in flight per IUT")
+    fuzz_p.add_argument("--no-minimise", action="store_true", help="report reproducers as found")
+    fuzz_p.add_argument("-q", "--quiet", action="store_true", help="no per-batch progress")
     list_p = sub.add_parser("list", help="list the catalogue")
     list_p.add_argument("-k", dest="expression")
     list_p.add_argument("--json", type=Path, help="write the list as JSON")
@@ -211,10 +229,71 @@ def _interop(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == "fail" for r in results) else 0
 
 
+def parse_budget(text: str) -> tuple[int | None, float | None]:
+    """`500` (sequences) or `60s` (seconds): (cases, seconds)."""
+    try:
+        value = float(text[:-1]) if text.endswith("s") else int(text)
+    except ValueError:
+        raise ValueError(f"--budget {text!r}: a number of sequences (500) or of "
+                         "seconds (60s)") from None  # fmt: skip
+    if value <= 0:
+        raise ValueError(f"--budget {text!r} must be positive")
+    return (None, float(value)) if text.endswith("s") else (int(value), None)
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from conformance.fuzz import known
+    from conformance.fuzz.run import Config, fuzz
+    from conformance.fuzz.seeds import SEEDS
+
+    try:
+        cases, seconds = parse_budget(args.budget)
+        iuts = _names(args.iut, list(DRIVERS), "IUT")
+        seeds = _names(args.seeds, list(SEEDS), "seed exchange")
+        if len(iuts) != 2 or iuts[0] == iuts[1]:
+            raise ValueError(f"--iut {args.iut!r}: name two different IUTs, e.g. kernel,stack-v1")
+        if min(args.batch, args.concurrency) < 1:
+            raise ValueError("--batch and --concurrency must be at least 1")
+        known.load(args.known or known.DEFAULT_PATH)
+    except (ValueError, known.KnownError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name in iuts:
+        reason = DRIVERS[name].unavailable()
+        if reason:
+            print(f"error: {name} is unavailable: {reason}", file=sys.stderr)
+            return 2
+    config = Config(
+        seed=args.seed, cases=cases, seconds=seconds, iuts=(iuts[0], iuts[1]),
+        known=args.known or known.DEFAULT_PATH, seeds=tuple(seeds), batch=args.batch,
+        concurrency=args.concurrency, minimise=not args.no_minimise,
+        progress=None if args.quiet else lambda line: print(line, flush=True),
+    )  # fmt: skip
+    report = fuzz(config)
+    for finding in report.findings:
+        if finding.kind != "divergence":
+            print(f"{finding.kind} ({finding.iut}): {finding.detail}")
+    for entry in report.classes.values():
+        state = "known" if entry.known else "flaky" if entry.flaky else "NEW"
+        print(f"{state:<5} x{entry.count:<4} {entry.class_id}")
+    if report.classes:
+        print()
+    for finding in report.findings:
+        if finding.kind == "divergence":
+            print(finding.reproducer)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    print(report.summary())
+    return report.exit_status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list(args)
+    if args.command == "fuzz":
+        return _fuzz(args)
     if args.command == "interop":
         return _interop(args)
     return _run(args)

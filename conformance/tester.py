@@ -751,13 +751,22 @@ class Tester:
                         when = seconds + nanoseconds / 1e9
                 self._receive(port, data, when)
 
-    def _receive(self, port: _Port, frame: bytes, when: float) -> None:
+    def answer_neighbours(self, ifname: str, frame: bytes) -> bool:
+        """Answer `frame` when it is an ARP request or an NDP solicitation (for one of
+        the tester's addresses); True when it was ARP or ICMPv6, which the caller then
+        drops. For callers that read the tester's sockets themselves (the fuzzer)."""
+        port = self.ports[ifname]
         ethertype = frame[12:14]
         if ethertype == b"\x08\x06":
             self._answer_arp(port, frame)
-            return
+            return True
         if ethertype == b"\x86\xdd" and len(frame) >= 78 and frame[20] == 58:
             self._answer_neighbour_solicitation(port, frame)
+            return True
+        return False
+
+    def _receive(self, port: _Port, frame: bytes, when: float) -> None:
+        if self.answer_neighbours(port.ifname, frame):
             return
         segment = parse_frame(frame, port.ifname, when)
         if segment is None or not self._is_mine(segment.dst):

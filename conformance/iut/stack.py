@@ -177,6 +177,10 @@ class StackIut(Iut):
                 raise IutError(f"{self.name}: {command['cmd']} refused: {answer.get('error')}")
         return answer
 
+    def processes(self) -> list[subprocess.Popen[str] | ForkedProcess]:
+        """The stack processes started so far (running or not): for resource checks."""
+        return list(self._processes)
+
     # -- running --
 
     def _interface_args(self) -> list[str]:
