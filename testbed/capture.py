@@ -9,21 +9,35 @@ tcpdump runs inside the interface's namespace with:
 - `-Z root`: tcpdump keeps root instead of becoming user `tcpdump`, who may not write
   to the output directory.
 `start()` returns once tcpdump printed "listening on" (awaited, not slept for). `stop()`
-sends SIGTERM, on which tcpdump closes the file and exits.
+first sends a marker frame out of the interface (a local experimental ethertype, to the
+veth peer, which drops it) and waits until tcpdump has written it: tcpdump lags behind
+the wire on a loaded machine, and SIGTERM loses what it has not read yet (a test once
+found no SYN in a pcap of a finished transfer). Then SIGTERM, on which tcpdump closes
+the file and exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from testbed.errors import CommandFailed, FeatureMissing, TestbedError
 from testbed.netns import Namespace
+from testbed.nft import CAPTURE_MARKER
 from testbed.process import Background, spawn
+
+# the stop marker (`Capture._drain`): IEEE 802 local experimental ethertype 1, which the
+# link impairments (testbed.nft) let through
+MARKER_ETHERTYPE = CAPTURE_MARKER
+MARKER_PAYLOAD = b"mptcp-lab capture stop marker "
+DRAIN_TIMEOUT = 5.0
 
 START_TIMEOUT = 5.0
 
@@ -55,8 +69,8 @@ class Capture:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         argv = [_tcpdump(), "-i", self.ifname, "-n", "-U", "-s", "0", "--immediate-mode",
                 "-B", str(CAPTURE_BUFFER_KIB), "-Z", "root", "-w", str(self.path)]  # fmt: skip
-        if self.bpf_filter:
-            argv.append(self.bpf_filter)
+        if self.bpf_filter:  # the stop marker passes any filter
+            argv.append(f"({self.bpf_filter}) or ether proto {MARKER_ETHERTYPE:#06x}")
         self._process = spawn(self.ns, argv)
         return self
 
@@ -80,11 +94,38 @@ class Capture:
         return self._process is not None and self._process.running
 
     def stop(self) -> Path:
-        """Stop tcpdump (the file is complete afterwards); safe to call twice."""
+        """Stop tcpdump once it has written everything sent before this call (the file
+        is complete afterwards); safe to call twice."""
         if self._process is not None:
+            if self._process.running:
+                self._drain()
             self._process.terminate(grace=5.0)
             self._process = None
         return self.path
+
+    def _drain(self, timeout: float = DRAIN_TIMEOUT) -> bool:
+        """Send the marker frame and wait until it is in the file (tcpdump writes packet
+        by packet, -U), so tcpdump has read every frame before it. False if it did not
+        come within `timeout` (the interface is down, or tcpdump is stuck)."""
+        token = MARKER_PAYLOAD + os.urandom(8)
+        try:
+            with self.ns.entered():
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            with sock:
+                sock.bind((self.ifname, 0))
+                mac = sock.getsockname()[4]
+                sock.send(b"\xff" * 6 + mac + MARKER_ETHERTYPE.to_bytes(2, "big") + token)
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if token in self.path.read_bytes()[-4096:]:
+                    return True
+            if self._process is None or not self._process.running:
+                return False
+            time.sleep(0.002)  # polling the file: tcpdump gives no other sign
+        return False
 
     def __enter__(self) -> Capture:
         return self.start()

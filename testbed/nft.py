@@ -16,6 +16,7 @@ from testbed.netns import Namespace
 LINK_TABLE = "mptl_link"
 MBOX_TABLE = "mptl_mbox"
 LOSS_SCALE = 10000  # loss is drawn per 10 000 frames: 0.01 % resolution
+CAPTURE_MARKER = 0x88B5  # testbed.capture's stop marker (IEEE local experimental 1)
 
 
 def nft_binary() -> str:
@@ -59,6 +60,8 @@ def link_chain(ifname: str, hook: str, *, loss: float, blackhole: bool, create: 
             f'{{ type filter hook {hook} device "{ifname}" priority 0 ; policy accept ; }}',
         ]
     lines.append(f"flush chain netdev {LINK_TABLE} {chain}")
+    # a capture's stop marker (testbed.capture) always passes: it is no traffic under test
+    lines.append(f"add rule netdev {LINK_TABLE} {chain} ether type {CAPTURE_MARKER:#06x} accept")
     if blackhole:
         lines.append(f"add rule netdev {LINK_TABLE} {chain} drop")
     elif loss > 0:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.wire import MalformedHeader, MpCapable, MpJoinSyn, MpJoinSynAck, parse_ethernet, parse_ip
-from stack.wire.ip import IPPROTO_TCP
+from stack.wire.ip import ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP
 from stack.wire.tcp import parse_tcp, parse_tcp_options
 
 # What the captures keep: segments with SYN, FIN or RST (IPv4 via tcpflags; IPv6 by the
@@ -84,8 +84,8 @@ def _endpoint(address: bytes, port: int) -> str:
 
 def _note(seen: dict[tuple[str, str], SubflowSeen], frame: bytes) -> None:
     ethernet = parse_ethernet(frame)
-    if isinstance(ethernet, MalformedHeader):
-        return
+    if isinstance(ethernet, MalformedHeader) or ethernet.ethertype not in (ETH_P_IP, ETH_P_IPV6):
+        return  # ARP, or a capture's stop marker
     ip = parse_ip(frame[14:])
     if isinstance(ip, MalformedHeader):
         return

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +92,27 @@ def test_capture_on_a_missing_interface_fails_fast(
     with pytest.raises(TestbedError, match="did not start"):
         Capture(pair[0], "eth7", tmp_path / "x.pcap").start(timeout=5)
     assert running(pair[0]) == []
+
+
+def test_stop_waits_for_a_tcpdump_that_lags_behind_the_wire(
+    pair: tuple[Namespace, Namespace], tmp_path: Path
+) -> None:
+    """On a loaded machine tcpdump reads the wire late, and SIGTERM used to lose what it
+    had not read yet (a pcap of a finished transfer once held no SYN). Here tcpdump is
+    frozen (SIGSTOP) for the whole transfer and let go only as `stop()` begins: the
+    stop marker makes `stop()` wait until tcpdump has written every earlier frame."""
+    client, server = pair
+    capture = Capture(server, "eth0", tmp_path / "late.pcap").start()
+    assert capture._process is not None
+    pid = capture._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result = transfer(server, client, "192.0.2.2", 5302, 50_000, protocol="tcp", timeout=10)
+    finally:
+        # the stimulus: tcpdump resumes a little after stop() has begun
+        threading.Timer(0.3, os.kill, (pid, signal.SIGCONT)).start()
+    capture.stop()
+    assert result.intact
+    packets = [p for p in rdpcap(str(tmp_path / "late.pcap")) if TCP in p]
+    assert any(p[TCP].flags & SYN and not p[TCP].flags & ACK for p in packets)
+    assert any(p[TCP].flags & FIN for p in packets)
