@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     fuzz_p.add_argument("--batch", type=int, default=400, help="sequences between health checks")
     fuzz_p.add_argument("--concurrency", type=int, default=96, help="runs in flight per IUT")
     fuzz_p.add_argument("--no-minimise", action="store_true", help="report reproducers as found")
-    fuzz_p.add_argument("-q", "--quiet", action="store_true", help="no per-batch progress")
+    fuzz_p.add_argument("-q", "--quiet", action="store_true",
+                        help="no per-batch progress; only the new classes")  # fmt: skip
     list_p = sub.add_parser("list", help="list the catalogue")
     list_p.add_argument("-k", dest="expression")
     list_p.add_argument("--json", type=Path, help="write the list as JSON")
@@ -273,10 +274,12 @@ def _fuzz(args: argparse.Namespace) -> int:
     for finding in report.findings:
         if finding.kind != "divergence":
             print(f"{finding.kind} ({finding.iut}): {finding.detail}")
-    for entry in report.classes.values():
+    shown = [entry for entry in report.classes.values()  # --quiet: only the new classes
+             if not args.quiet or not (entry.known or entry.flaky)]  # fmt: skip
+    for entry in shown:
         state = "known" if entry.known else "flaky" if entry.flaky else "NEW"
         print(f"{state:<5} x{entry.count:<4} {entry.class_id}")
-    if report.classes:
+    if shown:
         print()
     for finding in report.findings:
         if finding.kind == "divergence":
