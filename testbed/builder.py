@@ -22,6 +22,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,7 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from testbed import _linux, nft, shaping
 from testbed import delay as delay_element
 from testbed.errors import TestbedError, TopologyError
-from testbed.netns import PREFIX, Namespace, kill_processes_in, reclaim_stale
+from testbed.netns import PREFIX, Namespace, NetlinkIn, kill_processes_in, reclaim_stale
 from testbed.spec import (
     End,
     Host,
@@ -449,7 +450,7 @@ def _build(topo: Topology) -> None:
         ns = Namespace.create(_ns_name(topo, host.name))
         topo._namespaces.append(ns)
         with ns.entered():
-            ipr = IPRoute()
+            ipr = cast(IPRoute, NetlinkIn(ns, IPRoute()))  # calls from any thread stay in ns
             _write_sysctls(_base_sysctls(host))
         topo.hosts[host.name] = HostHandle(host, ns, ipr)
 
@@ -466,7 +467,7 @@ def _build(topo: Topology) -> None:
         box_ns = Namespace.create(_ns_name(topo, f"d-{link.name}"))
         topo._namespaces.append(box_ns)
         with box_ns.entered():
-            box_ipr = IPRoute()
+            box_ipr = cast(IPRoute, NetlinkIn(box_ns, IPRoute()))
         try:
             _add_veth(ha.ipr, link.a.ifname, "a", box_ns, mtu)
             _add_veth(box_ipr, "b", link.b.ifname, hb.ns, mtu)

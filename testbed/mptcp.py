@@ -27,9 +27,10 @@ import ipaddress
 import os
 import socket
 import struct
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
@@ -190,13 +191,13 @@ class KernelMptcp:
 
     def __init__(self, ns: Namespace):
         self.ns = ns
-        # A netlink socket made inside the namespace stays bound to it.
-        with ns.entered():
-            self._pm = MPTCP()
+        # No pyroute2 object is kept: pyroute2 0.9 opens a socket per calling thread, in
+        # that thread's namespace (one made in the namespace answered other threads with
+        # the root's path manager), and its MPTCP object used from a second thread fails
+        # with ECONNRESET. Each request opens its own socket inside the namespace.
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._pm.close()
+        """Nothing to release: each request has its own socket (kept for callers)."""
 
     def __enter__(self) -> KernelMptcp:
         return self
@@ -208,7 +209,7 @@ class KernelMptcp:
 
     def limits(self) -> dict[str, int]:
         """{'subflows': n, 'add_addr_accepted': m}."""
-        (msg,) = self._request("show limits", lambda: self._pm.limits("show"))
+        (msg,) = self._request("show limits", lambda pm: pm.limits("show"))
         return {
             "subflows": msg.get_attr("MPTCP_PM_ATTR_SUBFLOWS"),
             "add_addr_accepted": msg.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS"),
@@ -219,13 +220,13 @@ class KernelMptcp:
     ) -> None:
         values = {"subflows": subflows, "add_addr_accepted": add_addr_accepted}
         values = {k: v for k, v in values.items() if v is not None}
-        self._request(f"set limits {values}", lambda: self._pm.limits("set", **values))
+        self._request(f"set limits {values}", lambda pm: pm.limits("set", **values))
 
     # ------------------------------------------------------------------ endpoints
 
     def endpoints(self) -> list[Endpoint]:
         result = []
-        for msg in self._request("show endpoints", lambda: self._pm.endpoint("show")):
+        for msg in self._request("show endpoints", lambda pm: pm.endpoint("show")):
             attrs = dict(msg.get_attr("MPTCP_PM_ATTR_ADDR")["attrs"])
             bits = attrs.get("MPTCP_PM_ADDR_ATTR_FLAGS", 0)
             address = attrs.get("MPTCP_PM_ADDR_ATTR_ADDR4") or attrs.get("MPTCP_PM_ADDR_ATTR_ADDR6")
@@ -287,10 +288,10 @@ class KernelMptcp:
         """Remove an endpoint; the kernel sends REMOVE_ADDR for it on live connections."""
         endpoint = self._endpoint(id)
         target = {("addr6" if ":" in endpoint.address else "addr4"): endpoint.address}
-        self._request(f"delete endpoint {id}", lambda: self._pm.endpoint("del", id=id, **target))
+        self._request(f"delete endpoint {id}", lambda pm: pm.endpoint("del", id=id, **target))
 
     def flush_endpoints(self) -> None:
-        self._request("flush endpoints", lambda: self._pm.endpoint("flush"))
+        self._request("flush endpoints", lambda pm: pm.endpoint("flush"))
 
     def set_endpoint_backup(self, id_or_address: int | str, backup: bool) -> Endpoint:
         """Set or clear an endpoint's backup flag (MPTCP_PM_CMD_SET_FLAGS). The kernel
@@ -425,14 +426,21 @@ class KernelMptcp:
         msg["attrs"] = [("MPTCP_PM_ATTR_ADDR", {"attrs": addr_attrs}, 0x8000)]  # NLA_F_NESTED
         self._request(
             what,
-            lambda: self._pm.nlm_request(
-                msg, msg_type=self._pm.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK
-            ),
+            lambda pm: pm.nlm_request(msg, msg_type=pm.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK),
         )
 
-    def _request(self, what: str, call: Callable[[], T]) -> T:
+    def _request(self, what: str, call: Callable[[MPTCP], T]) -> T:
+        """call(pm) on a path-manager socket of this namespace's, opened for it."""
         try:
-            return call()
+            with self.ns.entered():
+                pm = MPTCP()
+                try:
+                    result = call(pm)
+                    if isinstance(result, types.GeneratorType):  # pyroute2 reads lazily
+                        result = cast(T, list(result))
+                    return result
+                finally:
+                    pm.close()
         except NetlinkError as error:
             detail = error.args[1] if len(error.args) > 1 else ""
             text = os.strerror(error.code) if error.code else "unknown error"

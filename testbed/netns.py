@@ -18,7 +18,9 @@ import json
 import os
 import signal
 import threading
+import types
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from testbed import _linux
 from testbed.errors import NotRootError, TestbedError
@@ -175,6 +177,35 @@ def _owner_alive(name: str) -> bool:
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return False
     return _linux.process_start_time(pid) == start_time
+
+
+class NetlinkIn:
+    """A pyroute2 object whose every call runs inside `ns`.
+
+    pyroute2 0.9 opens a netlink socket per calling thread, in that thread's current
+    namespace: an IPRoute or MPTCP object made inside `Namespace.entered()` answered
+    any *other* thread with the root namespace (a soak bench's link flap took a root
+    interface down; an endpoint listing showed the root's). Entering the namespace
+    around each call makes whatever socket the call opens belong to it. Results that
+    are generators (pyroute2 reads lazily) are read in full before leaving."""
+
+    def __init__(self, ns: Namespace, obj: Any) -> None:
+        self._ns = ns
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._ns.entered():
+                result = attr(*args, **kwargs)
+                if isinstance(result, types.GeneratorType):
+                    result = list(result)
+                return result
+
+        return call
 
 
 def kill_processes_in(inodes: Iterable[int]) -> list[int]:

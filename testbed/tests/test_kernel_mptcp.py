@@ -6,15 +6,21 @@ import contextlib
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
+import topologies
+from testbed import Topology
 from testbed.errors import KernelMptcpError
 from testbed.mptcp import IPPROTO_MPTCP, MPTCP_INFO, SOL_MPTCP, KernelMptcp, Subflow
 from testbed.netns import Namespace
 from testbed.process import run
 from testbed.tests.test_process import linked_namespaces, wait_until
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.netns, pytest.mark.kernel]
 
@@ -260,3 +266,48 @@ def test_ipv6_connection_and_subflow_are_listed(
         (flow,) = client.subflows()
         assert flow.token_local == conn.token
         assert str(flow.remote_address) == "2001:db8::2" and flow.remote_port == 5101
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """fn() in a new thread (that never entered any namespace), its result here."""
+    out: list[T] = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join(30)
+    return out[0]
+
+
+def _root_state() -> tuple[str, str]:
+    return (
+        run(None, ["ip", "-o", "link", "show"], timeout=5).stdout,
+        run(None, ["ip", "mptcp", "endpoint", "show"], timeout=5).stdout,
+    )
+
+
+def test_netlink_calls_from_another_thread_stay_in_the_namespace(
+    topology: Callable[..., Topology],
+) -> None:
+    """pyroute2 0.9 opens a socket per calling thread, in that thread's namespace: a
+    link flap or an endpoint made from a thread other than the topology's builder
+    reached the root namespace (a soak bench took a root interface down). Every
+    netlink object is now bound to its namespace by name (`netns=`): from another
+    thread, the link goes down and the endpoint appears in the namespace, and the root
+    namespace's links and endpoints are as they were."""
+    topo = topology(topologies.single_path())
+    before = _root_state()
+    link, server = topo.links["path1"], topo.hosts["server"]
+    _in_thread(link.down)
+    show_eth0 = ["ip", "-n", server.netns, "-o", "link", "show", "eth0"]
+    state = run(None, show_eth0, timeout=5).stdout
+    assert ",UP" not in state and "state UP" not in state, state
+    _in_thread(link.up)
+    assert "state UP" in run(None, show_eth0, timeout=5).stdout
+    kernel = KernelMptcp(server.ns)
+    try:
+        _in_thread(lambda: kernel.add_endpoint("192.0.2.2", flags=("signal",), id=9))
+        shown = run(None, ["ip", "-n", server.netns, "mptcp", "endpoint", "show"], timeout=5).stdout
+        assert "192.0.2.2" in shown and "id 9" in shown, shown
+        assert [e.id for e in _in_thread(kernel.endpoints)] == [9]
+    finally:
+        kernel.close()
+    assert _root_state() == before
