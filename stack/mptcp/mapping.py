@@ -112,14 +112,15 @@ class SubflowReceiveMapper:
         existing = self._mappings.get(mapping.subflow_seq)
         if existing is not None:
             if (
-                mapping.data_fin
-                and not existing.data_fin
+                mapping.data_fin != existing.data_fin
                 and mapping.dsn == existing.dsn
-                and mapping.length == existing.length + 1
+                and mapping.data_length == existing.data_length
             ):
-                # the DATA_FIN added to the last mapping when it is sent again (Linux
-                # does this): the same bytes, one more DSN for the FIN
-                self._mappings[mapping.subflow_seq] = mapping
+                # the same bytes sent again with the DATA_FIN added to the last mapping,
+                # or without it (Linux does both): as Linux, mappings compare without
+                # the FIN's DSN; the one that carries the DATA_FIN is kept
+                if mapping.data_fin:
+                    self._mappings[mapping.subflow_seq] = mapping
                 return []
             if existing != mapping:
                 return [MappingError(f"mapping at subflow seq {mapping.subflow_seq} changed "

@@ -121,6 +121,21 @@ def test_data_fin_added_to_a_mapping_when_sent_again() -> None:
     assert mapper.deliver(5, b"y" * 6) == [Deliver(504, b"yyyyyy"), DataFin(510)]
 
 
+def test_a_mapping_sent_again_without_its_data_fin_is_the_same_mapping() -> None:
+    """Linux may resend the last bytes of a transfer without the DATA_FIN it first sent
+    with them (length one less): the bytes' mapping is the same, and Linux compares
+    mappings without the FIN's DSN. It used to fail the subflow ("mapping changed")."""
+    mapper = SubflowReceiveMapper(checksums=False)
+    assert mapper.add_mapping(Mapping(500, 1, 11, data_fin=True), 1) == []
+    assert mapper.deliver(1, b"x" * 4) == [Deliver(500, b"xxxx")]
+    assert mapper.add_mapping(Mapping(500, 1, 10), 5) == []
+    assert mapper.deliver(5, b"y" * 6) == [Deliver(504, b"yyyyyy"), DataFin(510)]
+    # other bytes at the same place are still a conflict
+    other = SubflowReceiveMapper(checksums=False)
+    assert other.add_mapping(Mapping(500, 1, 11, data_fin=True), 1) == []
+    assert isinstance(other.add_mapping(Mapping(600, 1, 10), 1)[0], MappingError)
+
+
 def test_data_fin_on_a_mapping_whose_bytes_were_all_delivered() -> None:
     mapper = SubflowReceiveMapper(checksums=False)
     mapper.add_mapping(Mapping(500, 1, 10), 1)
