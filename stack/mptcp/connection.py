@@ -229,6 +229,7 @@ class MptcpConnection:
         # joins waiting for their third ACK in a listener: (local, remote) -> (when, the
         # listener), oldest first
         self.opened_at = 0.0  # when a listener took its SYN
+        self._aborted_others = False  # subflows aborted beside the one at hand (_after)
         self.half_open_joins: dict[tuple[Address, Address], tuple[float, Any]] = {}
         self._tcp_config: TcpConfig | None = None
         self._announce: list[Any] = []  # ADD_ADDR / REMOVE_ADDR options owed to the peer
@@ -577,6 +578,11 @@ class MptcpConnection:
         self.fastclose = True
         for other in self.subflows:
             other.tcp.abort(self._now)
+        # the aborted subflows' Reset events are digested in `_after`, which runs only
+        # for the subflow at hand: the others' would wait for an input or timer that a
+        # closed TCP never gets, and the connection would never close (a leak the
+        # fuzzer found: MP_FASTCLOSE on a join, its initial subflow never gone)
+        self._aborted_others = True
 
     def _on_mp_fail(self, sf: Subflow, option: MpFail) -> None:
         """RFC 8684 §3.7 (RFC 6824 §3.6): the peer discarded our data from `option.dsn`
@@ -1038,6 +1044,25 @@ class MptcpConnection:
     def _after(self, sf: Subflow, now: float) -> None:
         """Digest what the subflow's TCP reported after an input or timer."""
         self._now = now
+        self._digest_events(sf, now)
+        if self._aborted_others:
+            self._aborted_others = False
+            for other in list(self.subflows):
+                if other is not sf:
+                    self._digest_events(other, now)
+        if sf.tcp.state is TcpState.ESTABLISHED or sf.tcp.state is TcpState.CLOSE_WAIT:
+            self._on_tcp_established(sf, now)
+        if sf.tcp.readable:
+            self._drain(sf, now)
+            # draining may reset the subflow (data without a mapping, a bad checksum):
+            # its Reset is digested now, or no later input or timer of a closed TCP
+            # would, and the connection would never learn that its subflow is gone
+            self._digest_events(sf, now)
+        if self.sendq is not None and self.sendq.fin_acknowledged:
+            self._fin_deadline = None
+        self._maybe_close_subflows()
+
+    def _digest_events(self, sf: Subflow, now: float) -> None:
         for event in sf.tcp.poll_events():
             if isinstance(event, DataReceived):
                 continue  # drained below
@@ -1064,13 +1089,6 @@ class MptcpConnection:
                     self.eof = True
             elif isinstance(event, Reset | Closed):
                 self._subflow_gone(sf, event, now)
-        if sf.tcp.state is TcpState.ESTABLISHED or sf.tcp.state is TcpState.CLOSE_WAIT:
-            self._on_tcp_established(sf, now)
-        if sf.tcp.readable:
-            self._drain(sf, now)
-        if self.sendq is not None and self.sendq.fin_acknowledged:
-            self._fin_deadline = None
-        self._maybe_close_subflows()
 
     def _on_tcp_established(self, sf: Subflow, now: float) -> None:
         if sf.phase is not Phase.CONNECTING:

@@ -11,12 +11,13 @@ import random
 
 from stack.mptcp.connection import CLOSED_SUBFLOW_HISTORY, MptcpConfig, MptcpConnection
 from stack.mptcp.listener import JOINS_PER_CONNECTION, MptcpListener
+from stack.mptcp.subflow import Subflow
 from stack.mptcp.token import TokenTable
 from stack.sim import Simulator
-from stack.tcp.segment import SYN, Segment
+from stack.tcp.segment import ACK, PSH, SYN, Segment
 from stack.tests.test_mptcp_failover_sim import Reader
 from stack.tests.test_mptcp_sim import CLIENT, FAST, SERVER, App, ClientEnd, ServerEnd
-from stack.wire.mptcp import MPTCP_RST_EUNSPEC, MpJoinSyn
+from stack.wire.mptcp import MPTCP_RST_EUNSPEC, MpFastclose, MpJoinSyn
 
 FLOOD = 10_000
 
@@ -115,3 +116,48 @@ def test_subflows_that_are_gone_leave_the_connection() -> None:
     assert every[0].initial and [sf.number for sf in every] == sorted(sf.number for sf in every)
     assert all(sf.gone for sf in every[1:])
     assert len(server.describe()["subflows"]) == len(every)
+
+
+def _on_server_subflow(sf: Subflow, flags: int, payload: bytes = b"") -> Segment:
+    """A segment from the client on the server's subflow `sf`, in sequence."""
+    tcp = sf.tcp
+    return Segment(sf.remote[1], sf.local[1], (tcp.irs + tcp.rcv_nxt) & 0xFFFFFFFF,
+                   (tcp.iss + tcp.snd_nxt) & 0xFFFFFFFF, flags, 65535, payload=payload)  # fmt: skip
+
+
+def _joined(client: MptcpConnection, sim: Simulator, server: MptcpConnection) -> Subflow:
+    sf = client.open_subflow(CLIENT[0], 1, SERVER[0], SERVER[1], backup=False, now=sim.now)
+    assert sf is not None
+    assert sim.run(until=sim.now + 5, stop=lambda: sf.usable and len(server.subflows) == 2)
+    return server.subflows[1]
+
+
+def test_mp_fastclose_on_one_subflow_closes_the_connection_and_frees_it() -> None:
+    """MP_FASTCLOSE on a join's ACK aborts every subflow (RFC 8684 §3.5). The aborted
+    initial subflow's reset used to wait for an input or timer that its closed TCP
+    never gets: the connection never closed, and it, its token and its registrations
+    stayed for good (the fuzzer's growing stack)."""
+    client, b, sim, _, _, _ = _pair(1000)
+    server = b.msk
+    assert server is not None
+    join = _joined(client, sim, server)
+    fastclose = _on_server_subflow(join, ACK)
+    fastclose.extra_options = (MpFastclose(receiver_key=server.local_key),)
+    server.handle_segment(join, fastclose, sim.now)
+    assert server.closed and server.error == "connection reset by peer (MP_FASTCLOSE)"
+    assert all(sf.gone for sf in server.every_subflow())
+    assert server.tokens.lookup(server.local_token) is None
+
+
+def test_a_subflow_reset_while_its_data_is_read_is_gone_at_once() -> None:
+    """Data without a mapping on a join is a reason to reset that subflow (RFC 8684
+    §3.7), found while its bytes are read: the reset's events came after the events had
+    been read, so the subflow was never gone nor dropped from the connection."""
+    client, b, sim, _, _, _ = _pair(1000)
+    server = b.msk
+    assert server is not None
+    join = _joined(client, sim, server)
+    server.handle_segment(join, _on_server_subflow(join, ACK | PSH, b"no mapping"), sim.now)
+    assert join.gone and join.error == "data without a mapping"
+    server.poll_segments()  # sends its RST; a gone and closed subflow leaves the connection
+    assert join not in server.subflows and not server.closed
