@@ -45,6 +45,8 @@ def run_connection(
     report = AppReport(role=mode, side=side, protocol="mptcp-stack")
     play(sock, mode, nbytes, report, SEED if seed is None else seed)  # type: ignore[arg-type]
     report.mptcp = sock.msk.describe()
+    if sock.close_error and not report.error:
+        report.error = sock.close_error  # what was sent may not have arrived
     return report
 
 

@@ -586,6 +586,9 @@ class MptcpSocket:
     def __init__(self, stack: Stack, driver: _Driver):
         self.stack = stack
         self._driver = driver
+        # set when close() had to abort with our data not all acknowledged (close
+        # returns like a kernel socket's; a report says what was lost)
+        self.close_error = ""
 
     @property
     def msk(self) -> MptcpConnection:
@@ -653,7 +656,11 @@ class MptcpSocket:
         with contextlib.suppress(TimeoutError, ConnectionError):
             self._wait(lambda: msk.finished, timeout, "close")
         if not msk.finished:
+            lost = not msk.sent_done
             self.abort()
+            if lost:  # what the application wrote may not have arrived: say so
+                self.close_error = (f"close: the peer had not acknowledged all our data "
+                                    f"within {timeout:g} s; connection aborted")  # fmt: skip
 
     def abort(self) -> None:
         self._call(self._driver.msk.abort)

@@ -71,25 +71,26 @@ LOCAL_QUEUE_MAX = 1 << 20
 class QueueLimit:
     """The local-queue limit of one interface, adapted to how fast we refill it.
 
-    A sender stopped by the limit resumes at its next ACK; if the queue is found empty
-    then, it drained before we came back (the loop was late), and the link idled: the
-    limit doubles. While the queue stays more than half full it shrinks back by 1/64
-    per look, towards LOCAL_QUEUE_LIMIT."""
+    The kernel refills a qdisc from its completion handler; our loop comes back only
+    with the next ACK it reads, and a busy Python loop (or a slow peer's stretched
+    ACKs) can leave the link idle. So when a look finds the queue under 1/8 full
+    although the previous one found it at least half full, it (nearly) drained between
+    two looks: the limit doubles (up to LOCAL_QUEUE_MAX). While the queue stays more
+    than half full the limit shrinks back by 1/64 per look, towards LOCAL_QUEUE_LIMIT."""
 
-    __slots__ = ("limit", "stopped")
+    __slots__ = ("limit", "was_full")
 
     def __init__(self) -> None:
         self.limit = LOCAL_QUEUE_LIMIT
-        self.stopped = False  # a look found it (nearly) full
+        self.was_full = False  # the last look found it at least half full
 
     def room(self, queued: int) -> int:
-        if queued == 0 and self.stopped:
+        if queued < self.limit // 8 and self.was_full:
             self.limit = min(2 * self.limit, LOCAL_QUEUE_MAX)
         elif queued > self.limit // 2 and self.limit > LOCAL_QUEUE_LIMIT:
             self.limit = max(self.limit - (self.limit >> 6), LOCAL_QUEUE_LIMIT)
-        room = self.limit - queued
-        self.stopped = room < 65536
-        return room
+        self.was_full = queued >= self.limit // 2
+        return self.limit - queued
 
 
 _INT = struct.Struct("i")

@@ -1621,16 +1621,20 @@ class MptcpConnection:
             self._after(sf, now)  # gone now: no timer of theirs left to fire
 
     @property
+    def sent_done(self) -> bool:
+        """The peer acknowledged every byte we sent, and our DATA_FIN (or FIN)."""
+        sendq = self.sendq
+        if sendq is None:
+            return False
+        return sendq.fin_acknowledged or (self.fallback and sendq.fin_sent
+                                          and sendq.in_flight == 0)  # fmt: skip
+
+    @property
     def finished(self) -> bool:
         """Both directions done at the data level, or the connection failed."""
         if self.error or self.closed:
             return True
-        sendq = self.sendq
-        if sendq is None:
-            return False
-        sent_done = sendq.fin_acknowledged or (self.fallback and sendq.fin_sent
-                                                and sendq.in_flight == 0)  # fmt: skip
-        return self.eof and sent_done
+        return self.eof and self.sent_done
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -270,3 +270,43 @@ def test_a_socket_of_a_closed_stack_fails_at_once_with_a_clear_error(
             sock.sendall(b"late")
     finally:
         listener.close()
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_a_close_that_has_to_abort_with_data_unacknowledged_says_so(
+    topology: Callable[..., Topology],
+) -> None:
+    """close() waits (bounded) for the peer to acknowledge everything, then aborts, as a
+    lingering socket. The soak bench saw a report with no error for a transfer the peer
+    never fully got (it had aborted at close). Now the socket keeps why (`close_error`),
+    the CLI's report carries it, and a close after which all was acknowledged has none."""
+    from stack.__main__ import run_connection
+
+    topo = topology(topologies.single_path(bare=("client",)))
+    listener = listen(topo.hosts["server"].ns, "192.0.2.2", 8000, "mptcp")
+    served: list[AppReport] = []
+    server = threading.Thread(target=lambda: served.append(
+        serve_one(listener, "sink", 0, "mptcp", 30)))  # fmt: skip
+    server.start()
+    try:
+        with Stack([InterfaceConfig.parse("eth0=192.0.2.1/24")],
+                   netns=topo.hosts["client"].netns) as stack:  # fmt: skip
+            clean = stack.connect(("192.0.2.2", 8000))
+            report = run_connection(clean, "source", 100_000, "client")
+            assert not report.error and not clean.close_error
+            server.join(30)
+            server = threading.Thread(target=lambda: served.append(
+                serve_one(listener, "sink", 0, "mptcp", 30)))  # fmt: skip
+            server.start()
+            sock = stack.connect(("192.0.2.2", 8000))
+            sock.sendall(b"x" * 10_000)
+            topo.links["path1"].blackhole()  # nothing more is acknowledged
+            sock.sendall(b"y" * 10_000)
+            sock.close(timeout=0.5)
+            assert "not acknowledged all our data" in sock.close_error, sock.close_error
+            assert sock.msk.fastclose  # aborted with MP_FASTCLOSE
+    finally:
+        topo.links["path1"].blackhole(False)
+        listener.close()
+        server.join(30)
