@@ -1110,7 +1110,11 @@ class TcpConnection:
             cwnd_room = cc.cwnd - flight
             wnd_room = self.snd_una + self.snd_wnd - nxt
             size = min(avail, cap, wnd_room, cwnd_room, top - nxt)
-            if room is not None and room < size and avail > 0:
+            # only new data waits for the queue: a retransmission (after an RTO, or of
+            # a hole) goes at once, as Linux's. Held back, an RTO's retransmission
+            # sent nothing while the timer backed off, and a lossy path whose link
+            # other connections kept full stalled for seconds (the soak bench)
+            if room is not None and room < size and avail > 0 and nxt >= self.snd_max:
                 if room < mss:  # the interface's queue is full: wait until it drains,
                     if flight <= 0:  # for the next ACK, or when none is to come, a while
                         self.throttle_deadline = now + QUEUE_RETRY

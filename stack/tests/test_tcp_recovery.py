@@ -207,3 +207,20 @@ def test_no_tail_loss_probe_without_sack():
     conn.send(b"x" * 5 * MSS, 1.0)
     conn.poll_segments()
     assert conn.next_timer() == 1.2  # the RTO alone
+
+
+def test_a_full_local_queue_holds_back_new_data_but_never_a_retransmission():
+    """The local-queue limit (`queue_room`, as Linux's TSQ) holds back new data only.
+    An RTO's retransmission held back sent nothing while the timer backed off, and a
+    lossy path whose interface other connections kept full stalled for seconds."""
+    conn, _peer = established()
+    room = [1 << 20]
+    conn.queue_room = lambda: room[0]
+    conn.send(b"x" * 500, 1.0)
+    [first] = conn.poll_segments()
+    room[0] = 0  # the interface's queue is full from now on (other connections)
+    conn.send(b"y" * 500, 1.01)
+    assert conn.poll_segments() == []  # new data waits for the queue to drain
+    conn.handle_timer(conn.next_timer())  # the RTO: the lost segment goes again at once
+    [again] = conn.poll_segments()
+    assert again.seq == first.seq and again.payload == first.payload
