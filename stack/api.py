@@ -174,8 +174,9 @@ class _Driver:
             key = self._key(sf)
             host.register(key, _SubflowPort(self, sf))
             self._registered.add(key)
-            sf.tcp.queue_room = functools.partial(host.queue_room, sf.local[0], sf.remote[0],
-                                                  sf.device)  # fmt: skip
+            if msk.config.small_queues:
+                sf.tcp.queue_room = functools.partial(host.queue_room, sf.local[0],
+                                                      sf.remote[0], sf.device)  # fmt: skip
         for sf, seg in msk.poll_segments():
             transmit(host, seg, sf.local[0], sf.remote[0], sf.tcp.snd_mss, sf.device)
         for sf in msk.poll_gone_subflows():

@@ -115,6 +115,11 @@ class MptcpConfig:
     # net.mptcp.add_addr_timeout: a fixed ADD_ADDR resend interval (0: never resend);
     # None: ADD_ADDR_RTO, doubling
     add_addr_timeout: float | None = None
+    # TCP small queues (docs/stack.md, "The local queue"): off by default. On, a local
+    # shaper's queue stays short (blackhole failover 35-55 ms instead of 118-140), but
+    # the shorter RTT makes a loaded machine's ACK gaps look like a dead path: spurious
+    # data on a backup subflow and slower failover in the loaded test runs
+    small_queues: bool = False
 
     @property
     def capable(self) -> CapableConfig:

@@ -1,4 +1,5 @@
-"""The stack keeps its bytes in a local qdisc low, as Linux's TCP small queues (TSQ).
+"""With `small_queues`, the stack keeps its bytes in a local qdisc low, as Linux's TCP
+small queues (TSQ). (Off by default for now: docs/stack.md, "The local queue".)
 
 Without it the stack filled a local tbf's whole queue (50 ms at the rate): every RTT
 sample grew by that much, and a blackholed path took four of those SRTTs to fail over
@@ -55,7 +56,7 @@ def test_a_local_shaper_queue_holds_no_more_than_the_local_limit(
     limits: list[int] = []
     srtts: list[float] = []
     done = threading.Event()
-    with stack_in(topo, "client", ["eth0=192.0.2.1/24"]) as stack:
+    with stack_in(topo, "client", ["eth0=192.0.2.1/24"], small_queues=True) as stack:
         sock = stack.connect(("192.0.2.2", 8000))
         queue_limit = stack.host.links["eth0"].queue_limit
 
