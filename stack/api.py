@@ -362,10 +362,21 @@ class Stack:
         self.host.close()
 
     def _on_link_change(self, ifname: str, up: bool, now: float) -> None:
-        """On the loop: every connection hears which of our addresses it concerns."""
+        """On the loop: every connection hears which of our addresses it concerns, and
+        which of its subflows now leave through a link that is down. That is the way
+        their route takes, not the link of their address: a join to our first address
+        that arrived over our second link leaves through the second link."""
         addresses = {c.address.ip for c in self.host.routing.interfaces if c.ifname == ifname}
         for driver in list(self._drivers.values()):
-            driver.run(now, driver.msk.on_link_change, addresses, up, now)
+            driver.run(now, driver.msk.on_link_change, addresses, up, now, self._way_down)
+
+    def _way_down(self, sf: Subflow) -> bool:
+        routing = self.host.routing
+        try:
+            ifname = routing.route(sf.remote[0], sf.local[0], sf.device).ifname
+        except RoutingError:
+            return True
+        return routing.is_down(ifname)
 
     def _on_loop(self, fn: Callable[[float], Any]) -> Any:
         """Run fn(now) on the loop thread and return its result (or raise its error)."""

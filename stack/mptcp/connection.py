@@ -958,10 +958,29 @@ class MptcpConnection:
 
     def _arm_data_rtx(self, now: float) -> None:
         sendq = self.sendq
-        if sendq is None or self.fallback or sendq.in_flight == 0:
+        if (
+            sendq is None
+            or self.fallback
+            or (sendq.in_flight == 0 and not self._waiting_on_silent_subflow())
+        ):
             self._data_rtx_deadline = None
         elif self._data_rtx_deadline is None:
             self._rearm_data_rtx(now)
+
+    def _waiting_on_silent_subflow(self) -> bool:
+        """Data waits to be sent while nothing is in flight at the data level, and a
+        subflow still holds segments of its own unacknowledged (the DATA_ACK covered
+        them: the backup carried them again). Linux would have queued the new data on
+        that subflow, in flight at the data level; our scheduler keeps it out of a
+        collapsed window. Either way the data-level timer must go on counting the
+        silent subflow's intervals, or it never goes stale and the data never moves
+        to the backup."""
+        sendq = self.sendq
+        return (
+            sendq is not None
+            and sendq.has_work()
+            and any(sf.active and sf.outstanding for sf in self.subflows)
+        )
 
     def _rearm_data_rtx(self, now: float) -> None:
         """Arm the data-level timer with the interval in force, then recompute the
@@ -990,6 +1009,8 @@ class MptcpConnection:
                 sf.note_retransmit_interval()
                 least_stale = min(least_stale, sf.stale_count)
                 self._mark_stale(sf)
+            elif sf.link_down:
+                continue
             elif sf.backup:
                 backup = backup or sf
             else:
@@ -1017,7 +1038,12 @@ class MptcpConnection:
         loses the bytes it holds until the backup carries them."""
         self._data_rtx_deadline = None
         sendq = self.sendq
-        if sendq is None or self.fallback or sendq.in_flight == 0:
+        if sendq is None or self.fallback:
+            return
+        if sendq.in_flight == 0:
+            if self._waiting_on_silent_subflow():
+                self._retransmit_target()  # nothing to send again; count the interval
+                self._rearm_data_rtx(now)
             return
         target = self._retransmit_target()
         if target is not None and target.tcp.send_space > 0:
@@ -1202,21 +1228,37 @@ class MptcpConnection:
         self.paths.subflow_failed(key, now, transient=_transient(event))
         self._count("SubflowFailed")
 
-    def on_link_change(self, addresses: set[IPAddress], up: bool, now: float) -> None:
-        """The link of some of our addresses went down or came back (the host's link
-        watcher). Down: its subflows go stale at once, their data to the others, rather
-        than after the data-level timeouts. Up: its subflows retransmit now rather
-        than at their backed-off RTO, and its failed paths are joined again."""
+    def on_link_change(
+        self,
+        addresses: set[IPAddress],
+        up: bool,
+        now: float,
+        way_down: Callable[[Subflow], bool] | None = None,
+    ) -> None:
+        """A link of ours went down or came back (the host's link watcher); `addresses`
+        are its own. `way_down(sf)`: whether the subflow's packets now leave through a
+        link that is down (by default: its address is one of `addresses`, down). A
+        subflow whose way went down goes stale at once, its data to the others, rather
+        than after the data-level timeouts, and carries nothing new until its way is up
+        again (an ACK read after the notice, received before, must not make it usable).
+        Up: it retransmits now rather than at its backed-off RTO, and the link's failed
+        paths are joined again."""
         self._now = now
         if self.closed or self.version is None or self.fallback:
             return
         for sf in self.subflows:
-            if sf.gone or sf.local[0] not in addresses:
+            if sf.gone:
                 continue
-            if up:
+            was_down = sf.link_down
+            if way_down is not None:
+                sf.link_down = way_down(sf)
+            elif sf.local[0] in addresses:
+                sf.link_down = not up
+            if was_down and not sf.link_down:
                 sf.tcp.kick(now)
             elif (
-                sf.active
+                sf.link_down
+                and sf.active
                 and not sf.stale_marked
                 and any(o is not sf and o.usable for o in self.subflows)
             ):

@@ -67,6 +67,7 @@ class Subflow:
     stale_rcv_tstamp: float = 0.0  # the TCP's rcv_tstamp when stale_count started
     stale_marked: bool = False  # STALE_LOSS_CNT intervals without progress, others usable
     stale_reinjected: bool = False  # its unacknowledged data was moved to other subflows
+    link_down: bool = False  # the link of its address is down (the host's link watcher)
     gone: bool = False  # reset, timed out or closed: reported once
     number: int = 0  # its place in the connection's order of subflows (0: the first)
     counted: bool = False  # a join the peer completed: it holds a slot of the limit
@@ -101,7 +102,7 @@ class Subflow:
 
     @property
     def usable(self) -> bool:
-        return self.active and not self.stale
+        return self.active and not self.stale and not self.link_down
 
     @property
     def backup(self) -> bool:
