@@ -478,15 +478,23 @@ class Subflow:
     ) -> Segment:
         """Strict, as a packetdrill line: the IUT's next segment on this subflow must
         match the pattern, within `within` s; any other first is a deviation. "Next"
-        is the first unconsumed segment of the subflow that the IUT sent after the
-        tester's latest segment (the stimulus; `since`, a `time.time()` taken before a
-        stimulus of several segments, moves the start back). What the IUT sent before it
-        cannot answer it and is passed over; so are the segments that `skip` excuses,
-        which must be only what TCP or the RFC lets come first (e.g. the IUT's own SYN
-        retransmitted across the tester's answer), never a deviation."""
+        is the first unconsumed segment of the subflow that the IUT sent after it took
+        the tester's latest segment (the stimulus; `since`, a `time.time()` taken before
+        a stimulus of several segments, moves the start back). What it sent before
+        cannot answer it and is passed over: segments that arrived before the stimulus
+        left, and those whose ACK does not yet cover what the tester sent on the subflow
+        (they crossed it). So are the segments that `skip` excuses, which must be only
+        what TCP or the RFC lets come first (e.g. the IUT's own SYN retransmitted across
+        the tester's answer), never a deviation."""
         pattern = Pattern(flags, option, tuple(absent), where, data, what)
+        snd_nxt = self.snd_nxt
+
+        def excused(segment: Segment) -> bool:
+            crossed = bool(segment.flags & ACK) and (segment.ack - snd_nxt) & 0x80000000 != 0
+            return crossed or (skip is not None and skip(segment))
+
         return self.tester.expect_next_pattern(pattern, within, owner=self.owns,
-                                               where_text=repr(self), skip=skip,
+                                               where_text=repr(self), skip=excused,
                                                since=since)  # fmt: skip
 
     def read_stream(

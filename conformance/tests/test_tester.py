@@ -15,7 +15,7 @@ from conformance.model import Outcome
 from conformance.tester import Segment, Subflow, parse_frame
 from stack.wire.mptcp import MpJoinSyn
 from stack.wire.scapy_bridge import to_scapy_option
-from stack.wire.tcp import ACK, RST, SYN
+from stack.wire.tcp import ACK, FIN, RST, SYN
 
 JOIN = MpJoinSyn(address_id=3, token=0x01020304, nonce=0x0A0B0C0D, backup=True)
 
@@ -53,7 +53,8 @@ def _offline_tester(*arrivals: tuple[float, int]) -> tuple[tester_module.Tester,
     flags); its latest segment left at t=10."""
     tester = tester_module.Tester.__new__(tester_module.Tester)  # (a `Tester` name: collected)
     tester.inbox, tester.subflows, tester._by_fd, tester.last_sent = [], [], {}, 10.0
-    sf = Subflow(tester, "eth0", "192.0.2.1", 40000, "192.0.2.2", 5001)
+    sf = Subflow(tester, "eth0", "192.0.2.1", 40000, "192.0.2.2", 5001, iss=0)
+    sf.snd_nxt = 1  # what the IUT's segments acknowledge
     for when, flags in arrivals:
         tester.inbox.append(Segment(
             time=when, ifname="eth0", src="192.0.2.2", dst="192.0.2.1", sport=5001,
@@ -88,3 +89,11 @@ def test_expect_next_passes_over_only_what_skip_excuses() -> None:
     _, sf = _offline_tester()
     with pytest.raises(Outcome, match="next, within 0 s; saw nothing"):
         sf.expect_next(within=0, flags="R")
+
+
+def test_expect_next_passes_over_what_crossed_the_tester_s_segment() -> None:
+    # an ACK that does not cover the tester's latest data was sent before the IUT took it
+    tester, sf = _offline_tester((11.0, ACK), (12.0, ACK | FIN))
+    sf.snd_nxt = 1 + 100  # the tester then sent 100 bytes, which only the FIN acknowledges
+    tester.inbox[1].ack = 101
+    assert sf.expect_next(within=0, flags="FA").time == 12.0
