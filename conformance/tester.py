@@ -455,15 +455,47 @@ class Subflow:
         data: bool | None = None,
         within: float = 1.0,
         what: str = "",
-        strict: bool = False,
-        skip: Callable[[Segment], bool] | None = None,
     ) -> Segment:
-        """The first segment of this subflow matching the pattern, within `within` s.
-        `strict`: it must be the next one the IUT sends on the subflow (segments that
-        `skip` excuses aside): any other first is a deviation."""
+        """The first segment of this subflow matching the pattern, within `within` s;
+        whatever else the IUT sends first is passed over. For waits where other traffic
+        may legitimately come first (data, pure ACKs, window updates); where the RFC
+        prescribes the answer, use `expect_next`."""
         pattern = Pattern(flags, option, tuple(absent), where, data, what)
-        return self.tester.expect_pattern(pattern, within, owner=self.owns, where_text=repr(self),
-                                          strict=strict, skip=skip)  # fmt: skip
+        return self.tester.expect_pattern(pattern, within, owner=self.owns, where_text=repr(self))
+
+    def expect_next(
+        self,
+        flags: str | None = None,
+        option: type | tuple[type, ...] | None = None,
+        *,
+        absent: Iterable[type] = (),
+        where: Callable[[Segment], bool] | None = None,
+        data: bool | None = None,
+        within: float = 1.0,
+        what: str = "",
+        skip: Callable[[Segment], bool] | None = None,
+        since: float | None = None,
+    ) -> Segment:
+        """Strict, as a packetdrill line: the IUT's next segment on this subflow must
+        match the pattern, within `within` s; any other first is a deviation. "Next"
+        is the first unconsumed segment of the subflow that the IUT sent after it took
+        the tester's latest segment (the stimulus; `since`, a `time.time()` taken before
+        a stimulus of several segments, moves the start back). What it sent before
+        cannot answer it and is passed over: segments that arrived before the stimulus
+        left, and those whose ACK does not yet cover what the tester sent on the subflow
+        (they crossed it). So are the segments that `skip` excuses, which must be only
+        what TCP or the RFC lets come first (e.g. the IUT's own SYN retransmitted across
+        the tester's answer), never a deviation."""
+        pattern = Pattern(flags, option, tuple(absent), where, data, what)
+        snd_nxt = self.snd_nxt
+
+        def excused(segment: Segment) -> bool:
+            crossed = bool(segment.flags & ACK) and (segment.ack - snd_nxt) & 0x80000000 != 0
+            return crossed or (skip is not None and skip(segment))
+
+        return self.tester.expect_next_pattern(pattern, within, owner=self.owns,
+                                               where_text=repr(self), skip=excused,
+                                               since=since)  # fmt: skip
 
     def read_stream(
         self,
@@ -545,6 +577,7 @@ class Tester:
         self.connections: list[MptcpConnection] = []
         self.subflows: list[Subflow] = []  # every subflow the tester made: all tracked
         self.started = time.time()
+        self.last_sent = self.started  # when the latest frame left (`expect_next`'s start)
         try:
             self._open()
         except BaseException:
@@ -730,6 +763,7 @@ class Tester:
         except OSError as error:
             raise TesterError(f"sending on {ifname} failed: {error.strerror}") from None
         self.records.append(Record(when, "out", ifname, frame))
+        self.last_sent = when
 
     def _poll(self, timeout: float) -> None:
         """Wait up to `timeout` s for frames, then read everything waiting."""
@@ -854,26 +888,49 @@ class Tester:
         *,
         owner: Callable[[Segment], bool] | None = None,
         where_text: str = "",
-        strict: bool = False,
-        skip: Callable[[Segment], bool] | None = None,
     ) -> Segment:
-        """The first unconsumed segment (of `owner`) matching, consumed. `strict`: the
-        first unconsumed one at all (those `skip` excuses are passed over and stay
-        unconsumed) must match; another first is a deviation, and is consumed."""
+        """The first unconsumed segment (of `owner`) matching, consumed; those before it
+        are passed over (and stay unconsumed)."""
         start = len(self.inbox)
-        place = f" on {where_text}" if where_text else ""
-        if strict:
-            found = self.next_matching(Pattern(where=lambda s: skip is None or not skip(s)),
-                                       within, owner=owner)  # fmt: skip
-            if found is not None and not pattern.matches(found):
-                raise deviates(f"expected {pattern}{place} next; first came {found.describe()}")
-        else:
-            found = self.next_matching(pattern, within, owner=owner)
+        found = self.next_matching(pattern, within, owner=owner)
         if found is not None:
             return found
+        raise deviates(f"expected {pattern}{_place(where_text)} within {within:g} s; "
+                       f"saw {self._seen(start, owner)}")  # fmt: skip
+
+    def expect_next_pattern(
+        self,
+        pattern: Pattern,
+        within: float,
+        *,
+        owner: Callable[[Segment], bool] | None = None,
+        where_text: str = "",
+        skip: Callable[[Segment], bool] | None = None,
+        since: float | None = None,
+    ) -> Segment:
+        """Strict: the first unconsumed segment (of `owner`) stamped after `since`
+        (default: the tester's latest segment sent) that `skip` does not excuse must
+        match; it is consumed either way, and another one is a deviation. Segments from
+        before `since` and those `skip` excuses are passed over and stay unconsumed."""
+        start = len(self.inbox)
+        begin = self.last_sent if since is None else since
+
+        def candidate(segment: Segment) -> bool:
+            return segment.time >= begin and (skip is None or not skip(segment))
+
+        found = self.next_matching(Pattern(where=candidate), within, owner=owner)
+        if found is None:
+            raise deviates(f"expected {pattern}{_place(where_text)} next, within {within:g} s; "
+                           f"saw {self._seen(start, owner)}")  # fmt: skip
+        if not pattern.matches(found):
+            raise deviates(f"expected {pattern}{_place(where_text)} next; first came "
+                           f"{found.describe()}")  # fmt: skip
+        return found
+
+    def _seen(self, start: int, owner: Callable[[Segment], bool] | None) -> str:
+        """The last segments (of `owner`) from a little before `start` on, for messages."""
         seen = [s for s in self.inbox[max(0, start - 5) :] if owner is None or owner(s)]
-        seen_text = "; ".join(s.describe() for s in seen[-6:]) if seen else "nothing"
-        raise deviates(f"expected {pattern}{place} within {within:g} s; saw {seen_text}")
+        return "; ".join(s.describe() for s in seen[-6:]) if seen else "nothing"
 
     def expect_none_pattern(
         self,
@@ -949,7 +1006,8 @@ class Tester:
         flags: int = MPC_FLAG_H,
         within: float = 1.0,
     ) -> tuple[MptcpConnection, Subflow]:
-        """A complete MP_CAPABLE handshake to an IUT listener (SYN, SYN/ACK, ACK).
+        """A complete MP_CAPABLE handshake to an IUT listener (SYN, SYN/ACK, ACK); the
+        SYN/ACK must be the IUT's next segment (`expect_next`).
 
         `checksum` None follows the version's default: RFC 6824 §3.1 says A SHOULD be
         set (v0 asks for checksums), RFC 8684 §3.1 leaves it to policy (v1 does not).
@@ -963,7 +1021,7 @@ class Tester:
         if checksum:
             flags |= MPC_FLAG_A
         subflow.send("S", [self.mss(subflow.local), self.capable_syn(connection, flags)])
-        synack = subflow.expect("SA", MpCapable, within=within, what="SYN/ACK with MP_CAPABLE")
+        synack = subflow.expect_next("SA", MpCapable, within=within, what="SYN/ACK with MP_CAPABLE")
         option = synack.option(MpCapable)
         assert option is not None
         if option.sender_key is None:
@@ -1035,7 +1093,8 @@ class Tester:
         ack_hmac: bytes | Callable[[Subflow], bytes] | None = None,
         nonce: int | None = None,
     ) -> tuple[Subflow, Segment]:
-        """SYN + MP_JOIN, expect SYN/ACK + MP_JOIN with a valid HMAC-B, send the third ACK.
+        """SYN + MP_JOIN, SYN/ACK + MP_JOIN with a valid HMAC-B as the IUT's next segment
+        (`expect_next`), then the third ACK.
 
         Returns the subflow and the SYN/ACK. `ack_hmac` replaces HMAC-A (to send a bad
         one): bytes, or a function of the subflow (its nonces are known by then). `nonce`
@@ -1058,7 +1117,7 @@ class Tester:
                 ),
             ],
         )
-        synack = subflow.expect("SA", MpJoinSynAck, within=within, what="SYN/ACK with MP_JOIN")
+        synack = subflow.expect_next("SA", MpJoinSynAck, within=within, what="SYN/ACK with MP_JOIN")
         option = synack.option(MpJoinSynAck)
         assert option is not None
         subflow.remote_nonce = option.nonce
@@ -1138,6 +1197,10 @@ class Tester:
                 f"len {len(segment.payload)}  {options or 'no mptcp options'}"
             )
         return "\n".join(lines) + "\n"
+
+
+def _place(where_text: str) -> str:
+    return f" on {where_text}" if where_text else ""
 
 
 def write_pcap(path: Path, records: Iterable[Record]) -> None:

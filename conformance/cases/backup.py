@@ -36,6 +36,7 @@ def _data_only_on(
     "SYN/ACK, although the tester's SYN had B=0.",
 )
 def synack_b_bit_from_backup_endpoint(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"signal", "backup"})
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=False)
@@ -53,6 +54,7 @@ def synack_b_bit_from_backup_endpoint(ctx: Context) -> None:
     "gets a SYN/ACK with B=0.",
 )
 def synack_b_bit_is_not_an_echo(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1", backup=True)
     if synack.need(MpJoinSynAck).backup:
@@ -69,6 +71,8 @@ def synack_b_bit_is_not_an_echo(ctx: Context) -> None:
     "tester joined as backup (B=1): its data goes on the regular subflow.",
 )
 def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, regular = established(ctx)
     backup = joined(ctx, conn, backup=True)
     _data_only_on(ctx, conn, regular, avoiding=backup, sending_on=backup)
@@ -83,6 +87,8 @@ def no_data_on_backup_while_regular_usable(ctx: Context) -> None:
     expected="When the regular subflow is reset, the IUT moves its data to the backup subflow.",
 )
 def data_moves_to_backup_after_reset(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, regular = established(ctx)
     backup = joined(ctx, conn, backup=True)
     regular.send("R", seq=regular.snd_nxt)
@@ -99,6 +105,8 @@ def data_moves_to_backup_after_reset(ctx: Context) -> None:
     "backup subflow.",
 )
 def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echo, which retransmissions on the
+    dead path and pure ACKs may precede."""
     conn, _ = established(ctx)
     backup = joined(ctx, conn, backup=True)
     ctx.topo.links["path1"].blackhole(True)
@@ -115,6 +123,8 @@ def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
     "on the other, regular subflow.",
 )
 def mp_prio_v1_makes_subflow_backup(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, first = established(ctx)
     second = joined(ctx, conn)
     first.send("A", [MpPrio(backup=True), conn.data_ack()])
@@ -130,6 +140,8 @@ def mp_prio_v1_makes_subflow_backup(ctx: Context) -> None:
     "makes that subflow backup: data goes on the other subflow.",
 )
 def mp_prio_v0_with_address_id(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, first = established(ctx)
     second = joined(ctx, conn, ifname="eth0")
     first.send("A", [MpPrio(backup=True, address_id=0), conn.data_ack()])
@@ -147,6 +159,8 @@ def mp_prio_v0_with_address_id(ctx: Context) -> None:
     "subflow's address ID, it makes the second backup, and data stays on the first.",
 )
 def mp_prio_v0_names_another_subflow(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, first = established(ctx)
     second = joined(ctx, conn, address_id=4)
     first.send("A", [MpPrio(backup=True, address_id=4), conn.data_ack()])
@@ -162,6 +176,7 @@ def mp_prio_v0_names_another_subflow(ctx: Context) -> None:
     "nothing: the connection goes on carrying data.",
 )
 def mp_prio_for_unknown_subflow_ignored(ctx: Context) -> None:
+    """expect: the echo may follow a pure ACK of the data."""
     conn, sf = established(ctx)
     sf.send("A", [MpPrio(backup=True, address_id=42), conn.data_ack()])
     exchange(ctx, conn, sf, b"still regular", on=sf)
@@ -176,6 +191,8 @@ def mp_prio_for_unknown_subflow_ignored(ctx: Context) -> None:
     expected="When every subflow is backup, the IUT still sends data (on a backup subflow).",
 )
 def all_backup_connection_carries_data(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echoes, which pure ACKs may
+    precede."""
     conn, first = established(ctx)
     joined(ctx, conn, backup=True)
     first.send("A", [MpPrio(backup=True), conn.data_ack()])
@@ -193,6 +210,8 @@ def all_backup_connection_carries_data(ctx: Context) -> None:
     "the endpoint's address ID).",
 )
 def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for MP_PRIO: a local change, not an answer,
+    so the IUT's other traffic may come first."""
     address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"})
     conn, _ = established(ctx)

@@ -16,11 +16,11 @@ from conformance.cases.steps import (
     established,
     exchange,
     expect_data_ack,
-    expect_rst,
     initiated,
     is_rst,
     iut_syn,
     joined,
+    syn_again,
     valid_checksum,
 )
 from conformance.iut.base import source_bytes
@@ -40,6 +40,7 @@ from stack.wire.tcp import RST, TcpOption
     "payload and whose subflow sequence number is relative to the subflow's ISN.",
 )
 def mapping_covers_payload(ctx: Context) -> None:
+    """expect: the echo (and its data ACK) may follow a pure ACK of the data."""
     conn, sf = established(ctx)
     before = sf.relative_rcv_nxt
     echo = exchange(ctx, conn, sf, b"m" * 300)
@@ -61,6 +62,7 @@ def mapping_covers_payload(ctx: Context) -> None:
     "the next DSN it expects.",
 )
 def data_ack_advances(ctx: Context) -> None:
+    """expect: the data ACK may ride on any segment after the data."""
     conn, sf = established(ctx)
     echo = exchange(ctx, conn, sf, b"a" * 500)
     expect_data_ack(sf, conn.data_snd_nxt, echo)
@@ -75,6 +77,8 @@ def data_ack_advances(ctx: Context) -> None:
     "covers the DATA_FIN (one DSN past the data).",
 )
 def data_fin_acknowledged(ctx: Context) -> None:
+    """expect: the data ACK of the DATA_FIN may ride on any later segment (a pure ACK or the IUT's
+    own DATA_FIN)."""
     conn, sf = established(ctx)
     ctx.tester.send_data(conn, sf, b"", data_fin=True)
     expect_data_ack(sf, conn.data_snd_nxt)
@@ -89,6 +93,8 @@ def data_fin_acknowledged(ctx: Context) -> None:
     "its own DATA_FIN (DSS with F).",
 )
 def iut_sends_data_fin_on_close(ctx: Context) -> None:
+    """expect: the DATA_FIN follows the application's close; the ACK of the tester's DATA_FIN may
+    come first."""
     conn, sf = established(ctx)
     ctx.tester.send_data(conn, sf, b"", data_fin=True)
     sf.expect(option=Dss, within=1, what="DSS with DATA_FIN", where=lambda s: s.need(Dss).data_fin)
@@ -103,6 +109,8 @@ def iut_sends_data_fin_on_close(ctx: Context) -> None:
     "follows its last byte.",
 )
 def initiator_data_fin_after_data(ctx: Context) -> None:
+    """expect_next for the third ACK (`initiated`); expect for the data and DATA_FIN, which pure
+    ACKs may precede."""
     conn, sf, _ = initiated(ctx, mode="source", nbytes=300)
     total = 0
     while True:
@@ -129,6 +137,7 @@ def initiator_data_fin_after_data(ctx: Context) -> None:
     "the bytes once.",
 )
 def duplicate_mapping_delivered_once(ctx: Context) -> None:
+    """expect: the echo may follow pure ACKs (of the data and its duplicate)."""
     conn, sf = established(ctx)
     payload = b"once only"
     dss = conn.mapping(sf, payload)
@@ -151,6 +160,8 @@ def duplicate_mapping_delivered_once(ctx: Context) -> None:
     "the IUT answers with MP_FAIL or resets the subflow.",
 )
 def bad_dss_checksum_fails(ctx: Context) -> None:
+    """expect_next (`_bad_checksum`): MP_FAIL or the RST is the answer to the failed checksum
+    (§3.7)."""
     conn, sf = established(ctx, checksum=True)
     _bad_checksum(ctx, conn, sf, b"corrupted on the way")
 
@@ -164,6 +175,8 @@ def bad_dss_checksum_fails(ctx: Context) -> None:
     "level (the tester's data is not ended by a subflow FIN).",
 )
 def subflow_fin_is_not_data_fin(ctx: Context) -> None:
+    """expect: TCP may delay the ACK of the FIN; what matters is that no DATA_FIN follows
+    (expect_none)."""
     conn, sf = established(ctx)
     sf.send("FA", [conn.data_ack()])
     sf.expect(
@@ -181,6 +194,7 @@ def subflow_fin_is_not_data_fin(ctx: Context) -> None:
     "data ACK are accepted: the data of two such mappings comes back echoed, in order.",
 )
 def dsn_32_bit_mapping_accepted(ctx: Context) -> None:
+    """expect: the echo (and its data ACK) may follow a pure ACK of the data."""
     conn, sf = established(ctx)
     payloads = [b"four-byte DSN, one", b"four-byte DSN, two"]
     for payload in payloads:
@@ -216,6 +230,7 @@ def _short(dss: Dss) -> Dss:
     "it sent again at the data level (reinjected) within 2.5 s.",
 )
 def data_ack_32_bit_accepted(ctx: Context) -> None:
+    """Reads the stream as plain TCP (`read_stream`); no answer to wait for."""
     nbytes = 200_000
     conn, sf = established(ctx, mode="source", nbytes=nbytes)
 
@@ -248,6 +263,7 @@ def _checksums_required(ctx: Context) -> None:
     "checksummed data is delivered.",
 )
 def iut_requires_checksums(ctx: Context) -> None:
+    """expect (`established`, `exchange`): the echo may follow a pure ACK of the data."""
     _checksums_required(ctx)
     conn, sf = established(ctx, checksum=False)
     synack = next(s for s in ctx.tester.received(sf.owns) if s.has("SA"))
@@ -268,6 +284,7 @@ def iut_requires_checksums(ctx: Context) -> None:
     "first data then carries a valid DSS checksum.",
 )
 def initiator_requires_checksums(ctx: Context) -> None:
+    """expect: the third ACK comes before the first data."""
     _checksums_required(ctx)
     t = ctx.tester
     syn = iut_syn(ctx, mode="source", nbytes=300)
@@ -299,28 +316,33 @@ def initiator_requires_checksums(ctx: Context) -> None:
     "data is not echoed.",
 )
 def missing_checksum_resets_subflow(ctx: Context) -> None:
+    """expect_next: a mapping without its checksum MUST get the subflow reset (§3.3), as the
+    answer."""
     conn, sf = established(ctx, checksum=True)
     payload = b"mapping without its checksum"
     sf.send("PA", [replace(conn.mapping(sf, payload), checksum=None)], payload)
-    answer = sf.expect(within=1, what="RST", where=lambda s: is_rst(s) or bool(s.payload))
-    if not is_rst(answer):
+    answer = sf.expect_next(within=1, what="RST", skip=syn_again(sf))
+    if answer.payload:
         raise deviates(f"data mapped without a checksum was delivered: {answer.describe()}")
+    if not is_rst(answer):
+        raise deviates(f"expected a RST next, the answer to a mapping without a checksum; "
+                       f"first came {answer.describe()}")  # fmt: skip
 
 
 def _bad_checksum(
     ctx: Context, conn: MptcpConnection, sf: Subflow, payload: bytes
 ) -> tuple[int, Segment]:
-    """Send `payload` with a wrong DSS checksum; the IUT's first answer (anything but a
-    pure ACK without MPTCP options) and the DSN of the bad mapping."""
+    """Send `payload` with a wrong DSS checksum; the IUT's next segment (`expect_next`),
+    which must carry MP_FAIL or be a RST (RFC 8684 §3.7: MP_FAIL on the ACK of the
+    failed data, or a RST), and the DSN of the bad mapping."""
     dss = conn.mapping(sf, payload)
     sf.send("PA", [replace(dss, checksum=(dss.checksum or 0) ^ 0xFFFF)], payload)
-    answer = sf.expect(
-        within=1,
-        what="MP_FAIL or RST",
-        where=lambda s: s.option(MpFail) is not None or bool(s.flags & RST) or bool(s.payload),
-    )
-    if answer.payload:
+    answer = sf.expect_next(within=1, what="MP_FAIL or RST", skip=syn_again(sf))
+    if answer.payload and answer.option(MpFail) is None:
         raise deviates(f"data with a bad checksum was delivered: {answer.describe()}")
+    if answer.option(MpFail) is None and not answer.flags & RST:
+        raise deviates(f"expected MP_FAIL or a RST next, the answer to a failed checksum; "
+                       f"first came {answer.describe()}")  # fmt: skip
     return dss.dsn or 0, answer
 
 
@@ -338,6 +360,8 @@ def _bad_checksum(
     "TCP (the echo comes back whole).",
 )
 def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
+    """expect_next for MP_FAIL, the answer to the failed checksum (§3.7); expect for the echo after
+    the fallback, which pure ACKs may precede."""
     _checksums_required(ctx)
     conn, sf = established(ctx)
     payload = b"flipped on the way"
@@ -404,12 +428,17 @@ def _infinite_mapping_fallback(
     "connection goes on on the other.",
 )
 def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
+    """expect_next for the fourth ACK and for the RST with MP_FAIL, the answer to the failed
+    checksum with another subflow in use (§3.7); expect for the echo."""
     _checksums_required(ctx)
     conn, first = established(ctx)
     second = joined(ctx, conn)
     payload = b"flipped on the second path"
-    dsn, answer = _bad_checksum(ctx, conn, second, payload)
-    rst = answer if is_rst(answer) else expect_rst(second)
+    dsn, rst = _bad_checksum(ctx, conn, second, payload)
+    if not is_rst(rst):
+        # RFC 8684 §3.7: with other subflows, the failing one "MUST be closed with a RST"
+        raise deviates(f"expected the RST next, with other subflows in use; first came "
+                       f"{rst.describe()}")  # fmt: skip
     fail = rst.option(MpFail)
     if fail is None or fail.dsn != dsn:
         # RFC 8684 §3.7: "closed with a RST that includes an MP_FAIL option, which

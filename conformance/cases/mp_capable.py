@@ -15,6 +15,7 @@ from conformance.cases.steps import (
     initiated,
     iut_syn,
     plain_synack,
+    syn_again,
     tester_syn,
     valid_checksum,
 )
@@ -42,9 +43,10 @@ from stack.wire.tcp import MaxSegmentSize
     "v1 of 12 bytes carrying Key-B, with H set and B clear.",
 )
 def v1_syn_gets_v1_synack(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
-    synack = sf.expect("SA", MpCapable, within=1)
+    synack = sf.expect_next("SA", MpCapable, within=1)
     _capable_format(synack, "SYN/ACK", version=1, key=True)
 
 
@@ -70,9 +72,10 @@ def _capable_format(segment: Segment, name: str, *, version: int, key: bool) -> 
     "v0 of 12 bytes carrying Key-B alone, with H set and B clear.",
 )
 def v0_syn_gets_v0_synack(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | MPC_FLAG_A))
-    synack = sf.expect("SA", MpCapable, within=1)
+    synack = sf.expect_next("SA", MpCapable, within=1)
     _capable_format(synack, "SYN/ACK", version=0, key=True)
 
 
@@ -85,9 +88,10 @@ def v0_syn_gets_v0_synack(ctx: Context) -> None:
     "even to a SYN without A, unless configured otherwise.",
 )
 def v0_synack_asks_for_checksums(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H))
-    synack = sf.expect("SA", MpCapable, within=1)
+    synack = sf.expect_next("SA", MpCapable, within=1)
     if not synack.need(MpCapable).checksum_required:
         raise deviates(f"v0 SYN/ACK without A (checksum required): {synack.describe()}")
 
@@ -100,6 +104,7 @@ def v0_synack_asks_for_checksums(ctx: Context) -> None:
     "with a version no higher than 0, i.e. falls back: a SYN/ACK without MP_CAPABLE.",
 )
 def v0_syn_to_v1_host_falls_back(ctx: Context) -> None:
+    """expect_next (`plain_synack`): the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, MpCapable(version=0, flags=MPC_FLAG_H, sender_key=0x1122334455667788))
     plain_synack(sf)
@@ -113,9 +118,10 @@ def v0_syn_to_v1_host_falls_back(ctx: Context) -> None:
     "version 1, the highest the responder supports.",
 )
 def higher_version_syn_gets_v1(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, MpCapable(version=2, flags=MPC_FLAG_H))
-    synack = sf.expect("SA", within=1)
+    synack = sf.expect_next("SA", within=1)
     option = synack.option(MpCapable)
     if option is None or option.version != 1:
         raise deviates(f"expected MP_CAPABLE v1 in the SYN/ACK: {synack.describe()}")
@@ -129,6 +135,7 @@ def higher_version_syn_gets_v1(ctx: Context) -> None:
     "understood, so the option is ignored: a plain SYN/ACK (fallback).",
 )
 def b_flag_syn_is_ignored(ctx: Context) -> None:
+    """expect_next (`plain_synack`): the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H | MPC_FLAG_B))
     plain_synack(sf)
@@ -144,6 +151,7 @@ def b_flag_syn_is_ignored(ctx: Context) -> None:
     "format): no SYN/ACK, no RST.",
 )
 def v0_b_flag_syn_silently_ignored(ctx: Context) -> None:
+    """expect_none: no answer at all is the prescribed one."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | MPC_FLAG_A | MPC_FLAG_B))
     sf.expect_none(within=0.5, what="any answer to the SYN")
@@ -158,6 +166,7 @@ def v0_b_flag_syn_silently_ignored(ctx: Context) -> None:
     "SYN/ACK without MP_CAPABLE: no common algorithm, fall back.",
 )
 def no_h_flag_syn_falls_back(ctx: Context) -> None:
+    """expect_next (`plain_synack`): the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, capable_syn(ctx, 0))
     plain_synack(sf)
@@ -172,9 +181,10 @@ def no_h_flag_syn_falls_back(ctx: Context) -> None:
     "besides H gets a SYN/ACK with MP_CAPABLE that picks H alone.",
 )
 def unassigned_flags_ignored(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, capable_syn(ctx, MPC_FLAG_H | 0x1E))
-    synack = sf.expect("SA", within=1)
+    synack = sf.expect_next("SA", within=1)
     option = synack.option(MpCapable)
     if option is None:
         raise deviates(f"no MP_CAPABLE in the SYN/ACK: {synack.describe()}")
@@ -191,6 +201,8 @@ def unassigned_flags_ignored(ctx: Context) -> None:
     "mappings then carry a valid DSS checksum.",
 )
 def a_flag_requires_checksums(ctx: Context) -> None:
+    """expect (`established`): the echo's mapping is checked, and TCP may acknowledge the data on a
+    pure ACK before the echo."""
     conn, sf = established(ctx, checksum=True)
     valid_checksum(conn, ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1])
 
@@ -204,9 +216,10 @@ def a_flag_requires_checksums(ctx: Context) -> None:
     "MP_CAPABLE: the SYN/ACK carries no MP_CAPABLE.",
 )
 def bad_option_length_syn(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     sf = tester_syn(ctx, raw_options=bytes((30, 5, ctx.version, MPC_FLAG_H, 0)))
-    sf.expect("SA", absent=[MpCapable], within=1, what="a SYN/ACK without MP_CAPABLE")
+    sf.expect_next("SA", absent=[MpCapable], within=1, what="a SYN/ACK without MP_CAPABLE")
 
 
 @case(
@@ -218,13 +231,15 @@ def bad_option_length_syn(ctx: Context) -> None:
     "is delivered (echoed with a DSS mapping).",
 )
 def lost_third_ack_first_data_establishes(ctx: Context) -> None:
+    """expect_next for the SYN/ACK; expect for the echo, which a pure ACK of the data may
+    precede."""
     ctx.iut.listen(ctx.port)
     t = ctx.tester
     conn = t.connection(1)
     sf = tester_syn(ctx, MpCapable(version=1, flags=MPC_FLAG_H))
     sf.connection = conn
     conn.subflows.append(sf)
-    synack = sf.expect("SA", MpCapable, within=1)
+    synack = sf.expect_next("SA", MpCapable, within=1)
     option = synack.option(MpCapable)
     assert option is not None and option.sender_key is not None
     conn.learn_remote_key(option.sender_key)
@@ -242,6 +257,7 @@ def lost_third_ack_first_data_establishes(ctx: Context) -> None:
     expected="The IUT's SYN carries MP_CAPABLE v1 of 4 bytes (no key) with H set, B clear.",
 )
 def initiator_v1_syn_format(ctx: Context) -> None:
+    """expect (`iut_syn`): the IUT's SYN is the first thing it sends; nothing to answer."""
     _capable_format(iut_syn(ctx), "SYN", version=1, key=False)
 
 
@@ -254,6 +270,7 @@ def initiator_v1_syn_format(ctx: Context) -> None:
     expected="The IUT's v0 SYN carries MP_CAPABLE v0 of 12 bytes with Key-A alone, H set, B clear.",
 )
 def initiator_v0_syn_format(ctx: Context) -> None:
+    """expect (`iut_syn`): the IUT's SYN is the first thing it sends; nothing to answer."""
     _capable_format(iut_syn(ctx), "SYN", version=0, key=True)
 
 
@@ -266,6 +283,7 @@ def initiator_v0_syn_format(ctx: Context) -> None:
     "required), unless configured otherwise.",
 )
 def initiator_v0_syn_asks_for_checksums(ctx: Context) -> None:
+    """expect (`iut_syn`): the IUT's SYN is the first thing it sends; nothing to answer."""
     syn = iut_syn(ctx)
     if not syn.need(MpCapable).checksum_required:
         raise deviates(f"v0 SYN without A (checksum required): {syn.describe()}")
@@ -281,6 +299,8 @@ def initiator_v0_syn_asks_for_checksums(ctx: Context) -> None:
     "one its SYN carried) and the tester's Key-B echoed exactly.",
 )
 def initiator_third_ack_has_both_keys(ctx: Context) -> None:
+    """expect_next (`initiated`): the third ACK answers the SYN/ACK (its SYN sent again
+    excepted)."""
     conn, _, ack = initiated(ctx)
     option = ack.option(MpCapable)
     assert option is not None
@@ -298,6 +318,7 @@ def initiator_third_ack_has_both_keys(ctx: Context) -> None:
     "both keys and the data-level length, or a DSS mapping once the peer acknowledged.",
 )
 def initiator_first_data_carries_keys(ctx: Context) -> None:
+    """expect: the third ACK comes before the first data."""
     t = ctx.tester
     syn = iut_syn(ctx, mode="source", nbytes=200)
     conn, sf = t.accept_mp_capable(syn)
@@ -319,6 +340,7 @@ def initiator_first_data_carries_keys(ctx: Context) -> None:
     "SHA-1(Key-A) from its SYN, with a valid DSS checksum (A set).",
 )
 def initiator_v0_first_data_mapping_at_idsn(ctx: Context) -> None:
+    """expect: the third ACK comes before the first data."""
     syn = iut_syn(ctx, mode="source", nbytes=200)
     conn, sf = ctx.tester.accept_mp_capable(syn, version=0)
     data = sf.expect(data=True, within=1, what="the IUT's first data")
@@ -342,11 +364,16 @@ def initiator_v0_first_data_mapping_at_idsn(ctx: Context) -> None:
     "and its data carry no MPTCP option.",
 )
 def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
+    """expect_next for the third ACK, which answers the SYN/ACK (its SYN sent again excepted);
+    expect for the data after it."""
     t = ctx.tester
     syn = iut_syn(ctx, mode="source", nbytes=100)
     sf = t.accept(syn)
     sf.send("SA", [MaxSegmentSize(1460)])
-    data = sf.expect(data=True, within=1, what="the IUT's data")
+    ack = sf.expect_next("A", within=1, what="the IUT's third ACK", skip=syn_again(sf))
+    if ack.mptcp:
+        raise deviates(f"the ACK of a plain SYN/ACK carries MPTCP options: {ack.describe()}")
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the IUT's data")
     if data.mptcp:
         raise deviates(f"data after a plain SYN/ACK carries MPTCP options: {data.describe()}")
 
@@ -360,6 +387,7 @@ def initiator_falls_back_on_plain_synack(ctx: Context) -> None:
     "not accepted: the initiator falls back (no MPTCP option on its ACK or data).",
 )
 def initiator_rejects_higher_version_synack(ctx: Context) -> None:
+    """expect_next: the ACK answers the SYN/ACK (its SYN sent again excepted)."""
     t = ctx.tester
     syn = iut_syn(ctx, mode="source", nbytes=100)
     sf = t.accept(syn)
@@ -370,7 +398,7 @@ def initiator_rejects_higher_version_synack(ctx: Context) -> None:
             MpCapable(version=2, flags=MPC_FLAG_H, sender_key=0x0102030405060708),
         ],
     )
-    answer = sf.expect(within=1, what="the IUT's ACK or data")
+    answer = sf.expect_next(within=1, what="the IUT's ACK or data", skip=syn_again(sf))
     if any(isinstance(o, MpCapable | Dss) for o in answer.options):
         raise deviates(f"IUT went on with MPTCP after a v2 SYN/ACK: {answer.describe()}")
 
@@ -384,6 +412,7 @@ def initiator_rejects_higher_version_synack(ctx: Context) -> None:
     "to the tester's source address, even with a subflow endpoint configured.",
 )
 def initiator_respects_c_flag(ctx: Context) -> None:
+    """expect_none: no join SYN at all is the prescribed behaviour."""
     ctx.iut.set_limits(2, 2)
     ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"})
     conn, sf, _ = initiated(ctx, synack_flags=MPC_FLAG_H | MPC_FLAG_C)

@@ -20,6 +20,7 @@ from conformance.cases.steps import (
     capable_syn,
     established,
     exchange,
+    expect_fourth_ack,
     expect_only_rst,
     expect_refusal,
     expect_rst,
@@ -28,6 +29,7 @@ from conformance.cases.steps import (
     iut_hmac_a,
     join_syn,
     joined,
+    syn_again,
     synack_hmac,
 )
 from conformance.iut import NotSupported
@@ -61,9 +63,10 @@ DUAL = "dual_homed"
     "third ACK (HMAC-A) the IUT sends the fourth ACK without MP_JOIN.",
 )
 def valid_join_completes(ctx: Context) -> None:
+    """expect_next: the SYN/ACK answers the join SYN and the fourth ACK the third ACK (§3.2)."""
     conn, _ = established(ctx)
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0")
-    sf.expect("A", absent=[MpJoinAck, MpJoinSynAck], within=1, what="the fourth ACK")
+    expect_fourth_ack(sf)
 
 
 @case(
@@ -77,6 +80,7 @@ def valid_join_completes(ctx: Context) -> None:
     "accepted: SYN/ACK with MP_JOIN and a valid HMAC-B.",
 )
 def join_from_unannounced_address(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     conn, _ = established(ctx)
     ctx.tester.join(conn, ctx.port, ifname="eth1")
 
@@ -91,6 +95,8 @@ def join_from_unannounced_address(ctx: Context) -> None:
     "echoed with a DSS mapping.",
 )
 def data_on_joined_subflow_delivered(ctx: Context) -> None:
+    """expect_next for the fourth ACK (`joined`); expect for the echo, which pure ACKs may
+    precede."""
     conn, _ = established(ctx)
     sf = joined(ctx, conn)
     exchange(ctx, conn, sf, b"via the second path")
@@ -105,6 +111,7 @@ def data_on_joined_subflow_delivered(ctx: Context) -> None:
     expected="A third ACK whose HMAC-A is wrong gets the subflow reset (RST).",
 )
 def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
+    """expect_next: a failed HMAC-A MUST get a RST (§3.2), as the IUT's answer to the third ACK."""
     conn, _ = established(ctx)
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=bytes(20))
     expect_rst(sf)
@@ -120,6 +127,8 @@ def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
     "which no longer verifies, gets the subflow reset (RST); the connection goes on.",
 )
 def replayed_join_refused(ctx: Context) -> None:
+    """expect_next for the SYN/ACKs, the fourth ACK and the RST (the answer to the replayed HMAC-A);
+    expect for the echo after it."""
     # The nonces are what defeats a replay (RFC 8684 §5, RFC 6824 §5): R-B must change,
     # so HMAC-A computed over the old R-B must fail the check of §3.2.
     ctx.iut.set_limits(8, 0)
@@ -144,6 +153,7 @@ def replayed_join_refused(ctx: Context) -> None:
     "leftmost 160 bits of HMAC-SHA256, not HMAC-SHA1) gets the subflow reset (RST).",
 )
 def v0_third_ack_with_sha256_hmac_reset(ctx: Context) -> None:
+    """expect_next: a failed HMAC-A MUST get a RST (§3.2), as the IUT's answer to the third ACK."""
     conn, _ = established(ctx)
 
     def v1_hmac(sf: Subflow) -> bytes:
@@ -156,8 +166,9 @@ def v0_third_ack_with_sha256_hmac_reset(ctx: Context) -> None:
 
 def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
     """After a join SYN: a RST, either at once or, when the IUT answered SYN/ACK with
-    MP_JOIN, after a valid third ACK (the join is never completed)."""
-    answer = sf.expect(
+    MP_JOIN, after a valid third ACK (the join is never completed: no fourth ACK). Each
+    is the IUT's next segment (`expect_next`)."""
+    answer = sf.expect_next(
         within=1,
         what="RST or SYN/ACK with MP_JOIN",
         where=lambda s: is_rst(s) or s.option(MpJoinSynAck) is not None,
@@ -179,10 +190,12 @@ def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
     "establish the subflow: it is reset.",
 )
 def third_ack_without_hmac_reset(ctx: Context) -> None:
+    """expect_next: the SYN/ACK answers the join SYN, the RST the third ACK without HMAC-A
+    (§3.2)."""
     conn, _ = established(ctx)
     sf, _ = join_syn(ctx, conn.remote_token)
     sf.connection = conn
-    sf.expect("SA", MpJoinSynAck, within=1)
+    sf.expect_next("SA", MpJoinSynAck, within=1)
     sf.send("A", [conn.data_ack()])
     expect_rst(sf)
 
@@ -196,6 +209,8 @@ def third_ack_without_hmac_reset(ctx: Context) -> None:
     "with MP_JOIN.",
 )
 def truncated_join_syn(ctx: Context) -> None:
+    """expect_none: what matters is that no SYN/ACK with MP_JOIN comes (a plain SYN/ACK or a RST
+    may)."""
     conn, _ = established(ctx)
     sf = ctx.tester.subflow(ctx.port)
     raw = MpJoinSyn(address_id=1, token=conn.remote_token, nonce=7).emit()
@@ -212,6 +227,8 @@ def truncated_join_syn(ctx: Context) -> None:
     "SYN/ACK with MP_JOIN.",
 )
 def oversized_join_syn(ctx: Context) -> None:
+    """expect_none: what matters is that no SYN/ACK with MP_JOIN comes (a plain SYN/ACK or a RST
+    may)."""
     conn, _ = established(ctx)
     sf = ctx.tester.subflow(ctx.port)
     raw = MpJoinSyn(address_id=1, token=conn.remote_token, nonce=7).emit()
@@ -228,6 +245,7 @@ def oversized_join_syn(ctx: Context) -> None:
     "SYN/ACK (the initial subflow's address has ID 0).",
 )
 def synack_address_id_of_initial_address(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth0")
     option = synack.option(MpJoinSynAck)
@@ -246,6 +264,7 @@ def synack_address_id_of_initial_address(ctx: Context) -> None:
     "the SYN/ACK.",
 )
 def synack_address_id_of_endpoint(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     ctx.iut.add_endpoint(ctx.iut_address("eth1"), id=7, flags={"signal"})
     conn, _ = established(ctx)
     _, synack = ctx.tester.join(conn, ctx.port, ifname="eth1")
@@ -262,12 +281,13 @@ def synack_address_id_of_endpoint(ctx: Context) -> None:
     expected="Every SYN/ACK with MP_JOIN carries a fresh random nonce R-B.",
 )
 def fresh_nonces(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a join SYN."""
     ctx.iut.set_limits(8, 0)
     conn, _ = established(ctx)
     nonces = []
     for _ in range(4):
         sf, _ = join_syn(ctx, conn.remote_token)
-        synack = sf.expect("SA", MpJoinSynAck, within=1)
+        synack = sf.expect_next("SA", MpJoinSynAck, within=1)
         nonces.append(synack.option(MpJoinSynAck).nonce)  # type: ignore[union-attr]
         sf.send("R", seq=sf.snd_nxt)
     if len(set(nonces)) != len(nonces):
@@ -284,6 +304,7 @@ def fresh_nonces(ctx: Context) -> None:
     "prohibited; v0 has no MP_TCPRST).",
 )
 def subflow_limit_reason_3(ctx: Context) -> None:
+    """expect_next (`_join_refused`): the refusal is the answer, at the SYN or to the third ACK."""
     ctx.iut.set_limits(0, 0)
     conn, _ = established(ctx)
     sf, _ = join_syn(ctx, conn.remote_token)
@@ -299,6 +320,8 @@ def subflow_limit_reason_3(ctx: Context) -> None:
     "SYN, or at the latest after the third ACK).",
 )
 def join_to_fallen_back_connection(ctx: Context) -> None:
+    """expect for the echo, which a pure ACK may precede; expect_next for the refusal, the answer to
+    the join."""
     ctx.iut.listen(ctx.port)
     t = ctx.tester
     conn, sf = t.connect(ctx.port, version=ctx.version)
@@ -317,10 +340,11 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
     "established) is refused with RST.",
 )
 def join_before_mp_capable_ack(ctx: Context) -> None:
+    """expect_next: the SYN/ACK answers the SYN, the RST the early join SYN."""
     ctx.iut.listen(ctx.port)
     sf = ctx.tester.subflow(ctx.port)
     sf.send("S", [ctx.tester.mss(sf.local), capable_syn(ctx)])
-    synack = sf.expect("SA", MpCapable, within=1)
+    synack = sf.expect_next("SA", MpCapable, within=1)
     key = synack.option(MpCapable).sender_key  # type: ignore[union-attr]
     join, _ = join_syn(ctx, crypto.key_token(key or 0, ctx.version))
     expect_rst(join)
@@ -336,6 +360,8 @@ def join_before_mp_capable_ack(ctx: Context) -> None:
     "with its HMAC, v0 of 10 bytes) is accepted: SYN/ACK with MP_JOIN.",
 )
 def join_to_announced_port(ctx: Context) -> None:
+    """expect for the ADD_ADDR (the IUT's own announcement; other traffic may precede it);
+    expect_next for the join's SYN/ACK."""
     address = ctx.iut_address("eth1")
     ctx.iut.add_endpoint(address, flags={"signal"}, port=6000)
     conn, sf = established(ctx)
@@ -392,6 +418,7 @@ def _initiator_join(
     "endpoint ID, any but 0, the initial address's).",
 )
 def initiator_join_syn_token(ctx: Context) -> None:
+    """expect: the IUT's join SYN opens a new subflow; nothing to answer."""
     configured = _subflow_endpoint(ctx)
     conn, _, _, syn = _initiator_join(ctx, endpoint=False)
     option = syn.need(MpJoinSyn)
@@ -414,9 +441,10 @@ def initiator_join_syn_token(ctx: Context) -> None:
     "leftmost 160 bits of HMAC-SHA256; v0: the whole HMAC-SHA1).",
 )
 def initiator_third_ack_hmac(ctx: Context) -> None:
+    """expect_next: the third ACK answers the SYN/ACK (its join SYN sent again excepted)."""
     conn, _, join, _ = _initiator_join(ctx)
     answer_join(conn, join)
-    ack = join.expect("A", MpJoinAck, within=1)
+    ack = join.expect_next("A", MpJoinAck, within=1, skip=syn_again(join))
     expected = iut_hmac_a(conn, join)
     if ack.need(MpJoinAck).hmac != expected:
         raise deviates(f"HMAC-A wrong: {ack.describe()}, expected {expected.hex()}")
@@ -436,6 +464,8 @@ _refusal = functools.partial(
     "after it.",
 )
 def initiator_bad_hmac_in_synack(ctx: Context) -> None:
+    """expect_next (`expect_only_rst`): the RST MUST be the answer; an ACK first would complete the
+    handshake."""
     refused_join_synack(ctx, "bad_hmac")
 
 
@@ -487,8 +517,9 @@ def refused_join_synack(
     on the join is a RST, and nothing but RSTs follow. Returns the connection, its
     first subflow and the RST."""
     conn, sf, join, _ = _initiator_join(ctx, mode=mode)
+    answered = time.time()  # some variants answer with two segments: "next" is after the first
     REFUSED_SYNACKS[variant](conn, join)
-    return conn, sf, expect_only_rst(join)
+    return conn, sf, expect_only_rst(join, since=answered)
 
 
 @_refusal(
@@ -496,6 +527,8 @@ def refused_join_synack(
     "RSTs only from the joining IUT: its next segment on the subflow is a RST.",
 )
 def initiator_bad_hmac_in_synack_twice(ctx: Context) -> None:
+    """expect_next (`expect_only_rst`): the RST MUST be the answer; an ACK first would complete the
+    handshake."""
     refused_join_synack(ctx, "bad_hmac_twice")
 
 
@@ -504,6 +537,8 @@ def initiator_bad_hmac_in_synack_twice(ctx: Context) -> None:
     "(not the one the join SYN left by) gets a RST only: no ACK first.",
 )
 def initiator_bad_hmac_in_synack_other_interface(ctx: Context) -> None:
+    """expect_next (`expect_only_rst`): the RST MUST be the answer; an ACK first would complete the
+    handshake."""
     refused_join_synack(ctx, "bad_hmac_other_interface")
 
 
@@ -513,6 +548,8 @@ def initiator_bad_hmac_in_synack_other_interface(ctx: Context) -> None:
     "RST only, no ACK first.",
 )
 def initiator_synack_without_mp_join(ctx: Context) -> None:
+    """expect_next (`expect_only_rst`): the RST MUST be the answer; an ACK first would complete the
+    handshake."""
     refused_join_synack(ctx, "no_mp_join")
 
 
@@ -521,6 +558,8 @@ def initiator_synack_without_mp_join(ctx: Context) -> None:
     "cut short) carries no valid MP_JOIN: the IUT closes the subflow with a RST only.",
 )
 def initiator_synack_with_malformed_mp_join(ctx: Context) -> None:
+    """expect_next (`expect_only_rst`): the RST MUST be the answer; an ACK first would complete the
+    handshake."""
     refused_join_synack(ctx, "malformed_mp_join")
 
 
@@ -534,10 +573,13 @@ def initiator_synack_with_malformed_mp_join(ctx: Context) -> None:
     "(with MP_JOIN and HMAC-A) within 3 s.",
 )
 def initiator_retransmits_third_ack(ctx: Context) -> None:
+    """expect_next: the third ACK answers the SYN/ACK, and with no answer to it the IUT's next
+    segment is the third ACK again (nothing else may go on a subflow not yet established)."""
     conn, _, join, _ = _initiator_join(ctx)
     answer_join(conn, join)
-    first = join.expect("A", MpJoinAck, within=1)
-    again = join.expect("A", MpJoinAck, within=3, what="a retransmitted third ACK")
+    first = join.expect_next("A", MpJoinAck, within=1, skip=syn_again(join))
+    again = join.expect_next("A", MpJoinAck, within=3, what="a retransmitted third ACK",
+                             skip=syn_again(join))  # fmt: skip
     # The RFC sets no interval; Linux resends after its minimum timer (2 jiffies, a few
     # ms on a veth's tiny RTT). Only a back-to-back duplicate is no timer retransmission.
     if again.time - first.time < 0.001:
@@ -554,9 +596,10 @@ def initiator_retransmits_third_ack(ctx: Context) -> None:
     "acknowledged (the fourth ACK), even while it has data to send.",
 )
 def initiator_no_data_before_fourth_ack(ctx: Context) -> None:
+    """expect_next for the third ACK, the answer to the SYN/ACK; expect_none for data."""
     conn, sf, join, _ = _initiator_join(ctx, mode="source", nbytes=200_000)
     answer_join(conn, join)
-    join.expect("A", MpJoinAck, within=1)
+    join.expect_next("A", MpJoinAck, within=1, skip=syn_again(join))
     join.expect_none(data=True, within=0.5, what="data before the fourth ACK")
     del sf
 
@@ -614,6 +657,8 @@ def _intervals_ms(acks: list[Segment]) -> list[float]:
     "interval at least 1.5 times the one before), and sends no data on the subflow.",
 )
 def initiator_third_ack_retransmission_backs_off(ctx: Context) -> None:
+    """Reads every segment of the join itself (`next_matching`): third ACKs, data (a deviation) or a
+    RST."""
     acks, rst = _fourth_ack_withheld(ctx, enough=lambda a: len(a) >= 5, within=3.5)
     gaps = _intervals_ms(acks)
     if not gaps and rst is None:
@@ -638,6 +683,8 @@ def initiator_third_ack_retransmission_backs_off(ctx: Context) -> None:
     "and resets the subflow, sending no data on it meanwhile.",
 )
 def initiator_third_ack_retransmission_bounded(ctx: Context) -> None:
+    """Reads every segment of the join itself (`next_matching`): third ACKs, data (a deviation) or a
+    RST."""
     started = time.monotonic()
     acks, rst = _fourth_ack_withheld(
         ctx, enough=lambda a: len(a) > MAX_THIRD_ACK_TRIES + 1, within=3
@@ -660,12 +707,15 @@ def initiator_third_ack_retransmission_bounded(ctx: Context) -> None:
     "but SYN/ACKs on the half-open one.",
 )
 def join_without_third_ack_not_counted(ctx: Context) -> None:
+    """expect_next: the SYN/ACKs answer the join SYNs, the fourth ACK (or a RST) the third ACK;
+    expect for the echo."""
     ctx.iut.set_limits(1, 0)
     conn, first = established(ctx)
     half, _ = join_syn(ctx, conn.remote_token)
-    half.expect("SA", MpJoinSynAck, within=1, what="SYN/ACK with MP_JOIN")
+    half.expect_next("SA", MpJoinSynAck, within=1, what="SYN/ACK with MP_JOIN")
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", address_id=2)
-    answer = sf.expect(within=1, what="the fourth ACK of the second join, or a RST")
+    answer = sf.expect_next(within=1, what="the fourth ACK of the second join, or a RST",
+                            skip=syn_again(sf))  # fmt: skip
     if answer.flags & RST:
         raise deviates(f"the complete join was refused, the half-open one counted: "
                        f"{answer.describe()}")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from conformance.cases import Context
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
@@ -95,12 +97,14 @@ def initiated(
     synack_flags: int | None = None,
 ) -> tuple[MptcpConnection, Subflow, Segment]:
     """The IUT connects to the tester, which accepts MP_CAPABLE, reads Key-A from the
-    third ACK and acknowledges it at the data level (fully established). In v0 Key-A
-    came on the SYN already, and the third ACK must repeat it (RFC 6824 §3.1)."""
+    third ACK (the IUT's next segment: `expect_next`, its SYN sent again excepted) and
+    acknowledges it at the data level (fully established). In v0 Key-A came on the SYN
+    already, and the third ACK must repeat it (RFC 6824 §3.1)."""
     syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source)
     kwargs = {} if synack_flags is None else {"flags": synack_flags}
     conn, sf = ctx.tester.accept_mp_capable(syn, version=ctx.version, **kwargs)
-    ack = sf.expect("A", MpCapable, within=1, what="third ACK with MP_CAPABLE")
+    ack = sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                         skip=syn_again(sf))  # fmt: skip
     option = ack.option(MpCapable)
     assert option is not None
     if option.sender_key is None:
@@ -145,8 +149,8 @@ def tester_syn(ctx: Context, *options: TcpOption, raw_options: bytes | None = No
 
 
 def plain_synack(sf: Subflow) -> Segment:
-    """The SYN/ACK of a responder that falls back: no MP_CAPABLE."""
-    return sf.expect("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
+    """The SYN/ACK of a responder that falls back (no MP_CAPABLE): the IUT's next segment."""
+    return sf.expect_next("SA", absent=[MpCapable], within=1, what="a plain SYN/ACK (fallback)")
 
 
 def join_syn(
@@ -172,8 +176,16 @@ def joined(ctx: Context, conn: MptcpConnection, *, ifname: str = "eth1", **join:
     """A complete join of the IUT's connection over `ifname`, up to the IUT's fourth
     ACK (the IUT then counts the subflow as established)."""
     sf, _ = ctx.tester.join(conn, ctx.port, ifname=ifname, **join)  # type: ignore[arg-type]
-    sf.expect("A", absent=[MpJoinAck], within=1, what="the fourth ACK")
+    expect_fourth_ack(sf)
     return sf
+
+
+def expect_fourth_ack(sf: Subflow) -> Segment:
+    """The IUT's next segment after the tester's third ACK of a join is the fourth ACK: an
+    ACK without MP_JOIN (RFC 8684 §3.2; its SYN/ACK retransmitted across the third ACK
+    excepted)."""
+    return sf.expect_next("A", absent=[MpJoinAck, MpJoinSynAck], within=1,
+                          what="the fourth ACK", skip=syn_again(sf))  # fmt: skip
 
 
 def accept_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
@@ -211,22 +223,39 @@ def is_rst(segment: Segment) -> bool:
     return bool(segment.flags & RST)
 
 
-def expect_rst(sf: Subflow, within: float = 1.0) -> Segment:
-    return sf.expect(within=within, what="RST", where=is_rst)
+def syn_again(sf: Subflow) -> Callable[[Segment], bool]:
+    """Whether a segment is the IUT's own SYN (or SYN/ACK) of `sf` sent again: a
+    retransmission that can cross the tester's answer, which TCP allows."""
+    irs = sf.irs
+    return lambda segment: segment.flags & (SYN | RST | FIN) == SYN and segment.seq == irs
 
 
-def expect_only_rst(sf: Subflow, within: float = 1.0, quiet: float = 0.3) -> Segment:
-    """The IUT's next segment on `sf` is a RST: anything else first is a deviation (a
-    retransmission of its own SYN, which can cross the tester's answer, excepted), and
-    so is anything but a RST in the `quiet` s after it."""
-    rst = sf.expect(where=is_rst, what="a RST", within=within, strict=True, skip=_bare_syn)
-    sf.expect_none(where=lambda s: not is_rst(s) and not _bare_syn(s), within=quiet,
+def pure_ack(segment: Segment) -> bool:
+    """A segment that only acknowledges: ACK, no data, no SYN/FIN/RST, no MPTCP option
+    but a DSS with a data ACK alone. TCP sends these when it likes (window updates,
+    duplicate ACKs, a data ACK that moved); skip them only where the RFC prescribes an
+    action (close the subflow) rather than the answer."""
+    if segment.flags & (SYN | FIN | RST) or not segment.flags & ACK or segment.payload:
+        return False
+    return all(isinstance(o, Dss) and o.dsn is None and not o.data_fin for o in segment.mptcp)
+
+
+def expect_rst(sf: Subflow, within: float = 1.0, *, since: float | None = None) -> Segment:
+    """The IUT's next segment on `sf` is a RST (`expect_next`; its SYN or SYN/ACK
+    retransmitted across the tester's segment excepted): for resets the RFC prescribes."""
+    return sf.expect_next(within=within, what="RST", where=is_rst, skip=syn_again(sf), since=since)
+
+
+def expect_only_rst(
+    sf: Subflow, within: float = 1.0, quiet: float = 0.3, *, since: float | None = None
+) -> Segment:
+    """The IUT's next segment on `sf` is a RST (`expect_rst`), and nothing but RSTs (and
+    its own SYN again) follow in the `quiet` s after it."""
+    rst = expect_rst(sf, within, since=since)
+    again = syn_again(sf)
+    sf.expect_none(where=lambda s: not is_rst(s) and not again(s), within=quiet,
                    what="a segment other than a RST after the RST")  # fmt: skip
     return rst
-
-
-def _bare_syn(segment: Segment) -> bool:
-    return segment.flags & (SYN | ACK | RST | FIN) == SYN
 
 
 def expect_data_ack(sf: Subflow, expected: int, already: Segment | None = None) -> None:

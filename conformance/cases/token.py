@@ -31,6 +31,7 @@ from stack.wire.mptcp import Dss, MpCapable, MpFastclose, MpJoinSynAck
     "bits of H(Key-B): SHA-256 in v1, SHA-1 in v0.",
 )
 def idsn_from_key(ctx: Context) -> None:
+    """expect (`established`): the echo's DSN is checked; a pure ACK of the data may precede it."""
     conn, sf = established(ctx)
     echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[0]
     dss = echo.option(Dss)
@@ -52,6 +53,7 @@ def idsn_from_key(ctx: Context) -> None:
     "H(Key-B): SHA-256 in v1, SHA-1 in v0) is recognised: SYN/ACK with MP_JOIN.",
 )
 def token_from_key_accepted(ctx: Context) -> None:
+    """expect_next (`Tester.join`): the SYN/ACK is the only answer to a join SYN."""
     conn, _ = established(ctx)
     ctx.tester.join(conn, ctx.port, ifname="eth0")
 
@@ -64,11 +66,12 @@ def token_from_key_accepted(ctx: Context) -> None:
     expected="Across 200 connections the IUT's keys, and so its tokens, are all distinct.",
 )
 def keys_and_tokens_unique(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN."""
     ctx.iut.listen(ctx.port)
     keys: dict[int, int] = {}
     for index in range(200):
         sf = tester_syn(ctx, capable_syn(ctx))
-        synack = sf.expect("SA", MpCapable, within=1)
+        synack = sf.expect_next("SA", MpCapable, within=1)
         option = synack.option(MpCapable)
         assert option is not None and option.sender_key is not None
         sf.send("R", seq=sf.snd_nxt)
@@ -87,14 +90,16 @@ def keys_and_tokens_unique(ctx: Context) -> None:
     expected="A join SYN with an unknown token is refused with RST.",
 )
 def join_unknown_token_reset(ctx: Context) -> None:
+    """expect_next: the RFC prescribes the RST as the answer to the join SYN."""
     conn, _ = established(ctx)
     _refused_at_syn(ctx, conn.remote_token ^ 0x5A5A5A5A)
 
 
 def _refused_at_syn(ctx: Context, token: int) -> None:
-    """A join SYN for `token` gets a RST, not a SYN/ACK with MP_JOIN."""
+    """A join SYN for `token` gets a RST as the IUT's next segment (`expect_next`), not a
+    SYN/ACK with MP_JOIN."""
     sf, _ = join_syn(ctx, token)
-    sf.expect("RA", absent=[MpJoinSynAck], within=1, what="RST")
+    sf.expect_next("RA", absent=[MpJoinSynAck], within=1, what="RST")
 
 
 @case(
@@ -106,6 +111,8 @@ def _refused_at_syn(ctx: Context, token: int) -> None:
     "MP_FASTCLOSE) is refused with RST.",
 )
 def join_token_of_closed_connection(ctx: Context) -> None:
+    """expect_next: the RFC prescribes the RST as the answer to MP_FASTCLOSE, and to the join
+    SYN."""
     conn, sf = established(ctx)
     sf.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)])
     expect_rst(sf)
@@ -122,6 +129,7 @@ def join_token_of_closed_connection(ctx: Context) -> None:
     "SHA-1 of Key-B, in v0 SHA-256 of Key-B) is unknown and refused with RST.",
 )
 def join_token_of_wrong_hash(ctx: Context) -> None:
+    """expect_next: the RFC prescribes the RST as the answer to the join SYN."""
     conn, _ = established(ctx)
     _refused_at_syn(ctx, crypto.key_token(conn.remote_key or 0, 1 - ctx.version))
 
@@ -135,6 +143,7 @@ def join_token_of_wrong_hash(ctx: Context) -> None:
     "(IDSN-A from H of the tester's key: SHA-256 in v1, SHA-1 in v0).",
 )
 def data_ack_uses_tester_idsn(ctx: Context) -> None:
+    """expect: the data ACK may ride on any segment after the data."""
     conn, sf = established(ctx)
     echo = exchange(ctx, conn, sf, b"x" * 100)
     expect_data_ack(sf, conn.data_snd_nxt, echo)

@@ -14,7 +14,7 @@ import pytest
 from conformance.cases import by_id, catalogue
 from conformance.iut import DRIVERS
 from conformance.iut.kernel import KernelIut
-from conformance.iut.stack import StackIut, StackV0Iut
+from conformance.iut.stack import StackIut, StackV0Iut, StackV1Iut
 from conformance.model import Verdict
 from conformance.runner import run_one, select_cases
 
@@ -67,19 +67,39 @@ crypto.join_hmac = join_hmac
 """
 
 
-class WrongJoinHashStackV0(StackV0Iut):
-    """Our v0 stack with a planted fault: its join HMACs (HMAC-B it sends, HMAC-A it
-    sends and expects) use SHA-256, v1's hash; tokens, keys and the rest stay v0."""
+# Planted in the joining stack's process: a SYN/ACK that it refuses in SYN-SENT (a wrong
+# HMAC-B) gets the ACK that completes the handshake before the RST: the stack's own
+# bug that only a strict expectation sees (issue 13).
+_ACK_BEFORE_RST_FAULT = """
+import stack.tcp.connection as tcp
+from stack.tcp.segment import ACK, RST, Segment
 
-    name: ClassVar[str] = "stack-v0-join-sha256"
+_emit = tcp.TcpConnection._emit
+
+
+def _emit_ack_first(self, seg):
+    if seg.flags == RST and seg.ack == 0 and self.state is tcp.TcpState.CLOSED and self.irs:
+        _emit(self, Segment(self.local[1], self.remote[1], seg.seq, (self.irs + 1) % 2**32,
+                            ACK, 1024))
+    _emit(self, seg)
+
+
+tcp.TcpConnection._emit = _emit_ack_first
+"""
+
+
+class _PlantedFaultStack(StackIut):
+    """Our stack with the fault `fault` planted: a sitecustomize on the PYTHONPATH of each
+    stack process runs before the stack does."""
+
+    fault: ClassVar[str]
     launch: ClassVar[str] = "spawn"  # the sitecustomize runs only in a fresh interpreter
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         super().__init__(topo, host)
-        # a sitecustomize on PYTHONPATH runs in each stack process before the stack does;
         # the directory lives as long as the IUT (a process may start after _start returns)
         self._fault = tempfile.TemporaryDirectory()
-        Path(self._fault.name, "sitecustomize.py").write_text(_JOIN_HMAC_FAULT)
+        Path(self._fault.name, "sitecustomize.py").write_text(self.fault)
 
     def _start(self, argv: list[str], wait_ready: bool) -> None:
         before = os.environ.get("PYTHONPATH")
@@ -95,6 +115,21 @@ class WrongJoinHashStackV0(StackV0Iut):
     def stop(self) -> None:
         super().stop()
         self._fault.cleanup()
+
+
+class WrongJoinHashStackV0(_PlantedFaultStack, StackV0Iut):
+    """Our v0 stack with a planted fault: its join HMACs (HMAC-B it sends, HMAC-A it
+    sends and expects) use SHA-256, v1's hash; tokens, keys and the rest stay v0."""
+
+    name: ClassVar[str] = "stack-v0-join-sha256"
+    fault: ClassVar[str] = _JOIN_HMAC_FAULT
+
+
+class AckBeforeRstStackV1(_PlantedFaultStack, StackV1Iut):
+    """Our v1 stack with a planted fault: it ACKs a join SYN/ACK it refuses, then resets."""
+
+    name: ClassVar[str] = "stack-v1-ack-before-rst"
+    fault: ClassVar[str] = _ACK_BEFORE_RST_FAULT
 
 
 def _verdict(case_id: str, iut: Any, tmp_path: Path) -> Any:
@@ -142,6 +177,17 @@ def test_v0_join_cases_detect_join_hmacs_of_the_wrong_hash(
     result = run_one(case, WrongJoinHashStackV0, tmp_path)
     assert result.verdict is Verdict.DEVIATES, result
     assert seen in result.detail
+
+
+@pytest.mark.netns
+def test_a_strict_case_catches_an_ack_before_the_reset(tmp_path: Path) -> None:
+    """`initiator_bad_hmac_in_synack` waits for the IUT's next segment (`expect_next`): a
+    RST that comes after an ACK no longer passes."""
+    case = by_id()["mp_join.initiator_bad_hmac_in_synack"]
+    assert run_one(case, "stack-v1", tmp_path).verdict is Verdict.CONFORMS
+    result = run_one(case, AckBeforeRstStackV1, tmp_path)
+    assert result.verdict is Verdict.DEVIATES, result
+    assert result.detail.startswith("expected RST on ") and "next; first came" in result.detail
 
 
 @pytest.mark.netns

@@ -1646,7 +1646,7 @@ class MptcpConnection:
         for sf in self.subflows:
             if fastclose:
                 sf.tcp.send_pure_ack(now)
-            sf.tcp.abort(now)
+            sf.tcp.abort(now, flush=not fastclose)  # the MP_FASTCLOSE ACK goes first
         if not self.error:
             self.error = "aborted"
 

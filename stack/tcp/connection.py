@@ -398,8 +398,16 @@ class TcpConnection:
         if self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}:
             self._segment(0, min(self.snd_max, self.snd_una + self.snd_wnd), b"", now)
 
-    def abort(self, now: float) -> None:
-        """Send RST (in a synchronized state) and drop everything."""
+    def abort(self, now: float, *, flush: bool = True) -> None:
+        """Send RST (in a synchronized state) and drop everything. With `flush`, that
+        includes the segments queued and not yet taken by `poll_segments` (RFC 9293
+        §3.10.5, ABORT: "all segments queued for transmission (except for the RST formed
+        above) ... should be flushed"): e.g. the ACK of a segment whose processing by the
+        layer above ends in this reset never goes out before the RST. Without `flush` the
+        queue stays (the layer above queued a carrier for its options on purpose)."""
+        if flush:
+            self._out = []
+            self._out_bytes = 0
         if self.state in _SYNCHRONIZED_SEND | {TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_2}:
             seg = Segment(
                 self.local[1], self.remote[1], (self.iss + self.snd_max) & SEQ_MASK, 0, RST, 0

@@ -144,6 +144,9 @@ def test_two_subflows_bad_checksum_resets_that_subflow(version: int) -> None:
     # the RST carries MP_FAIL (RFC 8684 §3.7) and, in v1, MP_TCPRST "middlebox interference"
     rst = [(seg, o) for seg, o in to_client.options if seg.flags & RST]
     assert [o.dsn for _, o in rst if isinstance(o, MpFail)] == [corrupt.failed_dsn]
+    # and nothing before it: with other subflows the answer is the RST alone, never an
+    # ACK of the failed data (with MP_FAIL on it, the single-subflow answer) first
+    assert [seg.flags & RST for seg, o in to_client.options if isinstance(o, MpFail)] == [RST]
     reasons = [o.reason for _, o in rst if isinstance(o, MpTcpRst)]
     assert reasons == ([MPTCP_RST_EMIDDLEBOX] if version == 1 else [])
     assert not client.fallback and not server.fallback
