@@ -238,7 +238,7 @@ def _matrix(
     for n, case in enumerate(cases):
         row_id = f"case-{n}"
         cells, details, verdicts = [], [], []
-        for iut in iuts:
+        for column, iut in enumerate(iuts):
             result = index.get((case.id, iut))
             if result is None:
                 cells.append(f'<td class="cell v-none" data-iut="{esc(iut)}">&ndash;</td>')
@@ -247,7 +247,7 @@ def _matrix(
             verdicts.append(label)
             attributes = _cell_attributes(label, iut=iut)
             if result.verdict in NON_CONFORMING:
-                detail_id = f"detail-{n}-{_slug(iut)}"
+                detail_id = f"detail-{n}-{column}"  # ids from positions: names may clash
                 cells.append(
                     f'<td {attributes}><button type="button" '
                     f'class="toggle" aria-expanded="false" aria-controls="{detail_id}">'
@@ -426,9 +426,9 @@ def interop_page(
         by_pair = {(r.client, r.server): r for r in results if r.scenario == name}
         verdicts = " ".join(dict.fromkeys(r.verdict for r in by_pair.values()))
         rows, details = [], []
-        for client in impls:
+        for row, client in enumerate(impls):
             cells = []
-            for server in impls:
+            for column, server in enumerate(impls):
                 result = by_pair.get((client, server))
                 if result is None:
                     cells.append('<td class="cell v-none">&ndash;</td>')
@@ -437,7 +437,7 @@ def interop_page(
                 text = esc(cell_text(result))
                 figures = ", ".join(f"{k} {_figure(v)}" for k, v in result.figures.items())
                 if result.verdict == "fail":
-                    detail_id = f"detail-{n}-{_slug(client)}-{_slug(server)}"
+                    detail_id = f"detail-{n}-{row}-{column}"
                     cells.append(
                         f'<td {attributes}><button type="button" class="toggle" '
                         f'aria-expanded="false" aria-controls="{detail_id}">{text}</button></td>'

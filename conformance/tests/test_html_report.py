@@ -236,8 +236,8 @@ def test_a_non_conforming_cell_opens_to_its_detail_ladder_and_pcap(
     assert pcap.read_bytes() == bytes.fromhex("d4c3b2a1")
     # conforming and n/a cells have no detail to open; the error cell has one
     assert [b.attrs["aria-controls"] for b in root.find("button", cls="toggle")] == [
-        "detail-1-stack-v1", "detail-2-stack-v1"]  # fmt: skip
-    error_detail = root.one("tr", id_="detail-2-stack-v1")
+        "detail-1-1", "detail-2-1"]  # fmt: skip
+    error_detail = root.one("tr", id_="detail-2-1")
     assert "no ladder" in error_detail.text() and "no artefacts kept" in error_detail.text()
 
 
