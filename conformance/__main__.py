@@ -1,34 +1,40 @@
 """`python -m conformance run|list`: the conformance catalogue against the IUTs.
 
     python -m conformance run [--iut kernel,stack-v1,stack-v0] [-k EXPR] [-n WORKERS]
-                              [--json FILE] [--junit FILE] [--pcap-dir DIR]
+                              [--json FILE] [--junit FILE] [--html FILE] [--pcap-dir DIR]
                               [--check-baseline] [--update-baseline] [--quiet]
-    python -m conformance list [-k EXPR] [--json FILE]
+    python -m conformance list [-k EXPR] [--json [FILE]]
     python -m conformance fuzz [--iut kernel,stack-v1] [--seed N] [--budget 500|60s]
                                [--known FILE] [--json FILE] [--seeds NAMES] [--quiet]
     python -m conformance interop [--impl kernel,stack-v1,stack-v0] [--scenario NAMES]
                                   [-n WORKERS] [--quick] [--json FILE] [--junit FILE]
-                                  [--artifacts DIR] [--quiet]
+                                  [--html FILE] [--artifacts DIR] [--quiet]
 
 `run` prints progress, the verdict matrix, the diff of stack-v1 against the kernel and
 a summary line. Exit status: 0, or 1 when `--check-baseline` finds a changed verdict
 (either way) or an error, or 2 on a usage error. `interop` prints one grid per scenario
 (client in rows, server in columns) and exits 1 when any cell fails. `fuzz` exits 1 on
 a crash, a hang, growth or a new divergence class (docs/conformance.md, "Fuzzer").
+`--html` (run, interop) writes one self-contained page (`conformance/html_report.py`).
+Artefacts go under the current directory (`./conformance-artifacts`,
+`./interop-artifacts`) unless `--pcap-dir`/`--artifacts` say where. `list --json`
+prints the catalogue as JSON on stdout (`--json FILE` writes it there instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-from conformance import baseline, report
+from conformance import baseline, html_report, report
 from conformance.cases import catalogue
 from conformance.iut import DRIVERS
-from conformance.model import Result, Verdict
+from conformance.model import Case, Result, Verdict
 from conformance.runner import DEFAULT_ARTIFACTS, available, run, select_cases
 
 
@@ -44,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("-n", dest="workers", type=int, default=1, help="worker processes")
     run_p.add_argument("--json", type=Path, help="write every result as JSON")
     run_p.add_argument("--junit", type=Path, help="write JUnit XML")
+    run_p.add_argument("--html", type=Path, help="write a self-contained HTML report")
     run_p.add_argument("--pcap-dir", type=Path, default=DEFAULT_ARTIFACTS,
-                       help="where pcaps and ladders of non-conforming cases go")  # fmt: skip
+                       help="where pcaps and ladders of non-conforming cases go "
+                       f"(default: ./{DEFAULT_ARTIFACTS})")  # fmt: skip
     run_p.add_argument("--check-baseline", action="store_true",
                        help="fail when a verdict differs from the committed baseline")  # fmt: skip
     run_p.add_argument("--update-baseline", action="store_true",
@@ -63,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="smaller transfers, only the scenarios marked quick")  # fmt: skip
     inter.add_argument("--json", type=Path, help="write one object per cell as JSON")
     inter.add_argument("--junit", type=Path, help="write JUnit XML")
+    inter.add_argument("--html", type=Path, help="write a self-contained HTML report")
     inter.add_argument("--artifacts", type=Path, default=Path("interop-artifacts"),
-                       help="where failed cells keep their pcaps and reports")  # fmt: skip
+                       help="where failed cells keep their pcaps and reports "
+                       "(default: ./interop-artifacts)")  # fmt: skip
     inter.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress")
     fuzz_p = sub.add_parser("fuzz", help="differential fuzzer: the same mutated segment "
                             "sequences to two IUTs, where they differ")  # fmt: skip
@@ -84,14 +94,35 @@ def _parser() -> argparse.ArgumentParser:
                         help="no per-batch progress; only the new classes")  # fmt: skip
     list_p = sub.add_parser("list", help="list the catalogue")
     list_p.add_argument("-k", dest="expression")
-    list_p.add_argument("--json", type=Path, help="write the list as JSON")
+    list_p.add_argument("--json", type=Path, nargs="?", const=STDOUT,
+                        help="print the catalogue as JSON (or write it to FILE)")  # fmt: skip
     return parser
+
+
+STDOUT = Path("-")  # `list --json` without a file: the JSON goes to standard output
+
+
+def catalogue_json(cases: list[Case]) -> list[dict[str, object]]:
+    """What `list --json` prints: one object per case."""
+    return [
+        {"id": c.id, "area": c.area, "title": c.title, "rfc": c.rfc, "section": c.section,
+         "citations": [c.citation(v) for v, _ in c.sections] or [c.citation()],
+         "level": c.level.value, "versions": sorted(c.versions), "role": c.role.value,
+         "expected": c.expected, "topology": c.topology, "ip_version": c.family}
+        for c in cases
+    ]  # fmt: skip
 
 
 def _list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     cases = select_cases(catalogue(), args.expression)
+    areas = sorted({c.area for c in cases})
+    line = f"{len(cases)} cases in {len(areas)} areas ({', '.join(areas)})"
+    if args.json == STDOUT:  # JSON alone on stdout, for pipes; the summary on stderr
+        print(json.dumps(catalogue_json(cases), indent=1))
+        print(line, file=sys.stderr)
+        return 0
     rows = [
         [c.id, c.reference, ",".join(f"v{v}" for v in sorted(c.versions)), c.role.value,
          c.expected]
@@ -100,17 +131,20 @@ def _list(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["case", "requirement", "versions", "IUT role", "expected"],
                    maxcolwidths=[None, None, None, None, 70]))  # fmt: skip
     if args.json:
-        entries = [
-            {"id": c.id, "area": c.area, "rfc": c.rfc, "section": c.section,
-             "level": c.level.value, "versions": sorted(c.versions), "role": c.role.value,
-             "expected": c.expected, "topology": c.topology,
-             "citations": [c.citation(v) for v, _ in c.sections] or [c.citation()]}
-            for c in cases
-        ]  # fmt: skip
-        args.json.write_text(json.dumps(entries, indent=1) + "\n")
-    areas = sorted({c.area for c in cases})
-    print(f"{len(cases)} cases in {len(areas)} areas ({', '.join(areas)})")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(catalogue_json(cases), indent=1) + "\n")
+    print(line)
     return 0
+
+
+def _page(title: str, summary: str, environments: dict[str, dict[str, str]],
+          skipped: dict[str, str]) -> html_report.Page:  # fmt: skip
+    return html_report.Page(
+        title=title, summary=summary,
+        generated=datetime.now().astimezone().isoformat(" ", "seconds"),
+        command="python -m conformance " + shlex.join(sys.argv[1:]),
+        environments=environments, harness=report.environment(), skipped=skipped,
+    )  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -150,11 +184,16 @@ def _run(args: argparse.Namespace) -> int:
                   f"{counters}")  # fmt: skip
             for path in result.artifacts:
                 print(f"    {path}")
-    extra = {"iuts": {n: DRIVERS[n].environment() for n in iuts}, "skipped": skipped}
+    environments = {n: DRIVERS[n].environment() for n in iuts}
+    extra = {"iuts": environments, "skipped": skipped}
     if args.json:
         report.to_json(results, args.json, extra)
     if args.junit:
         report.to_junit(cases, results, args.junit)
+    if args.html:
+        page = _page("MPTCP conformance", report.summary(results, wall), environments, skipped)
+        html_report.write(args.html, html_report.run_page(cases, iuts, results, page, args.html))
+        print(f"HTML report: {args.html}")
     status = 0
     if args.check_baseline:
         changes = baseline.check(results, args.baseline)
@@ -226,6 +265,16 @@ def _interop(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(matrix.to_json(results), indent=1) + "\n")
     if args.junit:
         matrix.to_junit(results, args.junit)
+    if args.html:
+        environments = {n: DRIVERS[n].environment() for n in impls if n not in unavailable}
+        page = _page("MPTCP interop matrix", matrix.summary(results, wall), environments,
+                     unavailable)  # fmt: skip
+        text = html_report.interop_page(
+            results, impls, page, args.html, cell_text=matrix.cell_text,
+            descriptions={n: SCENARIOS[n].pass_when for n in scenarios},
+        )  # fmt: skip
+        html_report.write(args.html, text)
+        print(f"HTML report: {args.html}")
     print(matrix.summary(results, wall))
     return 1 if any(r.verdict == "fail" for r in results) else 0
 

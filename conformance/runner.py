@@ -5,7 +5,9 @@ IUT is a userspace stack), starts the tester and the IUT driver, runs the case, 
 turns its ending into a verdict: returning is `conforms`, `deviates(...)`/
 `not_applicable(...)` say so, `NotSupported` from a driver is not-applicable, anything
 else is `error` with the exception. Teardown is guaranteed by `with build(...)`. A case
-that does not conform leaves a pcap and a ladder diagram in the artifacts directory.
+that does not conform leaves a pcap and a ladder diagram in the artifacts directory:
+`./conformance-artifacts` under the current directory unless told otherwise, never
+inside the package (which may be installed read-only, or shared by other runs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from conformance.iut import DRIVERS, Iut, NotSupported
 from conformance.model import Case, Outcome, Result, Verdict
 from conformance.tester import Tester
 
-DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
+# Relative: resolved against the current directory when a case writes its artefacts.
+DEFAULT_ARTIFACTS = Path("conformance-artifacts")
 
 
 def _spec(case: Case, iut: type[Iut]) -> object:

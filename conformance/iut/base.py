@@ -9,12 +9,18 @@ in `conformance.iut.DRIVERS` (see docs/conformance.md).
 
 from __future__ import annotations
 
+import platform
+import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar
+
+from conformance.model import RFC_OF_VERSION
 
 MODES = ("sink", "echo", "source")
 
@@ -28,6 +34,26 @@ def source_bytes(nbytes: int, seed: int | None = None) -> bytes:
     seed = SEED if seed is None else seed
     chunks = [stream_chunk(i, seed) for i in range((nbytes + BLOCK - 1) // BLOCK)]
     return b"".join(chunks)[:nbytes]
+
+
+def project_version() -> str:
+    """This project's version, and the commit of its source tree when it runs from a git
+    checkout ("0.1.0 (git 695df82a1c-dirty)"); what a report names the stack by."""
+    try:
+        version = metadata.version("mptcp-lab")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # installed, not a checkout
+        return version
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=10"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{version} (git {described})" if described else version
 
 
 class IutError(Exception):
@@ -81,8 +107,10 @@ class Iut(ABC):
 
     @classmethod
     def environment(cls) -> dict[str, str]:
-        """What identifies this IUT in a report (kernel release, version, ...)."""
-        return {}
+        """What identifies this IUT in a report; drivers add their own (`implementation`,
+        `version`, `kernel`, ...) to the MPTCP versions it speaks."""
+        versions = ", ".join(f"v{v} ({RFC_OF_VERSION[v]})" for v in sorted(cls.versions))
+        return {"mptcp": versions, "kernel": platform.release()}
 
     # -- configuration (before listen/connect, unless the driver supports live changes) --
 

@@ -54,7 +54,12 @@ class KernelIut(Iut):
 
     @classmethod
     def environment(cls) -> dict[str, str]:
-        return {"kernel": platform.release()}
+        return {
+            "implementation": "Linux kernel MPTCP",
+            "version": platform.release(),
+            **super().environment(),
+            "kernel build": platform.version(),
+        }
 
     # -- configuration --
 

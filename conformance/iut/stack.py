@@ -33,6 +33,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import queue
 import signal
 import subprocess
@@ -43,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from conformance.iut.base import MODES, AppReport, Iut, IutError, NotSupported
+from conformance.iut.base import MODES, AppReport, Iut, IutError, NotSupported, project_version
 from conformance.iut.launcher import ROOT, ForkedProcess, Launcher, LaunchError
 
 READY_TIMEOUT = 5.0
@@ -94,7 +95,12 @@ class StackIut(Iut):
 
     @classmethod
     def environment(cls) -> dict[str, str]:
-        return {"stack_version": str(cls.version)}
+        return {
+            "implementation": "mptcp-lab userspace stack (python -m stack)",
+            "version": project_version(),
+            **super().environment(),  # the kernel under its AF_PACKET link
+            "python": platform.python_version(),
+        }
 
     # -- configuration --
 
