@@ -352,7 +352,7 @@ def _selftest(args: argparse.Namespace) -> int:
               f"nothing): {', '.join(broken)}")  # fmt: skip
     for score in outcome.scores:
         if score.unconfirmed:
-            print(f"{score.fault.name}: failed once, conformed when run again: "
+            print(f"{score.fault.name}: failed once, conformed each time it ran again: "
                   f"{', '.join(score.unconfirmed)}")  # fmt: skip
     if args.json:
         selftest.write_json(outcome, args.json)
