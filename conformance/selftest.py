@@ -206,8 +206,10 @@ def selftest(
                     failed.append((fault, case_id))
                     score.details[case_id] = result.detail
             # a failure counts once a second run fails too (up to CONFIRM_RUNS tries)
-            doubtful = failed
-            for _ in range(CONFIRM_RUNS if confirm else 0):
+            doubtful = list(failed) if confirm else []
+            for _ in range(CONFIRM_RUNS):
+                if not doubtful:
+                    break
                 again = pool.run(doubtful)
                 doubtful = [job for job, r in again.items() if not _catches(reference[job[1]], r)]
             for fault, case_id in failed:

@@ -84,3 +84,44 @@ def test_a_spawned_stack_plants_the_fault_too(tmp_path: Path) -> None:
     result = run_one(by_id()["backup.synack_b_bit_is_not_an_echo"], driver, tmp_path)
     assert result.verdict is Verdict.DEVIATES, result
     assert result.iut == "stack-v1+backup_mirror_b"
+
+
+def test_scoring_confirms_failures_and_looks_beyond_the_area(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The selftest's logic with scripted verdicts (no namespaces): a case catches a fault
+    when it conforms without it and fails twice with it; a fault its area misses meets
+    the rest of the catalogue."""
+    from conformance import selftest as module
+    from conformance.model import Result
+
+    area_case = next(c for c in cases_for_selftest() if c.area == "add_addr")
+    other_case = next(c for c in cases_for_selftest() if c.area == "close")
+    script = {  # (fault, case) -> verdicts of its successive runs
+        ("add_addr_no_echo", area_case.id): ["deviates", "conforms", "deviates"],
+        ("add_addr_port_dropped", area_case.id): ["deviates", "conforms", "conforms"],
+        ("add_addr_port_dropped", other_case.id): ["error", "error"],
+        ("add_addr_echo_ignored", area_case.id): ["conforms"],
+        ("add_addr_echo_ignored", other_case.id): ["conforms"],
+    }
+    calls: list[tuple[str, str]] = []
+
+    def fake(fault: str, case_id: str, artifacts: str | None) -> dict[str, object]:
+        calls.append((fault, case_id))
+        verdict = "conforms" if not fault else script[(fault, case_id)].pop(0)
+        return Result(case_id, faulted_driver(fault).name, Verdict(verdict), verdict).to_json()
+
+    monkeypatch.setattr(module, "_run_job", fake)
+    report = selftest(
+        ["add_addr_no_echo", "add_addr_port_dropped", "add_addr_echo_ignored"],
+        cases=[area_case, other_case],
+    )
+    caught = {s.fault.name: (s.caught_by, s.unconfirmed, s.stages) for s in report.scores}
+    assert caught == {
+        "add_addr_no_echo": ([area_case.id], [], 1),  # failed again at its third run
+        "add_addr_port_dropped": ([other_case.id], [area_case.id], 2),  # a flake, then
+        "add_addr_echo_ignored": ([], [], 2),  # seen by nothing, anywhere
+    }
+    assert all(not verdicts for verdicts in script.values())  # every scripted run ran
+    assert calls.count(("", other_case.id)) == 1  # the reference runs once per case
+    assert report.caught == 2 and "not caught: add_addr_echo_ignored" in report.summary()
