@@ -255,6 +255,8 @@ def _bulk_echo_avoids(
     "backup (B=1), even while the regular one's window is full.",
 )
 def bulk_data_stays_off_backup(ctx: Context) -> None:
+    """Not strict: the echo is read with `next_matching` over both subflows, where ACKs
+    and window updates may come between data segments; any data on the backup fails."""
     conn, regular = established(ctx)
     backup = joined(ctx, conn, backup=True)
     _bulk_echo_avoids(ctx, conn, sending_on=regular, regular=regular, avoiding=backup)
@@ -271,6 +273,8 @@ def bulk_data_stays_off_backup(ctx: Context) -> None:
     "made backup.",
 )
 def mp_prio_bulk_data_stays_off_backup(ctx: Context) -> None:
+    """MP_PRIO goes on the joined subflow, which the lowest-RTT choice of a scheduler
+    often prefers; read as `bulk_data_stays_off_backup` (not strict)."""
     conn, first = established(ctx)
     second = joined(ctx, conn)
     second.send("A", [MpPrio(backup=True), conn.data_ack()])
