@@ -12,7 +12,7 @@ from conformance.cases import LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import established, exchange, expect_rst, join_syn, joined
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
-from conformance.tester import TesterError
+from conformance.tester import Segment, TesterError
 from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
 
 
@@ -213,3 +213,32 @@ def _what_differs(got: bytes, sent: bytes) -> str:
             "the receiver had fallen back (MUST fall back on such an ACK, §3.7)"
         )
     return f"the streams differ from byte {at} on"
+
+
+def _is_data_fin(segment: Segment) -> bool:
+    dss = segment.option(Dss)
+    return dss is not None and dss.data_fin
+
+
+@case(
+    section="3.3.3",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="A DATA_FIN that the tester never acknowledges at the data level is sent "
+    "again, on a timer, with the same DSN.",
+)
+def data_fin_retransmitted_until_acked(ctx: Context) -> None:
+    """The tester's DATA_FIN makes the echo application close; the tester then stays
+    silent, so the IUT's DATA_FIN stays unacknowledged (its DATA_ACK is never sent).
+    `expect`, not strict: the ACK of the tester's DATA_FIN may come first, alone or
+    carrying the IUT's DATA_FIN; a copy within 50 ms is the same flight, not a resend."""
+    conn, sf = established(ctx)
+    ctx.tester.send_data(conn, sf, b"", data_fin=True)
+    first = sf.expect(option=Dss, within=1, what="DSS with DATA_FIN", where=_is_data_fin)
+    again = sf.expect(
+        option=Dss, within=3, what="the DATA_FIN sent again (never acknowledged)",
+        where=lambda s: _is_data_fin(s) and s.time - first.time > 0.05,
+    )  # fmt: skip
+    if again.need(Dss).dsn != first.need(Dss).dsn:
+        raise deviates(f"the DATA_FIN moved: {first.describe()}, then {again.describe()}")
