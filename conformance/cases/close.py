@@ -546,3 +546,35 @@ def mp_fail_received_sender_falls_back(ctx: Context) -> None:
     later = sf.expect(data=True, within=1, what="the echo of plain TCP data")
     if later.option(Dss) is not None and later.need(Dss).dsn is not None:
         raise deviates(f"data still mapped after the fallback: {later.describe()}")
+
+
+@case(
+    section="3.5",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology="dual_homed",
+    expected="An application that closes with received data unread makes the IUT abort "
+    "the connection, the MPTCP form of TCP's RST for lost data (RFC 1122 4.2.2.13): "
+    "MP_FASTCLOSE carrying the tester's key (on an ACK or a RST), a RST on the subflow, "
+    "and a later join with the connection's token is refused with RST.",
+)
+def abortive_close_sends_fastclose(ctx: Context) -> None:
+    """expect for MP_FASTCLOSE and the RST: they follow the application's close, and an
+    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
+    ctx.iut.listen(ctx.port, mode="close-unread")
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    payload = b"never read"
+    if ctx.version == 1:
+        ctx.tester.first_data_v1(conn, sf, payload)
+    else:
+        ctx.tester.send_data(conn, sf, payload)
+    fastclose = sf.expect(option=MpFastclose, within=2, what="MP_FASTCLOSE")
+    key = fastclose.need(MpFastclose).receiver_key
+    if key != conn.local_key:
+        raise deviates(f"MP_FASTCLOSE carries {key:#x}, not the tester's key "
+                       f"{conn.local_key:#x}: {fastclose.describe()}")  # fmt: skip
+    if not is_rst(fastclose):
+        sf.expect(within=1, what="the RST after the MP_FASTCLOSE ACK", where=is_rst)
+    join, _ = join_syn(ctx, conn.remote_token, ifname="eth1")
+    expect_rst(join)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from conformance.model import RFC_OF_VERSION
 
-MODES = ("sink", "echo", "source")
+MODES = ("sink", "echo", "source", "close-unread")  # close-unread: close on data, unread
 
 
 def source_bytes(nbytes: int, seed: int | None = None) -> bytes:

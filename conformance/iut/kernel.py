@@ -193,6 +193,9 @@ class KernelIut(Iut):
             queue.append(memoryview(source_bytes(nbytes, self.data_seed)))
         shut = False
         try:
+            if mode == "close-unread":  # close with data unread: the kernel fast-closes
+                select.select([conn, self._stop_r], [], [])
+                return
             while True:
                 watched: list[Any] = [conn, self._stop_r]
                 if queue:

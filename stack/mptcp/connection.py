@@ -1633,6 +1633,12 @@ class MptcpConnection:
         self._push(now)
 
     def close(self, now: float) -> None:
+        """The application closes: DATA_FIN; with received data it never read, an abort
+        instead (MP_FASTCLOSE), the MPTCP equivalent of TCP's RST for data lost at close
+        (RFC 1122 4.2.2.13, RFC 8684 §3.5), as Linux does."""
+        if self.readable and not self.fallback and self.version is not None:
+            self.abort(now)
+            return
         self.shutdown_write(now)
 
     def discard(self) -> None:

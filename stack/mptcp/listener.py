@@ -168,7 +168,7 @@ class MptcpListener:
             self._reset(local, remote, seg, MPTCP_RST_EMPTCP)
             return None
         if msk.fallback or msk.mp_fail_dsn is not None or msk.closed or msk.version is None or (
-            msk.remote_key is None
+            msk.remote_key is None or msk.fastclose  # reset by either end: never joined again
         ) or (
             msk.sendq is not None and msk.sendq.fin_requested
         ):  # fmt: skip
