@@ -194,7 +194,8 @@ class KernelIut(Iut):
         shut = False
         try:
             if mode == "close-unread":  # close with data unread: the kernel fast-closes
-                select.select([conn, self._stop_r], [], [])
+                waited: list[Any] = [conn, self._stop_r]
+                select.select(waited, [], [])
                 return
             while True:
                 watched: list[Any] = [conn, self._stop_r]
