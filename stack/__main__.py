@@ -45,6 +45,8 @@ def run_connection(
     report = AppReport(role=mode, side=side, protocol="mptcp-stack")
     if mode == "close-unread":
         _close_unread(sock, report)
+    elif mode == "abort":
+        _abort_after_first_read(sock, report)
     else:
         play(sock, mode, nbytes, report, SEED if seed is None else seed)  # type: ignore[arg-type]
     report.mptcp = sock.msk.describe()
@@ -62,6 +64,19 @@ def _close_unread(sock: MptcpSocket, report: AppReport) -> None:
         report.error = f"close-unread: {error}"
     finally:
         sock.close()
+        report.duration_s = time.monotonic() - started
+
+
+def _abort_after_first_read(sock: MptcpSocket, report: AppReport) -> None:
+    """Read what arrives first (up to 120 s), then abort: MP_FASTCLOSE, as a kernel
+    socket closed with SO_LINGER 0."""
+    started = time.monotonic()
+    try:
+        report.bytes_received = len(sock.recv(65536, timeout=120.0))
+    except (OSError, TimeoutError) as error:
+        report.error = f"abort: {error}"
+    finally:
+        sock.abort()
         report.duration_s = time.monotonic() - started
 
 

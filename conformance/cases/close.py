@@ -564,23 +564,13 @@ def mp_fail_received_sender_falls_back(ctx: Context) -> None:
         raise deviates(f"data still mapped after the fallback: {later.describe()}")
 
 
-@case(
-    section="3.5",
-    level=SHOULD,
-    versions=(0, 1),
-    role=LISTENER,
-    topology="dual_homed",
-    expected="An application that closes with received data unread makes the IUT abort "
-    "the connection, the MPTCP form of TCP's RST for lost data (RFC 1122 4.2.2.13): "
-    "MP_FASTCLOSE carrying the tester's key (on an ACK or a RST), a RST on the subflow, "
-    "and a later join with the connection's token is refused with RST.",
-)
-def abortive_close_sends_fastclose(ctx: Context) -> None:
-    """expect for MP_FASTCLOSE and the RST: they follow the application's close, and an
-    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
-    ctx.iut.listen(ctx.port, mode="close-unread")
+def _abortive_close(ctx: Context, mode: str) -> None:
+    """The IUT's application (`mode`) closes abortively once the tester's first data has
+    arrived: MP_FASTCLOSE with the tester's key (on an ACK or a RST), a RST on the
+    subflow, then a join with the connection's token is refused with RST."""
+    ctx.iut.listen(ctx.port, mode=mode)
     conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
-    payload = b"never read"
+    payload = b"sent before the abort"
     if ctx.version == 1:
         ctx.tester.first_data_v1(conn, sf, payload)
     else:
@@ -594,3 +584,33 @@ def abortive_close_sends_fastclose(ctx: Context) -> None:
         sf.expect(within=1, what="the RST after the MP_FASTCLOSE ACK", where=is_rst)
     join, _ = join_syn(ctx, conn.remote_token, ifname="eth1")
     expect_rst(join)
+
+
+_aborting = functools.partial(case, section="3.5", versions=(0, 1), role=LISTENER,
+                              topology="dual_homed")  # fmt: skip
+
+
+@_aborting(
+    level=SHOULD,
+    expected="An application that closes with received data unread makes the IUT abort "
+    "the connection, the MPTCP form of TCP's RST for lost data (RFC 1122 4.2.2.13): "
+    "MP_FASTCLOSE carrying the tester's key (on an ACK or a RST), a RST on the subflow, "
+    "and a later join with the connection's token is refused with RST.",
+)
+def abortive_close_sends_fastclose(ctx: Context) -> None:
+    """expect for MP_FASTCLOSE and the RST: they follow the application's close, and an
+    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
+    _abortive_close(ctx, "close-unread")
+
+
+@_aborting(
+    level=MUST,
+    expected="An application that aborts (close() with SO_LINGER 0; the stack's "
+    "abort()) after reading makes the IUT send MP_FASTCLOSE carrying the tester's key "
+    "(on an ACK or a RST) and a RST on the subflow; a later join with the connection's "
+    "token is refused with RST.",
+)
+def linger_zero_close_sends_fastclose(ctx: Context) -> None:
+    """expect for MP_FASTCLOSE and the RST: they follow the application's abort, and an
+    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
+    _abortive_close(ctx, "abort")
