@@ -4,6 +4,8 @@
                               [--json FILE] [--junit FILE] [--html FILE] [--pcap-dir DIR]
                               [--check-baseline] [--update-baseline] [--quiet]
     python -m conformance list [-k EXPR] [--json [FILE]]
+    python -m conformance selftest [--fault NAME ...] [-n WORKERS] [--all-cases]
+                                   [--no-confirm] [--json FILE] [--pcap-dir DIR] [--list]
     python -m conformance fuzz [--iut kernel,stack-v1] [--seed N] [--budget 500|60s]
                                [--known FILE] [--json FILE] [--seeds NAMES] [--quiet]
     python -m conformance interop [--impl kernel,stack-v1,stack-v0] [--scenario NAMES]
@@ -19,6 +21,8 @@ a crash, a hang, growth or a new divergence class (docs/conformance.md, "Fuzzer"
 Artefacts go under the current directory (`./conformance-artifacts`,
 `./interop-artifacts`) unless `--pcap-dir`/`--artifacts` say where. `list --json`
 prints the catalogue as JSON on stdout (`--json FILE` writes it there instead).
+`selftest` plants each fault of `stack/faults.py` in stack-v1 in turn, runs the v1 cases
+and prints which cases catch each and the score; it exits 1 when a fault goes uncaught.
 """
 
 from __future__ import annotations
@@ -92,6 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     fuzz_p.add_argument("--no-minimise", action="store_true", help="report reproducers as found")
     fuzz_p.add_argument("-q", "--quiet", action="store_true",
                         help="no per-batch progress; only the new classes")  # fmt: skip
+    self_p = sub.add_parser("selftest", help="planted faults in stack-v1: which cases "
+                            "catch each, and the score")  # fmt: skip
+    self_p.add_argument("--fault", action="append", default=[], metavar="NAME",
+                        help="a fault to plant (repeatable; default: all)")  # fmt: skip
+    self_p.add_argument("-n", dest="workers", type=int, default=1, help="worker processes")
+    self_p.add_argument("--all-cases", action="store_true",
+                        help="every v1 case against every fault (default: the fault's "
+                        "area, then the rest only if nothing there caught it)")  # fmt: skip
+    self_p.add_argument("--no-confirm", action="store_true",
+                        help="count a catch after one failing run (default: two)")  # fmt: skip
+    self_p.add_argument("--json", type=Path, help="write the per-fault results as JSON")
+    self_p.add_argument("--pcap-dir", type=Path, default=None,
+                        help="keep pcaps and ladders of the failing runs here")  # fmt: skip
+    self_p.add_argument("--list", action="store_true", help="list the faults and exit")
+    self_p.add_argument("-q", "--quiet", action="store_true", help="no per-run progress")
     list_p = sub.add_parser("list", help="list the catalogue")
     list_p.add_argument("-k", dest="expression")
     list_p.add_argument("--json", type=Path, nargs="?", const=STDOUT,
@@ -340,8 +359,60 @@ def _fuzz(args: argparse.Namespace) -> int:
     return report.exit_status
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from conformance import selftest
+    from stack.faults import FAULTS
+
+    if args.list:
+        rows = [[f.name, f"§{f.section}", f.area, f.description] for f in FAULTS.values()]
+        print(tabulate(rows, headers=["fault", "RFC 8684", "area", "what the stack does"],
+                       maxcolwidths=[None, None, None, 70]))  # fmt: skip
+        print(f"{len(FAULTS)} planted faults")
+        return 0
+    unknown = [name for name in args.fault if name not in FAULTS]
+    if unknown or args.workers < 1:
+        problem = (f"unknown fault(s) {', '.join(unknown)}; see --list" if unknown
+                   else "-n must be at least 1")  # fmt: skip
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    reason = DRIVERS["stack-v1"].unavailable()
+    if reason:
+        print(f"error: stack-v1 is unavailable: {reason}", file=sys.stderr)
+        return 2
+
+    def progress(fault: str, result: Result, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        mark = report.SHORT[result.verdict]
+        print(f"[{done:>4}/{total}] {fault or '(no fault)':<32} {result.case_id:<52} "
+              f"{mark:<9} {result.duration_s:5.2f} s", flush=True)  # fmt: skip
+
+    outcome = selftest.selftest(
+        args.fault or None, workers=args.workers, all_cases=args.all_cases,
+        confirm=not args.no_confirm, artifacts=args.pcap_dir, progress=progress,
+    )  # fmt: skip
+    print()
+    print(selftest.table(outcome))
+    broken = [c for c, r in outcome.reference.items() if r.verdict is not Verdict.CONFORMS]
+    if broken:
+        print(f"\n{len(broken)} case(s) do not conform on the unfaulted stack-v1 (they catch "
+              f"nothing): {', '.join(broken)}")  # fmt: skip
+    for score in outcome.scores:
+        if score.unconfirmed:
+            print(f"{score.fault.name}: failed once, conformed each time it ran again: "
+                  f"{', '.join(score.unconfirmed)}")  # fmt: skip
+    if args.json:
+        selftest.write_json(outcome, args.json)
+    print(outcome.summary())
+    return 0 if outcome.caught == len(outcome.scores) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "selftest":
+        return _selftest(args)
     if args.command == "list":
         return _list(args)
     if args.command == "fuzz":

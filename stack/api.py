@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stack import faults
 from stack.host import Host, Timer
 from stack.mptcp.connection import MptcpConfig, MptcpConnection, send_ack_now
 from stack.mptcp.listener import MptcpListener
@@ -555,6 +556,8 @@ def _send_prio(msk: MptcpConnection, targets: list[Subflow], backup: bool, now: 
         if not force and sf.backup_local == backup:
             continue
         sf.backup_local = backup
+        if faults.ACTIVE and faults.on("backup_no_mp_prio_tx"):
+            continue  # the flag changes here, the peer is never told
         sf.prio_due = backup
         msk._count("MPPrioTx")
         send_ack_now(sf.tcp, now)

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable, Container
 from ipaddress import IPv4Address, IPv6Address
 
+from stack import faults
 from stack.wire.errors import EncodeError
 
 _QQ = struct.Struct("!QQ")
@@ -50,6 +51,10 @@ def key_digest(key: int, version: int) -> bytes:
 def key_token_idsn(key: int, version: int) -> tuple[int, int]:
     """(token, IDSN): the most significant 32 bits and the least significant 64 bits of H(key)."""
     digest = key_digest(key, version)
+    if faults.ACTIVE:  # planted faults (stack/faults.py)
+        token_digest = key_digest(key, 1 - version) if faults.on("token_wrong_hash") else digest
+        idsn_bytes = digest[:8] if faults.on("idsn_wrong_bits") else digest[-8:]
+        return int.from_bytes(token_digest[:4], "big"), int.from_bytes(idsn_bytes, "big")
     return int.from_bytes(digest[:4], "big"), int.from_bytes(digest[-8:], "big")
 
 

@@ -6,10 +6,12 @@ it also has a 4-byte MP_PRIO naming an address ID, which RFC 8684 dropped.
 
 from __future__ import annotations
 
+import time
+
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import established, exchange, expect_fourth_ack, initiated, joined
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Subflow
+from conformance.tester import MptcpConnection, Pattern, Subflow
 from stack.wire.mptcp import MpJoinSyn, MpJoinSynAck, MpPrio
 
 DUAL = "dual_homed"
@@ -221,6 +223,81 @@ def iut_sends_mp_prio_on_flag_change(ctx: Context) -> None:
     option = prio.need(MpPrio)
     if not option.backup or (option.address_id is not None and ctx.version == 1):
         raise deviates(f"expected a 3-byte MP_PRIO with B=1: {prio.describe()}")
+
+
+# More than a subflow's initial congestion window (10 segments) holds, less than an
+# initial receive window: the echo needs several round trips on one subflow
+BULK = 40_000
+
+
+def _bulk_echo_avoids(
+    ctx: Context, conn: MptcpConnection, *, sending_on: Subflow, regular: Subflow,
+    avoiding: Subflow,
+) -> None:  # fmt: skip
+    """The tester sends BULK bytes back to back on `sending_on`; the echo must come back
+    on `regular` alone, each segment data-acknowledged as it comes, and none of it on
+    the backup subflow `avoiding`, even while the regular subflow's congestion window
+    is full (a backup takes data only when no regular subflow is usable, RFC 8684
+    §3.2). Five small echoes (`_data_only_on`) leave the choice to the scheduler's
+    preference when both subflows have room; this one does not."""
+    start = conn.data_rcv_nxt
+    payload = bytes(i & 0xFF for i in range(BULK))
+    for offset in range(0, BULK, 1400):
+        ctx.tester.send_data(conn, sending_on, payload[offset : offset + 1400])
+    deadline = time.monotonic() + 3.0
+    both = Pattern(data=True, what="echo data")
+    while (conn.data_rcv_nxt - start) % (1 << 64) < BULK:
+        segment = ctx.tester.next_matching(
+            both, deadline - time.monotonic(), owner=lambda s: regular.owns(s) or avoiding.owns(s)
+        )
+        if segment is None:
+            echoed = (conn.data_rcv_nxt - start) % (1 << 64)
+            raise deviates(f"the echo stalled: {echoed} of {BULK} bytes within 3 s")
+        if avoiding.owns(segment):
+            raise deviates(
+                f"data on the backup subflow while the regular one is usable: {segment.describe()}"
+            )
+        regular.send("A", [conn.data_ack()])
+    # the tester tracks the data level of every subflow as frames arrive: backup data
+    # that completed the count before the loop looked at it is still unconsumed here
+    avoiding.expect_none(data=True, within=0.1, what="data on the backup subflow")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="While the regular subflow is usable, a bulk echo (more than one congestion "
+    "window) comes back entirely on it: nothing on the subflow the tester joined as "
+    "backup (B=1), even while the regular one's window is full.",
+)
+def bulk_data_stays_off_backup(ctx: Context) -> None:
+    """Not strict: the echo is read with `next_matching` over both subflows, where ACKs
+    and window updates may come between data segments; any data on the backup fails."""
+    conn, regular = established(ctx)
+    backup = joined(ctx, conn, backup=True)
+    _bulk_echo_avoids(ctx, conn, sending_on=regular, regular=regular, avoiding=backup)
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="After MP_PRIO (B=1) on the joined subflow, a bulk echo (more than one "
+    "congestion window) comes back entirely on the first subflow, none of it on the one "
+    "made backup.",
+)
+def mp_prio_bulk_data_stays_off_backup(ctx: Context) -> None:
+    """MP_PRIO goes on the joined subflow, which the lowest-RTT choice of a scheduler
+    often prefers; read as `bulk_data_stays_off_backup` (not strict)."""
+    conn, first = established(ctx)
+    second = joined(ctx, conn)
+    second.send("A", [MpPrio(backup=True), conn.data_ack()])
+    _bulk_echo_avoids(ctx, conn, sending_on=second, regular=first, avoiding=second)
 
 
 # --------------------------------------------------------------------------------------

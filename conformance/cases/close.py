@@ -227,6 +227,35 @@ def _what_differs(got: bytes, sent: bytes) -> str:
     return f"the streams differ from byte {at} on"
 
 
+def _is_data_fin(segment: Segment) -> bool:
+    dss = segment.option(Dss)
+    return dss is not None and dss.data_fin
+
+
+@case(
+    section="3.3.3",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="A DATA_FIN that the tester never acknowledges at the data level is sent "
+    "again, on a timer, with the same DSN.",
+)
+def data_fin_retransmitted_until_acked(ctx: Context) -> None:
+    """The tester's DATA_FIN makes the echo application close; the tester then stays
+    silent, so the IUT's DATA_FIN stays unacknowledged (its DATA_ACK is never sent).
+    `expect`, not strict: the ACK of the tester's DATA_FIN may come first, alone or
+    carrying the IUT's DATA_FIN; a copy within 50 ms is the same flight, not a resend."""
+    conn, sf = established(ctx)
+    ctx.tester.send_data(conn, sf, b"", data_fin=True)
+    first = sf.expect(option=Dss, within=1, what="DSS with DATA_FIN", where=_is_data_fin)
+    again = sf.expect(
+        option=Dss, within=3, what="the DATA_FIN sent again (never acknowledged)",
+        where=lambda s: _is_data_fin(s) and s.time - first.time > 0.05,
+    )  # fmt: skip
+    if again.need(Dss).dsn != first.need(Dss).dsn:
+        raise deviates(f"the DATA_FIN moved: {first.describe()}, then {again.describe()}")
+
+
 # --------------------------------------------------------------------------------------
 # Issue 13, part 2: DATA_FIN and close, MP_FASTCLOSE, MP_TCPRST, MP_FAIL's sender side,
 # middleboxes. RFC 8684 §3.3.3 (RFC 6824 §3.3.3 says the same): "A DATA_FIN has the
@@ -317,21 +346,6 @@ def data_fin_retransmitted_after_active_close(ctx: Context) -> None:
     """expect: the DATA_FIN follows the application's close, and its retransmission a
     timer, not a segment of the tester's."""
     conn, sf = established(ctx, mode="source", nbytes=1000)
-    _, fin = _read_to_data_fin(conn, sf)
-    _data_fin_again(conn, sf, fin)
-
-
-@_closing(
-    section="3.3.3",
-    expected="After the tester's DATA_FIN (the IUT in CLOSE_WAIT) the echo application "
-    "closes and the IUT sends its DATA_FIN (LAST_ACK); left unacknowledged at the data "
-    "level, it is sent again.",
-)
-def data_fin_retransmitted_in_last_ack(ctx: Context) -> None:
-    """expect: the IUT's DATA_FIN follows its application's close (the ACK of the tester's
-    DATA_FIN may come first), and its retransmission a timer."""
-    conn, sf = established(ctx)
-    ctx.tester.send_data(conn, sf, b"", data_fin=True)
     _, fin = _read_to_data_fin(conn, sf)
     _data_fin_again(conn, sf, fin)
 

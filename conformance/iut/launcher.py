@@ -10,7 +10,8 @@ process-group signals and its stdin/stdout contract are unchanged.
 
 The wire protocol is JSON over a SOCK_SEQPACKET socketpair:
 
-    requester -> server   {"argv": [...]} with three fds (stdin, stdout, stderr)
+    requester -> server   {"argv": [...], "env": {...}} with three fds (stdin, stdout,
+                          stderr); "env" (optional) is set in the child before it runs
     server -> requester   {"started": PID} or {"error": TEXT}
                           {"exited": PID, "status": CODE} (a signal N is -N, as Popen's)
 
@@ -99,14 +100,15 @@ class Launcher:
                 cls._shared = cls()
             return cls._shared
 
-    def start(self, argv: Sequence[str]) -> ForkedProcess:
-        """Fork a child running `python -m stack ARGV`; its pipes are the caller's."""
+    def start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> ForkedProcess:
+        """Fork a child running `python -m stack ARGV`; its pipes are the caller's. `env`
+        is set in the child's environment first (`STACK_FAULTS` is read again then)."""
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         try:
             with self._lock:
-                message = json.dumps({"argv": list(argv)}).encode()
+                message = json.dumps({"argv": list(argv), "env": dict(env or {})}).encode()
                 try:
                     socket.send_fds(self._socket, [message], [stdin_r, stdout_w, stderr_w])
                 except OSError as error:
@@ -173,7 +175,9 @@ def _exit_status(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _run_child(argv: list[str], fds: list[int], inherited: Sequence[int]) -> None:
+def _run_child(
+    argv: list[str], fds: list[int], inherited: Sequence[int], env: dict[str, str]
+) -> None:
     """In the forked child: become `python -m stack ARGV` on the passed pipes; never return."""
     code = 1
     try:
@@ -187,7 +191,11 @@ def _run_child(argv: list[str], fds: list[int], inherited: Sequence[int]) -> Non
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
         sys.argv = ["python -m stack", *argv]
+        os.environ.update(env)
+        from stack import faults
         from stack.__main__ import main
+
+        faults.configure()  # the server imported the stack before this environment
 
         try:
             code = main(argv)
@@ -240,7 +248,9 @@ def serve(channel: socket.socket) -> None:
             if not data:
                 return  # the requester is gone
             try:
-                argv = [str(a) for a in json.loads(data)["argv"]]
+                request = json.loads(data)
+                argv = [str(a) for a in request["argv"]]
+                env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
                 if len(fds) != 3:
                     raise ValueError(f"expected 3 fds (stdin, stdout, stderr), got {len(fds)}")
             except (ValueError, KeyError, TypeError) as error:
@@ -250,7 +260,7 @@ def serve(channel: socket.socket) -> None:
                 continue
             pid = os.fork()
             if pid == 0:
-                _run_child(argv, fds, (channel.fileno(), wake_r, wake_w))
+                _run_child(argv, fds, (channel.fileno(), wake_r, wake_w), env)
             for fd in fds:
                 os.close(fd)
             children.add(pid)

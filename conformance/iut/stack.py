@@ -72,6 +72,9 @@ class StackIut(Iut):
     # "fork": from a fork server with the stack imported (`launcher`), in milliseconds;
     # "spawn": a fresh `python -m stack` each (0.3 s; what a fault planted at start needs)
     launch: ClassVar[str] = "fork"
+    # planted faults (stack/faults.py) switched on in its processes (`STACK_FAULTS`);
+    # empty: the environment's own, normally none
+    faults: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         super().__init__(topo, host)
@@ -226,15 +229,16 @@ class StackIut(Iut):
 
     def _start(self, argv: list[str], wait_ready: bool) -> None:
         process: subprocess.Popen[str] | ForkedProcess
+        env = {"STACK_FAULTS": ",".join(sorted(self.faults))} if self.faults else {}
         if os.environ.get("STACK_LAUNCH", self.launch) == "spawn":
             process = subprocess.Popen(
                 [sys.executable, "-m", "stack", *argv], cwd=ROOT, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **env},
             )  # fmt: skip
         else:
             try:
-                process = Launcher.shared().start(argv)
+                process = Launcher.shared().start(argv, env)
             except LaunchError as failure:
                 raise IutError(f"{self.name}: {failure}") from None
         self._processes.append(process)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from stack import faults
 from stack.crypto import add_addr_hmac, dss_checksum, key_token_idsn
 from stack.mptcp import handshake
 from stack.mptcp.coupled import SubflowWindow, alpha, increase
@@ -128,7 +129,7 @@ class MptcpConfig:
 
 def _expand(value: int, reference: int, wide: bool) -> int:
     """A 32-bit DSN or DATA_ACK, widened to 64 bits next to `reference` (RFC 8684 §3.3)."""
-    if wide:
+    if wide or (faults.ACTIVE and faults.on("dss_dsn32_not_expanded")):
         return value
     candidate = (reference & ~0xFFFFFFFF) | value
     delta = (candidate - reference) % DSN_MOD
@@ -372,6 +373,8 @@ class MptcpConnection:
             # a checksummed mapping half received: its bytes are the stream's next
             self.reasm.add(held.dsn, held.data)
         if self.local_token and not self.subflows_joined():
+            if faults.ACTIVE and faults.on("join_to_fallen_back"):
+                return  # its token stays: joins find it
             self.tokens.release(self.local_token)
 
     def subflows_joined(self) -> bool:
@@ -396,6 +399,8 @@ class MptcpConnection:
 
     def _data_ack(self) -> int:
         assert self.reasm is not None
+        if faults.ACTIVE and faults.on("dss_data_ack_stuck") and self.remote_key is not None:
+            return (key_token_idsn(self.remote_key, self.version or 0)[1] + 1) % DSN_MOD
         return (self.reasm.next_dsn + (1 if self.eof and not self.fallback else 0)) % DSN_MOD
 
     def _provide(self, sf: Subflow, seg: Segment, rel: int) -> None:
@@ -417,7 +422,9 @@ class MptcpConnection:
             options.append(MpFastclose(self.remote_key))  # abort(): the ACK before the RST
         elif not self.mptcp_decided or self.version is None:
             pass
-        elif sf.join_ack_due:
+        elif sf.join_ack_due and not (
+            seg.payload and faults.ACTIVE and faults.on("join_data_before_fourth_ack")
+        ):
             assert sf.join is not None
             options.append(MpJoinAck(sf.join.ack_hmac()))
         else:
@@ -476,6 +483,7 @@ class MptcpConnection:
                 and self.version == 1
                 and rel == 1
                 and (not self.peer_sent_dss)
+                and not (faults.ACTIVE and faults.on("mpc_no_keys_on_first_data"))
             ):
                 # RFC 8684 §3.1: the first data repeats both keys, in case the third ACK
                 # was lost; its mapping is implicit (IDSN+1, subflow seq 1).
@@ -486,7 +494,10 @@ class MptcpConnection:
                     )
                 )  # fmt: skip
                 return
-            options.append(Dss(self._data_ack(), chunk.dsn, chunk.subflow_seq, chunk.length,
+            subflow_seq = chunk.subflow_seq
+            if faults.ACTIVE and faults.on("dss_subflow_seq_absolute"):
+                subflow_seq = (subflow_seq + sf.tcp.iss) & 0xFFFFFFFF
+            options.append(Dss(self._data_ack(), chunk.dsn, subflow_seq, chunk.length,
                                chunk.checksum, data_ack_64=True, dsn_64=True))  # fmt: skip
         elif self.sendq.fin_sent and not self.sendq.fin_acknowledged:
             fin = self.sendq.write_end
@@ -539,7 +550,7 @@ class MptcpConnection:
         elif not sf.initial and sf.tcp.passive and sf.phase is Phase.CONNECTING:
             self._on_join_ack(sf, options)
             return
-        elif sf.phase is Phase.PRE_ESTABLISHED:
+        elif sf.phase is Phase.PRE_ESTABLISHED or (faults.ACTIVE and sf.join_ack_due):
             # the fourth ACK (RFC 8684 §3.2): the join is complete, data may flow
             sf.phase = Phase.ESTABLISHED
             sf.join_ack_due = False
@@ -566,19 +577,25 @@ class MptcpConnection:
             elif isinstance(option, RemoveAddr):
                 self._on_remove_addr(option)
             elif isinstance(option, MpFastclose):
-                self._on_fastclose(option)
+                self._on_fastclose(option, sf)
             elif isinstance(option, MpFail):
                 self._count("MPFailRx")
                 if not flags & RST:
                     self._on_mp_fail(sf, option)
 
-    def _on_fastclose(self, option: MpFastclose) -> None:
+    def _on_fastclose(self, option: MpFastclose, sf: Subflow | None = None) -> None:
         """RFC 8684 §3.5: the peer reset the whole connection, with MP_FASTCLOSE on an ACK
         or (as Linux does) on the RST of each subflow. Every subflow goes at once, and
         none is joined again."""
-        if option.receiver_key != self.local_key or self.fastclose:
+        wrong_key = option.receiver_key != self.local_key
+        if faults.ACTIVE and faults.on("fastclose_accept_wrong_key"):
+            wrong_key = False
+        if wrong_key or self.fastclose or (faults.ACTIVE and faults.on("fastclose_ignored")):
             return
         self._count("MPFastcloseRx")
+        if faults.ACTIVE and faults.on("fastclose_one_subflow") and sf is not None:
+            sf.tcp.abort(self._now)
+            return
         self.error = "connection reset by peer (MP_FASTCLOSE)"
         self.fastclose = True
         for other in self.subflows:
@@ -648,7 +665,11 @@ class MptcpConnection:
         assert outcome.remote_key is not None and capable is not None
         self._become_mptcp(outcome.version, outcome.checksum, outcome.remote_key)
         sf.capable_ack_due = True
-        if capable.flags & MPC_FLAG_C and self.paths is not None:
+        if (
+            capable.flags & MPC_FLAG_C
+            and self.paths is not None
+            and not (faults.ACTIVE and faults.on("mpc_ignore_c_flag"))
+        ):
             self.paths.initial_remote_joinable = False
 
     def _on_third_ack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
@@ -742,6 +763,8 @@ class MptcpConnection:
 
     def _on_prio(self, sf: Subflow, option: MpPrio) -> None:
         self._count("MPPrioRx")
+        if faults.ACTIVE and faults.on("backup_ignore_mp_prio"):
+            return
         targets = [sf]
         if option.address_id is not None:  # v0's 4-byte form names the subflows' address
             targets = [s for s in self.subflows if s.remote_id == option.address_id] or [sf]
@@ -752,6 +775,8 @@ class MptcpConnection:
         if isinstance(option, AddAddrV1):
             if option.echo:
                 self._count("EchoAdd")
+                if faults.ACTIVE and faults.on("add_addr_echo_ignored"):
+                    return
                 self._unechoed.pop(option.address_id, None)
                 self._announce = [a for a in self._announce
                                   if not (isinstance(a, AddAddrV1) and not a.echo and
@@ -759,11 +784,13 @@ class MptcpConnection:
                 return
             expected = add_addr_hmac(self.remote_key or 0, self.local_key, option.address_id,
                                      option.address, option.port)  # fmt: skip
-            if option.hmac != expected:
+            if option.hmac != expected and not (
+                faults.ACTIVE and faults.on("add_addr_accept_bad_hmac")
+            ):
                 self._count("AddAddrHmacBad")
                 return  # RFC 8684 §3.4.1: ignored
         self._count("AddAddr")
-        if isinstance(option, AddAddrV1):
+        if isinstance(option, AddAddrV1) and not (faults.ACTIVE and faults.on("add_addr_no_echo")):
             # RFC 8684 §3.4.1: echoed whether or not the address is used, whatever the
             # endpoints and limits, and each time it comes (a resend means ours was lost)
             self._announce.append(AddAddrV1(option.address_id, option.address, option.port,
@@ -777,6 +804,8 @@ class MptcpConnection:
 
     def _on_remove_addr(self, option: RemoveAddr) -> None:
         self._count("RmAddr")
+        if faults.ACTIVE and faults.on("remove_addr_ignored"):
+            return
         for sf in list(self.subflows):
             if (sf.remote_id in option.address_ids and not sf.initial) or (
                 sf.initial and 0 in option.address_ids
@@ -799,7 +828,8 @@ class MptcpConnection:
             elif isinstance(event, DataFin):
                 self.peer_fin_dsn = event.dsn
             elif isinstance(event, Unmapped):
-                if len(self._alive()) == 1 and sf.initial:
+                if (len(self._alive()) == 1 and sf.initial
+                        and not (faults.ACTIVE and faults.on("fallback_refused"))):  # fmt: skip
                     # RFC 8684 §3.7: the peer (or a middlebox) dropped the options: the
                     # bytes continue the stream in order.
                     self._fall_back(sf, "data without a DSS mapping")
@@ -819,8 +849,13 @@ class MptcpConnection:
         already failing): the subflow is reset, MP_FAIL on the RST, and its data comes
         again on the others."""
         sf.mp_fail_due = event.dsn
+        if faults.ACTIVE and faults.on("mp_fail_wrong_dsn"):
+            sf.mp_fail_due = (event.dsn + 1) % DSN_MOD
         self._count("MPFailTx")
         if not self._infinite_fallback_allowed() or self.mp_fail_dsn is not None:
+            if faults.ACTIVE and faults.on("mp_fail_without_rst"):
+                sf.mp_fail_due = None
+                return  # the mapping's data is dropped, the subflow goes on
             self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "DSS checksum failed")
             return
         self.mp_fail_dsn = event.dsn
@@ -937,6 +972,8 @@ class MptcpConnection:
         checksum = (
             dss_checksum(dsn, sf.sendmap.write_seq, len(data), data) if self.checksum else None
         )
+        if checksum is not None and faults.ACTIVE and faults.on("dss_checksum_wrong"):
+            checksum = dss_checksum(0, 0, 0, data)  # the pseudo-header left out
         sf.sendmap.append(dsn, len(data), checksum)
         sf.tcp.send(data, now)
         sf.counters.bytes_sent += len(data)
@@ -1118,6 +1155,9 @@ class MptcpConnection:
             elif isinstance(event, PeerFinished):
                 if self.fallback or (sf.initial and self.version is None):
                     self.eof = True
+                elif faults.ACTIVE and faults.on("dss_subflow_fin_is_data_fin"):
+                    self.eof = True
+                    self._maybe_close_subflows()
             elif isinstance(event, Reset | Closed):
                 self._subflow_gone(sf, event, now)
 
@@ -1142,6 +1182,8 @@ class MptcpConnection:
                         send_ack_now(sf.tcp, now)
         elif not sf.tcp.passive:  # a join we opened (a listener opens some too)
             sf.phase = Phase.PRE_ESTABLISHED
+            if faults.ACTIVE and faults.on("join_data_before_fourth_ack"):
+                sf.phase = Phase.ESTABLISHED
             sf.join_ack_due = True
             sf.join_ack_deadline = now + sf.tcp.rto.rto
 
@@ -1174,7 +1216,16 @@ class MptcpConnection:
             # the connection ends, this is no subflow failure to join again
             for option in event.options:
                 if isinstance(option, MpFastclose):
-                    self._on_fastclose(option)
+                    self._on_fastclose(option, sf)
+            if (
+                faults.ACTIVE
+                and faults.on("tcprst_kills_connection")
+                and any(isinstance(o, MpTcpRst) for o in event.options)
+            ):
+                for other in self.subflows:
+                    if other is not sf:
+                        other.tcp.abort(now)
+                self._aborted_others = True
         orderly = isinstance(event, Closed) and event.reason.value == "normal"
         sf.phase = Phase.CLOSED if orderly else Phase.FAILED
         if not sf.error and not orderly:
@@ -1272,6 +1323,8 @@ class MptcpConnection:
         self._push(now)
 
     def _reset_subflow(self, sf: Subflow, reason: int, why: str) -> None:
+        if faults.ACTIVE and faults.on("tcprst_no_reason"):
+            reason = MPTCP_RST_EUNSPEC
         sf.rst_reason = reason
         sf.error = why
         self._count("SubflowReset")
@@ -1325,6 +1378,8 @@ class MptcpConnection:
         if isinstance(sent, AddAddrV1) and not sent.echo:
             tries = self._unechoed.get(sent.address_id, (sent, 0.0, -1))[2] + 1
             fixed = self.config.add_addr_timeout
+            if faults.ACTIVE and faults.on("add_addr_no_retransmit"):
+                fixed = 0
             if tries < ADD_ADDR_RETRIES and fixed != 0:  # the original, then 3 resends
                 interval = ADD_ADDR_RTO * (1 << tries) if fixed is None else fixed
                 deadline = self._now + interval
@@ -1334,8 +1389,13 @@ class MptcpConnection:
         return sent
 
     def _queue_announce(self, address_id: int, address: IPAddress, port: int | None) -> None:
+        if faults.ACTIVE and faults.on("add_addr_port_dropped"):
+            port = None
         if self.version == 1:
             mac = add_addr_hmac(self.local_key, self.remote_key or 0, address_id, address, port)
+            if faults.ACTIVE and faults.on("add_addr_hmac_keys_swapped"):
+                mac = add_addr_hmac(self.remote_key or 0, self.local_key, address_id, address,
+                                    port)  # fmt: skip
             self._announce.append(AddAddrV1(address_id, address, port, hmac=mac))
         else:
             self._announce.append(AddAddrV0(address_id, address, port))
@@ -1350,8 +1410,9 @@ class MptcpConnection:
         self._unechoed.pop(address_id, None)
         self._announce = [a for a in self._announce
                           if getattr(a, "address_id", None) != address_id]  # fmt: skip
-        self._announce.append(RemoveAddr((address_id,)))
-        self._count("RmAddrTx")
+        if not (faults.ACTIVE and faults.on("remove_addr_not_sent")):
+            self._announce.append(RemoveAddr((address_id,)))
+            self._count("RmAddrTx")
         for sf in list(self.subflows):
             if not sf.initial and not sf.gone and sf.local[0] == address:
                 self._reset_subflow(sf, MPTCP_RST_EUNSPEC, "local address removed")
@@ -1404,7 +1465,9 @@ class MptcpConnection:
             self._reset_subflow(sf, MPTCP_RST_EMPTCP, "SYN/ACK without MP_JOIN")
             return
         join.remote_nonce = synack.nonce
-        if synack.hmac != join.expected_synack_hmac():
+        if synack.hmac != join.expected_synack_hmac() and not (
+            faults.ACTIVE and faults.on("join_accept_bad_hmac_b")
+        ):
             self._count("MPJoinSynAckHMacFailure")
             # aborted from inside TCP's SYN-SENT processing: TCP answers the SYN/ACK
             # with a RST (MP_TCPRST reason 1) and nothing else, as Linux; never the ACK
@@ -1425,13 +1488,17 @@ class MptcpConnection:
         ack = next((o for o in options if isinstance(o, MpJoinAck)), None)
         join = sf.join
         assert join is not None
-        if ack is None or ack.hmac != join.expected_ack_hmac():
+        if ack is None or (
+            ack.hmac != join.expected_ack_hmac()
+            and not (faults.ACTIVE and faults.on("join_accept_bad_hmac_a"))
+        ):
             self._count("MPJoinAckHMacFailure")
             sf.phase = Phase.FAILED
             sf.rst_reason = MPTCP_RST_EMPTCP
             sf.error = "third ACK without a valid MP_JOIN HMAC"
             return
-        if self.paths is not None and not self.paths.accept_join():
+        if (self.paths is not None and not self.paths.accept_join()
+                and not (faults.ACTIVE and faults.on("join_no_subflow_limit"))):  # fmt: skip
             # the limit filled up while this join was half-done (as Linux, at the 3rd ACK)
             self._count("MPJoinRejectedLimit")
             sf.phase = Phase.FAILED
@@ -1521,7 +1588,9 @@ class MptcpConnection:
             self._fin_backoff += 1
             self._fin_deadline = now + DATA_FIN_RTO * (1 << min(self._fin_backoff, 6))
             for sf in self.subflows:
-                if sf.usable:
+                if sf.usable and not (
+                    faults.ACTIVE and faults.on("dss_data_fin_not_retransmitted")
+                ):
                     send_ack_now(sf.tcp, now)
         self._push(now)
 
@@ -1550,7 +1619,8 @@ class MptcpConnection:
             self._reset_subflow(sf, MPTCP_RST_EMPTCP, "no fourth ACK: join given up")
             return
         self._count("MPJoinAckRetrans")
-        send_ack_now(sf.tcp, now)
+        if not (faults.ACTIVE and faults.on("join_no_third_ack_retransmit")):
+            send_ack_now(sf.tcp, now)
         sf.join_ack_deadline = now + sf.tcp.rto.rto * (1 << sf.join_ack_tries)
 
     def poll_segments(self) -> list[tuple[Subflow, Segment]]:

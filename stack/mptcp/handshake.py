@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from stack import faults
 from stack.crypto import generate_nonce, join_ack_hmac, join_synack_hmac
 from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, MpCapable
 
@@ -71,17 +72,19 @@ def listener_decision(config: CapableConfig, syn: MpCapable) -> ListenerDecision
     """How a listener answers a SYN's MP_CAPABLE."""
     if syn.extensibility and syn.version == 0 and 0 in config.versions:
         return ListenerDecision(None, reason="v0 SYN with B set: silently ignored", drop=True)
-    if syn.extensibility:
+    if syn.extensibility and not (faults.ACTIVE and faults.on("mpc_accept_b_flag")):
         # B set: an extension this implementation does not know; RFC 8684 §3.1 says the
         # option must then be ignored, i.e. answered as plain TCP.
         return ListenerDecision(None, reason="B (extensibility) flag set: option ignored")
-    if not syn.hmac_sha:
+    if not syn.hmac_sha and not (faults.ACTIVE and faults.on("mpc_accept_no_h_flag")):
         return ListenerDecision(None, reason="no supported HMAC algorithm (H flag clear)")
     requested = syn.version
     if requested >= 1:
         if 1 not in config.versions:
             return ListenerDecision(None, reason="v1 SYN to a v0-only listener: no Key-A")
         checksum = bool(syn.flags & MPC_FLAG_A) or config.want_checksum
+        if faults.ACTIVE and faults.on("mpc_ignore_a_flag"):
+            checksum = config.want_checksum
         return ListenerDecision(1, checksum)
     if 0 not in config.versions:
         return ListenerDecision(None, reason="v0 SYN to a listener without v0")
@@ -115,18 +118,23 @@ def initiator_outcome(
         if sent_version >= 1 and 0 in config.versions and config.v0_policy is V0Policy.RETRY_V0:
             return InitiatorOutcome(None, retry_v0=True, reason="no MP_CAPABLE: retry with v0")
         return InitiatorOutcome(None, reason="SYN/ACK without MP_CAPABLE: fall back to TCP")
-    if synack.version > sent_version or synack.version not in config.versions:
+    version = synack.version
+    if version > sent_version and faults.ACTIVE and faults.on("mpc_accept_higher_version"):
+        version = sent_version  # taken as if it were our own version
+    if version > sent_version or version not in config.versions:
         return InitiatorOutcome(
             None, reason=f"SYN/ACK offers version {synack.version} to our {sent_version}"
         )
     if synack.sender_key is None or synack.receiver_key is not None:
         return InitiatorOutcome(None, reason="SYN/ACK MP_CAPABLE without exactly Key-B")
     checksum = bool(synack.flags & MPC_FLAG_A) or config.want_checksum
-    return InitiatorOutcome(synack.version, checksum, remote_key=synack.sender_key)
+    return InitiatorOutcome(version, checksum, remote_key=synack.sender_key)
 
 
 def ack_option(version: int, checksum: bool, local_key: int, remote_key: int) -> MpCapable:
     """The third ACK's MP_CAPABLE: both keys (Key-A first)."""
+    if faults.ACTIVE and faults.on("mpc_third_ack_keys_swapped"):
+        local_key, remote_key = remote_key, local_key
     flags = MPC_FLAG_H | (MPC_FLAG_A if checksum else 0)
     return MpCapable(version=version, flags=flags, sender_key=local_key, receiver_key=remote_key)
 
@@ -158,11 +166,15 @@ class JoinCrypto:
 
     @classmethod
     def fresh(cls, version: int, local_key: int, remote_key: int) -> JoinCrypto:
+        if faults.ACTIVE and faults.on("join_fixed_nonce"):
+            return cls(version, local_key, remote_key, 0x5EED5EED)
         return cls(version, local_key, remote_key, generate_nonce())
 
     def synack_hmac(self) -> bytes:
         """What the responder (B) sends: leftmost 64 bits of HMAC-B."""
         assert self.remote_nonce is not None
+        if faults.ACTIVE and faults.on("join_hmac_b_keys_swapped"):
+            return self.expected_synack_hmac()
         return join_synack_hmac(
             self.version, self.local_key, self.remote_key, self.local_nonce, self.remote_nonce
         )
@@ -177,6 +189,8 @@ class JoinCrypto:
     def ack_hmac(self) -> bytes:
         """What the initiator (A) sends: leftmost 160 bits of HMAC-A."""
         assert self.remote_nonce is not None
+        if faults.ACTIVE and faults.on("join_hmac_a_keys_swapped"):
+            return self.expected_ack_hmac()
         return join_ack_hmac(
             self.version, self.local_key, self.remote_key, self.local_nonce, self.remote_nonce
         )

@@ -28,6 +28,7 @@ import itertools
 from collections import OrderedDict, deque
 from typing import Any
 
+from stack import faults
 from stack.mptcp import handshake
 from stack.mptcp.connection import MptcpConfig, MptcpConnection
 from stack.mptcp.handshake import JoinCrypto
@@ -40,6 +41,7 @@ from stack.wire.mptcp import (
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EPROHIBIT,
     MPTCP_RST_ERESOURCE,
+    MPTCP_RST_EUNSPEC,
     MpCapable,
     MpJoinSyn,
     MpTcpRst,
@@ -167,7 +169,8 @@ class MptcpListener:
             self._count("MPJoinNoTokenFound")
             self._reset(local, remote, seg, MPTCP_RST_EMPTCP)
             return None
-        if msk.fallback or msk.mp_fail_dsn is not None or msk.closed or msk.version is None or (
+        fallback = msk.fallback and not (faults.ACTIVE and faults.on("join_to_fallen_back"))
+        if fallback or msk.mp_fail_dsn is not None or msk.closed or msk.version is None or (
             msk.remote_key is None or msk.fastclose  # reset by either end: never joined again
         ) or (
             msk.sendq is not None and msk.sendq.fin_requested
@@ -175,7 +178,8 @@ class MptcpListener:
             self._count("MPJoinRefused")
             self._reset(local, remote, seg, MPTCP_RST_EMPTCP)
             return None
-        if msk.paths is not None and not msk.paths.join_fits():
+        if (msk.paths is not None and not msk.paths.join_fits()
+                and not (faults.ACTIVE and faults.on("join_no_subflow_limit"))):  # fmt: skip
             self._count("MPJoinRejectedLimit")
             self._reset(local, remote, seg, MPTCP_RST_EPROHIBIT)
             return None
@@ -199,11 +203,17 @@ class MptcpListener:
         # endpoint it also is
         initial = msk.first_subflow.local[0] if msk.first_subflow is not None else None
         local_id = 0 if local[0] == initial or endpoint is None else endpoint.id
+        backup_local, backup_remote = bool(endpoint and endpoint.backup), join.backup
+        if faults.ACTIVE:  # planted faults (stack/faults.py)
+            local_id += faults.on("join_wrong_address_id")
+            backup_local = join.backup if faults.on("backup_mirror_b") else backup_local
+            backup_local = backup_local and not faults.on("backup_endpoint_b_not_sent")
+            backup_remote = backup_remote and not faults.on("backup_ignore_b")
         crypto = JoinCrypto.fresh(msk.version, msk.local_key, msk.remote_key)
         crypto.remote_nonce = join.nonce
         sf = self._passive_subflow(msk, local, remote, seg, now, initial=False, local_id=local_id,
-                     remote_id=join.address_id, backup_local=bool(endpoint and endpoint.backup),
-                     backup_remote=join.backup, join=crypto)  # fmt: skip
+                     remote_id=join.address_id, backup_local=backup_local,
+                     backup_remote=backup_remote, join=crypto)  # fmt: skip
         msk._count("MPJoinSynRx")
         if len(self.joins) >= self.backlog:
             self._count("ListenDrops")
@@ -227,7 +237,8 @@ class MptcpListener:
             return None
         msk, sf = entry
         if any(seg.flags & ACK and not seg.flags & (SYN | RST) for seg in segments):
-            if msk.fallback or msk.closed or msk.mp_fail_dsn is not None:
+            fallback = msk.fallback and not (faults.ACTIVE and faults.on("join_to_fallen_back"))
+            if fallback or msk.closed or msk.mp_fail_dsn is not None:
                 # the connection changed while the join was half-open: refused at the
                 # third ACK, as Linux (its request is disposed of, with a reset)
                 self._count("MPJoinRefused")
@@ -333,6 +344,8 @@ class MptcpListener:
         else:
             reply = Segment(local[1], remote[1], 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
                             RST | ACK, 0)  # fmt: skip
+        if reason is not None and faults.ACTIVE and faults.on("tcprst_no_reason"):
+            reason = MPTCP_RST_EUNSPEC
         if reason is not None and 1 in self.config.versions:
             # MP_TCPRST is RFC 8684's; a v0-only host (RFC 6824) refuses with a plain RST
             reply.extra_options = (MpTcpRst(reason),)
