@@ -307,6 +307,16 @@ def mp_prio_bulk_data_stays_off_backup(ctx: Context) -> None:
 # subflow lives.
 
 
+def _expect_prio(ctx: Context, sf: Subflow, backup: bool, where: str) -> None:
+    """The IUT's MP_PRIO with B=`backup` on `sf` (`expect`: it follows a local change,
+    other traffic may come first), 3 bytes in v1."""
+    prio = sf.expect(option=MpPrio, within=1, what=f"MP_PRIO B={int(backup)} {where}")
+    option = prio.need(MpPrio)
+    if option.backup != backup or (option.address_id is not None and ctx.version == 1):
+        raise deviates(f"expected a 3-byte MP_PRIO with B={int(backup)} {where}: "
+                       f"{prio.describe()}")  # fmt: skip
+
+
 @case(
     section="3.2",
     level=MUST,
@@ -346,10 +356,7 @@ def iut_sends_mp_prio_b0_when_backup_cleared(ctx: Context) -> None:
         raise deviates(f"SYN/ACK without B from a backup endpoint: {synack.describe()}")
     expect_fourth_ack(second)
     ctx.iut.set_backup(address, False)
-    prio = second.expect(option=MpPrio, within=1, what="MP_PRIO with B=0")
-    option = prio.need(MpPrio)
-    if option.backup or (option.address_id is not None and ctx.version == 1):
-        raise deviates(f"expected a 3-byte MP_PRIO with B=0: {prio.describe()}")
+    _expect_prio(ctx, second, False, "on the joined subflow")
 
 
 @case(
@@ -369,9 +376,7 @@ def initial_subflow_backup_from_endpoint(ctx: Context) -> None:
     echoes, which pure ACKs may precede."""
     ctx.iut.add_endpoint(ctx.iut_address("eth0"), flags={"subflow", "backup"})
     conn, first = established(ctx)
-    prio = first.expect(option=MpPrio, within=1, what="MP_PRIO B=1 on the initial subflow")
-    if not prio.need(MpPrio).backup:
-        raise deviates(f"MP_PRIO without B on the initial subflow: {prio.describe()}")
+    _expect_prio(ctx, first, True, "on the initial subflow")
     second = joined(ctx, conn)
     _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
 
@@ -394,9 +399,7 @@ def initial_subflow_becomes_backup(ctx: Context) -> None:
     conn, first = established(ctx)
     second = joined(ctx, conn)
     ctx.iut.set_backup(address, True)
-    prio = first.expect(option=MpPrio, within=1, what="MP_PRIO B=1 on the initial subflow")
-    if not prio.need(MpPrio).backup:
-        raise deviates(f"MP_PRIO without B on the initial subflow: {prio.describe()}")
+    _expect_prio(ctx, first, True, "on the initial subflow")
     _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
 
 
