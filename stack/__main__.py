@@ -43,11 +43,41 @@ def run_connection(
     sock: MptcpSocket, mode: str, nbytes: int, side: str, seed: int | None = None
 ) -> AppReport:
     report = AppReport(role=mode, side=side, protocol="mptcp-stack")
-    play(sock, mode, nbytes, report, SEED if seed is None else seed)  # type: ignore[arg-type]
+    if mode == "close-unread":
+        _close_unread(sock, report)
+    elif mode == "abort":
+        _abort_after_first_read(sock, report)
+    else:
+        play(sock, mode, nbytes, report, SEED if seed is None else seed)  # type: ignore[arg-type]
     report.mptcp = sock.msk.describe()
     if sock.close_error and not report.error:
         report.error = sock.close_error  # what was sent may not have arrived
     return report
+
+
+def _close_unread(sock: MptcpSocket, report: AppReport) -> None:
+    """Wait (up to 120 s) for data to arrive, then close without reading it."""
+    started = time.monotonic()
+    try:
+        sock.wait_readable(timeout=120.0)
+    except (OSError, TimeoutError) as error:
+        report.error = f"close-unread: {error}"
+    finally:
+        sock.close()
+        report.duration_s = time.monotonic() - started
+
+
+def _abort_after_first_read(sock: MptcpSocket, report: AppReport) -> None:
+    """Read what arrives first (up to 120 s), then abort: MP_FASTCLOSE, as a kernel
+    socket closed with SO_LINGER 0."""
+    started = time.monotonic()
+    try:
+        report.bytes_received = len(sock.recv(65536, timeout=120.0))
+    except (OSError, TimeoutError) as error:
+        report.error = f"abort: {error}"
+    finally:
+        sock.abort()
+        report.duration_s = time.monotonic() - started
 
 
 def _config(args: Any) -> MptcpConfig:

@@ -653,6 +653,11 @@ class MptcpSocket:
             raise ConnectionError(msk.error)
         return data
 
+    def wait_readable(self, timeout: float | None = 120.0) -> None:
+        """Block until data can be read (or the peer finished), reading nothing."""
+        msk = self._driver.msk
+        self._wait(lambda: bool(msk.readable) or msk.eof, timeout, "data to read")
+
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
         data = self.recv(nbytes or len(buffer))
         memoryview(buffer)[: len(data)] = data

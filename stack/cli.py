@@ -28,7 +28,7 @@ from stack.route import InterfaceConfig, RoutingError
 T = TypeVar("T")
 ENDPOINT_FLAGS = ("subflow", "signal", "backup", "fullmesh")
 CONGESTION_CONTROLS = ("lia", "reno")
-MODES = ("sink", "echo", "source")
+MODES = ("sink", "echo", "source", "close-unread", "abort")
 
 
 class CliError(ValueError):
@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--version", type=int, choices=(0, 1), default=1, help="MPTCP version")
         p.add_argument(
             "--mode", choices=MODES, default="sink" if command == "serve" else "source",
-            help="sink: read to EOF; echo: return what arrives; source: send --bytes",
+            help="sink: read to EOF; echo: return what arrives; source: send --bytes; "
+            "close-unread: close as soon as data arrives, without reading it (an abortive "
+            "close: MP_FASTCLOSE, as a kernel socket closed with unread data); abort: read "
+            "what arrives first, then abort (MP_FASTCLOSE, as close() with SO_LINGER 0)",
         )  # fmt: skip
         p.add_argument("--bytes", type=_non_negative, default=0, help="bytes to send as source")
         p.add_argument(

@@ -22,8 +22,10 @@ The case id is `<module>.<function>`. `ipv6=True` registers the same function a 
 time as `<module>.<function>_ipv6`, run with the tester speaking IPv6 (`ctx.tester`'s
 default addresses are IPv6 ones) over the topology's IPv6 counterpart
 (`IPV6_TOPOLOGY`); such a case takes its addresses from the tester, never spelt out.
-A case ends with a verdict by returning (conforms) or raising `deviates(...)` /
-`not_applicable(...)`; any other exception is a harness fault (`error`).
+`family=6` makes the case itself IPv6 only (on a dual-stack topology such as
+`single_path`), with no IPv4 twin. A case ends with a verdict by returning (conforms)
+or raising `deviates(...)` / `not_applicable(...)`; any other exception is a harness
+fault (`error`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def case(
     topology: str = "single_path",
     title: str | None = None,
     ipv6: bool = False,
+    family: int = 4,
 ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     def register(function: Callable[[Context], None]) -> Callable[[Context], None]:
         area = function.__module__.rsplit(".", 1)[-1]
@@ -98,6 +101,7 @@ def case(
             expected=expected,
             run=function,
             topology=topology,
+            family=family,
         )
         _REGISTRY.append(base)
         if ipv6:

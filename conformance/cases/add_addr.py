@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import time
 from typing import Any
 
-from conformance.cases import LISTENER, MUST, SHOULD, Context, case
+from conformance.cases import LISTENER, MAY, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     accept_join,
     answer_join,
@@ -24,7 +25,7 @@ from conformance.cases.steps import (
     syn_again,
 )
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Segment, Subflow
+from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
 from stack.wire.mptcp import AddAddrV0, AddAddrV1, MpJoinAck, MpJoinSyn, RemoveAddr
 from stack.wire.tcp import FIN, RST
@@ -220,18 +221,22 @@ def tester_add_addr_v0_with_port_leads_to_join(ctx: Context) -> None:
 
 
 def _tester_announce(
-    ctx: Context, *, good: bool, limits: bool = True
-) -> tuple[MptcpConnection, Subflow]:
-    """The tester announces its eth1 address (ID 5) with a v1 ADD_ADDR; with `limits`
-    the IUT may accept 2 addresses, else it keeps its defaults (Linux's: accept none)."""
-    if limits:
+    ctx: Context, *, good: bool, limits: bool | tuple[int, int] = True,
+    port: int | None = None, address: str | None = None,
+) -> tuple[MptcpConnection, Subflow]:  # fmt: skip
+    """The tester announces its eth1 address (or `address`) with `port`, ID 5, with a
+    v1 ADD_ADDR; with `limits` the IUT may accept 2 addresses (or takes the limits
+    given), else it keeps its defaults (Linux's: accept none)."""
+    if limits is True:
         ctx.iut.set_limits(2, 2)
+    elif limits:
+        ctx.iut.set_limits(*limits)
     conn, sf = established(ctx)
-    address = ipaddress.IPv4Address(ctx.tester.address("eth1"))
-    mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, 5, address, None)
+    announced = ipaddress.ip_address(address or ctx.tester.address("eth1"))
+    mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, 5, announced, port)
     if not good:
         mac = bytes(b ^ 0xFF for b in mac)
-    sf.send("A", [AddAddrV1(5, address, None, mac), conn.data_ack()])
+    sf.send("A", [AddAddrV1(5, announced, port, mac), conn.data_ack()])
     return conn, sf
 
 
@@ -241,11 +246,14 @@ _tester_announces = functools.partial(
 )
 
 
-def _expect_echo(ctx: Context, *, limits: bool) -> Segment:
-    """The tester announces (`_tester_announce` with `limits`); the IUT's next segment
-    on the subflow (`expect_next`) is the echo: E=1, the same ID (5), address (the
-    tester's eth1) and port (none), no HMAC."""
-    _, sf = _tester_announce(ctx, good=True, limits=limits)
+def _expect_echo(
+    ctx: Context, *, limits: bool | tuple[int, int], port: int | None = None,
+    address: str | None = None,
+) -> Segment:  # fmt: skip
+    """The tester announces (`_tester_announce` with `limits`, `port`, `address`); the
+    IUT's next segment on the subflow (`expect_next`) is the echo: E=1, the same ID (5),
+    address (the tester's eth1, or `address`) and port, no HMAC."""
+    _, sf = _tester_announce(ctx, good=True, limits=limits, port=port, address=address)
     echo = sf.expect_next(
         option=AddAddrV1,
         within=1,
@@ -253,8 +261,8 @@ def _expect_echo(ctx: Context, *, limits: bool) -> Segment:
         where=lambda s: s.need(AddAddrV1).echo,
     )
     option = echo.need(AddAddrV1)
-    address = ipaddress.ip_address(ctx.tester.address("eth1"))
-    if option.address_id != 5 or option.address != address or option.port is not None:
+    announced = ipaddress.ip_address(address or ctx.tester.address("eth1"))
+    if option.address_id != 5 or option.address != announced or option.port != port:
         raise deviates(f"echo of another ID, address or port: {echo.describe()}")
     if option.hmac is not None:
         raise deviates(f"echo with an HMAC: {echo.describe()}")
@@ -262,6 +270,7 @@ def _expect_echo(ctx: Context, *, limits: bool) -> Segment:
 
 
 @_tester_announces(
+    ipv6=True,
     expected="A valid ADD_ADDR from the tester is echoed: ADD_ADDR with E=1, the same ID "
     "and address, and no HMAC.",
 )
@@ -307,6 +316,15 @@ def tester_add_addr_v0(ctx: Context) -> None:
     exchange(ctx, conn, sf, b"after the v0 ADD_ADDR")
 
 
+def _expect_closed(removed: Subflow) -> None:
+    """The IUT's next segment on a removed subflow closes it (RST or FIN; pure ACKs
+    skipped: the RFC prescribes the closing, not that nothing precede it)."""
+    removed.expect_next(
+        within=1, what="RST or FIN on the removed subflow",
+        where=lambda s: bool(s.flags & (RST | FIN)), skip=pure_ack,
+    )  # fmt: skip
+
+
 @case(
     section="3.4.2",
     level=MUST,
@@ -323,10 +341,7 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
     conn, first = established(ctx)
     second = joined(ctx, conn, address_id=4)
     first.send("A", [RemoveAddr((4,)), conn.data_ack()])
-    second.expect_next(
-        within=1, what="RST or FIN on the removed subflow",
-        where=lambda s: bool(s.flags & (RST | FIN)), skip=pure_ack,
-    )  # fmt: skip
+    _expect_closed(second)
     exchange(ctx, conn, first, b"still here", on=first)
 
 
@@ -362,3 +377,144 @@ def remove_addr_unknown_id_ignored(ctx: Context) -> None:
     conn, sf = established(ctx)
     sf.send("A", [RemoveAddr((99,)), conn.data_ack()])
     exchange(ctx, conn, sf, b"unchanged", on=sf)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2: the echo of an ADD_ADDR with a port and of an IPv6 one (the `_ipv6`
+# variant of `tester_add_addr_echoed`), the IUT's ADD_ADDR right after the third ACK, the
+# retransmission count, `add_addr_accepted 0`, REMOVE_ADDR with several IDs, an IPv4
+# ADD_ADDR on an IPv6 connection.
+
+
+@_tester_announces(
+    expected="A valid ADD_ADDR with a port from the tester is echoed with that port: E=1, "
+    "the same ID, address and port, no HMAC.",
+)
+def tester_add_addr_with_port_echoed(ctx: Context) -> None:
+    """expect_next: the echo is the answer to the ADD_ADDR (§3.4.1)."""
+    _expect_echo(ctx, limits=True, port=6002)
+
+
+@case(
+    section="3.4.1",
+    level=MAY,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="The IUT announces its signal endpoint as soon as the connection is "
+    "established, right after the MP_CAPABLE third ACK and before any data (as Linux "
+    "does): its next segment after the third ACK, pure ACKs excepted, is the ADD_ADDR.",
+)
+def iut_add_addr_after_third_ack(ctx: Context) -> None:
+    """expect_next (pure ACKs skipped): nothing else is due from the IUT after the third
+    ACK; the ADD_ADDR must not wait for data."""
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"signal"})
+    ctx.iut.listen(ctx.port)
+    _, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    kind: type[AddAddrV1] | type[AddAddrV0] = AddAddrV1 if ctx.version == 1 else AddAddrV0
+    announce = sf.expect_next(option=kind, within=0.5, where=_not_echo, skip=pure_ack,
+                              what=f"ADD_ADDR v{ctx.version} after the third ACK")  # fmt: skip
+    option: AddAddrV1 | AddAddrV0 = announce.need(kind)
+    if str(option.address) != ctx.iut_address("eth1"):
+        raise deviates(f"announced {option.address}, not the endpoint: {announce.describe()}")
+
+
+ADD_ADDR_RETRANSMISSIONS = 3  # Linux's ADD_ADDR_RETRANS_MAX; the RFC leaves the count open
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    role=LISTENER,
+    topology=DUAL,
+    expected="An ADD_ADDR that is never echoed is sent again a bounded number of times "
+    "(add_addr_timeout 1 s, the longest wait; Linux 6.18 starts from the subflow's RTO and "
+    "doubles), as Linux does: 3 retransmissions, then no more.",
+)
+def iut_add_addr_retransmission_count(ctx: Context) -> None:
+    """next_matching: counts every announcement on a timer (none answers a segment)
+    until 1.6 s pass without one."""
+    ctx.iut.set_sysctl("net.mptcp.add_addr_timeout", 1)
+    _, sf, first = _announce(ctx)
+    times = [first.time]
+    pattern = Pattern(option=AddAddrV1, where=_not_echo, what="the ADD_ADDR again")
+    while len(times) <= ADD_ADDR_RETRANSMISSIONS + 2:
+        again = ctx.tester.next_matching(pattern, 1.6, owner=sf.owns)
+        if again is None:
+            break
+        times.append(again.time)
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
+    if len(times) - 1 != ADD_ADDR_RETRANSMISSIONS:
+        raise deviates(f"{len(times) - 1} retransmissions of an unechoed ADD_ADDR (gaps "
+                       f"{gaps} s), expected {ADD_ADDR_RETRANSMISSIONS}")  # fmt: skip
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="Configured to accept no announced address (add_addr_accepted 0, 2 "
+    "subflows allowed), the IUT still echoes the tester's ADD_ADDR (v1) but opens no "
+    "subflow to the address.",
+)
+def add_addr_accepted_0_echoes_without_joining(ctx: Context) -> None:
+    """expect_next: the echo is the answer to the ADD_ADDR (v1); expect_none: no join
+    SYN within 0.5 s."""
+    if ctx.version == 1:
+        _expect_echo(ctx, limits=(2, 0))
+    else:
+        ctx.iut.set_limits(2, 0)
+        conn, sf = established(ctx)
+        address = ipaddress.ip_address(ctx.tester.address("eth1"))
+        sf.send("A", [AddAddrV0(5, address), conn.data_ack()])
+    ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN to the address")
+
+
+@case(
+    section="3.4.2",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="REMOVE_ADDR with two address IDs (4 and 6, the tester's two joined "
+    "subflows) makes the IUT close both subflows (RST or FIN) while the connection goes "
+    "on on the first.",
+)
+def remove_addr_several_ids(ctx: Context) -> None:
+    """expect_next on each removed subflow (pure ACKs skipped, as in
+    `remove_addr_closes_subflow`): closing is the prescribed answer; expect for the echo."""
+    ctx.iut.set_limits(3, 0)
+    conn, first = established(ctx)
+    second = joined(ctx, conn, address_id=4)
+    third = joined(ctx, conn, ifname="eth0", address_id=6)  # another port of eth0
+    first.send("A", [RemoveAddr((4, 6)), conn.data_ack()])
+    for removed in (second, third):
+        _expect_closed(removed)
+    exchange(ctx, conn, first, b"the first subflow stays", on=first)
+
+
+@case(
+    section="3.4.1",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    family=6,
+    expected="An ADD_ADDR carrying an IPv4 address (the tester's) on an IPv6 connection "
+    "is valid: v1 echoes it (E=1, the IPv4 address, no HMAC), and the connection goes on "
+    "carrying data.",
+)
+def tester_add_addr_ipv4_on_ipv6_connection(ctx: Context) -> None:
+    """expect_next: the echo is the answer to the ADD_ADDR (v1); expect for the data echo,
+    which pure ACKs may precede."""
+    address = ctx.tester.address("eth0", 4)
+    if ctx.version == 1:
+        echo = _expect_echo(ctx, limits=True, address=address)
+        conn = ctx.tester.connections[-1]
+        sf = next(s for s in conn.subflows if s.owns(echo))
+    else:
+        ctx.iut.set_limits(2, 2)
+        conn, sf = established(ctx)
+        sf.send("A", [AddAddrV0(5, ipaddress.ip_address(address)), conn.data_ack()])
+    exchange(ctx, conn, sf, b"after an IPv4 ADD_ADDR", on=sf)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 
-from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange, joined
+from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases.steps import established, exchange, expect_fourth_ack, initiated, joined
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Subflow
-from stack.wire.mptcp import MpJoinSynAck, MpPrio
+from stack.wire.mptcp import MpJoinSyn, MpJoinSynAck, MpPrio
 
 DUAL = "dual_homed"
 
@@ -298,3 +298,129 @@ def mp_prio_bulk_data_stays_off_backup(ctx: Context) -> None:
     second = joined(ctx, conn)
     second.send("A", [MpPrio(backup=True), conn.data_ack()])
     _bulk_echo_avoids(ctx, conn, sending_on=second, regular=first, avoiding=second)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2: the IUT's own backup endpoint in its join SYN, MP_PRIO B=0 when the
+# flag is cleared, the MP_CAPABLE subflow's own backup state (its address's endpoint
+# backup before and during the connection), and a backup kept idle while any regular
+# subflow lives.
+
+
+def _expect_prio(ctx: Context, sf: Subflow, backup: bool, where: str) -> None:
+    """The IUT's MP_PRIO with B=`backup` on `sf` (`expect`: it follows a local change,
+    other traffic may come first), 3 bytes in v1."""
+    prio = sf.expect(option=MpPrio, within=1, what=f"MP_PRIO B={int(backup)} {where}")
+    option = prio.need(MpPrio)
+    if option.backup != backup or (option.address_id is not None and ctx.version == 1):
+        raise deviates(f"expected a 3-byte MP_PRIO with B={int(backup)} {where}: "
+                       f"{prio.describe()}")  # fmt: skip
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A join the IUT opens from an endpoint marked backup (`subflow backup`) "
+    "carries B=1 in its SYN: the sender asks the peer to treat the subflow as backup.",
+)
+def initiator_join_syn_b_bit_from_backup_endpoint(ctx: Context) -> None:
+    """expect: the IUT's join SYN opens a new subflow; nothing to answer."""
+    ctx.iut.set_limits(2, 0)
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow", "backup"})
+    initiated(ctx)
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's join SYN")
+    if not syn.need(MpJoinSyn).backup:
+        raise deviates(f"join SYN from a backup endpoint without B: {syn.describe()}")
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT's backup endpoint (whose join SYN/ACK had B=1) is made regular "
+    "during the connection, the IUT sends MP_PRIO with B=0 on the subflow that uses it.",
+)
+def iut_sends_mp_prio_b0_when_backup_cleared(ctx: Context) -> None:
+    """expect_next for the SYN/ACK and the fourth ACK; expect for MP_PRIO: a local change,
+    not an answer, so the IUT's other traffic may come first."""
+    address = ctx.iut_address("eth1")
+    ctx.iut.add_endpoint(address, flags={"signal", "backup"})
+    conn, _ = established(ctx)
+    second, synack = ctx.tester.join(conn, ctx.port, ifname="eth1")
+    if not synack.need(MpJoinSynAck).backup:
+        raise deviates(f"SYN/ACK without B from a backup endpoint: {synack.describe()}")
+    expect_fourth_ack(second)
+    ctx.iut.set_backup(address, False)
+    _expect_prio(ctx, second, False, "on the joined subflow")
+
+
+@case(
+    section="3.3.8",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="With the endpoint of its initial address marked backup before the "
+    "connection (`subflow backup`, as in mptcp_join.sh), the IUT treats the MP_CAPABLE "
+    "subflow as backup: it tells the tester "
+    "with MP_PRIO B=1 on that subflow (no join carries its B bit), and its data goes on "
+    "the regular subflow the tester joined.",
+)
+def initial_subflow_backup_from_endpoint(ctx: Context) -> None:
+    """expect for MP_PRIO (the IUT's own signal, other traffic may come first) and for the
+    echoes, which pure ACKs may precede."""
+    ctx.iut.add_endpoint(ctx.iut_address("eth0"), flags={"subflow", "backup"})
+    conn, first = established(ctx)
+    _expect_prio(ctx, first, True, "on the initial subflow")
+    second = joined(ctx, conn)
+    _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
+
+
+@case(
+    section="3.3.8",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the endpoint of the IUT's initial address becomes backup during the "
+    "connection, the IUT sends MP_PRIO with B=1 on the MP_CAPABLE subflow, and its data "
+    "then goes on the regular subflow the tester joined.",
+)
+def initial_subflow_becomes_backup(ctx: Context) -> None:
+    """expect for MP_PRIO: a local change, not an answer; expect for the echoes, which
+    pure ACKs may precede."""
+    address = ctx.iut_address("eth0")
+    ctx.iut.add_endpoint(address)
+    conn, first = established(ctx)
+    second = joined(ctx, conn)
+    ctx.iut.set_backup(address, True)
+    _expect_prio(ctx, first, True, "on the initial subflow")
+    _data_only_on(ctx, conn, second, avoiding=first, sending_on=first)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="A subflow joined as backup stays idle while any regular subflow lives: with "
+    "two regular subflows, one reset, the data goes on the other regular one; only when "
+    "that one is reset too does the data move to the backup.",
+)
+def backup_idle_until_all_regular_gone(ctx: Context) -> None:
+    """expect_next for the fourth ACKs (`joined`); expect for the echoes, which pure ACKs
+    may precede."""
+    ctx.iut.set_limits(3, 0)
+    conn, first = established(ctx)
+    second = joined(ctx, conn)
+    backup = joined(ctx, conn, ifname="eth0", backup=True, address_id=7)  # eth0, new port
+    first.send("R", seq=first.snd_nxt)
+    _data_only_on(ctx, conn, second, avoiding=backup, sending_on=backup)
+    second.send("R", seq=second.snd_nxt)
+    exchange(ctx, conn, backup, b"the regular subflows are gone", on=backup)

@@ -6,14 +6,26 @@ MP_TCPRST (RFC 8684 §3.6) is v1 only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import time
+from dataclasses import replace
 
 from conformance.cases import LISTENER, MUST, SHOULD, Context, case
-from conformance.cases.steps import established, exchange, expect_rst, join_syn, joined
+from conformance.cases.steps import (
+    established,
+    exchange,
+    expect_data_ack,
+    expect_rst,
+    is_rst,
+    join_syn,
+    joined,
+)
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
-from conformance.tester import Segment, TesterError
-from stack.wire.mptcp import Dss, MpFastclose, MpTcpRst
+from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
+from stack.wire.mptcp import Dss, MpFail, MpFastclose, MpTcpRst
+from stack.wire.tcp import FIN
 
 
 @case(
@@ -242,3 +254,377 @@ def data_fin_retransmitted_until_acked(ctx: Context) -> None:
     )  # fmt: skip
     if again.need(Dss).dsn != first.need(Dss).dsn:
         raise deviates(f"the DATA_FIN moved: {first.describe()}, then {again.describe()}")
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2: DATA_FIN and close, MP_FASTCLOSE, MP_TCPRST, MP_FAIL's sender side,
+# middleboxes. RFC 8684 §3.3.3 (RFC 6824 §3.3.3 says the same): "A DATA_FIN has the
+# semantics and behavior as a regular TCP FIN, but at the connection level" (so it is
+# sent again until acknowledged); "a host MUST NOT close all functioning subflows unless
+# it is safe to do so, i.e., until all outstanding data has been DATA_ACKed, or until the
+# segment with the DATA_FIN flag set is the only outstanding segment"; "Once a DATA_FIN
+# has been acknowledged, all remaining subflows MUST be closed with standard FIN
+# exchanges."
+
+MASK64 = 2**64 - 1
+
+
+def _fin_dsn(conn: MptcpConnection, segment: Segment) -> int | None:
+    """The DSN of the DATA_FIN that `segment` carries (the last octet its mapping covers),
+    or None."""
+    dss = segment.option(Dss)
+    if dss is None or not dss.data_fin or dss.dsn is None:
+        return None
+    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
+    return (dsn + max(dss.data_level_length or 1, 1) - 1) & MASK64
+
+
+def _data_ack(sf: Subflow, upto: int) -> None:
+    """A subflow ACK of everything received, with the data ACK `upto`."""
+    sf.send("A", [Dss(data_ack=upto, data_ack_64=True)])
+
+
+def _read_to_data_fin(
+    conn: MptcpConnection, sf: Subflow, *, ack_data: bool = True, within: float = 2.0
+) -> tuple[Segment, int]:
+    """Read the IUT's data up to its DATA_FIN (`expect`: pure ACKs may come between),
+    acknowledging every segment at the subflow level and, with `ack_data`, its data at the
+    data level (up to the end of the mappings seen so far), never the DATA_FIN itself
+    (without `ack_data` the data ACK stays where it was). Returns the DATA_FIN's segment
+    and DSN."""
+    upto = start = conn.data_rcv_nxt
+    while True:
+        segment = sf.expect(
+            within=within,
+            what="the IUT's data or DATA_FIN",
+            where=lambda s: bool(s.payload) or _fin_dsn(conn, s) is not None,
+        )
+        fin = _fin_dsn(conn, segment)
+        dss = segment.option(Dss)
+        if dss is not None and dss.dsn is not None and segment.payload:
+            dsn = dss.dsn if dss.dsn_64 else dss.dsn | (upto & ~0xFFFFFFFF)
+            end = (dsn + (dss.data_level_length or 0) - (1 if fin is not None else 0)) & MASK64
+            if (end - upto) & MASK64 < 2**63:
+                upto = end
+        _data_ack(sf, (fin if fin is not None else upto) if ack_data else start)
+        if fin is not None:
+            return segment, fin
+
+
+QUIET = 0.15  # s after the tester's latest segment: what comes later answers none of them
+
+
+def _data_fin_again(conn: MptcpConnection, sf: Subflow, fin: int) -> None:
+    """The DATA_FIN at `fin`, left unacknowledged at the data level, is sent again on its
+    timer (`next_matching`: a retransmission answers no segment). A copy that comes
+    within QUIET s of the tester's latest segment may be an answer to it (Linux puts
+    its pending DATA_FIN on the ACK it owes) and does not count: one must come when the
+    tester has been silent."""
+    tester = sf.tester
+    pattern = Pattern(option=Dss, where=lambda s: _fin_dsn(conn, s) == fin,
+                      what=f"the DATA_FIN at DSN {fin:#x} sent again")  # fmt: skip
+    deadline = time.monotonic() + 3
+    while True:
+        again = tester.next_matching(pattern, deadline - time.monotonic(), owner=sf.owns)
+        if again is None:
+            raise deviates(f"no retransmission of the DATA_FIN at DSN {fin:#x} on a timer "
+                           f"within 3 s (the tester silent for {QUIET} s or more)")  # fmt: skip
+        if again.time - tester.last_sent >= QUIET:
+            return
+
+
+_closing = functools.partial(case, level=MUST, versions=(0, 1), role=LISTENER)
+
+
+@_closing(
+    section="3.3.3",
+    expected="The IUT that closes first (from ESTABLISHED: a source that sent all its "
+    "data) sends its DATA_FIN again when the tester acknowledges the data but not the "
+    "DATA_FIN: a DATA_FIN behaves as a TCP FIN at the connection level.",
+)
+def data_fin_retransmitted_after_active_close(ctx: Context) -> None:
+    """expect: the DATA_FIN follows the application's close, and its retransmission a
+    timer, not a segment of the tester's."""
+    conn, sf = established(ctx, mode="source", nbytes=1000)
+    _, fin = _read_to_data_fin(conn, sf)
+    _data_fin_again(conn, sf, fin)
+
+
+@_closing(
+    section="3.3.3",
+    expected="After the tester's DATA_FIN and then its subflow FIN (the IUT's subflow in "
+    "CLOSE_WAIT), the IUT's DATA_FIN, left unacknowledged at the data level, is sent "
+    "again on that half-closed subflow: a subflow FIN does not acknowledge a DATA_FIN.",
+)
+def data_fin_retransmitted_on_half_closed_subflow(ctx: Context) -> None:
+    """expect: the IUT's DATA_FIN follows its application's close (ACKs of the tester's
+    DATA_FIN and FIN may come first), and its retransmission a timer."""
+    conn, sf = established(ctx)
+    acked = conn.data_rcv_nxt
+    ctx.tester.send_data(conn, sf, b"", data_fin=True)
+    sf.send("FA", [Dss(data_ack=acked, data_ack_64=True)])
+    _, fin = _read_to_data_fin(conn, sf)
+    _data_fin_again(conn, sf, fin)
+
+
+@_closing(
+    section="3.3.3",
+    expected="A DATA_FIN riding on data (one mapping covering the payload and the "
+    "DATA_FIN, data-level length = payload + 1) delivers the payload and is acknowledged: "
+    "the echo carries the payload and the IUT's data ACK covers the DATA_FIN.",
+)
+def data_fin_on_data_delivered_and_acked(ctx: Context) -> None:
+    """expect: the echo and the data ACK may follow a pure ACK of the data."""
+    conn, sf = established(ctx)
+    payload = b"the last words, with the DATA_FIN"
+    ctx.tester.send_data(conn, sf, payload, data_fin=True)
+    echo = sf.expect(data=True, within=1, what="the echo of the data before the DATA_FIN")
+    if echo.payload != payload:
+        raise deviates(f"echo {echo.payload!r}, sent {payload!r} with the DATA_FIN")
+    expect_data_ack(sf, conn.data_snd_nxt, echo)  # one past the DATA_FIN
+
+
+def _tester_data_fin(conn: MptcpConnection, sf: Subflow, data_ack: int) -> None:
+    """The tester's own DATA_FIN (a mapping of length 1 at its next DSN), carrying the data
+    ACK `data_ack` rather than what the tester has received."""
+    dss = replace(conn.mapping(sf, b"", data_fin=True), data_ack=data_ack)
+    sf.send("A", [dss])
+
+
+@_closing(
+    section="3.3.3",
+    expected="While its data is not DATA_ACKed the IUT sends no subflow FIN, even once "
+    "both ends sent their DATA_FIN (it MUST NOT close its only subflow before then); once "
+    "the tester acknowledges the data and the DATA_FIN, the connection is closed at the "
+    "data level and the IUT closes the subflow with a FIN.",
+)
+def subflow_fin_waits_for_data_ack(ctx: Context) -> None:
+    """expect_none for the early FIN (0.5 s); expect for the FIN after the data ACK: a
+    close follows the acknowledgement, other segments (a data ACK) may come first."""
+    conn, sf = established(ctx, mode="source", nbytes=1000)
+    start = conn.data_rcv_nxt
+    _, fin = _read_to_data_fin(conn, sf, ack_data=False)
+    _tester_data_fin(conn, sf, start)  # the application closes; its data is still unacked
+    sf.expect_none(where=lambda s: bool(s.flags & FIN), within=0.5,
+                   what="a subflow FIN before the data was DATA_ACKed")  # fmt: skip
+    early = [s for s in ctx.tester.received(sf.owns) if s.flags & FIN]  # on data, DATA_FIN
+    if early:
+        raise deviates(f"a subflow FIN before the data was DATA_ACKed: {early[0].describe()}")
+    _data_ack(sf, (fin + 1) & MASK64)
+    sf.expect(within=1.5, what="the subflow FIN once both DATA_FINs were acknowledged",
+              where=lambda s: bool(s.flags & FIN))  # fmt: skip
+
+
+@_closing(
+    section="3.3.3",
+    expected="A DATA_FIN acknowledged out of order (the data ACK covering it arrives "
+    "before an older data ACK, both DATA_FINs sent) stays acknowledged: the IUT never "
+    "sends its DATA_FIN again and, the connection closed at the data level, closes the "
+    "subflow with a FIN.",
+)
+def data_fin_acked_out_of_order(ctx: Context) -> None:
+    """expect for the FIN (a close follows the acknowledgement); expect_none for a
+    DATA_FIN sent again after the stale data ACK."""
+    conn, sf = established(ctx, mode="source", nbytes=300)
+    start = conn.data_rcv_nxt
+    _, fin = _read_to_data_fin(conn, sf, ack_data=False)
+    _tester_data_fin(conn, sf, (fin + 1) & MASK64)
+    _data_ack(sf, start)  # the older data ACK, overtaken on the way
+    since = time.time()
+    sf.expect(within=1.5, what="the subflow FIN once both DATA_FINs were acknowledged",
+              where=lambda s: bool(s.flags & FIN))  # fmt: skip
+    sf.expect_none(option=Dss, within=0.5, what="the DATA_FIN sent again",
+                   where=lambda s: s.time > since and _fin_dsn(conn, s) == fin)  # fmt: skip
+
+
+@_closing(
+    section="3.5",
+    expected="MP_FASTCLOSE with the IUT's key on an ACK whose sequence number is outside "
+    "the receive window is not accepted (TCP drops such a segment): no RST, and the "
+    "connection goes on carrying data.",
+)
+def fastclose_outside_window_ignored(ctx: Context) -> None:
+    """expect_none for a RST (0.3 s); expect for the echo, which pure ACKs may precede."""
+    conn, sf = established(ctx)
+    outside = (sf.snd_nxt + 2**30) & 0xFFFFFFFF
+    sf.send("A", [MpFastclose(receiver_key=conn.remote_key or 0)], seq=outside)
+    sf.expect_none(where=is_rst, within=0.3, what="a RST after an out-of-window MP_FASTCLOSE")
+    exchange(ctx, conn, sf, b"still open", on=sf)
+
+
+@case(
+    section="3.5",
+    level=MUST,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="A RST carrying MP_FASTCLOSE with the IUT's key on one subflow (RFC 8684's "
+    "RST form) closes the connection: the IUT resets the other subflow, and sends nothing "
+    "on the one the RST came on.",
+)
+def fastclose_rst_form_resets_other_subflows(ctx: Context) -> None:
+    """expect_next (`expect_rst`): the RST on the other subflow is the answer to the
+    MP_FASTCLOSE; expect_none: a RST is never answered."""
+    conn, first = established(ctx)
+    second = joined(ctx, conn)
+    second.send("R", [MpFastclose(receiver_key=conn.remote_key or 0)], seq=second.snd_nxt)
+    expect_rst(first)
+    second.expect_none(within=0.3, what="an answer to the RST with MP_FASTCLOSE")
+
+
+@case(
+    section="3.6",
+    level=SHOULD,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="MP_TCPRST on a segment without the RST flag is ignored: the subflow it came "
+    "on is not reset and still carries data.",
+)
+def tcprst_without_rst_flag_ignored(ctx: Context) -> None:
+    """expect_none for a RST (0.3 s); expect for the echo, which pure ACKs may precede."""
+    conn, _ = established(ctx)
+    second = joined(ctx, conn)
+    second.send("A", [MpTcpRst(reason=1), conn.data_ack()])
+    second.expect_none(where=is_rst, within=0.3, what="a RST after MP_TCPRST without RST")
+    exchange(ctx, conn, second, b"MP_TCPRST alone closes nothing")
+
+
+@case(
+    section={1: "3.7", 0: "3.6"},
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology="dual_homed",
+    expected="Data without a DSS mapping on a joined subflow (options lost there) cannot "
+    "fall back with another subflow in use: the IUT resets that subflow, in v1 with "
+    "MP_TCPRST reason 6 (middlebox interference), and the connection goes on on the first.",
+)
+def data_without_dss_on_join_reset_reason_6(ctx: Context) -> None:
+    """expect_next (`expect_rst`): the RST is the answer to the unmapped data; expect for
+    the echo on the first subflow, which pure ACKs may precede."""
+    conn, first = established(ctx)
+    second = joined(ctx, conn)
+    second.send("PA", payload=b"no mapping on a join")
+    rst = expect_rst(second)
+    option = rst.option(MpTcpRst)
+    if ctx.version == 1 and (option is None or option.reason != 6):
+        raise deviates(f"RST without MP_TCPRST reason 6 (middlebox interference): "
+                       f"{rst.describe()}")  # fmt: skip
+    exchange(ctx, conn, first, b"the first subflow lives", on=first)
+
+
+@case(
+    section={1: "3.7", 0: "3.6"},
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology="strip_mptcp_after_handshake",
+    expected="Through a middlebox that strips MPTCP options after the handshake on one "
+    "of two paths, the joined subflow there gets data without DSS: the IUT resets that "
+    "subflow (its MP_TCPRST cannot cross the box) and the connection goes on over the "
+    "other path.",
+)
+def options_stripped_on_join_path_reset(ctx: Context) -> None:
+    """expect_next (`expect_rst`): the RST answers the stripped data; expect for the echo
+    on the other path, which pure ACKs may precede."""
+    conn, direct = established(ctx, ifname="eth1")
+    stripped = joined(ctx, conn, ifname="eth0")
+    dsn = conn.data_snd_nxt
+    ctx.tester.send_data(conn, stripped, b"stripped on the way")
+    expect_rst(stripped)
+    conn.data_snd_nxt = dsn  # never delivered: sent again on the direct path
+    exchange(ctx, conn, direct, b"stripped on the way", on=direct)
+
+
+@case(
+    section={1: "3.7", 0: "3.6"},
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="After MP_FAIL at the DSN of its data (checksums on, one subflow), the IUT "
+    "answers with MP_FAIL, its first data after it carries an infinite mapping (data-level "
+    "length 0), and its later data carries no mapping: it fell back to TCP.",
+)
+def mp_fail_received_sender_falls_back(ctx: Context) -> None:
+    """expect_next: MP_FAIL is the prescribed answer to MP_FAIL ("the receiver of an
+    MP_FAIL MUST also respond with an MP_FAIL"); expect for the echoes, which pure ACKs
+    may precede."""
+    conn, sf = established(ctx, checksum=True)
+    ctx.tester.send_data(conn, sf, b"said to be corrupted")
+    failed = sf.expect(data=True, within=1, what="the echo the tester will fail")
+    dss = failed.need(Dss)
+    if dss.dsn is None:
+        raise deviates(f"echo without a mapping: {failed.describe()}")
+    dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
+    sf.send("A", [MpFail(dsn)])
+    sf.expect_next(option=MpFail, within=1, what="MP_FAIL in answer to MP_FAIL")
+    infinite = Dss(data_ack=dsn, data_ack_64=True, dsn=conn.data_snd_nxt, dsn_64=True,
+                   subflow_seq=(sf.snd_nxt - sf.iss) & 0xFFFFFFFF, data_level_length=0,
+                   checksum=0 if conn.checksum else None)  # fmt: skip
+    sf.send("PA", [infinite], b"under the infinite mapping")
+    echo = sf.expect(data=True, within=1, what="the IUT's first data after MP_FAIL")
+    mapping = echo.option(Dss)
+    if mapping is None or mapping.dsn is None or mapping.data_level_length != 0:
+        raise deviates(f"first data after MP_FAIL without an infinite mapping: {echo.describe()}")
+    # Where the mapping starts is left open here: RFC 8684 §3.7 has it "act
+    # retroactively, referring to the start of the subflow sequence number of the most
+    # recent segment that was known to be delivered intact"; Linux maps its new segment
+    # at its own DSN (the stream's offset kept, the failed bytes left as delivered), the
+    # stack sends the failed bytes again from the MP_FAIL DSN as new subflow bytes. See
+    # docs/conformance.md, "MP_FAIL's infinite mapping: two readings".
+    sf.send("A")
+    sf.send("PA", payload=b"plain TCP now")
+    later = sf.expect(data=True, within=1, what="the echo of plain TCP data")
+    if later.option(Dss) is not None and later.need(Dss).dsn is not None:
+        raise deviates(f"data still mapped after the fallback: {later.describe()}")
+
+
+def _abortive_close(ctx: Context, mode: str) -> None:
+    """The IUT's application (`mode`) closes abortively once the tester's first data has
+    arrived: MP_FASTCLOSE with the tester's key (on an ACK or a RST), a RST on the
+    subflow, then a join with the connection's token is refused with RST."""
+    ctx.iut.listen(ctx.port, mode=mode)
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    payload = b"sent before the abort"
+    if ctx.version == 1:
+        ctx.tester.first_data_v1(conn, sf, payload)
+    else:
+        ctx.tester.send_data(conn, sf, payload)
+    fastclose = sf.expect(option=MpFastclose, within=2, what="MP_FASTCLOSE")
+    key = fastclose.need(MpFastclose).receiver_key
+    if key != conn.local_key:
+        raise deviates(f"MP_FASTCLOSE carries {key:#x}, not the tester's key "
+                       f"{conn.local_key:#x}: {fastclose.describe()}")  # fmt: skip
+    if not is_rst(fastclose):
+        sf.expect(within=1, what="the RST after the MP_FASTCLOSE ACK", where=is_rst)
+    join, _ = join_syn(ctx, conn.remote_token, ifname="eth1")
+    expect_rst(join)
+
+
+_aborting = functools.partial(case, section="3.5", versions=(0, 1), role=LISTENER,
+                              topology="dual_homed")  # fmt: skip
+
+
+@_aborting(
+    level=SHOULD,
+    expected="An application that closes with received data unread makes the IUT abort "
+    "the connection, the MPTCP form of TCP's RST for lost data (RFC 1122 4.2.2.13): "
+    "MP_FASTCLOSE carrying the tester's key (on an ACK or a RST), a RST on the subflow, "
+    "and a later join with the connection's token is refused with RST.",
+)
+def abortive_close_sends_fastclose(ctx: Context) -> None:
+    """expect for MP_FASTCLOSE and the RST: they follow the application's close, and an
+    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
+    _abortive_close(ctx, "close-unread")
+
+
+@_aborting(
+    level=MUST,
+    expected="An application that aborts (close() with SO_LINGER 0; the stack's "
+    "abort()) after reading makes the IUT send MP_FASTCLOSE carrying the tester's key "
+    "(on an ACK or a RST) and a RST on the subflow; a later join with the connection's "
+    "token is refused with RST.",
+)
+def linger_zero_close_sends_fastclose(ctx: Context) -> None:
+    """expect for MP_FASTCLOSE and the RST: they follow the application's abort, and an
+    ACK of the data may come first; expect_next (`expect_rst`) for the refused join."""
+    _abortive_close(ctx, "abort")

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 from conformance.model import RFC_OF_VERSION
 
-MODES = ("sink", "echo", "source")
+# close-unread: close as data arrives, unread; abort: read once, close with SO_LINGER 0
+MODES = ("sink", "echo", "source", "close-unread", "abort")
 
 
 def source_bytes(nbytes: int, seed: int | None = None) -> bytes:

@@ -17,6 +17,7 @@ import os
 import platform
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -193,6 +194,16 @@ class KernelIut(Iut):
             queue.append(memoryview(source_bytes(nbytes, self.data_seed)))
         shut = False
         try:
+            if mode == "close-unread":  # close with data unread: the kernel fast-closes
+                waited: list[Any] = [conn, self._stop_r]
+                select.select(waited, [], [])
+                return
+            if mode == "abort":  # read once, then close with SO_LINGER 0: fast close
+                waited = [conn, self._stop_r]
+                if conn in select.select(waited, [], [])[0]:
+                    report.bytes_received = len(conn.recv(1 << 16))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             while True:
                 watched: list[Any] = [conn, self._stop_r]
                 if queue:

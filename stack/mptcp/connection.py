@@ -1335,7 +1335,21 @@ class MptcpConnection:
     def _start_paths(self, now: float) -> None:
         if self.paths is None or self.paths.established:
             return
+        self._prio_initial_subflow(now)
         self._apply_paths(self.paths.on_established(), now)
+
+    def _prio_initial_subflow(self, now: float) -> None:
+        """The initial subflow's address is a backup endpoint: no join carries its B bit,
+        so tell the peer with MP_PRIO B=1 once the connection is established (RFC 8684
+        §3.3.8), as Linux does (mptcp_join.sh, "mpc backup")."""
+        sf = self.first_subflow
+        if self.paths is None or sf is None or sf.backup_local:
+            return
+        if any(e.backup and e.address == sf.local[0] for e in self.paths.manager.endpoints):
+            sf.backup_local = True
+            sf.prio_due = True
+            self._count("MPPrioTx")
+            send_ack_now(sf.tcp, now)
 
     def _apply_paths(self, actions: list[Any], now: float) -> None:
         for action in actions:
@@ -1689,6 +1703,12 @@ class MptcpConnection:
         self._push(now)
 
     def close(self, now: float) -> None:
+        """The application closes: DATA_FIN; with received data it never read, an abort
+        instead (MP_FASTCLOSE), the MPTCP equivalent of TCP's RST for data lost at close
+        (RFC 1122 4.2.2.13, RFC 8684 §3.5), as Linux does."""
+        if self.readable and not self.fallback and self.version is not None:
+            self.abort(now)
+            return
         self.shutdown_write(now)
 
     def discard(self) -> None:

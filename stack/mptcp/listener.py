@@ -171,7 +171,7 @@ class MptcpListener:
             return None
         fallback = msk.fallback and not (faults.ACTIVE and faults.on("join_to_fallen_back"))
         if fallback or msk.mp_fail_dsn is not None or msk.closed or msk.version is None or (
-            msk.remote_key is None
+            msk.remote_key is None or msk.fastclose  # reset by either end: never joined again
         ) or (
             msk.sendq is not None and msk.sendq.fin_requested
         ):  # fmt: skip
