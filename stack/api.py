@@ -379,6 +379,23 @@ class Stack:
             return True
         return routing.is_down(ifname)
 
+    def connection_states(self) -> list[dict[str, Any]]:
+        """Every live MPTCP connection's internals (`MptcpConnection.internals`), read on
+        the loop: what a user asks when a transfer seems stuck."""
+
+        def read(now: float) -> list[dict[str, Any]]:
+            states = []
+            for driver in self._drivers.values():
+                first = driver.msk.first_subflow
+                where = {} if first is None else {
+                    "local": f"{first.local[0]}:{first.local[1]}",
+                    "remote": f"{first.remote[0]}:{first.remote[1]}",
+                }  # fmt: skip
+                states.append({**where, **driver.msk.internals(now)})
+            return states
+
+        return list(self._on_loop(read))
+
     def _on_loop(self, fn: Callable[[float], Any]) -> Any:
         """Run fn(now) on the loop thread and return its result (or raise its error)."""
         result: list[Any] = []

@@ -7,6 +7,7 @@ One JSON object per line on stdin, each answered by exactly one line on stdout, 
     {"cmd": "set_backup", "address": A, "backup": true}   # MP_PRIO on each subflow from A
     {"cmd": "remove_endpoint", "address": A}             # REMOVE_ADDR, A's subflows reset
     {"cmd": "add_endpoint", "address": A, "flags": ["signal"], "id": N, "port": P}
+    {"cmd": "state"}                 # each live connection's data-level and subflow state
 
 `add_endpoint` takes one of the stack's `--interface` addresses that has no endpoint
 flags now (given without any, or removed before); `id` defaults to the ID the address
@@ -107,7 +108,12 @@ def _add_endpoint(stack: Stack, command: dict[str, Any]) -> Answer:
             "port": port}  # fmt: skip
 
 
+def _state(stack: Stack, command: dict[str, Any]) -> Answer:
+    return {"connections": stack.connection_states()}
+
+
 COMMANDS: dict[str, Callable[[Stack, dict[str, Any]], Answer]] = {
+    "state": _state,
     "set_backup": _set_backup,
     "remove_endpoint": _remove_endpoint,
     "add_endpoint": _add_endpoint,

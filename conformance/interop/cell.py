@@ -5,7 +5,8 @@ stack), starts control-segment captures on the client's links, binds a driver to
 end, runs the scenario, and turns its ending into a `CellResult`: returning is `pass`,
 `CellFailed` is `fail` with what was seen, `NotSupported` from a driver is `n/a`, and
 anything else is a `fail` that names the harness error. A failed cell keeps its pcaps
-and both ends' reports (JSON) under the artifacts directory.
+and both ends' reports (JSON) under the artifacts directory, with each end's state
+(`Iut.snapshot`: `ss -tinmM`, or the stack's `state` command) when a transfer hung.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Cell:
         self.quick = quick
         self.figures: dict[str, Any] = {}
         self.captures: list[Any] = []  # testbed.capture.Capture of the client's links
+        self.snapshots: dict[str, str] = {}  # each end's state when a transfer hung
 
     # -- sizes and transfers --
 
@@ -91,6 +93,7 @@ class Cell:
         server = self.server.wait_report(max(0.1, deadline - time.monotonic()), count)
         if len(client) < count or len(server) < count:
             missing = [n for n, r in (("client", client), ("server", server)) if len(r) < count]
+            self.snapshots = {"client": self.client.snapshot(), "server": self.server.snapshot()}
             raise CellFailed(
                 f"no report from the {' and '.join(missing)} within {within:g} s "
                 "(the transfer hung)"
@@ -205,6 +208,8 @@ def run_cell(
                     result.verdict = "pass"
                 finally:
                     result.figures = cell.figures
+                    for end, text in cell.snapshots.items():
+                        (scratch / f"{end}-state.txt").write_text(text)
             except CellFailed as failure:
                 result.detail = str(failure)
             except NotSupported as error:
@@ -240,8 +245,8 @@ def _keep(
     directory = artifacts / stem
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
-    for pcap in scratch.glob("*.pcap"):
-        shutil.copy(pcap, directory / pcap.name)
+    for kept in [*scratch.glob("*.pcap"), *scratch.glob("*-state.txt")]:
+        shutil.copy(kept, directory / kept.name)
     _write_report(directory, "client", client)
     _write_report(directory, "server", server)
     return [str(directory)]

@@ -163,6 +163,11 @@ class Iut(ABC):
     def connections(self) -> list[Any]:
         raise NotSupported(f"{self.name} cannot list its connections")
 
+    def snapshot(self) -> str:
+        """What the IUT's connections are doing now, as text for a human: kept with the
+        artefacts of a transfer that hung. Never raises."""
+        return ""
+
     def reports(self) -> list[AppReport]:
         with self._reports_changed:
             return list(self._reports)

@@ -95,6 +95,14 @@ class KernelIut(Iut):
 
     # -- observation --
 
+    def snapshot(self) -> str:
+        """`ss -tinmM` in the namespace: each MPTCP socket and TCP subflow with its
+        tcp_info (cwnd, unacked, retransmits, windows) and memory."""
+        try:
+            return self.host.run(["ss", "-tinmM"], timeout=10, check=False).stdout
+        except Exception as error:  # a snapshot is evidence, never a new failure
+            return f"ss failed: {error}"
+
     def counters(self) -> dict[str, int]:
         return self.control.counters()
 

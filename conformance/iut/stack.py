@@ -186,6 +186,15 @@ class StackIut(Iut):
                 raise IutError(f"{self.name}: {command['cmd']} refused: {answer.get('error')}")
         return answer
 
+    def snapshot(self) -> str:
+        """Each running process's answer to the `state` control command: the data level
+        and every subflow of each live connection."""
+        try:
+            answer = self._control({"cmd": "state"})
+        except Exception as error:  # a snapshot is evidence, never a new failure
+            return f"state failed: {error}"
+        return json.dumps(answer.get("connections"), indent=1)
+
     def processes(self) -> list[subprocess.Popen[str] | ForkedProcess]:
         """The stack processes started so far (running or not): for resource checks."""
         return list(self._processes)

@@ -13,7 +13,7 @@ import pytest
 
 import topologies
 from conformance.interop import matrix
-from conformance.interop.cell import CellResult, run_cell
+from conformance.interop.cell import Cell, CellResult, run_cell
 from conformance.interop.scenarios import SCENARIOS, Scenario
 from conformance.iut import DRIVERS
 
@@ -123,3 +123,29 @@ def test_strip_notices_no_fallback_when_nothing_strips(tmp_path: Path) -> None:
                                 topology=lambda bare: topologies.nat(bare=bare))  # fmt: skip
     result = run_cell(plain, "kernel", "kernel", quick=True, artifacts=tmp_path)
     assert result.verdict == "fail" and "no fallback" in result.detail
+
+
+def _hangs(cell: Cell) -> None:
+    """An upload whose only path is blackholed for good once it started: it hangs."""
+    cell.start("192.0.2.2", server_mode="sink", client_mode="source", nbytes=50 * 1024 * 1024)
+    cell.wait_for(lambda: cell.sent_on("path1", "client") > 1_000_000, 10, "data on path1")
+    cell.topo.links["path1"].blackhole(True)
+    cell.finish(1.0)
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_a_hung_transfer_keeps_each_ends_state(tmp_path: Path) -> None:
+    """The kernel client's sockets (`ss -tinmM`) and the stack server's live connection
+    (its `state` command) are kept beside the pcaps: the evidence of what each end was
+    waiting on."""
+    hung = dataclasses.replace(SCENARIOS["transfer"], run=_hangs)
+    result = run_cell(hung, "kernel", "stack-v1", quick=True, artifacts=tmp_path)
+    assert result.verdict == "fail" and "the transfer hung" in result.detail
+    [kept] = result.artifacts
+    client_state = (Path(kept) / "client-state.txt").read_text()
+    assert "mptcp" in client_state and "192.0.2.2:8080" in client_state
+    [connection] = json.loads((Path(kept) / "server-state.txt").read_text())
+    assert connection["local"] == "192.0.2.2:8080"
+    assert connection["subflows"][0]["tcp_state"] == "ESTABLISHED"
+    assert connection["receive"]["readable"] + connection["subflows"][0]["bytes_received"] > 0

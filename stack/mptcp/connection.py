@@ -1773,6 +1773,27 @@ class MptcpConnection:
             return True
         return self.eof and self.sent_done
 
+    def internals(self, now: float) -> dict[str, Any]:
+        """The data level's and each live subflow's state, for a user asking what a
+        connection is waiting on (`--control stdin`, cmd "state"): not on any data path."""
+        sendq, reasm = self.sendq, self.reasm
+        data: dict[str, Any] = {"closed": self.closed, "eof": self.eof, "error": self.error}
+        if sendq is not None:
+            data["send"] = {"snd_una": sendq.snd_una, "in_flight": sendq.in_flight,
+                            "unsent": sendq.unsent, "reinjecting": sendq.reinjecting,
+                            "fin_sent": sendq.fin_sent, "fin_acknowledged": sendq.fin_acknowledged,
+                            "window_room": self._data_window_room()}  # fmt: skip
+        if reasm is not None:
+            data["receive"] = {"next_dsn": reasm.next_dsn, "readable": reasm.readable,
+                               "out_of_order": reasm.buffered - reasm.readable,
+                               "out_of_window_bytes": reasm.out_of_window_bytes,
+                               "window": reasm.receive_window()}  # fmt: skip
+        timers = {"data_rtx": self._data_rtx_deadline, "data_fin": self._fin_deadline,
+                  "mp_fail": self._mp_fail_deadline}  # fmt: skip
+        data["timers_in_s"] = {k: round(t - now, 3) for k, t in timers.items() if t is not None}
+        data["subflows"] = [_subflow_internals(sf) for sf in self.subflows]
+        return data
+
     def describe(self) -> dict[str, Any]:
         return {
             "in_use": self.version is not None and not self.fallback,
@@ -1787,3 +1808,24 @@ class MptcpConnection:
             "subflows": [sf.describe() for sf in self.every_subflow()],
             "counters": dict(self.counters),
         }
+
+
+def _subflow_internals(sf: Subflow) -> dict[str, Any]:
+    tcp = sf.tcp
+    return {
+        **sf.describe(),
+        "tcp_state": tcp.state.name,
+        "snd_una": tcp.snd_una,
+        "snd_max": tcp.snd_max,
+        "snd_wnd": tcp.snd_wnd,
+        "cwnd": tcp.cc.cwnd,
+        "unacked": sf.unacked,
+        "send_space": sf.send_space,
+        "retries": tcp.retries,
+        "rcv_nxt": tcp.rcv_nxt,
+        "rcv_adv": tcp.rcv_adv,
+        "stale_count": sf.stale_count,
+        "stale": sf.stale,
+        "link_down": sf.link_down,
+        "usable": sf.usable,
+    }

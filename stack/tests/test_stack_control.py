@@ -322,3 +322,40 @@ def test_removed_endpoints_subflows_are_gone_when_the_call_returns(
         assert received == stream_chunk(0) + stream_chunk(1)
         sock.close()
         client.close()
+
+
+def test_state_shows_each_live_connection_and_its_subflows(
+    topology: Callable[..., Topology],
+) -> None:
+    """`{"cmd": "state"}`: what a user asks when a transfer seems stuck. The kernel
+    joined our eth1 address and has sent its first MiB: both subflows are listed with
+    their TCP state, and the data level has received at least that MiB."""
+    with served(topology, ",signal") as (topo, stack, kernel):
+        sock = kernel_client(topo, kernel)
+        wait_until(lambda: _received(stack) >= BLOCK, 10, "the first MiB at the data level")
+        answer = stack.command(json.dumps({"cmd": "state"}))
+        [connection] = answer["connections"]
+        assert connection["remote"].startswith(topo.hosts["client"].interfaces["eth0"]
+                                               .addresses[0].ip.compressed)  # fmt: skip
+        subflows = {sf["local"].split(":")[0]: sf for sf in connection["subflows"]}
+        assert set(subflows) == {SERVER[0], SERVER[1]}
+        assert all(sf["tcp_state"] == "ESTABLISHED" and sf["usable"] for sf in subflows.values())
+        assert connection["send"]["in_flight"] == 0  # a sink sends nothing
+        finish(sock, stack, 2 * BLOCK)
+        # both DATA_FINs done: what is left waits only on TCP's TIME_WAIT (2 MSL)
+        wait_until(lambda: _closing_done(stack), 10, "the subflows to finish closing")
+
+
+def _closing_done(stack: StackProcess) -> bool:
+    connections = stack.command(json.dumps({"cmd": "state"}))["connections"]
+    return all(
+        c["eof"] and c["send"]["fin_acknowledged"]
+        and {sf["tcp_state"] for sf in c["subflows"]} <= {"TIME_WAIT", "CLOSED"}
+        for c in connections
+    )  # fmt: skip
+
+
+def _received(stack: StackProcess) -> int:
+    """Data-level bytes the live connection has taken from its subflows."""
+    [connection] = stack.command(json.dumps({"cmd": "state"}))["connections"]
+    return sum(int(sf["bytes_received"]) for sf in connection["subflows"])
