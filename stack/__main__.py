@@ -61,6 +61,9 @@ def _config(args: Any) -> MptcpConfig:
         scheduler=args.scheduler,
         congestion=args.cc,
         add_addr_timeout=args.add_addr_timeout,
+        syn_retrans_before_fallback=(
+            None if args.syn_retrans_before_fallback >= 128 else args.syn_retrans_before_fallback
+        ),
     )
 
 

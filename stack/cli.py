@@ -4,7 +4,8 @@ python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,sub
                         [,signal][,backup][,fullmesh][,id=N][,port=P] [--interface ...]
                         --port PORT [--version 0|1] [--mode sink|echo|source] [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
-                        [--checksum] [--add-addr-timeout S] [--control stdin]
+                        [--checksum] [--add-addr-timeout S]
+                        [--syn-retrans-before-fallback N] [--control stdin]
 python -m stack connect ... --to ADDR:PORT
 
 Endpoint `id=` and `port=` have the kernel's meaning (`ip mptcp endpoint add ... id N
@@ -189,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--add-addr-timeout", type=_seconds, default=None, metavar="S",
             help="resend an unechoed ADD_ADDR every S seconds, at most 3 times, 0: never "
             "(as net.mptcp.add_addr_timeout); default: after 1 s, doubling",
+        )  # fmt: skip
+        p.add_argument(
+            "--syn-retrans-before-fallback", type=int, default=2, metavar="N",
+            help="SYN + MP_CAPABLE retransmissions before the SYN goes without MP_CAPABLE "
+            "and the connection is plain TCP (blackhole fallback; as "
+            "net.mptcp.syn_retrans_before_tcp_fallback; >= 128: never; default 2)",
         )  # fmt: skip
         p.add_argument(
             "--control", choices=("stdin",), default=None,

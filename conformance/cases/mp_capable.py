@@ -19,8 +19,10 @@ from conformance.cases.steps import (
     tester_syn,
     valid_checksum,
 )
-from conformance.model import deviates
-from conformance.tester import Segment
+from conformance.iut.kernel import KernelIut
+from conformance.model import deviates, not_applicable
+from conformance.tester import Segment, TesterError
+from testbed.mptcp import KernelMptcpError
 from stack import crypto
 from stack.wire.mptcp import (
     MPC_FLAG_A,
@@ -418,3 +420,174 @@ def initiator_respects_c_flag(ctx: Context) -> None:
     conn, sf, _ = initiated(ctx, synack_flags=MPC_FLAG_H | MPC_FLAG_C)
     ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN to the tester")
     del conn, sf
+
+
+# ------------------------------------------------------------------ issue 13: breadth
+# (the initiator's reading of a SYN/ACK's flags, blackhole fallback, plain TCP clients,
+# SYN cookies, TCP Fast Open)
+
+
+def _initiator_falls_back_on(ctx: Context, flags: int) -> None:
+    """The IUT connects; the tester answers with a SYN/ACK whose MP_CAPABLE (Key-B) has
+    `flags`. The IUT's next segment (`expect_next`, its SYN sent again excepted) and its
+    data carry no MPTCP option: it fell back to TCP."""
+    t = ctx.tester
+    syn = iut_syn(ctx, mode="source", nbytes=100)
+    sf = t.accept(syn)
+    option = MpCapable(version=ctx.version, flags=flags, sender_key=0x0102030405060708)
+    sf.send("SA", [t.mss(sf.local), option])
+    ack = sf.expect_next("A", within=1, what="the IUT's third ACK", skip=syn_again(sf))
+    if ack.mptcp:
+        raise deviates(f"the ACK of an ignored MP_CAPABLE carries MPTCP options: "
+                       f"{ack.describe()}")  # fmt: skip
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the IUT's data")
+    if data.mptcp:
+        raise deviates(f"data after an ignored MP_CAPABLE carries MPTCP options: "
+                       f"{data.describe()}")  # fmt: skip
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="A SYN/ACK whose MP_CAPABLE has B (extensibility) set is not understood, so "
+    "the option is ignored: the initiator falls back to TCP (no MPTCP option on its ACK "
+    "or data).",
+)
+def initiator_falls_back_on_synack_b_flag(ctx: Context) -> None:
+    """expect_next: the ACK answers the SYN/ACK (its SYN sent again excepted). RFC 8684
+    §3.1: a message with B set that is not understood has its MP_CAPABLE "silently
+    ignored, which triggers a fallback to regular TCP" (Linux drops the option on any
+    packet with B set). RFC 6824 has the SYN itself ignored, which says nothing about a
+    SYN/ACK: v1 only."""
+    _initiator_falls_back_on(ctx, MPC_FLAG_H | MPC_FLAG_B)
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
+    expected="A SYN/ACK whose MP_CAPABLE names no crypto algorithm (H and the other "
+    "algorithm bits clear) is invalid and ignored: the initiator falls back to TCP (no "
+    "MPTCP option on its ACK or data).",
+)
+def initiator_falls_back_on_synack_without_h(ctx: Context) -> None:
+    """expect_next: the ACK answers the SYN/ACK (its SYN sent again excepted). RFC 8684
+    §3.1 (and RFC 6824 §3.1, bits C..H): "If flag bits D through H are all 0, the
+    MP_CAPABLE option MUST be treated as invalid and ignored (that is, it must be treated
+    as a regular TCP handshake)"."""
+    _initiator_falls_back_on(ctx, MPC_FLAG_A if ctx.version == 0 else 0)
+
+
+# net.mptcp.syn_retrans_before_tcp_fallback: the SYN + MP_CAPABLE retransmissions
+# before a SYN without it (Linux 6.14+, default 2); 0 drops MP_CAPABLE from the first
+# retransmission, about 1 s (TCP's initial RTO) after the first SYN.
+SYN_RETRANS_BEFORE_FALLBACK = "net.mptcp.syn_retrans_before_tcp_fallback"
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    expected="When its SYNs with MP_CAPABLE go unanswered (a middlebox drops them), the "
+    "initiator retries with a plain SYN (no MP_CAPABLE, same ports) and the connection "
+    "goes on as plain TCP.",
+)
+def initiator_syn_blackhole_retries_plain(ctx: Context) -> None:
+    """expect for the plain SYN: the retries are the IUT's timer, not an answer;
+    expect_next for the ACK that answers the tester's SYN/ACK. RFC 8684 §3.1 (RFC 6824
+    §3.1): "It is expected that a sender will eventually fall back to single-path TCP
+    (i.e., without the MP_CAPABLE option) in order to work around middleboxes that may
+    drop packets with unknown options", the number of attempts left to local policy.
+    The IUT is set to the shortest honest policy, the first retransmission without
+    MP_CAPABLE (Linux: net.mptcp.syn_retrans_before_tcp_fallback=0), so the case waits
+    one initial RTO (1 s) and allows 3.5 s (two retransmissions with MP_CAPABLE)."""
+    try:
+        ctx.iut.set_sysctl(SYN_RETRANS_BEFORE_FALLBACK, 0)
+    except KernelMptcpError as error:  # a kernel before 6.14: no such knob
+        raise not_applicable(f"no MPTCP blackhole fallback to configure: {error}") from None
+    first = iut_syn(ctx, mode="source", nbytes=100)
+    started = first.time
+    plain = ctx.tester.expect(
+        "S", absent=[MpCapable, MpJoinSyn], within=3.5, what="a SYN without MP_CAPABLE",
+        where=lambda s: s.sport == first.sport and s.dport == first.dport,
+    )  # fmt: skip
+    sf = ctx.tester.accept(plain)
+    sf.send("SA", [ctx.tester.mss(sf.local)])
+    ack = sf.expect_next("A", within=1, what="the ACK of the SYN/ACK", skip=syn_again(sf))
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the IUT's data")
+    for segment in (ack, data):
+        if segment.mptcp:
+            raise deviates(f"MPTCP options after the plain SYN ({plain.time - started:.2f} "
+                           f"s after the first): {segment.describe()}")  # fmt: skip
+
+
+@case(
+    ipv6=True,
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0, 1),
+    expected="A plain TCP client (SYN without MP_CAPABLE) gets a plain SYN/ACK from the "
+    "MPTCP listener, and its data is echoed as plain TCP: no MPTCP option on any segment.",
+)
+def plain_tcp_client_to_mptcp_listener(ctx: Context) -> None:
+    """expect_next (`plain_synack`): the SYN/ACK is the only answer to a SYN; expect for
+    the echo, which a pure ACK of the data may precede. RFC 8684 §3.1 (RFC 6824 §3.1):
+    MP_CAPABLE in the SYN/ACK only answers one in the SYN; without it the connection is
+    regular TCP (§3.7's fallback from the start)."""
+    ctx.iut.listen(ctx.port)
+    sf = tester_syn(ctx)
+    plain_synack(sf)
+    sf.send("A")
+    payload = b"plain TCP to an MPTCP listener"
+    sf.send("PA", payload=payload)
+    echoed = b""
+    while len(echoed) < len(payload):
+        echo = sf.expect(data=True, within=1, what="the echo, as plain TCP")
+        if echo.mptcp:
+            raise deviates(f"MPTCP options towards a plain TCP client: {echo.describe()}")
+        echoed += echo.payload
+        sf.send("A")
+    if echoed != payload:
+        raise deviates(f"echoed {echoed!r}, sent {payload!r}")
+    others = [s for s in ctx.tester.received(sf.owns) if s.mptcp]
+    if others:
+        raise deviates(f"MPTCP options towards a plain TCP client: {others[0].describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="Under SYN cookies (the listener keeps no state for the SYN), the SYN/ACK "
+    "still carries MP_CAPABLE with Key-B, the third ACK's two keys re-create the "
+    "connection, and it is MPTCP: the tester's data is echoed with a DSS mapping.",
+)
+def syn_cookies_keep_mptcp(ctx: Context) -> None:
+    """expect_next for the SYN/ACK (the only answer to a SYN); expect for the echo, which a
+    pure ACK may precede. RFC 8684 §3.1: the third ACK echoes both keys "so that the
+    passive opener can be stateless until the three-way handshake is complete" (v1's
+    design for SYN cookies; RFC 6824's third ACK carries both keys too, but the v1 IUT
+    is the only one with cookies here). Linux: net.ipv4.tcp_syncookies=2, cookies
+    always; `SyncookiesSent` and `MPCapableSYNRX`/`MPCapablePassive` back the verdict."""
+    ctx.iut.set_sysctl("net.ipv4.tcp_syncookies", 2)  # NotSupported: not applicable
+    conn, sf = established(ctx)
+    echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1]
+    if not has_mapping(echo):
+        raise deviates(f"the echo under SYN cookies has no DSS mapping: {echo.describe()}")
+    if isinstance(ctx.iut, KernelIut) and not _tcp_ext(ctx.iut).get("SyncookiesRecv"):
+        raise TesterError("the kernel took the third ACK without a SYN cookie "
+                          "(TcpExt SyncookiesRecv did not move): the case tested nothing")  # fmt: skip
+
+
+def _tcp_ext(iut: KernelIut) -> dict[str, int]:
+    """The kernel IUT's TcpExt MIB counters (SyncookiesSent, TCPFastOpenPassive, ...)."""
+    with iut.host.entered(), open("/proc/thread-self/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+    return {}

@@ -105,6 +105,9 @@ class MptcpConfig:
     versions: frozenset[int] = frozenset({1})
     want_checksum: bool = False
     v0_policy: V0Policy = V0Policy.FALLBACK
+    # net.mptcp.syn_retrans_before_tcp_fallback: SYN + MP_CAPABLE retransmissions before
+    # the SYN goes without it (blackhole fallback); None: every SYN carries MP_CAPABLE
+    syn_retrans_before_fallback: int | None = 2
     scheduler: str = "lowest-rtt"
     congestion: str = "lia"  # "lia" (RFC 6356) or "reno" (uncoupled)
     send_buffer: int = 4 << 20
@@ -123,7 +126,8 @@ class MptcpConfig:
 
     @property
     def capable(self) -> CapableConfig:
-        return CapableConfig(self.versions, self.want_checksum, self.v0_policy)
+        return CapableConfig(self.versions, self.want_checksum, self.v0_policy,
+                             self.syn_retrans_before_fallback)  # fmt: skip
 
 
 def _expand(value: int, reference: int, wide: bool) -> int:
@@ -207,6 +211,7 @@ class MptcpConnection:
         self.fastclose = False  # we sent, or got, MP_FASTCLOSE
         self._fastclose_ack = False  # we abort: pure ACKs carry MP_FASTCLOSE (abort())
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
+        self.syn_without_capable = False  # blackhole fallback: a SYN went without MP_CAPABLE
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
         # data-level retransmission: when the DATA_ACK stalls although the subflows
@@ -431,6 +436,10 @@ class MptcpConnection:
                 if self.version is not None:
                     decision = handshake.ListenerDecision(self.version, self.checksum)
                     options.append(handshake.synack_option(decision, self.local_key))
+            elif self._capable_syn_dropped(sf):
+                if not self.syn_without_capable:
+                    self._count("MPCapableSYNTXDrop")
+                self.syn_without_capable = True  # its SYN/ACK is plain TCP's, whatever it says
             else:
                 options.append(handshake.syn_option(self.config.capable, self.local_key,
                                                     self.sent_version))  # fmt: skip
@@ -443,6 +452,12 @@ class MptcpConnection:
         else:
             options.append(MpJoinSyn(sf.local_id, self.remote_token, join.local_nonce,
                                      backup=sf.backup_local))  # fmt: skip
+
+    def _capable_syn_dropped(self, sf: Subflow) -> bool:
+        """Whether this (re)transmission of the initial SYN goes without MP_CAPABLE: the
+        earlier ones went unanswered, a middlebox may drop them (RFC 8684 §3.1)."""
+        limit = self.config.syn_retrans_before_fallback
+        return self.syn_without_capable or (limit is not None and sf.tcp.retries > limit)
 
     def _provide_fallback(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         """After MP_FAIL (RFC 8684 §3.7): our MP_FAIL answer on a pure ACK, and the
@@ -638,6 +653,8 @@ class MptcpConnection:
 
     def _on_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
         capable = next((o for o in options if isinstance(o, MpCapable)), None)
+        if self.syn_without_capable:
+            capable = None  # the SYN it answers may have been the plain one
         outcome = handshake.initiator_outcome(self.config.capable, self.sent_version, capable)
         if outcome.version is None:
             if outcome.retry_v0:
