@@ -21,7 +21,7 @@ from conformance.cases.steps import (
 )
 from conformance.iut.kernel import KernelIut
 from conformance.model import deviates, not_applicable
-from conformance.tester import Segment, TesterError
+from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
 from testbed.mptcp import KernelMptcpError
 from stack import crypto
 from stack.wire.mptcp import (
@@ -33,7 +33,7 @@ from stack.wire.mptcp import (
     MpCapable,
     MpJoinSyn,
 )
-from stack.wire.tcp import MaxSegmentSize
+from stack.wire.tcp import MaxSegmentSize, UnknownTcpOption
 
 
 @case(
@@ -591,3 +591,172 @@ def _tcp_ext(iut: KernelIut) -> dict[str, int]:
         if names.startswith("TcpExt:"):
             return dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
     return {}
+
+
+# TCP Fast Open (RFC 7413) with MPTCP: RFC 8684 Appendix B. v1 only (RFC 6824 has no
+# TFO text). An IUT without TFO is not applicable (`Iut.enable_fastopen`).
+TFO_KIND = 34
+TFO_COOKIE_REQUEST = bytes((TFO_KIND, 2))
+
+
+def _tfo_cookie(segment: Segment) -> bytes | None:
+    """The Fast Open cookie a segment carries (None: no TFO option, or a bare request)."""
+    for option in segment.options:
+        if isinstance(option, UnknownTcpOption) and option.kind == TFO_KIND:
+            return bytes(option.raw[2:]) or None
+    return None
+
+
+def _tfo_syn(ctx: Context, tfo: bytes, payload: bytes = b"") -> Subflow:
+    """A tester SYN with the MSS, the TFO option `tfo` (a request or a cookie),
+    MP_CAPABLE v1 (4 bytes) and `payload`: 4 + 12 + 4 bytes at most, within 40."""
+    sf = ctx.tester.subflow(ctx.port)
+    raw = ctx.tester.mss(sf.local).emit() + tfo + MpCapable(version=1, flags=MPC_FLAG_H).emit()
+    sf.send("S", raw_options=raw, payload=payload)
+    return sf
+
+
+def _tfo_cookie_from_listener(ctx: Context) -> tuple[Subflow, Segment, bytes]:
+    """The IUT listens with Fast Open; the tester asks for a cookie on an MP_CAPABLE
+    SYN. The SYN/ACK (`expect_next`) must carry a cookie and MP_CAPABLE with Key-B."""
+    ctx.iut.enable_fastopen()
+    ctx.iut.listen(ctx.port)
+    sf = _tfo_syn(ctx, TFO_COOKIE_REQUEST)
+    synack = sf.expect_next("SA", within=1, what="SYN/ACK to a TFO cookie request")
+    _capable_format(synack, "SYN/ACK", version=1, key=True)
+    cookie = _tfo_cookie(synack)
+    if cookie is None or not 4 <= len(cookie) <= 16:
+        raise deviates(f"no Fast Open cookie (4 to 16 bytes) beside MP_CAPABLE: "
+                       f"{synack.describe()}")  # fmt: skip
+    return sf, synack, cookie
+
+
+@case(
+    section="B.1",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A listener with TCP Fast Open answers an MP_CAPABLE SYN carrying a TFO "
+    "cookie request with a SYN/ACK that carries both a cookie and MP_CAPABLE v1 with Key-B.",
+)
+def tfo_cookie_request_gets_cookie_and_mp_capable(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN. RFC 8684 Appendix B.1: the
+    cookie request and MP_CAPABLE go together on the SYN, and the SYN/ACK has room for
+    the cookie and MP_CAPABLE (a host drops TCP timestamps first, as Linux does, to
+    make it fit)."""
+    sf, _, _ = _tfo_cookie_from_listener(ctx)
+    sf.send("R")
+
+
+@case(
+    section="B.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A SYN with MP_CAPABLE, a valid TFO cookie and data gets a SYN/ACK that "
+    "acknowledges the data and carries MP_CAPABLE with Key-B; after the third ACK (both "
+    "keys) and the first data, the SYN's data reaches the application once and first, "
+    "and the connection is MPTCP (the echo comes back with DSS mappings from IDSN-B + 1).",
+)
+def tfo_syn_data_with_cookie_delivered(ctx: Context) -> None:
+    """expect_next for the SYN/ACKs, the answers to the SYNs; expect for the echo, which a
+    pure ACK may precede. RFC 8684 Appendix B.2 (data sequence mapping under TFO): the
+    SYN's data is the application's, delivered before any mapped data; the IUT's own
+    data is mapped from IDSN-B + 1 as on any connection."""
+    first, _, cookie = _tfo_cookie_from_listener(ctx)
+    first.send("R")
+    t = ctx.tester
+    conn = t.connection(1)
+    payload = b"data on the SYN, with a cookie"
+    sf = _tfo_syn(ctx, bytes((TFO_KIND, 2 + len(cookie))) + cookie, payload)
+    sf.connection = conn
+    conn.subflows.append(sf)
+    synack = sf.expect_next("SA", MpCapable, within=1, what="SYN/ACK with MP_CAPABLE")
+    if synack.ack != sf.snd_nxt:
+        raise deviates(f"the SYN/ACK acknowledges {synack.ack}, not the SYN's "
+                       f"{len(payload)} bytes of data (up to {sf.snd_nxt}): "
+                       f"{synack.describe()}")  # fmt: skip
+    key = synack.need(MpCapable).sender_key
+    if key is None:
+        raise deviates(f"SYN/ACK MP_CAPABLE carries no key: {synack.describe()}")
+    conn.learn_remote_key(key)
+    first_dsn = conn.data_rcv_nxt  # IDSN-B + 1 (the tracking moves on with the echo)
+    conn.start_data()
+    sf.send("A", [MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key,
+                            receiver_key=key)])  # fmt: skip
+    # then the first data with MP_CAPABLE, as a v1 client goes on (Linux's packetdrill
+    # scripts do the same): Linux 6.18 sometimes loses the keys of a TFO connection's
+    # third ACK and holds its own data until the next MPTCP option (docs/conformance.md)
+    more = b", then the first data"
+    t.first_data_v1(conn, sf, more)
+    expected = payload + more
+    echoed = b""
+    while len(echoed) < len(expected):
+        echo = sf.expect(data=True, within=1, what="the echo of the SYN's data and the first data")
+        dss = echo.option(Dss)
+        if dss is None or dss.dsn is None:
+            raise deviates(f"the echo has no DSS mapping: {echo.describe()}")
+        if not echoed:
+            dsn = dss.dsn if dss.dsn_64 else dss.dsn | (first_dsn & ~0xFFFFFFFF)
+            if dsn != first_dsn:
+                raise deviates(f"the echo is mapped at DSN {dsn:#x}, not IDSN-B + 1 "
+                               f"{first_dsn:#x}: {echo.describe()}")  # fmt: skip
+        echoed += echo.payload
+        sf.send("A", [conn.data_ack()])
+    if echoed != expected:
+        raise deviates(f"echoed {echoed!r} for the SYN's data and the first data {expected!r}")
+    sf.expect_none(data=True, within=0.2, what="the SYN's data a second time")
+
+
+def _tfo_accept(ctx: Context, syn: Segment, tfo: bytes = b"") -> tuple[MptcpConnection, Subflow]:
+    """The tester's SYN/ACK to the IUT's MP_CAPABLE SYN: MSS, `tfo` (a cookie), and
+    MP_CAPABLE v1 with Key-B; it acknowledges the SYN's data, if any (taken)."""
+    t = ctx.tester
+    conn = t.connection(1)
+    sf = t.accept(syn)
+    sf.rcv_nxt = (syn.seq + 1 + len(syn.payload)) & 0xFFFFFFFF
+    sf.connection = conn
+    conn.subflows.append(sf)
+    capable = MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key)
+    sf.send("SA", raw_options=t.mss(sf.local).emit() + tfo + capable.emit())
+    return conn, sf
+
+
+@case(
+    section="B.1",
+    level=SHOULD,
+    role=INITIATOR,
+    expected="An initiator with TCP Fast Open asks for a cookie on its MP_CAPABLE SYN; "
+    "holding the cookie from that connection, its next connection's SYN carries the "
+    "cookie, its first data and MP_CAPABLE v1 (no key), and after a SYN/ACK that "
+    "acknowledges the data its third ACK carries both keys.",
+)
+def initiator_tfo_cookie_then_syn_data(ctx: Context) -> None:
+    """expect for the SYNs, which open connections (nothing to answer); expect_next for
+    the third ACK, the answer to the SYN/ACK (its SYN sent again excepted). RFC 8684
+    Appendix B.1 and B.3: the cookie request and then the cookie ride on MP_CAPABLE
+    SYNs, and the SYN's data goes with the v1 SYN's MP_CAPABLE (no key)."""
+    ctx.iut.enable_fastopen()
+    t = ctx.tester
+    syn = iut_syn(ctx, mode="source", nbytes=100)
+    if syn.payload or not any(isinstance(o, UnknownTcpOption) and o.raw == TFO_COOKIE_REQUEST
+                              for o in syn.options):  # fmt: skip
+        raise deviates(f"the first SYN is not a TFO cookie request: {syn.describe()}")
+    cookie = bytes(range(0xC0, 0xC8))
+    _, sf = _tfo_accept(ctx, syn, bytes((TFO_KIND, 2 + len(cookie))) + cookie)
+    sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                   skip=syn_again(sf))  # fmt: skip
+    sf.send("R")
+    # a second connection: the cookie, the data and MP_CAPABLE on the SYN
+    # (more than a SYN holds: the application's shutdown comes once the handshake is
+    # done; Linux aborts a connection shut down in SYN-SENT with MP_FASTCLOSE)
+    ctx.iut.connect(t.address("eth0"), ctx.port, mode="source", nbytes=20_000)
+    second = t.expect("S", MpCapable, dport=ctx.port, within=5, what="the second SYN",
+                      where=lambda s: s.sport != syn.sport)  # fmt: skip
+    if _tfo_cookie(second) != cookie or not second.payload:
+        raise deviates(f"the second SYN does not carry the cookie and data: {second.describe()}")
+    _capable_format(second, "SYN", version=1, key=False)
+    conn2, sf2 = _tfo_accept(ctx, second)
+    ack = sf2.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                          skip=syn_again(sf2))  # fmt: skip
+    option = ack.need(MpCapable)
+    if option.receiver_key != conn2.local_key or option.sender_key is None:
+        raise deviates(f"third ACK MP_CAPABLE without both keys: {ack.describe()}")

@@ -130,6 +130,13 @@ class Iut(ABC):
     def delete_endpoint(self, address: str) -> None:
         raise NotSupported(f"{self.name} cannot remove an endpoint while running")
 
+    def enable_fastopen(self) -> None:
+        """TCP Fast Open (RFC 7413) from now on: listeners issue cookies and take data on
+        a SYN with a valid one; connections ask for a cookie and, holding one, send
+        their first data on the SYN (Linux: net.ipv4.tcp_fastopen=3, TCP_FASTOPEN on
+        the listener, TCP_FASTOPEN_CONNECT on the connecting socket)."""
+        raise NotSupported(f"{self.name} has no TCP Fast Open")
+
     @abstractmethod
     def set_sysctl(self, name: str, value: str | int) -> None: ...
 

@@ -26,6 +26,8 @@ from conformance.iut.base import MODES, AppReport, Iut, IutError, source_bytes
 from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
 
 KEEP_DATA = 1 << 16
+TCP_FASTOPEN_CONNECT = 30  # linux/tcp.h (the socket module lacks it)
+FASTOPEN_QUEUE = 16  # pending TFO requests a listener takes (TCP_FASTOPEN's value)
 
 
 class KernelIut(Iut):
@@ -45,6 +47,7 @@ class KernelIut(Iut):
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopped = False
+        self._fastopen = False
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -92,6 +95,10 @@ class KernelIut(Iut):
     def set_sysctl(self, name: str, value: str | int) -> None:
         self.control.set_sysctl(name, value)
 
+    def enable_fastopen(self) -> None:
+        self.set_sysctl("net.ipv4.tcp_fastopen", 3)  # 1 client, 2 server
+        self._fastopen = True
+
     # -- observation --
 
     def counters(self) -> dict[str, int]:
@@ -136,6 +143,8 @@ class KernelIut(Iut):
             if family == socket.AF_INET6:
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             listener.bind((wildcard, port))
+            if self._fastopen:
+                listener.setsockopt(socket.SOL_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
             listener.listen(self.backlog)
             listener.setblocking(False)
             self._spawn(self._accept_loop, listener, mode, nbytes)
@@ -149,6 +158,8 @@ class KernelIut(Iut):
         sock = self._socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
         if source:
             sock.bind((source, 0))
+        if self._fastopen:  # the SYN waits for the first send, and carries it with a cookie
+            sock.setsockopt(socket.SOL_TCP, TCP_FASTOPEN_CONNECT, 1)
         sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             sock.connect((address, port))
