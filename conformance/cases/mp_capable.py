@@ -22,7 +22,6 @@ from conformance.cases.steps import (
 from conformance.iut.kernel import KernelIut
 from conformance.model import deviates, not_applicable
 from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
-from testbed.mptcp import KernelMptcpError
 from stack import crypto
 from stack.wire.mptcp import (
     MPC_FLAG_A,
@@ -34,6 +33,7 @@ from stack.wire.mptcp import (
     MpJoinSyn,
 )
 from stack.wire.tcp import MaxSegmentSize, UnknownTcpOption
+from testbed.mptcp import KernelMptcpError
 
 
 @case(
@@ -572,15 +572,15 @@ def syn_cookies_keep_mptcp(ctx: Context) -> None:
     passive opener can be stateless until the three-way handshake is complete" (v1's
     design for SYN cookies; RFC 6824's third ACK carries both keys too, but the v1 IUT
     is the only one with cookies here). Linux: net.ipv4.tcp_syncookies=2, cookies
-    always; `SyncookiesSent` and `MPCapableSYNRX`/`MPCapablePassive` back the verdict."""
+    always; TcpExt `SyncookiesRecv` shows the cookie was used (else a harness error)."""
     ctx.iut.set_sysctl("net.ipv4.tcp_syncookies", 2)  # NotSupported: not applicable
-    conn, sf = established(ctx)
+    _, sf = established(ctx)
     echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1]
     if not has_mapping(echo):
         raise deviates(f"the echo under SYN cookies has no DSS mapping: {echo.describe()}")
     if isinstance(ctx.iut, KernelIut) and not _tcp_ext(ctx.iut).get("SyncookiesRecv"):
-        raise TesterError("the kernel took the third ACK without a SYN cookie "
-                          "(TcpExt SyncookiesRecv did not move): the case tested nothing")  # fmt: skip
+        raise TesterError("the kernel took the third ACK without a SYN cookie (TcpExt "
+                          "SyncookiesRecv did not move): the case tested nothing")  # fmt: skip
 
 
 def _tcp_ext(iut: KernelIut) -> dict[str, int]:
