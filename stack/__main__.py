@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(stack: Stack, args: Any, stop: threading.Event) -> int:
-    server = stack.listen(args.port)
+    server = stack.listen(args.port, address=args.bind)
     emit({"event": "listening", "port": args.port,
           "addresses": [str(s.config.address.ip) for s in args.interface]})  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
                         [,signal][,backup][,fullmesh][,id=N][,port=P] [--interface ...]
-                        --port PORT [--version 0|1] [--mode sink|echo|source] [--bytes N]
+                        --port PORT [--bind ADDR] [--version 0|1] [--mode sink|echo|source] [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
                         [--checksum] [--add-addr-timeout S]
                         [--syn-retrans-before-fallback N] [--control stdin]
@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if command == "serve":
             p.add_argument("--port", type=_port, required=True, help="port to listen on")
+            p.add_argument(
+                "--bind", default=None, metavar="ADDR",
+                help="listen at this local address only (default: every address); "
+                "connections and joins to another address are reset",
+            )  # fmt: skip
         else:
             p.add_argument(
                 "--to", type=_wrap(parse_destination), required=True, metavar="ADDR:PORT",

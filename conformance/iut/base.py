@@ -143,8 +143,11 @@ class Iut(ABC):
     # -- running --
 
     @abstractmethod
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
-        """Accept connections on every local address at `port`; play `mode` on each."""
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
+        """Accept connections on every local address at `port` (or, with `address`, on
+        that one only); play `mode` on each."""
 
     @abstractmethod
     def connect(

@@ -132,12 +132,18 @@ class KernelIut(Iut):
             self._threads.append(thread)
         thread.start()
 
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
         if mode not in MODES:
             raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
         # One listener per family (IPv6 only on the AF_INET6 one), so that IPv4 cases
-        # meet a plain AF_INET socket, as before IPv6 cases existed.
-        for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        # meet a plain AF_INET socket, as before IPv6 cases existed; a bound one only in
+        # its address's family.
+        families = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+        if address is not None:
+            families = [(socket.AF_INET6 if ":" in address else socket.AF_INET, address)]
+        for family, wildcard in families:
             listener = self._socket(family)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:

@@ -6,7 +6,7 @@ Built only on the stack's CLI contract:
                             [,signal][,backup][,fullmesh][,id=N][,port=P] --port P
                             --version 0|1 --mode sink|echo|source [--bytes N]
                             [--limits S,A] [--checksum] [--add-addr-timeout S]
-                            --control stdin
+                            --control stdin [--bind ADDR]
     python -m stack connect ... --to ADDR:PORT
 
 Each prints one JSON line when a connection ends (an `AppReport` here); `serve` runs
@@ -281,8 +281,11 @@ class StackIut(Iut):
                 )
             )
 
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
-        self._start(["serve", *self._common(mode, nbytes), "--port", str(port)], True)
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
+        bind = [] if address is None else ["--bind", address]
+        self._start(["serve", *self._common(mode, nbytes), "--port", str(port), *bind], True)
 
     def connect(
         self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
