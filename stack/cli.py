@@ -2,7 +2,8 @@
 
 python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
                         [,signal][,backup][,fullmesh][,id=N][,port=P] [--interface ...]
-                        --port PORT [--bind ADDR] [--version 0|1] [--mode sink|echo|source] [--bytes N]
+                        --port PORT [--bind ADDR] [--version 0|1] [--mode sink|echo|source]
+                        [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
                         [--checksum] [--add-addr-timeout S]
                         [--syn-retrans-before-fallback N] [--control stdin]
