@@ -212,6 +212,7 @@ class MptcpConnection:
         self._fastclose_ack = False  # we abort: pure ACKs carry MP_FASTCLOSE (abort())
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
         self.syn_without_capable = False  # blackhole fallback: a SYN went without MP_CAPABLE
+        self.data_ack_64 = True  # the width of our data ACKs: the peer's latest DSN's
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
         # data-level retransmission: when the DATA_ACK stalls although the subflows
@@ -403,6 +404,16 @@ class MptcpConnection:
         assert self.reasm is not None
         return (self.reasm.next_dsn + (1 if self.eof and not self.fallback else 0)) % DSN_MOD
 
+    def _dss(self, *mapping: Any, **flags: Any) -> Dss:
+        """A DSS with our data ACK in the width of the peer's latest DSN (as Linux's
+        use_64bit_ack: a peer that maps with 4 bytes gets 4-byte data ACKs, RFC 8684
+        §3.3 leaving the choice to each sender), then `mapping` (DSN, subflow seq,
+        length, checksum) and `flags`, our DSNs always 8 bytes."""
+        ack = self._data_ack()
+        if not self.data_ack_64:
+            ack &= 0xFFFFFFFF
+        return Dss(ack, *mapping, data_ack_64=self.data_ack_64, **flags)
+
     def _provide(self, sf: Subflow, seg: Segment, rel: int) -> None:
         flags = seg.flags
         options: list[Any] = []
@@ -470,9 +481,8 @@ class MptcpConnection:
         if sf.infinite_map is not None and payload:
             dsn, start = sf.infinite_map
             if rel <= start < rel + len(payload):
-                options.append(Dss(self._data_ack(), dsn, start, 0,
-                                   0 if self.checksum else None,
-                                   data_ack_64=True, dsn_64=True))  # fmt: skip
+                options.append(self._dss(dsn, start, 0, 0 if self.checksum else None,
+                                         dsn_64=True))  # fmt: skip
 
     def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         assert self.sendq is not None and self.remote_key is not None
@@ -501,14 +511,13 @@ class MptcpConnection:
                     )
                 )  # fmt: skip
                 return
-            options.append(Dss(self._data_ack(), chunk.dsn, chunk.subflow_seq, chunk.length,
-                               chunk.checksum, data_ack_64=True, dsn_64=True))  # fmt: skip
+            options.append(self._dss(chunk.dsn, chunk.subflow_seq, chunk.length,
+                                     chunk.checksum, dsn_64=True))  # fmt: skip
         elif self.sendq.fin_sent and not self.sendq.fin_acknowledged:
             fin = self.sendq.write_end
             if self.checksum:
                 checksum = dss_checksum(fin, 0, 1, b"")
-            options.append(Dss(self._data_ack(), fin, 0, 1, checksum, data_fin=True,
-                               data_ack_64=True, dsn_64=True))  # fmt: skip
+            options.append(self._dss(fin, 0, 1, checksum, data_fin=True, dsn_64=True))
         elif sf.mp_fail_due is None and self._echo_next(seg):
             # as Linux: an echo goes alone on a pure ACK (no DSS), and an MP_PRIO owed
             if sf.prio_due is not None:
@@ -518,7 +527,7 @@ class MptcpConnection:
             self._count("EchoAddTx")
             return
         else:
-            options.append(Dss(self._data_ack(), data_ack_64=True))
+            options.append(self._dss())
         if sf.mp_fail_due is not None and not payload:
             options.append(MpFail(sf.mp_fail_due))  # on every pure ACK until answered
             return
@@ -749,6 +758,7 @@ class MptcpConnection:
                 self.peer_data_acked = True
             self._update_send_window(ack, sf, window)
         if option.dsn is not None and self.mp_fail_dsn is None:
+            self.data_ack_64 = option.dsn_64  # our data ACKs follow its DSN width
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
             if length == 0 and option.subflow_seq == 0:
