@@ -916,3 +916,29 @@ def bound_listener_refuses_join_to_other_address(ctx: Context) -> None:
     join, _ = join_syn(ctx, conn.remote_token, ifname="eth1")
     expect_rst(join)
     exchange(ctx, conn, sf, b"after the refused join", on=sf)
+
+
+@case(
+    ipv6=True,
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_mixed",
+    expected="A subflow endpoint of the other address family than the connection's (IPv6 "
+    "on an IPv4 connection, IPv4 on an IPv6 one) gets no join: the peer's address is of "
+    "the connection's family, and a subflow cannot mix families.",
+)
+def initiator_no_join_across_families(ctx: Context) -> None:
+    """expect_none: no join SYN at all is the behaviour. RFC 8684 §3.2 (RFC 6824 the same):
+    a join is a new TCP connection to an address of the peer, and a TCP connection's two
+    ends are of one family; the peer announced nothing of the other family, so there is
+    no pair to join (Linux's mptcp_join.sh "no JOIN with diff families v4-v6", "v6-v4").
+    IPv4-mapped IPv6 addresses, which Linux lets join IPv4 connections, are not tested."""
+    other = 6 if ctx.tester.family == 4 else 4
+    ifname = "eth1" if other == 6 else "eth0"  # path2 is IPv6 only; path1 has both
+    address = str(ctx.topo.hosts["server"].address(ifname, other))
+    ctx.iut.add_endpoint(address, flags={"subflow"})
+    ctx.iut.set_limits(2, 0)
+    initiated(ctx)
+    ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN across families")
