@@ -45,6 +45,7 @@ from stack.wire.mptcp import (
     MpJoinAck,
     MpJoinSyn,
     MpJoinSynAck,
+    MpTcpRst,
 )
 from stack.wire.tcp import RST, MaxSegmentSize
 
@@ -942,3 +943,38 @@ def initiator_no_join_across_families(ctx: Context) -> None:
     ctx.iut.set_limits(2, 0)
     initiated(ctx)
     ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN across families")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_two_addresses",
+    expected="With a subflow limit of 1 and two subflow endpoints, a join the tester "
+    "refuses (RST; v1: MP_TCPRST reason 3) frees the slot and the IUT's path manager "
+    "moves on: it joins from its other endpoint, and that join completes.",
+)
+def initiator_refused_join_moves_to_next_endpoint(ctx: Context) -> None:
+    """expect for the join SYNs, which the IUT opens on its own; expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 8684 §3.2: a refused join is closed with RST and
+    the subflow never existed; which subflows to open is the host's policy, and Linux's
+    in-kernel path manager then opens the next one its limits allow (mptcp_join.sh "multi
+    subflows, with failing subflow", "fair usage on close")."""
+    first, second = (str(a.ip) for a in ctx.topo.hosts["server"].interfaces["eth1"].addresses)
+    ctx.iut.set_limits(1, 0)
+    for address_id, address in ((3, first), (4, second)):
+        try:
+            ctx.iut.add_endpoint(address, flags={"subflow"}, id=address_id)
+        except NotSupported:
+            ctx.iut.add_endpoint(address, flags={"subflow"})
+    conn, _, _ = initiated(ctx)
+    t = ctx.tester
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's first join SYN")
+    refused = t.accept(syn)
+    refused.send("RA", [MpTcpRst(MPTCP_RST_EPROHIBIT)] if ctx.version == 1 else [])
+    other = second if syn.src == first else first
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                   what=f"a join SYN from the other endpoint {other}",
+                   where=lambda s: s.src == other)  # fmt: skip
+    _complete_iut_join(ctx, conn, syn)

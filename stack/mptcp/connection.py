@@ -1254,6 +1254,9 @@ class MptcpConnection:
             return
         self.paths.subflow_failed(key, now, transient=_transient(event))
         self._count("SubflowFailed")
+        # its slot is free: the path manager moves on to what else its limits allow (as
+        # Linux's mptcp_pm_subflow_check_next), opened once the caller is done
+        self._pending_opens += [a for a in self.paths.retry() if isinstance(a, OpenSubflow)]
 
     def on_link_change(
         self,
@@ -1524,6 +1527,8 @@ class MptcpConnection:
             rejoin = self.paths.next_rejoin()
             if rejoin is not None and rejoin <= now:
                 self._apply_paths(self.paths.rejoin_due(now), now)
+        if self._pending_opens:
+            self._open_pending(now)  # a subflow failed on a timer: the next one's turn
         if self._data_rtx_deadline is not None and self._data_rtx_deadline <= now:
             self._retransmit_data(now)
         if self._mp_fail_deadline is not None and self._mp_fail_deadline <= now:
