@@ -404,15 +404,24 @@ class MptcpConnection:
         assert self.reasm is not None
         return (self.reasm.next_dsn + (1 if self.eof and not self.fallback else 0)) % DSN_MOD
 
-    def _dss(self, *mapping: Any, **flags: Any) -> Dss:
+    def _dss(
+        self,
+        dsn: int | None = None,
+        subflow_seq: int | None = None,
+        length: int | None = None,
+        checksum: int | None = None,
+        *,
+        data_fin: bool = False,
+    ) -> Dss:
         """A DSS with our data ACK in the width of the peer's latest DSN (as Linux's
         use_64bit_ack: a peer that maps with 4 bytes gets 4-byte data ACKs, RFC 8684
-        §3.3 leaving the choice to each sender), then `mapping` (DSN, subflow seq,
-        length, checksum) and `flags`, our DSNs always 8 bytes."""
+        §3.3 leaving the choice to each sender), and the mapping given, if any (our
+        DSNs always 8 bytes)."""
         ack = self._data_ack()
         if not self.data_ack_64:
             ack &= 0xFFFFFFFF
-        return Dss(ack, *mapping, data_ack_64=self.data_ack_64, **flags)
+        return Dss(ack, dsn, subflow_seq, length, checksum, data_fin=data_fin,
+                   data_ack_64=self.data_ack_64, dsn_64=dsn is not None)  # fmt: skip
 
     def _provide(self, sf: Subflow, seg: Segment, rel: int) -> None:
         flags = seg.flags
@@ -481,8 +490,7 @@ class MptcpConnection:
         if sf.infinite_map is not None and payload:
             dsn, start = sf.infinite_map
             if rel <= start < rel + len(payload):
-                options.append(self._dss(dsn, start, 0, 0 if self.checksum else None,
-                                         dsn_64=True))  # fmt: skip
+                options.append(self._dss(dsn, start, 0, 0 if self.checksum else None))
 
     def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         assert self.sendq is not None and self.remote_key is not None
@@ -512,12 +520,12 @@ class MptcpConnection:
                 )  # fmt: skip
                 return
             options.append(self._dss(chunk.dsn, chunk.subflow_seq, chunk.length,
-                                     chunk.checksum, dsn_64=True))  # fmt: skip
+                                     chunk.checksum))  # fmt: skip
         elif self.sendq.fin_sent and not self.sendq.fin_acknowledged:
             fin = self.sendq.write_end
             if self.checksum:
                 checksum = dss_checksum(fin, 0, 1, b"")
-            options.append(self._dss(fin, 0, 1, checksum, data_fin=True, dsn_64=True))
+            options.append(self._dss(fin, 0, 1, checksum, data_fin=True))
         elif sf.mp_fail_due is None and self._echo_next(seg):
             # as Linux: an echo goes alone on a pure ACK (no DSS), and an MP_PRIO owed
             if sf.prio_due is not None:
