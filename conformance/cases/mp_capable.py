@@ -19,6 +19,7 @@ from conformance.cases.steps import (
     tester_syn,
     valid_checksum,
 )
+from conformance.iut import NotSupported
 from conformance.iut.kernel import KernelIut
 from conformance.model import deviates, not_applicable
 from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
@@ -704,6 +705,61 @@ def tfo_syn_data_with_cookie_delivered(ctx: Context) -> None:
     if echoed != expected:
         raise deviates(f"echoed {echoed!r} for the SYN's data and the first data {expected!r}")
     sf.expect_none(data=True, within=0.2, what="the SYN's data a second time")
+
+
+@case(
+    section="B.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN with MP_CAPABLE, data and a Fast Open cookie the IUT never issued gets "
+    "a SYN/ACK with MP_CAPABLE that acknowledges only the SYN (a listener without TFO may "
+    "instead take the data, as TCP queues SYN data); either way the data, sent again "
+    "after the handshake when it was not acknowledged, reaches the application once.",
+)
+def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
+    """expect_next for the SYN/ACK, the answer to the SYN; expect for the echo, which a pure
+    ACK may precede. RFC 7413 §4.2.2: a server that does not validate the cookie drops
+    the SYN's data and acknowledges only the SYN's sequence number; RFC 8684 Appendix B.2
+    keeps that under MPTCP. An IUT without TFO runs it as a plain MPTCP listener (RFC
+    9293 §3.10.7.2 lets TCP queue a SYN's data until the handshake completes): the data
+    must still arrive exactly once."""
+    try:
+        ctx.iut.enable_fastopen()
+        fastopen = True
+    except NotSupported:
+        fastopen = False
+    ctx.iut.listen(ctx.port)
+    t = ctx.tester
+    conn = t.connection(1)
+    payload = b"data on the SYN, with a cookie never issued"
+    sf = _tfo_syn(ctx, bytes((TFO_KIND, 10)) + bytes(8), payload)
+    sf.connection = conn
+    conn.subflows.append(sf)
+    sf.snd_nxt = (sf.iss + 1) & 0xFFFFFFFF  # a SYN/ACK of the SYN alone answers it too
+    synack = sf.expect_next("SA", MpCapable, within=1, what="SYN/ACK with MP_CAPABLE")
+    acked = (synack.ack - sf.iss - 1) & 0xFFFFFFFF
+    sf.snd_nxt = (sf.iss + 1 + acked) & 0xFFFFFFFF
+    if acked not in (0, len(payload)) or (fastopen and acked):
+        raise deviates(f"the SYN/ACK acknowledges {acked} bytes of the SYN's data, sent with "
+                       f"a cookie the IUT never issued: {synack.describe()}")  # fmt: skip
+    key = synack.need(MpCapable).sender_key
+    if key is None:
+        raise deviates(f"SYN/ACK MP_CAPABLE carries no key: {synack.describe()}")
+    conn.learn_remote_key(key)
+    conn.start_data()
+    sf.send("A", [MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key,
+                            receiver_key=key)])  # fmt: skip
+    more = payload if not acked else b", then the first data"
+    t.first_data_v1(conn, sf, more)
+    expected = more if not acked else payload + more
+    echoed = b""
+    while len(echoed) < len(expected):
+        echo = sf.expect(data=True, within=1, what="the echo, once")
+        echoed += echo.payload
+        sf.send("A", [conn.data_ack()])
+    if echoed != expected:
+        raise deviates(f"echoed {echoed!r}, expected {expected!r} once")
+    sf.expect_none(data=True, within=0.2, what="the data a second time")
 
 
 def _tfo_accept(ctx: Context, syn: Segment, tfo: bytes = b"") -> tuple[MptcpConnection, Subflow]:
