@@ -6,7 +6,8 @@ python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,sub
                         [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
                         [--checksum] [--add-addr-timeout S]
-                        [--syn-retrans-before-fallback N] [--control stdin]
+                        [--syn-retrans-before-fallback N] [--syn-retries N]
+                        [--control stdin]
 python -m stack connect ... --to ADDR:PORT
 
 Endpoint `id=` and `port=` have the kernel's meaning (`ip mptcp endpoint add ... id N
@@ -202,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="SYN + MP_CAPABLE retransmissions before the SYN goes without MP_CAPABLE "
             "and the connection is plain TCP (blackhole fallback; as "
             "net.mptcp.syn_retrans_before_tcp_fallback; >= 128: never; default 2)",
+        )  # fmt: skip
+        p.add_argument(
+            "--syn-retries", type=int, default=6, metavar="N",
+            help="SYN retransmissions before a connection or join attempt gives up (as "
+            "net.ipv4.tcp_syn_retries; default 6, about 127 s; 1: 3 s)",
         )  # fmt: skip
         p.add_argument(
             "--control", choices=("stdin",), default=None,

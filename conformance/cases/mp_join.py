@@ -978,3 +978,44 @@ def initiator_refused_join_moves_to_next_endpoint(ctx: Context) -> None:
                    what=f"a join SYN from the other endpoint {other}",
                    where=lambda s: s.src == other)  # fmt: skip
     _complete_iut_join(ctx, conn, syn)
+
+
+# Linux's join SYN gives up after net.ipv4.tcp_syn_retries retransmissions (default 6,
+# about 127 s); 1 is the shortest that still retransmits: 1 s, then 2 s, 3 s in all.
+JOIN_SYN_RETRIES = 1
+JOIN_TIMEOUT = 3.0
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_two_addresses",
+    expected="With a subflow limit of 1 and two subflow endpoints, a join that times out "
+    "(the tester never answers its SYN) frees the slot and the IUT's path manager moves "
+    "on: it joins from its other endpoint, and that join completes.",
+)
+def initiator_timed_out_join_moves_to_next_endpoint(ctx: Context) -> None:
+    """expect for the join SYNs, which the IUT opens on its own timers; expect_next for the
+    third ACK. RFC 8684 §3.2 leaves which subflows to open to the host; Linux's path
+    manager opens the next one once a join times out (mptcp_join.sh "multi subflows, with
+    subflow timeout"). The IUT gives up after one SYN retransmission
+    (net.ipv4.tcp_syn_retries=1, the stack's --syn-retries 1): about 3 s, the shortest
+    honest wait for a timeout."""
+    first, second = (str(a.ip) for a in ctx.topo.hosts["server"].interfaces["eth1"].addresses)
+    ctx.iut.set_sysctl("net.ipv4.tcp_syn_retries", JOIN_SYN_RETRIES)
+    ctx.iut.set_limits(1, 0)
+    for address_id, address in ((3, first), (4, second)):
+        try:
+            ctx.iut.add_endpoint(address, flags={"subflow"}, id=address_id)
+        except NotSupported:
+            ctx.iut.add_endpoint(address, flags={"subflow"})
+    conn, _, _ = initiated(ctx)
+    t = ctx.tester
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's first join SYN")
+    other = second if syn.src == first else first
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=JOIN_TIMEOUT + 1.5,
+                   what=f"after the first join timed out, a join SYN from {other}",
+                   where=lambda s: s.src == other)  # fmt: skip
+    _complete_iut_join(ctx, conn, syn)

@@ -15,8 +15,9 @@ as readiness; the driver waits for it, up to `READY_TIMEOUT`, before the case go
 The stack runs on a bare host (it answers ARP itself), so the topology leaves both ends
 bare. Configuration before the start becomes flags: endpoints (flags, ID, port) become
 `--interface` fields, `net.mptcp.checksum_enabled` becomes `--checksum` and
-`net.mptcp.add_addr_timeout` `--add-addr-timeout`, `net.mptcp.syn_retrans_before_tcp_fallback`
-`--syn-retrans-before-fallback`; other sysctls are not supported.
+`net.mptcp.add_addr_timeout` `--add-addr-timeout`,
+`net.mptcp.syn_retrans_before_tcp_fallback` `--syn-retrans-before-fallback` and
+`net.ipv4.tcp_syn_retries` `--syn-retries`; other sysctls are not supported.
 Endpoint changes while running (`add_endpoint`, `set_backup`, `delete_endpoint`) go
 through the process's command channel (`--control stdin`: one JSON command per line,
 one `{"event": "control", ...}` answer each, awaited up to `CONTROL_TIMEOUT`).
@@ -55,6 +56,7 @@ SYSCTL_FLAGS = {
     "net.mptcp.checksum_enabled": "--checksum",
     "net.mptcp.add_addr_timeout": "--add-addr-timeout",
     "net.mptcp.syn_retrans_before_tcp_fallback": "--syn-retrans-before-fallback",
+    "net.ipv4.tcp_syn_retries": "--syn-retries",
 }
 
 

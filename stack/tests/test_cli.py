@@ -147,3 +147,5 @@ def test_bind_and_blackhole_fallback_flags() -> None:
     assert build_parser().parse_args(
         [*connect, "--syn-retrans-before-fallback", "0"]
     ).syn_retrans_before_fallback == 0  # fmt: skip
+    assert build_parser().parse_args(connect).syn_retries == 6  # tcp_syn_retries' default
+    assert build_parser().parse_args([*connect, "--syn-retries", "1"]).syn_retries == 1
