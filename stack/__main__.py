@@ -12,6 +12,7 @@ With `--control stdin`, JSON commands on stdin change endpoints while it runs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -84,13 +85,18 @@ def _config(args: Any) -> MptcpConfig:
     versions = {args.version}
     if args.command == "connect" and args.version == 1 and args.v0_policy == "retry-v0":
         versions.add(0)  # retrying with v0 needs v0 among the versions this side speaks
+    tcp = dataclasses.replace(MptcpConfig().tcp, syn_retries=args.syn_retries)
     return MptcpConfig(
         versions=frozenset(versions),
+        tcp=tcp,
         want_checksum=args.checksum,
         v0_policy=V0Policy(args.v0_policy),
         scheduler=args.scheduler,
         congestion=args.cc,
         add_addr_timeout=args.add_addr_timeout,
+        syn_retrans_before_fallback=(
+            None if args.syn_retrans_before_fallback >= 128 else args.syn_retrans_before_fallback
+        ),
     )
 
 
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(stack: Stack, args: Any, stop: threading.Event) -> int:
-    server = stack.listen(args.port)
+    server = stack.listen(args.port, address=args.bind)
     emit({"event": "listening", "port": args.port,
           "addresses": [str(s.config.address.ip) for s in args.interface]})  # fmt: skip
 

@@ -228,10 +228,16 @@ class _ListenerDriver:
         # addresses, as the kernel's listening socket per such endpoint; anything else
         # gets the closed port's reset
         self.join_addresses = join_addresses
+        # Not None: the one local address the listener is bound to (`listen(address=)`):
+        # SYNs to another address, joins included, get the closed port's reset, as a
+        # socket bound to one address takes nothing sent to another
+        self.bound: IPAddress | None = None
 
     def on_syn(self, ip: IPv4Header | IPv6Header, tcp: TcpHeader, now: float) -> bool:
         local = (ipaddress.ip_address(ip.dst), tcp.dst_port)
         remote = (ipaddress.ip_address(ip.src), tcp.src_port)
+        if self.bound is not None and local[0] != self.bound:
+            return False
         seg = segment_from_header(tcp)
         if self.join_addresses is not None and (
             local[0] not in self.join_addresses
@@ -469,14 +475,22 @@ class Stack:
         self._listeners[port] = driver
         return driver
 
-    def listen(self, port: int, *, backlog: int = 128) -> MptcpServerSocket:
+    def listen(
+        self, port: int, *, backlog: int = 128, address: str | None = None
+    ) -> MptcpServerSocket:
+        """Accept connections on `port`: at every local address, or (`address`) at that
+        one only, joins included (a join to another address gets a reset)."""
+        bound = None if address is None else ipaddress.ip_address(address)
+
         def start(now: float) -> _ListenerDriver:
             driver = self._listeners.get(port)
             if driver is not None and driver.join_addresses is not None:
                 driver.join_addresses = None  # an endpoint's join port becomes a full listener
                 driver.listener.backlog = backlog
-                return driver
-            return self._listener(port, backlog)
+            else:
+                driver = self._listener(port, backlog)
+            driver.bound = bound
+            return driver
 
         return MptcpServerSocket(self, self._on_loop(start))
 

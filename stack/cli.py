@@ -2,9 +2,12 @@
 
 python -m stack serve   --netns NAME --interface IFNAME=ADDR/PLEN[,gw=ADDR][,subflow]
                         [,signal][,backup][,fullmesh][,id=N][,port=P] [--interface ...]
-                        --port PORT [--version 0|1] [--mode sink|echo|source] [--bytes N]
+                        --port PORT [--bind ADDR] [--version 0|1] [--mode sink|echo|source]
+                        [--bytes N]
                         [--limits SUBFLOWS,ADD_ADDR_ACCEPTED] [--scheduler NAME] [--cc NAME]
-                        [--checksum] [--add-addr-timeout S] [--control stdin]
+                        [--checksum] [--add-addr-timeout S]
+                        [--syn-retrans-before-fallback N] [--syn-retries N]
+                        [--control stdin]
 python -m stack connect ... --to ADDR:PORT
 
 Endpoint `id=` and `port=` have the kernel's meaning (`ip mptcp endpoint add ... id N
@@ -158,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if command == "serve":
             p.add_argument("--port", type=_port, required=True, help="port to listen on")
+            p.add_argument(
+                "--bind", default=None, metavar="ADDR",
+                help="listen at this local address only (default: every address); "
+                "connections and joins to another address are reset",
+            )  # fmt: skip
         else:
             p.add_argument(
                 "--to", type=_wrap(parse_destination), required=True, metavar="ADDR:PORT",
@@ -192,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--add-addr-timeout", type=_seconds, default=None, metavar="S",
             help="resend an unechoed ADD_ADDR every S seconds, at most 3 times, 0: never "
             "(as net.mptcp.add_addr_timeout); default: after 1 s, doubling",
+        )  # fmt: skip
+        p.add_argument(
+            "--syn-retrans-before-fallback", type=int, default=2, metavar="N",
+            help="SYN + MP_CAPABLE retransmissions before the SYN goes without MP_CAPABLE "
+            "and the connection is plain TCP (blackhole fallback; as "
+            "net.mptcp.syn_retrans_before_tcp_fallback; >= 128: never; default 2)",
+        )  # fmt: skip
+        p.add_argument(
+            "--syn-retries", type=int, default=6, metavar="N",
+            help="SYN retransmissions before a connection or join attempt gives up (as "
+            "net.ipv4.tcp_syn_retries; default 6, about 127 s; 1: 3 s)",
         )  # fmt: skip
         p.add_argument(
             "--control", choices=("stdin",), default=None,

@@ -109,6 +109,23 @@ def dual_homed(
     )
 
 
+def dual_homed_two_addresses(
+    props: tuple[LinkProps, LinkProps] | None = None, bare: Iterable[str] = ()
+) -> TopologySpec:
+    """The dual-homed topology with a second server address on path2 (198.51.100.3): two
+    endpoints besides the initial address, for a path manager that must choose between
+    them. Used by conformance cases by name; not one of the shipped CATALOGUE."""
+    v4 = (V4_PATHS[0], (V4_PATHS[1][0], (*V4_PATHS[1][1], "198.51.100.3/24")))
+    return _two_paths(
+        "dual_homed_two_addresses",
+        "two dual-homed hosts, two disjoint IPv4 paths, two server addresses on path2",
+        ("path1", "path2"),
+        v4,
+        props or (LinkProps(), LinkProps()),
+        bare,
+    )
+
+
 def dual_homed_ipv6(
     props: tuple[LinkProps, LinkProps] | None = None, bare: Iterable[str] = ()
 ) -> TopologySpec:

@@ -8,6 +8,7 @@ RFC 8684).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -25,7 +26,7 @@ from conformance.cases.steps import (
 )
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
+from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
 from stack import crypto
 from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, Dss, MpCapable, MpFail
 from stack.wire.tcp import RST, TcpOption
@@ -446,3 +447,151 @@ def bad_checksum_with_two_subflows_resets_subflow(ctx: Context) -> None:
         raise deviates(f"the RST does not carry MP_FAIL at DSN {dsn:#x}: {rst.describe()}")
     conn.data_snd_nxt = dsn  # the failed bytes, sent again on the first subflow
     exchange(ctx, conn, first, payload, on=first)
+
+
+# ------------------------------------------------------------------ issue 13: breadth
+# (DATA_ACK width, a connection-level zero window, checksum negotiation)
+
+
+def _data_acks_after(sf: Subflow, covering: int, since: float) -> list[Dss]:
+    """The IUT's DSS options on `sf` with a data ACK of `covering` (64-bit, or its low 32
+    bits) in segments stamped after `since`."""
+    found = []
+    for segment in sf.tester.received(sf.owns):
+        dss = segment.option(Dss)
+        if segment.time < since or dss is None or dss.data_ack is None:
+            continue
+        if dss.data_ack in (covering, covering & 0xFFFFFFFF):
+            found.append(dss)
+    return found
+
+
+@case(
+    section="3.3",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="The IUT's DATA_ACK takes the width of the tester's DSNs: data mapped with "
+    "4-byte DSNs is acknowledged with 4-byte data ACKs (a=0), and data mapped with 8-byte "
+    "DSNs with 8-byte ones (a=1).",
+)
+def data_ack_width_follows_dsn_width(ctx: Context) -> None:
+    """expect (`exchange`): the data ACK may ride on the echo or on a pure ACK before it.
+    RFC 8684 §3.3 (RFC 6824 §3.3) lets each side send 4- or 8-octet DSNs and data ACKs
+    (flags m and a); Linux answers in the width of the peer's latest mapping (a peer
+    that maps with 4 bytes may keep only 32 bits), which the anchors test: SHOULD, the
+    RFC leaving the choice open."""
+    conn, sf = established(ctx)
+    for wide in (False, True):
+        payload = b"eight-byte DSN" if wide else b"four-byte DSN"
+        dss = conn.mapping(sf, payload)
+        sent = time.time()
+        sf.send("PA", [dss if wide else _short(dss)], payload)
+        echo = sf.expect(data=True, within=1, what="the echo")
+        sf.send("A", [conn.data_ack()])
+        acks = _data_acks_after(sf, conn.data_snd_nxt, sent)
+        if not acks:
+            expect_data_ack(sf, conn.data_snd_nxt, echo)
+            acks = _data_acks_after(sf, conn.data_snd_nxt, sent)
+        widths = {8 if a.data_ack_64 else 4 for a in acks}
+        if widths != {8 if wide else 4}:
+            raise deviates(f"data mapped with {8 if wide else 4}-byte DSNs acknowledged with "
+                           f"{sorted(widths)}-byte data ACKs: {echo.describe()}")  # fmt: skip
+
+
+ZERO_WINDOW_PROBE_WITHIN = 2.0  # s: Linux's first probe after an RTO (200 ms minimum) + slack
+
+
+@case(
+    section="3.3.4",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="When the tester's receive window (connection-level, relative to its DATA_ACK) "
+    "closes to 0 while the IUT has data to send, the IUT sends no more than a one-byte "
+    "window probe, probes the zero window, and resumes sending once the window opens.",
+)
+def zero_window_probe_and_resume(ctx: Context) -> None:
+    """Reads the IUT's segments itself (`next_matching`): the probe is its timer's, not an
+    answer. RFC 8684 §3.3.4 (RFC 6824 §3.3.4): the window in the TCP header is the
+    connection's receive window, relative to the DATA_ACK; RFC 9293 §3.8.6.1: a sender
+    facing a zero window MUST probe it (one octet of new data, or Linux's segment at
+    snd_una - 1), and RFC 8684 §3.3.5 has the sender keep to the window."""
+    conn, sf = established(ctx, mode="source", nbytes=60_000)
+    # acknowledge everything the IUT has in flight, each time with a zero window
+    data = Pattern(data=True)
+    while (segment := ctx.tester.next_matching(data, 0.3, owner=sf.owns)) is not None:
+        del segment
+        sf.send("A", [conn.data_ack()], window=0)
+    edge = sf.rcv_nxt
+    closed = time.time()
+
+    def probe(segment: Segment) -> bool:
+        old = segment.seq == (edge - 1) & 0xFFFFFFFF and not segment.payload
+        return old or (segment.seq == edge and len(segment.payload) == 1)
+
+    deadline = time.monotonic() + ZERO_WINDOW_PROBE_WITHIN
+    found = None
+    while found is None:
+        segment = ctx.tester.next_matching(Pattern(), deadline - time.monotonic(),
+                                           owner=sf.owns)  # fmt: skip
+        if segment is None:
+            raise deviates(f"no zero-window probe within {ZERO_WINDOW_PROBE_WITHIN:g} s of the "
+                           f"window closing at {edge}")  # fmt: skip
+        if len(segment.payload) > 1 and (segment.seq - edge) & 0x80000000 == 0:
+            raise deviates(f"{len(segment.payload)} bytes sent into a zero window "
+                           f"{segment.time - closed:.3f} s after it closed: "
+                           f"{segment.describe()}")  # fmt: skip
+        if probe(segment):
+            found = segment
+    sf.rcv_nxt = edge if not found.payload else sf.rcv_nxt
+    sf.send("A", [conn.data_ack()])  # the window opens (64240)
+    sf.expect(data=True, within=1, what="new data once the window opened",
+              where=lambda s: (s.seq - edge) & 0x80000000 == 0 and len(s.payload) > 1)  # fmt: skip
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="Checksums negotiated by neither side (no A in the tester's SYN, the IUT not "
+    "configured to require them) are not used: the SYN/ACK leaves A clear and the IUT's "
+    "mappings carry no DSS checksum.",
+)
+def checksum_required_by_neither(ctx: Context) -> None:
+    """expect (`established`, `exchange`): the echo may follow a pure ACK of the data. RFC
+    8684 §3.1: checksums are used when either host sets A, so with neither the mapping
+    has no checksum field (a checksum there would break the length the peer parses). v1
+    only: a v0 host asks for checksums by default (RFC 6824 §3.1, A SHOULD be set)."""
+    conn, sf = established(ctx, checksum=False)
+    synack = next(s for s in ctx.tester.received(sf.owns) if s.has("SA"))
+    if synack.need(MpCapable).checksum_required:
+        raise deviates(f"SYN/ACK sets A though neither side requires checksums: "
+                       f"{synack.describe()}")  # fmt: skip
+    echo = exchange(ctx, conn, sf, b"no checksums either way")
+    dss = echo.need(Dss)
+    if dss.dsn is None or dss.checksum is not None:
+        raise deviates(f"a mapping with a checksum (or none) when neither side asked: "
+                       f"{echo.describe()}")  # fmt: skip
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="Checksums required by both sides (A in the tester's SYN, the IUT configured "
+    "to require them) are used: the SYN/ACK sets A, and the IUT's mappings carry a valid "
+    "DSS checksum while the tester's checksummed data is delivered.",
+)
+def checksum_required_by_both(ctx: Context) -> None:
+    """expect (`established`, `exchange`): the echo may follow a pure ACK of the data. RFC
+    8684 §3.1 (RFC 6824 §3.1): A set by either host makes checksums mandatory; the other
+    combinations are `a_flag_requires_checksums` (the tester's), `iut_requires_checksums`
+    (the IUT's) and `checksum_required_by_neither`."""
+    _checksums_required(ctx)
+    conn, sf = established(ctx, checksum=True)
+    synack = next(s for s in ctx.tester.received(sf.owns) if s.has("SA"))
+    if not synack.need(MpCapable).checksum_required:
+        raise deviates(f"SYN/ACK without A, both sides requiring checksums: {synack.describe()}")
+    valid_checksum(conn, exchange(ctx, conn, sf, b"checksums both ways"))

@@ -19,8 +19,10 @@ from conformance.cases.steps import (
     tester_syn,
     valid_checksum,
 )
-from conformance.model import deviates
-from conformance.tester import Segment
+from conformance.iut import NotSupported
+from conformance.iut.kernel import KernelIut
+from conformance.model import deviates, not_applicable
+from conformance.tester import MptcpConnection, Segment, Subflow, TesterError
 from stack import crypto
 from stack.wire.mptcp import (
     MPC_FLAG_A,
@@ -31,7 +33,8 @@ from stack.wire.mptcp import (
     MpCapable,
     MpJoinSyn,
 )
-from stack.wire.tcp import MaxSegmentSize
+from stack.wire.tcp import MaxSegmentSize, UnknownTcpOption
+from testbed.mptcp import KernelMptcpError
 
 
 @case(
@@ -418,3 +421,398 @@ def initiator_respects_c_flag(ctx: Context) -> None:
     conn, sf, _ = initiated(ctx, synack_flags=MPC_FLAG_H | MPC_FLAG_C)
     ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN to the tester")
     del conn, sf
+
+
+# ------------------------------------------------------------------ issue 13: breadth
+# (the initiator's reading of a SYN/ACK's flags, blackhole fallback, plain TCP clients,
+# SYN cookies, TCP Fast Open)
+
+
+def _initiator_falls_back_on(ctx: Context, flags: int) -> None:
+    """The IUT connects; the tester answers with a SYN/ACK whose MP_CAPABLE (Key-B) has
+    `flags`. The IUT's next segment (`expect_next`, its SYN sent again excepted) and its
+    data carry no MPTCP option: it fell back to TCP."""
+    t = ctx.tester
+    syn = iut_syn(ctx, mode="source", nbytes=100)
+    sf = t.accept(syn)
+    option = MpCapable(version=ctx.version, flags=flags, sender_key=0x0102030405060708)
+    sf.send("SA", [t.mss(sf.local), option])
+    ack = sf.expect_next("A", within=1, what="the IUT's third ACK", skip=syn_again(sf))
+    if ack.mptcp:
+        raise deviates(f"the ACK of an ignored MP_CAPABLE carries MPTCP options: "
+                       f"{ack.describe()}")  # fmt: skip
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the IUT's data")
+    if data.mptcp:
+        raise deviates(f"data after an ignored MP_CAPABLE carries MPTCP options: "
+                       f"{data.describe()}")  # fmt: skip
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    expected="A SYN/ACK whose MP_CAPABLE has B (extensibility) set is not understood, so "
+    "the option is ignored: the initiator falls back to TCP (no MPTCP option on its ACK "
+    "or data).",
+)
+def initiator_falls_back_on_synack_b_flag(ctx: Context) -> None:
+    """expect_next: the ACK answers the SYN/ACK (its SYN sent again excepted). RFC 8684
+    §3.1: a message with B set that is not understood has its MP_CAPABLE "silently
+    ignored, which triggers a fallback to regular TCP" (Linux drops the option on any
+    packet with B set). RFC 6824 has the SYN itself ignored, which says nothing about a
+    SYN/ACK: v1 only."""
+    _initiator_falls_back_on(ctx, MPC_FLAG_H | MPC_FLAG_B)
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
+    expected="A SYN/ACK whose MP_CAPABLE names no crypto algorithm (H and the other "
+    "algorithm bits clear) is invalid and ignored: the initiator falls back to TCP (no "
+    "MPTCP option on its ACK or data).",
+)
+def initiator_falls_back_on_synack_without_h(ctx: Context) -> None:
+    """expect_next: the ACK answers the SYN/ACK (its SYN sent again excepted). RFC 8684
+    §3.1 (and RFC 6824 §3.1, bits C..H): "If flag bits D through H are all 0, the
+    MP_CAPABLE option MUST be treated as invalid and ignored (that is, it must be treated
+    as a regular TCP handshake)"."""
+    _initiator_falls_back_on(ctx, MPC_FLAG_A if ctx.version == 0 else 0)
+
+
+# net.mptcp.syn_retrans_before_tcp_fallback: the SYN + MP_CAPABLE retransmissions
+# before a SYN without it (Linux 6.14+, default 2); 0 drops MP_CAPABLE from the first
+# retransmission, about 1 s (TCP's initial RTO) after the first SYN.
+SYN_RETRANS_BEFORE_FALLBACK = "net.mptcp.syn_retrans_before_tcp_fallback"
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    expected="When its SYNs with MP_CAPABLE go unanswered (a middlebox drops them), the "
+    "initiator retries with a plain SYN (no MP_CAPABLE, same ports) and the connection "
+    "goes on as plain TCP.",
+)
+def initiator_syn_blackhole_retries_plain(ctx: Context) -> None:
+    """expect for the plain SYN: the retries are the IUT's timer, not an answer;
+    expect_next for the ACK that answers the tester's SYN/ACK. RFC 8684 §3.1 (RFC 6824
+    §3.1): "It is expected that a sender will eventually fall back to single-path TCP
+    (i.e., without the MP_CAPABLE option) in order to work around middleboxes that may
+    drop packets with unknown options", the number of attempts left to local policy.
+    The IUT is set to the shortest honest policy, the first retransmission without
+    MP_CAPABLE (Linux: net.mptcp.syn_retrans_before_tcp_fallback=0), so the case waits
+    one initial RTO (1 s) and allows 3.5 s (two retransmissions with MP_CAPABLE)."""
+    try:
+        ctx.iut.set_sysctl(SYN_RETRANS_BEFORE_FALLBACK, 0)
+    except KernelMptcpError as error:  # a kernel before 6.14: no such knob
+        raise not_applicable(f"no MPTCP blackhole fallback to configure: {error}") from None
+    first = iut_syn(ctx, mode="source", nbytes=100)
+    started = first.time
+    plain = ctx.tester.expect(
+        "S", absent=[MpCapable, MpJoinSyn], within=3.5, what="a SYN without MP_CAPABLE",
+        where=lambda s: s.sport == first.sport and s.dport == first.dport,
+    )  # fmt: skip
+    sf = ctx.tester.accept(plain)
+    sf.send("SA", [ctx.tester.mss(sf.local)])
+    ack = sf.expect_next("A", within=1, what="the ACK of the SYN/ACK", skip=syn_again(sf))
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the IUT's data")
+    for segment in (ack, data):
+        if segment.mptcp:
+            raise deviates(f"MPTCP options after the plain SYN ({plain.time - started:.2f} "
+                           f"s after the first): {segment.describe()}")  # fmt: skip
+
+
+@case(
+    ipv6=True,
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    versions=(0, 1),
+    expected="A plain TCP client (SYN without MP_CAPABLE) gets a plain SYN/ACK from the "
+    "MPTCP listener, and its data is echoed as plain TCP: no MPTCP option on any segment.",
+)
+def plain_tcp_client_to_mptcp_listener(ctx: Context) -> None:
+    """expect_next (`plain_synack`): the SYN/ACK is the only answer to a SYN; expect for
+    the echo, which a pure ACK of the data may precede. RFC 8684 §3.1 (RFC 6824 §3.1):
+    MP_CAPABLE in the SYN/ACK only answers one in the SYN; without it the connection is
+    regular TCP (§3.7's fallback from the start)."""
+    ctx.iut.listen(ctx.port)
+    sf = tester_syn(ctx)
+    plain_synack(sf)
+    sf.send("A")
+    payload = b"plain TCP to an MPTCP listener"
+    sf.send("PA", payload=payload)
+    echoed = b""
+    while len(echoed) < len(payload):
+        echo = sf.expect(data=True, within=1, what="the echo, as plain TCP")
+        if echo.mptcp:
+            raise deviates(f"MPTCP options towards a plain TCP client: {echo.describe()}")
+        echoed += echo.payload
+        sf.send("A")
+    if echoed != payload:
+        raise deviates(f"echoed {echoed!r}, sent {payload!r}")
+    others = [s for s in ctx.tester.received(sf.owns) if s.mptcp]
+    if others:
+        raise deviates(f"MPTCP options towards a plain TCP client: {others[0].describe()}")
+
+
+@case(
+    section="3.1",
+    level=MUST,
+    role=LISTENER,
+    expected="Under SYN cookies (the listener keeps no state for the SYN), the SYN/ACK "
+    "still carries MP_CAPABLE with Key-B, the third ACK's two keys re-create the "
+    "connection, and it is MPTCP: the tester's data is echoed with a DSS mapping.",
+)
+def syn_cookies_keep_mptcp(ctx: Context) -> None:
+    """expect_next for the SYN/ACK (the only answer to a SYN); expect for the echo, which a
+    pure ACK may precede. RFC 8684 §3.1: the third ACK echoes both keys "so that the
+    passive opener can be stateless until the three-way handshake is complete" (v1's
+    design for SYN cookies; RFC 6824's third ACK carries both keys too, but the v1 IUT
+    is the only one with cookies here). Linux: net.ipv4.tcp_syncookies=2, cookies
+    always; TcpExt `SyncookiesRecv` shows the cookie was used (else a harness error)."""
+    ctx.iut.set_sysctl("net.ipv4.tcp_syncookies", 2)  # NotSupported: not applicable
+    _, sf = established(ctx)
+    echo = ctx.tester.received(lambda s: sf.owns(s) and bool(s.payload))[-1]
+    if not has_mapping(echo):
+        raise deviates(f"the echo under SYN cookies has no DSS mapping: {echo.describe()}")
+    if isinstance(ctx.iut, KernelIut) and not _tcp_ext(ctx.iut).get("SyncookiesRecv"):
+        raise TesterError("the kernel took the third ACK without a SYN cookie (TcpExt "
+                          "SyncookiesRecv did not move): the case tested nothing")  # fmt: skip
+
+
+def _tcp_ext(iut: KernelIut) -> dict[str, int]:
+    """The kernel IUT's TcpExt MIB counters (SyncookiesSent, TCPFastOpenPassive, ...)."""
+    with iut.host.entered(), open("/proc/thread-self/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+    return {}
+
+
+# TCP Fast Open (RFC 7413) with MPTCP: RFC 8684 Appendix B. v1 only (RFC 6824 has no
+# TFO text). An IUT without TFO is not applicable (`Iut.enable_fastopen`).
+TFO_KIND = 34
+TFO_COOKIE_REQUEST = bytes((TFO_KIND, 2))
+
+
+def _tfo_cookie(segment: Segment) -> bytes | None:
+    """The Fast Open cookie a segment carries (None: no TFO option, or a bare request)."""
+    for option in segment.options:
+        if isinstance(option, UnknownTcpOption) and option.kind == TFO_KIND:
+            return bytes(option.raw[2:]) or None
+    return None
+
+
+def _tfo_syn(ctx: Context, tfo: bytes, payload: bytes = b"") -> Subflow:
+    """A tester SYN with the MSS, the TFO option `tfo` (a request or a cookie),
+    MP_CAPABLE v1 (4 bytes) and `payload`: 4 + 12 + 4 bytes at most, within 40."""
+    sf = ctx.tester.subflow(ctx.port)
+    raw = ctx.tester.mss(sf.local).emit() + tfo + MpCapable(version=1, flags=MPC_FLAG_H).emit()
+    sf.send("S", raw_options=raw, payload=payload)
+    return sf
+
+
+def _tfo_cookie_from_listener(ctx: Context) -> tuple[Subflow, Segment, bytes]:
+    """The IUT listens with Fast Open; the tester asks for a cookie on an MP_CAPABLE
+    SYN. The SYN/ACK (`expect_next`) must carry a cookie and MP_CAPABLE with Key-B."""
+    ctx.iut.enable_fastopen()
+    ctx.iut.listen(ctx.port)
+    sf = _tfo_syn(ctx, TFO_COOKIE_REQUEST)
+    synack = sf.expect_next("SA", within=1, what="SYN/ACK to a TFO cookie request")
+    _capable_format(synack, "SYN/ACK", version=1, key=True)
+    cookie = _tfo_cookie(synack)
+    if cookie is None or not 4 <= len(cookie) <= 16:
+        raise deviates(f"no Fast Open cookie (4 to 16 bytes) beside MP_CAPABLE: "
+                       f"{synack.describe()}")  # fmt: skip
+    return sf, synack, cookie
+
+
+@case(
+    section="B.1",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A listener with TCP Fast Open answers an MP_CAPABLE SYN carrying a TFO "
+    "cookie request with a SYN/ACK that carries both a cookie and MP_CAPABLE v1 with Key-B.",
+)
+def tfo_cookie_request_gets_cookie_and_mp_capable(ctx: Context) -> None:
+    """expect_next: the SYN/ACK is the only answer to a SYN. RFC 8684 Appendix B.1: the
+    cookie request and MP_CAPABLE go together on the SYN, and the SYN/ACK has room for
+    the cookie and MP_CAPABLE (a host drops TCP timestamps first, as Linux does, to
+    make it fit)."""
+    sf, _, _ = _tfo_cookie_from_listener(ctx)
+    sf.send("R")
+
+
+@case(
+    section="B.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A SYN with MP_CAPABLE, a valid TFO cookie and data gets a SYN/ACK that "
+    "acknowledges the data and carries MP_CAPABLE with Key-B; after the third ACK (both "
+    "keys) and the first data, the SYN's data reaches the application once and first, "
+    "and the connection is MPTCP (the echo comes back with DSS mappings from IDSN-B + 1).",
+)
+def tfo_syn_data_with_cookie_delivered(ctx: Context) -> None:
+    """expect_next for the SYN/ACKs, the answers to the SYNs; expect for the echo, which a
+    pure ACK may precede. RFC 8684 Appendix B.2 (data sequence mapping under TFO): the
+    SYN's data is the application's, delivered before any mapped data; the IUT's own
+    data is mapped from IDSN-B + 1 as on any connection."""
+    first, _, cookie = _tfo_cookie_from_listener(ctx)
+    first.send("R")
+    t = ctx.tester
+    conn = t.connection(1)
+    payload = b"data on the SYN, with a cookie"
+    sf = _tfo_syn(ctx, bytes((TFO_KIND, 2 + len(cookie))) + cookie, payload)
+    sf.connection = conn
+    conn.subflows.append(sf)
+    synack = sf.expect_next("SA", MpCapable, within=1, what="SYN/ACK with MP_CAPABLE")
+    if synack.ack != sf.snd_nxt:
+        raise deviates(f"the SYN/ACK acknowledges {synack.ack}, not the SYN's "
+                       f"{len(payload)} bytes of data (up to {sf.snd_nxt}): "
+                       f"{synack.describe()}")  # fmt: skip
+    key = synack.need(MpCapable).sender_key
+    if key is None:
+        raise deviates(f"SYN/ACK MP_CAPABLE carries no key: {synack.describe()}")
+    conn.learn_remote_key(key)
+    first_dsn = conn.data_rcv_nxt  # IDSN-B + 1 (the tracking moves on with the echo)
+    conn.start_data()
+    sf.send("A", [MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key,
+                            receiver_key=key)])  # fmt: skip
+    # then the first data with MP_CAPABLE, as a v1 client goes on (Linux's packetdrill
+    # scripts do the same): Linux 6.18 sometimes loses the keys of a TFO connection's
+    # third ACK and holds its own data until the next MPTCP option (docs/conformance.md)
+    more = b", then the first data"
+    t.first_data_v1(conn, sf, more)
+    expected = payload + more
+    echoed = b""
+    while len(echoed) < len(expected):
+        echo = sf.expect(data=True, within=1, what="the echo of the SYN's data and the first data")
+        dss = echo.option(Dss)
+        if dss is None or dss.dsn is None:
+            raise deviates(f"the echo has no DSS mapping: {echo.describe()}")
+        if not echoed:
+            dsn = dss.dsn if dss.dsn_64 else dss.dsn | (first_dsn & ~0xFFFFFFFF)
+            if dsn != first_dsn:
+                raise deviates(f"the echo is mapped at DSN {dsn:#x}, not IDSN-B + 1 "
+                               f"{first_dsn:#x}: {echo.describe()}")  # fmt: skip
+        echoed += echo.payload
+        sf.send("A", [conn.data_ack()])
+    if echoed != expected:
+        raise deviates(f"echoed {echoed!r} for the SYN's data and the first data {expected!r}")
+    sf.expect_none(data=True, within=0.2, what="the SYN's data a second time")
+
+
+@case(
+    section="B.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN with MP_CAPABLE, data and a Fast Open cookie the IUT never issued gets "
+    "a SYN/ACK with MP_CAPABLE that acknowledges only the SYN (a listener without TFO may "
+    "instead take the data, as TCP queues SYN data); either way the data, sent again "
+    "after the handshake when it was not acknowledged, reaches the application once.",
+)
+def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
+    """expect_next for the SYN/ACK, the answer to the SYN; expect for the echo, which a pure
+    ACK may precede. RFC 7413 §4.2.2: a server that does not validate the cookie drops
+    the SYN's data and acknowledges only the SYN's sequence number; RFC 8684 Appendix B.2
+    keeps that under MPTCP. An IUT without TFO runs it as a plain MPTCP listener (RFC
+    9293 §3.10.7.2 lets TCP queue a SYN's data until the handshake completes): the data
+    must still arrive exactly once."""
+    try:
+        ctx.iut.enable_fastopen()
+        fastopen = True
+    except NotSupported:
+        fastopen = False
+    ctx.iut.listen(ctx.port)
+    t = ctx.tester
+    conn = t.connection(1)
+    payload = b"data on the SYN, with a cookie never issued"
+    sf = _tfo_syn(ctx, bytes((TFO_KIND, 10)) + bytes(8), payload)
+    sf.connection = conn
+    conn.subflows.append(sf)
+    sf.snd_nxt = (sf.iss + 1) & 0xFFFFFFFF  # a SYN/ACK of the SYN alone answers it too
+    synack = sf.expect_next("SA", MpCapable, within=1, what="SYN/ACK with MP_CAPABLE")
+    acked = (synack.ack - sf.iss - 1) & 0xFFFFFFFF
+    sf.snd_nxt = (sf.iss + 1 + acked) & 0xFFFFFFFF
+    if acked not in (0, len(payload)) or (fastopen and acked):
+        raise deviates(f"the SYN/ACK acknowledges {acked} bytes of the SYN's data, sent with "
+                       f"a cookie the IUT never issued: {synack.describe()}")  # fmt: skip
+    key = synack.need(MpCapable).sender_key
+    if key is None:
+        raise deviates(f"SYN/ACK MP_CAPABLE carries no key: {synack.describe()}")
+    conn.learn_remote_key(key)
+    conn.start_data()
+    sf.send("A", [MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key,
+                            receiver_key=key)])  # fmt: skip
+    more = payload if not acked else b", then the first data"
+    t.first_data_v1(conn, sf, more)
+    expected = more if not acked else payload + more
+    echoed = b""
+    while len(echoed) < len(expected):
+        echo = sf.expect(data=True, within=1, what="the echo, once")
+        echoed += echo.payload
+        sf.send("A", [conn.data_ack()])
+    if echoed != expected:
+        raise deviates(f"echoed {echoed!r}, expected {expected!r} once")
+    sf.expect_none(data=True, within=0.2, what="the data a second time")
+
+
+def _tfo_accept(ctx: Context, syn: Segment, tfo: bytes = b"") -> tuple[MptcpConnection, Subflow]:
+    """The tester's SYN/ACK to the IUT's MP_CAPABLE SYN: MSS, `tfo` (a cookie), and
+    MP_CAPABLE v1 with Key-B; it acknowledges the SYN's data, if any (taken)."""
+    t = ctx.tester
+    conn = t.connection(1)
+    sf = t.accept(syn)
+    sf.rcv_nxt = (syn.seq + 1 + len(syn.payload)) & 0xFFFFFFFF
+    sf.connection = conn
+    conn.subflows.append(sf)
+    capable = MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key)
+    sf.send("SA", raw_options=t.mss(sf.local).emit() + tfo + capable.emit())
+    return conn, sf
+
+
+@case(
+    section="B.1",
+    level=SHOULD,
+    role=INITIATOR,
+    expected="An initiator with TCP Fast Open asks for a cookie on its MP_CAPABLE SYN; "
+    "holding the cookie from that connection, its next connection's SYN carries the "
+    "cookie, its first data and MP_CAPABLE v1 (no key), and after a SYN/ACK that "
+    "acknowledges the data its third ACK carries both keys.",
+)
+def initiator_tfo_cookie_then_syn_data(ctx: Context) -> None:
+    """expect for the SYNs, which open connections (nothing to answer); expect_next for
+    the third ACK, the answer to the SYN/ACK (its SYN sent again excepted). RFC 8684
+    Appendix B.1 and B.3: the cookie request and then the cookie ride on MP_CAPABLE
+    SYNs, and the SYN's data goes with the v1 SYN's MP_CAPABLE (no key)."""
+    ctx.iut.enable_fastopen()
+    t = ctx.tester
+    syn = iut_syn(ctx, mode="source", nbytes=100)
+    if syn.payload or not any(isinstance(o, UnknownTcpOption) and o.raw == TFO_COOKIE_REQUEST
+                              for o in syn.options):  # fmt: skip
+        raise deviates(f"the first SYN is not a TFO cookie request: {syn.describe()}")
+    cookie = bytes(range(0xC0, 0xC8))
+    _, sf = _tfo_accept(ctx, syn, bytes((TFO_KIND, 2 + len(cookie))) + cookie)
+    sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                   skip=syn_again(sf))  # fmt: skip
+    sf.send("R")
+    # a second connection: the cookie, the data and MP_CAPABLE on the SYN
+    # (more than a SYN holds: the application's shutdown comes once the handshake is
+    # done; Linux aborts a connection shut down in SYN-SENT with MP_FASTCLOSE)
+    ctx.iut.connect(t.address("eth0"), ctx.port, mode="source", nbytes=20_000)
+    second = t.expect("S", MpCapable, dport=ctx.port, within=5, what="the second SYN",
+                      where=lambda s: s.sport != syn.sport)  # fmt: skip
+    if _tfo_cookie(second) != cookie or not second.payload:
+        raise deviates(f"the second SYN does not carry the cookie and data: {second.describe()}")
+    _capable_format(second, "SYN", version=1, key=False)
+    conn2, sf2 = _tfo_accept(ctx, second)
+    ack = sf2.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                          skip=syn_again(sf2))  # fmt: skip
+    option = ack.need(MpCapable)
+    if option.receiver_key != conn2.local_key or option.sender_key is None:
+        raise deviates(f"third ACK MP_CAPABLE without both keys: {ack.describe()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import ipaddress
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -34,7 +35,7 @@ from conformance.cases.steps import (
 )
 from conformance.iut import NotSupported
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
+from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
 from stack import crypto
 from stack.wire.mptcp import (
     MPTCP_RST_EPROHIBIT,
@@ -44,6 +45,7 @@ from stack.wire.mptcp import (
     MpJoinAck,
     MpJoinSyn,
     MpJoinSynAck,
+    MpTcpRst,
 )
 from stack.wire.tcp import RST, MaxSegmentSize
 
@@ -723,3 +725,297 @@ def join_without_third_ack_not_counted(ctx: Context) -> None:
     other = [s for s in ctx.tester.received(half.owns) if not s.has("SA")]
     if other:
         raise deviates(f"the IUT used the half-open join: {other[0].describe()}")
+
+
+# ------------------------------------------------------------------ issue 13: breadth
+# (joins to what the tester announced, the initial address's ID, subflow limits on both
+# sides)
+
+
+def _announce_to_iut(
+    ctx: Context,
+    conn: MptcpConnection,
+    sf: Subflow,
+    address_id: int,
+    port: int | None = None,
+    ifname: str = "eth1",
+) -> None:
+    """The tester announces its `ifname` address (with `port`) to the IUT, in the case's
+    version: v1's ADD_ADDR with its HMAC (rightmost 64 bits of HMAC-SHA256(Key-A‖Key-B,
+    ID‖address‖port), RFC 8684 §3.4.1), v0's without."""
+    address = ipaddress.ip_address(ctx.tester.address(ifname))
+    option: AddAddrV0 | AddAddrV1
+    if ctx.version == 0:
+        option = AddAddrV0(address_id, address, port)
+    else:
+        mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, address_id, address,
+                                   port)  # fmt: skip
+        option = AddAddrV1(address_id, address, port, mac)
+    sf.send("A", [option, conn.data_ack()])
+
+
+def _join_to_announced(
+    ctx: Context,
+    conn: MptcpConnection,
+    sf: Subflow,
+    address_id: int,
+    port: int | None = None,
+    ifname: str = "eth1",
+) -> Segment:
+    """The tester announces (`_announce_to_iut`); the IUT's join SYN to that address and
+    port (the initial subflow's tester port when none was announced): `expect`, as it
+    opens a subflow of its own (Linux echoes the ADD_ADDR first)."""
+    _announce_to_iut(ctx, conn, sf, address_id, port, ifname)
+    address = ctx.tester.address(ifname)
+    wanted = sf.lport if port is None else port
+    return ctx.tester.expect(
+        "S", MpJoinSyn, within=2, what=f"a join SYN to {address} port {wanted}",
+        where=lambda s: s.dst == address and s.dport == wanted,
+    )  # fmt: skip
+
+
+def _complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
+    """The tester's side of the IUT's join: the SYN's token must be the tester's, the
+    SYN/ACK carries HMAC-B, and the IUT's third ACK (`expect_next`, its SYN sent again
+    excepted) must carry a valid HMAC-A; the tester then sends the fourth ACK."""
+    if syn.need(MpJoinSyn).token != conn.local_token:
+        raise deviates(f"join SYN token is not the tester's {conn.local_token:#x}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = accept_join(ctx, conn, syn)
+    answer_join(conn, join)
+    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
+                           skip=syn_again(join))  # fmt: skip
+    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
+        raise deviates(f"third ACK HMAC-A does not verify: {ack.describe()}")
+    join.send("A", [conn.data_ack()])
+    return join
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="Allowed to accept announced addresses, the v1 IUT joins an address the "
+    "tester announced with a valid ADD_ADDR HMAC: its join SYN goes to that address (at "
+    "the initial subflow's port) with the tester's token, and its third ACK carries a "
+    "valid HMAC-A.",
+)
+def iut_joins_announced_address(ctx: Context) -> None:
+    """expect for the join SYN, which opens a new subflow; expect_next for the third ACK, the
+    answer to the SYN/ACK. RFC 8684 §3.4.1 (an announced address may be joined) and §3.2
+    (the join's token and HMACs). The v0 form is `add_addr.tester_add_addr_v0_leads_to_join`."""
+    ctx.iut.set_limits(2, 2)
+    conn, sf = established(ctx)
+    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5))
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="Allowed to accept announced addresses, the v1 IUT joins an address and port "
+    "the tester announced (ADD_ADDR with a port, its HMAC covering the port): the join "
+    "SYN goes to that port, with the tester's token, and the third ACK carries a valid "
+    "HMAC-A.",
+)
+def iut_joins_announced_address_with_port(ctx: Context) -> None:
+    """expect for the join SYN, which opens a new subflow; expect_next for the third ACK, the
+    answer to the SYN/ACK. RFC 8684 §3.4.1: with a port, "the port ... to use", the HMAC
+    over ID‖address‖port. The v0 form is `add_addr.tester_add_addr_v0_with_port_leads_to_join`."""
+    ctx.iut.set_limits(2, 2)
+    conn, sf = established(ctx)
+    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5, port=6002))
+
+
+@case(
+    section="3.2",
+    level=MUST,
+    role=LISTENER,
+    versions=(0, 1),
+    expected="A join the IUT opens from the address of its initial subflow (to another "
+    "port the tester announced on its initial address) carries address ID 0 in its "
+    "MP_JOIN SYN.",
+)
+def iut_join_from_initial_address_id_0(ctx: Context) -> None:
+    """expect for the join SYN, which opens a new subflow. RFC 8684 §3.2 and §3.4.1 (RFC
+    6824 the same): the address of the initial subflow has the implicit address ID 0, and
+    the join SYN carries the ID of the address it comes from."""
+    ctx.iut.set_limits(2, 2)
+    conn, sf = established(ctx)
+    syn = _join_to_announced(ctx, conn, sf, 5, port=6004, ifname="eth0")
+    if syn.src != ctx.iut_address("eth0"):
+        raise TesterError(f"the IUT joined from {syn.src}, not its initial address "
+                          f"{ctx.iut_address('eth0')}: the case tested nothing")  # fmt: skip
+    option = syn.need(MpJoinSyn)
+    if option.address_id != 0:
+        raise deviates(f"a join from the initial address with address ID "
+                       f"{option.address_id}, not 0: {syn.describe()}")  # fmt: skip
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    versions=(0, 1),
+    expected="With a subflow limit of 1 the IUT accepts one join (fourth ACK) and refuses "
+    "the next with RST, at the SYN or after the third ACK (v1: MP_TCPRST reason 3, "
+    "administratively prohibited); the first join goes on carrying data.",
+)
+def subflow_limit_one_accepts_one_join(ctx: Context) -> None:
+    """expect_next for the fourth ACK and the refusal (the answers the RFC prescribes); expect
+    for the echo on the first join. RFC 8684 §3.2: a host that does not want another subflow
+    answers the join with RST (MP_TCPRST reason 3 in v1, §3.6); Linux counts a join at its
+    third ACK and refuses beyond `ip mptcp limits set subflows`."""
+    ctx.iut.set_limits(1, 0)
+    conn, _ = established(ctx)
+    first = joined(ctx, conn, ifname="eth0", address_id=2)
+    second, _ = join_syn(ctx, conn.remote_token, address_id=3)
+    expect_refusal(ctx, _join_refused(ctx, conn, second), MPTCP_RST_EPROHIBIT)
+    exchange(ctx, conn, first, b"on the one join allowed", on=first)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology=DUAL,
+    expected="With a subflow limit of 0 the IUT opens no join, even with a subflow "
+    "endpoint configured: no MP_JOIN SYN after MP_CAPABLE.",
+)
+def initiator_subflow_limit_zero_no_join(ctx: Context) -> None:
+    """expect_none: no join SYN at all is the behaviour. RFC 8684 §3.2 leaves the number of
+    subflows to the host's policy; Linux's limit bounds the joins its path manager opens
+    (`ip mptcp limits set subflows 0`: none)."""
+    ctx.iut.add_endpoint(ctx.iut_address("eth1"), flags={"subflow"})
+    ctx.iut.set_limits(0, 0)
+    initiated(ctx)
+    ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN beyond the limit")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    versions=(0, 1),
+    topology=DUAL,
+    expected="A listener bound to the IUT's first address accepts no join to its second "
+    "address: the join SYN there gets a RST (no SYN/ACK with MP_JOIN), and the connection "
+    "goes on.",
+)
+def bound_listener_refuses_join_to_other_address(ctx: Context) -> None:
+    """expect_next (`expect_rst`): the RST is the answer to a SYN for a port nobody listens
+    on at that address; expect for the echo. RFC 8684 §3.2: a join is a new TCP connection
+    to the receiver, which may refuse it with RST; an application that binds its listener
+    to one address (RFC 6897 §4: the local addresses a connection may use) takes no
+    subflow at another, as Linux, whose joins go through the bound listening socket."""
+    ctx.iut.listen(ctx.port, address=ctx.iut_address("eth0"))
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    exchange(ctx, conn, sf, b"hello", first=True)
+    join, _ = join_syn(ctx, conn.remote_token, ifname="eth1")
+    expect_rst(join)
+    exchange(ctx, conn, sf, b"after the refused join", on=sf)
+
+
+@case(
+    ipv6=True,
+    section="3.2",
+    level=MUST,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_mixed",
+    expected="A subflow endpoint of the other address family than the connection's (IPv6 "
+    "on an IPv4 connection, IPv4 on an IPv6 one) gets no join: the peer's address is of "
+    "the connection's family, and a subflow cannot mix families.",
+)
+def initiator_no_join_across_families(ctx: Context) -> None:
+    """expect_none: no join SYN at all is the behaviour. RFC 8684 §3.2 (RFC 6824 the same):
+    a join is a new TCP connection to an address of the peer, and a TCP connection's two
+    ends are of one family; the peer announced nothing of the other family, so there is
+    no pair to join (Linux's mptcp_join.sh "no JOIN with diff families v4-v6", "v6-v4").
+    IPv4-mapped IPv6 addresses, which Linux lets join IPv4 connections, are not tested."""
+    other = 6 if ctx.tester.family == 4 else 4
+    ifname = "eth1" if other == 6 else "eth0"  # path2 is IPv6 only; path1 has both
+    address = str(ctx.topo.hosts["server"].address(ifname, other))
+    ctx.iut.add_endpoint(address, flags={"subflow"})
+    ctx.iut.set_limits(2, 0)
+    initiated(ctx)
+    ctx.tester.expect_none("S", MpJoinSyn, within=0.5, what="a join SYN across families")
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_two_addresses",
+    expected="With a subflow limit of 1 and two subflow endpoints, a join the tester "
+    "refuses (RST; v1: MP_TCPRST reason 3) frees the slot and the IUT's path manager "
+    "moves on: it joins from its other endpoint, and that join completes.",
+)
+def initiator_refused_join_moves_to_next_endpoint(ctx: Context) -> None:
+    """expect for the join SYNs, which the IUT opens on its own; expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 8684 §3.2: a refused join is closed with RST and
+    the subflow never existed; which subflows to open is the host's policy, and Linux's
+    in-kernel path manager then opens the next one its limits allow (mptcp_join.sh "multi
+    subflows, with failing subflow", "fair usage on close")."""
+    first, second = (str(a.ip) for a in ctx.topo.hosts["server"].interfaces["eth1"].addresses)
+    ctx.iut.set_limits(1, 0)
+    for address_id, address in ((3, first), (4, second)):
+        try:
+            ctx.iut.add_endpoint(address, flags={"subflow"}, id=address_id)
+        except NotSupported:
+            ctx.iut.add_endpoint(address, flags={"subflow"})
+    conn, _, _ = initiated(ctx)
+    t = ctx.tester
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's first join SYN")
+    refused = t.accept(syn)
+    refused.send("RA", [MpTcpRst(MPTCP_RST_EPROHIBIT)] if ctx.version == 1 else [])
+    other = second if syn.src == first else first
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                   what=f"a join SYN from the other endpoint {other}",
+                   where=lambda s: s.src == other)  # fmt: skip
+    _complete_iut_join(ctx, conn, syn)
+
+
+# Linux's join SYN gives up after net.ipv4.tcp_syn_retries retransmissions (default 6,
+# about 127 s); 1 is the shortest that still retransmits: 1 s, then 2 s, 3 s in all.
+JOIN_SYN_RETRIES = 1
+JOIN_TIMEOUT = 3.0
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=INITIATOR,
+    versions=(0, 1),
+    topology="dual_homed_two_addresses",
+    expected="With a subflow limit of 1 and two subflow endpoints, a join that times out "
+    "(the tester never answers its SYN) frees the slot and the IUT's path manager moves "
+    "on: it joins from its other endpoint, and that join completes.",
+)
+def initiator_timed_out_join_moves_to_next_endpoint(ctx: Context) -> None:
+    """expect for the join SYNs, which the IUT opens on its own timers; expect_next for the
+    third ACK. RFC 8684 §3.2 leaves which subflows to open to the host; Linux's path
+    manager opens the next one once a join times out (mptcp_join.sh "multi subflows, with
+    subflow timeout"). The IUT gives up after one SYN retransmission
+    (net.ipv4.tcp_syn_retries=1, the stack's --syn-retries 1): about 3 s, the shortest
+    honest wait for a timeout."""
+    first, second = (str(a.ip) for a in ctx.topo.hosts["server"].interfaces["eth1"].addresses)
+    ctx.iut.set_sysctl("net.ipv4.tcp_syn_retries", JOIN_SYN_RETRIES)
+    ctx.iut.set_limits(1, 0)
+    for address_id, address in ((3, first), (4, second)):
+        try:
+            ctx.iut.add_endpoint(address, flags={"subflow"}, id=address_id)
+        except NotSupported:
+            ctx.iut.add_endpoint(address, flags={"subflow"})
+    conn, _, _ = initiated(ctx)
+    t = ctx.tester
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2, what="the IUT's first join SYN")
+    other = second if syn.src == first else first
+    syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=JOIN_TIMEOUT + 1.5,
+                   what=f"after the first join timed out, a join SYN from {other}",
+                   where=lambda s: s.src == other)  # fmt: skip
+    _complete_iut_join(ctx, conn, syn)

@@ -131,14 +131,24 @@ class Iut(ABC):
     def delete_endpoint(self, address: str) -> None:
         raise NotSupported(f"{self.name} cannot remove an endpoint while running")
 
+    def enable_fastopen(self) -> None:
+        """TCP Fast Open (RFC 7413) from now on: listeners issue cookies and take data on
+        a SYN with a valid one; connections ask for a cookie and, holding one, send
+        their first data on the SYN (Linux: net.ipv4.tcp_fastopen=3, TCP_FASTOPEN on
+        the listener, TCP_FASTOPEN_CONNECT on the connecting socket)."""
+        raise NotSupported(f"{self.name} has no TCP Fast Open")
+
     @abstractmethod
     def set_sysctl(self, name: str, value: str | int) -> None: ...
 
     # -- running --
 
     @abstractmethod
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
-        """Accept connections on every local address at `port`; play `mode` on each."""
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
+        """Accept connections on every local address at `port` (or, with `address`, on
+        that one only); play `mode` on each."""
 
     @abstractmethod
     def connect(

@@ -27,6 +27,8 @@ from conformance.iut.base import MODES, AppReport, Iut, IutError, source_bytes
 from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
 
 KEEP_DATA = 1 << 16
+TCP_FASTOPEN_CONNECT = 30  # linux/tcp.h (the socket module lacks it)
+FASTOPEN_QUEUE = 16  # pending TFO requests a listener takes (TCP_FASTOPEN's value)
 
 
 class KernelIut(Iut):
@@ -46,6 +48,7 @@ class KernelIut(Iut):
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopped = False
+        self._fastopen = False
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -93,6 +96,10 @@ class KernelIut(Iut):
     def set_sysctl(self, name: str, value: str | int) -> None:
         self.control.set_sysctl(name, value)
 
+    def enable_fastopen(self) -> None:
+        self.set_sysctl("net.ipv4.tcp_fastopen", 3)  # 1 client, 2 server
+        self._fastopen = True
+
     # -- observation --
 
     def snapshot(self) -> str:
@@ -134,17 +141,25 @@ class KernelIut(Iut):
             self._threads.append(thread)
         thread.start()
 
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
         if mode not in MODES:
             raise IutError(f"mode {mode!r}: use {', '.join(MODES)}")
         # One listener per family (IPv6 only on the AF_INET6 one), so that IPv4 cases
-        # meet a plain AF_INET socket, as before IPv6 cases existed.
-        for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        # meet a plain AF_INET socket, as before IPv6 cases existed; a bound one only in
+        # its address's family.
+        families = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+        if address is not None:
+            families = [(socket.AF_INET6 if ":" in address else socket.AF_INET, address)]
+        for family, wildcard in families:
             listener = self._socket(family)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             listener.bind((wildcard, port))
+            if self._fastopen:
+                listener.setsockopt(socket.SOL_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
             listener.listen(self.backlog)
             listener.setblocking(False)
             self._spawn(self._accept_loop, listener, mode, nbytes)
@@ -158,6 +173,8 @@ class KernelIut(Iut):
         sock = self._socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
         if source:
             sock.bind((source, 0))
+        if self._fastopen:  # the SYN waits for the first send, and carries it with a cookie
+            sock.setsockopt(socket.SOL_TCP, TCP_FASTOPEN_CONNECT, 1)
         sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             sock.connect((address, port))

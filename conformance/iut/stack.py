@@ -6,7 +6,7 @@ Built only on the stack's CLI contract:
                             [,signal][,backup][,fullmesh][,id=N][,port=P] --port P
                             --version 0|1 --mode sink|echo|source [--bytes N]
                             [--limits S,A] [--checksum] [--add-addr-timeout S]
-                            --control stdin
+                            --control stdin [--bind ADDR]
     python -m stack connect ... --to ADDR:PORT
 
 Each prints one JSON line when a connection ends (an `AppReport` here); `serve` runs
@@ -15,7 +15,9 @@ as readiness; the driver waits for it, up to `READY_TIMEOUT`, before the case go
 The stack runs on a bare host (it answers ARP itself), so the topology leaves both ends
 bare. Configuration before the start becomes flags: endpoints (flags, ID, port) become
 `--interface` fields, `net.mptcp.checksum_enabled` becomes `--checksum` and
-`net.mptcp.add_addr_timeout` `--add-addr-timeout`; other sysctls are not supported.
+`net.mptcp.add_addr_timeout` `--add-addr-timeout`,
+`net.mptcp.syn_retrans_before_tcp_fallback` `--syn-retrans-before-fallback` and
+`net.ipv4.tcp_syn_retries` `--syn-retries`; other sysctls are not supported.
 Endpoint changes while running (`add_endpoint`, `set_backup`, `delete_endpoint`) go
 through the process's command channel (`--control stdin`: one JSON command per line,
 one `{"event": "control", ...}` answer each, awaited up to `CONTROL_TIMEOUT`).
@@ -53,6 +55,8 @@ CONTROL_TIMEOUT = 5.0
 SYSCTL_FLAGS = {
     "net.mptcp.checksum_enabled": "--checksum",
     "net.mptcp.add_addr_timeout": "--add-addr-timeout",
+    "net.mptcp.syn_retrans_before_tcp_fallback": "--syn-retrans-before-fallback",
+    "net.ipv4.tcp_syn_retries": "--syn-retries",
 }
 
 
@@ -292,8 +296,11 @@ class StackIut(Iut):
                 )
             )
 
-    def listen(self, port: int, *, mode: str = "echo", nbytes: int = 0) -> None:
-        self._start(["serve", *self._common(mode, nbytes), "--port", str(port)], True)
+    def listen(
+        self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
+    ) -> None:
+        bind = [] if address is None else ["--bind", address]
+        self._start(["serve", *self._common(mode, nbytes), "--port", str(port), *bind], True)
 
     def connect(
         self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,

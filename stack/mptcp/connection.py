@@ -106,6 +106,9 @@ class MptcpConfig:
     versions: frozenset[int] = frozenset({1})
     want_checksum: bool = False
     v0_policy: V0Policy = V0Policy.FALLBACK
+    # net.mptcp.syn_retrans_before_tcp_fallback: SYN + MP_CAPABLE retransmissions before
+    # the SYN goes without it (blackhole fallback); None: every SYN carries MP_CAPABLE
+    syn_retrans_before_fallback: int | None = 2
     scheduler: str = "lowest-rtt"
     congestion: str = "lia"  # "lia" (RFC 6356) or "reno" (uncoupled)
     send_buffer: int = 4 << 20
@@ -124,7 +127,8 @@ class MptcpConfig:
 
     @property
     def capable(self) -> CapableConfig:
-        return CapableConfig(self.versions, self.want_checksum, self.v0_policy)
+        return CapableConfig(self.versions, self.want_checksum, self.v0_policy,
+                             self.syn_retrans_before_fallback)  # fmt: skip
 
 
 def _expand(value: int, reference: int, wide: bool) -> int:
@@ -208,6 +212,8 @@ class MptcpConnection:
         self.fastclose = False  # we sent, or got, MP_FASTCLOSE
         self._fastclose_ack = False  # we abort: pure ACKs carry MP_FASTCLOSE (abort())
         self.retry_v0 = False  # reopen with a v0 SYN (V0Policy.RETRY_V0)
+        self.syn_without_capable = False  # blackhole fallback: a SYN went without MP_CAPABLE
+        self.data_ack_64 = True  # the width of our data ACKs: the peer's latest DSN's
         self._pending_opens: list[OpenSubflow] = []
         self._fin_deadline: float | None = None
         # data-level retransmission: when the DATA_ACK stalls although the subflows
@@ -403,6 +409,25 @@ class MptcpConnection:
             return (key_token_idsn(self.remote_key, self.version or 0)[1] + 1) % DSN_MOD
         return (self.reasm.next_dsn + (1 if self.eof and not self.fallback else 0)) % DSN_MOD
 
+    def _dss(
+        self,
+        dsn: int | None = None,
+        subflow_seq: int | None = None,
+        length: int | None = None,
+        checksum: int | None = None,
+        *,
+        data_fin: bool = False,
+    ) -> Dss:
+        """A DSS with our data ACK in the width of the peer's latest DSN (as Linux's
+        use_64bit_ack: a peer that maps with 4 bytes gets 4-byte data ACKs, RFC 8684
+        §3.3 leaving the choice to each sender), and the mapping given, if any (our
+        DSNs always 8 bytes)."""
+        ack = self._data_ack()
+        if not self.data_ack_64:
+            ack &= 0xFFFFFFFF
+        return Dss(ack, dsn, subflow_seq, length, checksum, data_fin=data_fin,
+                   data_ack_64=self.data_ack_64, dsn_64=dsn is not None)  # fmt: skip
+
     def _provide(self, sf: Subflow, seg: Segment, rel: int) -> None:
         flags = seg.flags
         options: list[Any] = []
@@ -438,6 +463,10 @@ class MptcpConnection:
                 if self.version is not None:
                     decision = handshake.ListenerDecision(self.version, self.checksum)
                     options.append(handshake.synack_option(decision, self.local_key))
+            elif self._capable_syn_dropped(sf):
+                if not self.syn_without_capable:
+                    self._count("MPCapableSYNTXDrop")
+                self.syn_without_capable = True  # its SYN/ACK is plain TCP's, whatever it says
             else:
                 options.append(handshake.syn_option(self.config.capable, self.local_key,
                                                     self.sent_version))  # fmt: skip
@@ -451,6 +480,12 @@ class MptcpConnection:
             options.append(MpJoinSyn(sf.local_id, self.remote_token, join.local_nonce,
                                      backup=sf.backup_local))  # fmt: skip
 
+    def _capable_syn_dropped(self, sf: Subflow) -> bool:
+        """Whether this (re)transmission of the initial SYN goes without MP_CAPABLE: the
+        earlier ones went unanswered, a middlebox may drop them (RFC 8684 §3.1)."""
+        limit = self.config.syn_retrans_before_fallback
+        return self.syn_without_capable or (limit is not None and sf.tcp.retries > limit)
+
     def _provide_fallback(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         """After MP_FAIL (RFC 8684 §3.7): our MP_FAIL answer on a pure ACK, and the
         infinite mapping (data-level length 0) on every segment that holds its first
@@ -462,9 +497,7 @@ class MptcpConnection:
         if sf.infinite_map is not None and payload:
             dsn, start = sf.infinite_map
             if rel <= start < rel + len(payload):
-                options.append(Dss(self._data_ack(), dsn, start, 0,
-                                   0 if self.checksum else None,
-                                   data_ack_64=True, dsn_64=True))  # fmt: skip
+                options.append(self._dss(dsn, start, 0, 0 if self.checksum else None))
 
     def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         assert self.sendq is not None and self.remote_key is not None
@@ -497,14 +530,13 @@ class MptcpConnection:
             subflow_seq = chunk.subflow_seq
             if faults.ACTIVE and faults.on("dss_subflow_seq_absolute"):
                 subflow_seq = (subflow_seq + sf.tcp.iss) & 0xFFFFFFFF
-            options.append(Dss(self._data_ack(), chunk.dsn, subflow_seq, chunk.length,
-                               chunk.checksum, data_ack_64=True, dsn_64=True))  # fmt: skip
+            options.append(self._dss(chunk.dsn, subflow_seq, chunk.length,
+                                     chunk.checksum))  # fmt: skip
         elif self.sendq.fin_sent and not self.sendq.fin_acknowledged:
             fin = self.sendq.write_end
             if self.checksum:
                 checksum = dss_checksum(fin, 0, 1, b"")
-            options.append(Dss(self._data_ack(), fin, 0, 1, checksum, data_fin=True,
-                               data_ack_64=True, dsn_64=True))  # fmt: skip
+            options.append(self._dss(fin, 0, 1, checksum, data_fin=True))
         elif sf.mp_fail_due is None and self._echo_next(seg):
             # as Linux: an echo goes alone on a pure ACK (no DSS), and an MP_PRIO owed
             if sf.prio_due is not None:
@@ -514,7 +546,7 @@ class MptcpConnection:
             self._count("EchoAddTx")
             return
         else:
-            options.append(Dss(self._data_ack(), data_ack_64=True))
+            options.append(self._dss())
         if sf.mp_fail_due is not None and not payload:
             options.append(MpFail(sf.mp_fail_due))  # on every pure ACK until answered
             return
@@ -655,6 +687,8 @@ class MptcpConnection:
 
     def _on_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
         capable = next((o for o in options if isinstance(o, MpCapable)), None)
+        if self.syn_without_capable:
+            capable = None  # the SYN it answers may have been the plain one
         outcome = handshake.initiator_outcome(self.config.capable, self.sent_version, capable)
         if outcome.version is None:
             if outcome.retry_v0:
@@ -753,6 +787,7 @@ class MptcpConnection:
                 self.peer_data_acked = True
             self._update_send_window(ack, sf, window)
         if option.dsn is not None and self.mp_fail_dsn is None:
+            self.data_ack_64 = option.dsn_64  # our data ACKs follow its DSN width
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
             if length == 0 and option.subflow_seq == 0:
@@ -1278,6 +1313,9 @@ class MptcpConnection:
             return
         self.paths.subflow_failed(key, now, transient=_transient(event))
         self._count("SubflowFailed")
+        # its slot is free: the path manager moves on to what else its limits allow (as
+        # Linux's mptcp_pm_subflow_check_next), opened once the caller is done
+        self._pending_opens += [a for a in self.paths.retry() if isinstance(a, OpenSubflow)]
 
     def on_link_change(
         self,
@@ -1578,6 +1616,8 @@ class MptcpConnection:
             rejoin = self.paths.next_rejoin()
             if rejoin is not None and rejoin <= now:
                 self._apply_paths(self.paths.rejoin_due(now), now)
+        if self._pending_opens:
+            self._open_pending(now)  # a subflow failed on a timer: the next one's turn
         if self._data_rtx_deadline is not None and self._data_rtx_deadline <= now:
             self._retransmit_data(now)
         if self._mp_fail_deadline is not None and self._mp_fail_deadline <= now:

@@ -15,7 +15,12 @@ MP_CAPABLE (RFC 8684 §3.1, RFC 6824 §3.1)
   retries in the legacy format), so the listener drops it; RFC 8684 ignores only the
   option (fallback).
 - A v1 initiator whose SYN/ACK comes back without MP_CAPABLE either falls back to TCP or
-  retries the connection with a v0 SYN, by policy (`V0Policy`).
+  retries the connection with a v0 SYN, by policy (`V0Policy`). A SYN/ACK whose
+  MP_CAPABLE has B set or H clear counts as one without (the option is ignored).
+- SYNs with MP_CAPABLE that go unanswered (a middlebox dropping unknown options): after
+  `syn_retrans_before_fallback` retransmissions the SYN goes without MP_CAPABLE and the
+  connection is plain TCP (RFC 8684 §3.1 "eventually fall back"; Linux's
+  net.mptcp.syn_retrans_before_tcp_fallback, default 2).
 
 MP_JOIN (RFC 8684 §3.2): HMACs over the connection's keys and the two nonces.
 """
@@ -42,6 +47,8 @@ class CapableConfig:
     versions: frozenset[int] = frozenset({1})
     want_checksum: bool = False
     v0_policy: V0Policy = V0Policy.FALLBACK
+    # SYN + MP_CAPABLE retransmissions before a plain SYN (None: never drop MP_CAPABLE)
+    syn_retrans_before_fallback: int | None = 2
 
     @property
     def highest(self) -> int:
@@ -114,6 +121,13 @@ def initiator_outcome(
     config: CapableConfig, sent_version: int, synack: MpCapable | None
 ) -> InitiatorOutcome:
     """The initiator's reading of the SYN/ACK."""
+    if synack is not None and (synack.extensibility or not synack.hmac_sha):
+        # RFC 8684 §3.1: an MP_CAPABLE with B set that is not understood is "silently
+        # ignored, which triggers a fallback to regular TCP", and one with no crypto
+        # algorithm bit "MUST be treated as invalid and ignored" (RFC 6824 §3.1 too);
+        # Linux drops such an option on any packet. Ignored here: plain TCP, no v0 retry.
+        why = "B (extensibility) set" if synack.extensibility else "no crypto algorithm (H clear)"
+        return InitiatorOutcome(None, reason=f"SYN/ACK MP_CAPABLE ignored, {why}: fall back")
     if synack is None:
         if sent_version >= 1 and 0 in config.versions and config.v0_policy is V0Policy.RETRY_V0:
             return InitiatorOutcome(None, retry_v0=True, reason="no MP_CAPABLE: retry with v0")

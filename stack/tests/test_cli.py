@@ -132,3 +132,20 @@ def test_bad_sysctl_flags_are_named(
         build_parser().parse_args(["serve", "--port", "1", "--interface", "eth0=192.0.2.1/24",
                                    *argv])  # fmt: skip
     assert message in capsys.readouterr().err
+
+
+def test_bind_and_blackhole_fallback_flags() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--interface", "eth0=192.0.2.1/24", "--port", "80", "--bind", "192.0.2.1"]
+    )
+    assert args.bind == "192.0.2.1"
+    assert build_parser().parse_args(
+        ["serve", "--interface", "eth0=192.0.2.1/24", "--port", "80"]
+    ).bind is None  # fmt: skip
+    connect = ["connect", "--interface", "eth0=192.0.2.1/24", "--to", "192.0.2.2:80"]
+    assert build_parser().parse_args(connect).syn_retrans_before_fallback == 2  # Linux's
+    assert build_parser().parse_args(
+        [*connect, "--syn-retrans-before-fallback", "0"]
+    ).syn_retrans_before_fallback == 0  # fmt: skip
+    assert build_parser().parse_args(connect).syn_retries == 6  # tcp_syn_retries' default
+    assert build_parser().parse_args([*connect, "--syn-retries", "1"]).syn_retries == 1

@@ -124,3 +124,15 @@ def test_listener_drops_a_v0_syn_with_the_b_flag() -> None:
     syn = Segment(999, 80, 1, 0, SYN, 65535, mss=1460, extra_options=(capable,))
     assert listener.handle_syn(local, remote, syn, 0.0) is None
     assert listener.poll_segments() == [] and not listener.half_open
+
+
+@pytest.mark.parametrize("flags", [MPC_FLAG_H | MPC_FLAG_B, 0, MPC_FLAG_A])
+@pytest.mark.parametrize("config", [V1, BOTH])
+def test_initiator_ignores_synack_capable_with_b_set_or_h_clear(
+    config: CapableConfig, flags: int
+) -> None:
+    """RFC 8684 §3.1: an MP_CAPABLE with B set (not understood) or with no crypto
+    algorithm bit is ignored: the SYN/ACK counts as plain, the initiator falls back (no
+    v0 retry either: the peer speaks MPTCP, only not this way)."""
+    outcome = initiator_outcome(config, 1, MpCapable(1, flags, sender_key=7))
+    assert outcome.version is None and not outcome.retry_v0

@@ -20,6 +20,7 @@ from stack.mptcp.token import TokenTable
 from stack.sim import PathConfig, Simulator
 from stack.tcp.connection import TcpConfig
 from stack.tcp.segment import SYN, Segment
+from stack.wire.mptcp import MpCapable
 
 CLIENT = (ipaddress.ip_address("192.0.2.1"), 40000)
 SERVER = (ipaddress.ip_address("192.0.2.2"), 80)
@@ -239,3 +240,27 @@ def test_v1_initiator_to_v0_only_listener_falls_back_or_retries() -> None:
     client, server, app_a, app_b, up, down = run_pair(v1, server_config=v0, size=100_000)
     assert_intact(app_a, app_b, up, down)
     assert client.fallback and server.fallback
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("before_fallback", [0, 2])
+def test_dropped_capable_syns_fall_back_to_a_plain_syn(version: int, before_fallback: int) -> None:
+    """A middlebox drops every SYN with MP_CAPABLE: after `syn_retrans_before_fallback`
+    retransmissions the initiator's SYN goes without it and the transfer completes as
+    plain TCP (RFC 8684 §3.1; Linux's net.mptcp.syn_retrans_before_tcp_fallback)."""
+    capable_syns: list[float] = []
+
+    def drop_capable_syns(seg: Segment) -> bool:
+        dropped = bool(seg.flags & SYN) and any(isinstance(o, MpCapable) for o in seg.extra_options)
+        if dropped:
+            capable_syns.append(seg.seq)
+        return dropped
+
+    config = MptcpConfig(versions=frozenset({version}), tcp=FAST,
+                         syn_retrans_before_fallback=before_fallback)  # fmt: skip
+    path = PathConfig(delay=0.005, drop=drop_capable_syns)
+    client, server, app_a, app_b, up, down = run_pair(config, size=20_000, path=path)
+    assert_intact(app_a, app_b, up, down)
+    assert client.fallback and server.fallback
+    assert len(capable_syns) == before_fallback + 1
+    assert client.counters["MPCapableSYNTXDrop"] == 1

@@ -162,3 +162,32 @@ def test_fail_resets_every_subflow_with_mp_fastclose_and_mp_tcprst() -> None:
     assert client.error == "internal error in the stack: RuntimeError: test"
     with pytest.raises(ConnectionError, match="RuntimeError: test"):
         client.send(b"more", sim.now)
+
+
+def test_a_failed_join_frees_its_slot_for_the_next_endpoint() -> None:
+    """Limit 1, two subflow endpoints: when the join from the first fails (the peer
+    resets it), the path manager moves on and joins from the second, as Linux's
+    mptcp_pm_subflow_check_next (conformance: initiator_refused_join_moves_to_next_endpoint)."""
+    other = ipaddress.ip_address("198.51.100.9")
+    ports = iter(range(JOIN_PORT, JOIN_PORT + 10))
+    endpoints = [Endpoint(1, CLIENT2, subflow=True), Endpoint(2, other, subflow=True)]
+    paths = PathManager(endpoints, Limits(subflows=1))
+    config = MptcpConfig(tcp=FAST)
+    client = MptcpConnection.connect(
+        CLIENT, SERVER, config, TokenTable(), isn_secret=b"a", now=0.0,
+        allocate_port=lambda *_: next(ports),
+        paths=paths.connection(CLIENT[0], PeerAddress(0, SERVER[0], SERVER[1])),
+    )  # fmt: skip
+    listener = MptcpListener(SERVER[1], config, TokenTable(), isn_secret=b"b")
+    a, b = ClientEnd(client), ServerEnd(listener)
+    path = PathConfig(delay=0.005, rate=12.5e6, queue_bytes=1 << 20)
+    sim = Simulator(a, b, a_to_b=path, b_to_a=PathConfig(delay=0.005))
+    sim.hooks += [App(lambda: client, bytes(6_000_000)), Reader(lambda: b.msk)]
+    joined = lambda: len(client.subflows) == 2 and client.subflows[1].usable  # noqa: E731
+    assert sim.run(until=5.0, stop=joined), client.describe()
+    assert client.subflows[1].local[0] == CLIENT2 and b.msk is not None
+    theirs = next(s for s in b.msk.subflows if not s.initial)
+    b.msk._reset_subflow(theirs, MPTCP_RST_EUNSPEC, "test: the first join refused")
+    moved = lambda: any(s.local[0] == other and s.usable for s in client.subflows)  # noqa: E731
+    assert sim.run(until=sim.now + 2.0, stop=moved), client.describe()
+    assert client.counters["MPJoinSynTx"] == 2
