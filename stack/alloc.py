@@ -14,15 +14,15 @@ The free holes those buffers leave behind stay resident, and grow as sizes and
 lifetimes interleave: the soak (`bench/bench_soak.py`, 6196 transfers in 30 minutes)
 measured the stack's RSS from 124 to 172 MB with no Python object left over (the
 counts of live objects, by type, were flat; glibc's `mallinfo2` said that the heap's
-free part grew, from 25 to 54 MB in 8 minutes, while its part in use did not).
+free part grew, from 25 to 54 MB in 4 minutes, while its part in use did not).
 
 Setting the threshold explicitly turns the dynamic adjustment off (mallopt(3)): a
 buffer above it is always its own mapping, returned to the system when it is freed or
-shrunk, and the heap holds only what is smaller. Linux's own socket buffers are made of
-page-sized skbs, never one contiguous block, so they meet no such problem.
+shrunk, and the heap holds only what is smaller. (Linux's socket buffers are lists of
+skbs of a page or a few each, never one block, so the kernel never meets this.)
 
-Process-wide, once, by the first `Host`; a no-op on a C library without `mallopt`
-(musl has one that does nothing, macOS none).
+Process-wide, once, by the first `Host`; a no-op without glibc (musl's allocator has no
+dynamic threshold, and its `mallopt` does nothing).
 """
 
 from __future__ import annotations
@@ -61,3 +61,23 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
                 libc.mallopt.restype = ctypes.c_int
                 _pinned = libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
         return _pinned
+
+
+class _Mallinfo2(ctypes.Structure):
+    _FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS.split()]
+
+
+def malloc_stats() -> dict[str, int] | None:
+    """glibc's own account of its memory (mallinfo2(3), glibc 2.33 and later), in bytes:
+    `heap` (the heaps' extent, every arena), `heap_in_use` and `heap_free` (its parts:
+    free is what fragmentation keeps), `mapped` (chunks that are mappings of their
+    own). None without glibc 2.33."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    function = libc.mallinfo2
+    function.restype = _Mallinfo2
+    info = function()
+    return {"heap": info.arena, "heap_in_use": info.uordblks, "heap_free": info.fordblks,
+            "mapped": info.hblkhd}  # fmt: skip
