@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stack.alloc import pin_mmap_threshold
 from stack.link import LOCAL_QUEUE_LIMIT, RawLink, in_netns, open_in_netns
 from stack.linkwatch import LinkWatcher
 from stack.neighbour import NeighbourCounters, NeighbourTable, Release, Solicit
@@ -128,6 +129,8 @@ class Host:
         netns: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        # big buffers in mappings of their own, or their holes stay resident (alloc.py)
+        pin_mmap_threshold()
         self.routing = RoutingTable(interfaces)
         self.clock = clock
         self.counters = Counters()

@@ -45,7 +45,12 @@ class SendBuffer:
         n = min(max(offset - self.base, 0), len(self))
         self.base += n
         self._head += n
-        if self._head >= 65536 and self._head * 2 >= len(self._buf):
+        if self._head == len(self._buf):
+            # all acknowledged: keep nothing (a subflow in TIME_WAIT held up to 64 KiB
+            # of acknowledged bytes for its 60 s)
+            self._buf = bytearray()
+            self._head = 0
+        elif self._head >= 65536 and self._head * 2 >= len(self._buf):
             del self._buf[: self._head]
             self._head = 0
         return n

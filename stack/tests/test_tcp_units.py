@@ -15,6 +15,7 @@ from stack.tcp.isn import initial_sequence_number
 from stack.tcp.reassembly import ReceiveBuffer
 from stack.tcp.rto import RtoEstimator
 from stack.tcp.scoreboard import Scoreboard
+from stack.tcp.sendbuffer import SendBuffer
 from stack.tcp.seq import seq_diff, seq_geq, seq_gt, seq_leq, seq_lt, unwrap
 
 
@@ -78,6 +79,19 @@ def test_reassembly_property(pieces):
         rb.insert(1 + start, data[start : start + length])
     rb.insert(1, data)
     assert rb.read(10_000) == data and rb.rcv_nxt == 4001
+
+
+def test_send_buffer_keeps_nothing_once_all_is_acknowledged():
+    """A subflow in TIME_WAIT used to hold up to 64 KiB of acknowledged bytes for 60 s
+    (released only in steps of 64 KiB): per connection closed in the last minute."""
+    buffer = SendBuffer(1 << 20)
+    assert buffer.append(bytes(50_000)) == 50_000
+    assert buffer.release(20_000) == 20_000  # partly: the bytes stay, head moves
+    assert buffer.get(20_000, 10) == bytes(10) and len(buffer) == 30_000
+    assert buffer.release(50_000) == 30_000
+    assert len(buffer) == 0 and buffer.base == buffer.end == 50_000
+    assert len(buffer._buf) == 0, "acknowledged bytes still held"
+    assert buffer.append(b"next") == 4 and buffer.get(50_000, 4) == b"next"
 
 
 def test_scoreboard_merges_and_finds_holes():
