@@ -31,6 +31,7 @@ import argparse
 import json
 import shlex
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from conformance.cases import catalogue
 from conformance.iut import DRIVERS
 from conformance.model import Case, Result, Verdict
 from conformance.runner import DEFAULT_ARTIFACTS, available, run, select_cases
+from testbed.netns import unwind_on_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -411,6 +413,8 @@ def _selftest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        unwind_on_sigterm()  # a killed run still removes its namespaces
     if args.command == "selftest":
         return _selftest(args)
     if args.command == "list":

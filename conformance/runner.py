@@ -24,6 +24,7 @@ from conformance.cases import Context, by_id
 from conformance.iut import DRIVERS, Iut, NotSupported
 from conformance.model import Case, Outcome, Result, Verdict
 from conformance.tester import Tester
+from testbed.netns import unwind_on_sigterm
 
 # Relative: resolved against the current directory when a case writes its artefacts.
 DEFAULT_ARTIFACTS = Path("conformance-artifacts")
@@ -136,7 +137,9 @@ def run(
                 progress(result, len(results), total)
         return results
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=unwind_on_sigterm
+    ) as pool:
         futures = {
             pool.submit(_run_by_id, case.id, iut, str(artifacts) if artifacts else None): (
                 case,

@@ -263,6 +263,18 @@ def _owned_where(key: str, value: object) -> list[str]:
     return names
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that `with build(...)` and
+    every `finally` tear down what they made; Python's default would die on the spot and
+    leave the namespaces behind. Only where nobody installed a handler of their own."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def reclaim_stale() -> list[str]:
     """Remove namespaces (and processes in them) whose owning process is gone."""
     if os.geteuid() != 0:

@@ -21,6 +21,7 @@ from xml.etree import ElementTree
 from conformance.interop.cell import CellResult, run_cell
 from conformance.interop.scenarios import AGGREGATION_RATIO, SCENARIOS, Scenario
 from conformance.iut import DRIVERS
+from testbed.netns import unwind_on_sigterm
 
 REFERENCE = "kernel"
 
@@ -116,7 +117,9 @@ def run(
     where = str(artifacts) if artifacts else None
     if workers > 1 and len(shared) > 1:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=unwind_on_sigterm
+        ) as pool:
             futures = {
                 pool.submit(_run_json, p.scenario, p.client, p.server, quick, where): p
                 for p in shared

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,30 @@ def test_a_hung_transfer_keeps_each_ends_state(tmp_path: Path) -> None:
     assert connection["local"] == "192.0.2.2:8080"
     assert connection["subflows"][0]["tcp_state"] == "ESTABLISHED"
     assert connection["receive"]["readable"] + connection["subflows"][0]["bytes_received"] > 0
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_a_run_killed_with_sigterm_removes_its_namespaces() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds the run like Ctrl-C: the cell's topology is
+    torn down before the process exits, not left for the next run to reclaim."""
+    from testbed.netns import owned_by_process
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "interop", "--impl", "kernel",
+         "--scenario", "transfer", "-n", "1", "--quiet"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not owned_by_process(run.pid) and time.monotonic() < deadline:
+            assert run.poll() is None, "the run ended before building its topology"
+            time.sleep(0.05)  # polling for the namespaces to appear, with a deadline
+        assert owned_by_process(run.pid), "no namespace of the run appeared within 30 s"
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+        assert owned_by_process(run.pid) == []
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
