@@ -2,6 +2,7 @@
 
     python -m bench.bench_interop [--runs 5] [--workers 2] [--impl kernel,stack-v1,stack-v0]
                                   [--scenario NAMES] [--quick] [--json FILE]
+                                  [--artifacts DIR]
 
 Each run is the user's command, `python -m conformance interop -n WORKERS --json ...`, in
 a fresh process. Reported: the wall time of each run (goal: the full matrix of kernel,
@@ -9,7 +10,8 @@ stack-v1 and stack-v0 within 5 minutes on 2 cores with -n 2), every cell whose v
 changed between runs (goal: none in 5 runs), every cell that failed, and per scenario
 with a figure the median over the runs of each pair's figure and its ratio to
 kernel->kernel of the same run (aggregation goal: >= 0.95 for kernel->stack and
-stack->kernel). All data is random bytes that are not the testbed's seeded stream.
+stack->kernel). All data is random bytes that are not the testbed's seeded stream. The
+failed cells of run N keep their evidence under DIR/run-N (`./interop-artifacts/bench`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WALL_GOAL_S = 300.0
 
 
-def one_run(args: argparse.Namespace) -> tuple[float, list[dict[str, Any]], int]:
+def one_run(args: argparse.Namespace, run: int) -> tuple[float, list[dict[str, Any]], int]:
+    """One matrix run; the pcaps, reports and states of its failed cells are kept under
+    `--artifacts`/run-N (a flaky cell is no use without its evidence)."""
     with tempfile.TemporaryDirectory(prefix="bench-interop-") as scratch:
         out = Path(scratch) / "interop.json"
         argv = [
@@ -43,7 +47,7 @@ def one_run(args: argparse.Namespace) -> tuple[float, list[dict[str, Any]], int]
             "--json",
             str(out),
             "--artifacts",
-            str(Path(scratch) / "artifacts"),
+            str(args.artifacts / f"run-{run + 1}"),
         ]
         for flag in ("impl", "scenario"):
             if getattr(args, flag):
@@ -65,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--artifacts", type=Path, default=Path("interop-artifacts/bench"),
+                        help="where each run's failed cells keep their evidence")  # fmt: skip
     args = parser.parse_args(argv)
+    args.artifacts = args.artifacts.resolve()
     walls: list[float] = []
     verdicts: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     figures: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     ratios: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     failures: list[str] = []
     for run in range(args.runs):
-        wall, cells, status = one_run(args)
+        wall, cells, status = one_run(args, run)
         walls.append(wall)
         if not cells:
             print(f"run {run + 1}: no results (exit {status})", file=sys.stderr)
