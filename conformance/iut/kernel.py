@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from conformance.iut.base import MODES, AppReport, Iut, IutError, source_bytes
+from testbed.apps import SEED, StreamChecker
 from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
 
 KEEP_DATA = 1 << 16
@@ -213,6 +214,7 @@ class KernelIut(Iut):
         with contextlib.suppress(OSError):
             report.mptcp = bool(conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP))
         sent, received = hashlib.sha256(), hashlib.sha256()
+        checker = StreamChecker(SEED if self.data_seed is None else self.data_seed)
         # What is still to send, as a queue of views: no copy of the rest on each send
         queue: collections.deque[memoryview] = collections.deque()
         if mode == "source":
@@ -264,6 +266,7 @@ class KernelIut(Iut):
                         break
                     report.bytes_received += len(chunk)
                     received.update(chunk)
+                    checker.update(chunk)
                     if len(report.data) < KEEP_DATA:
                         report.data += chunk[: KEEP_DATA - len(report.data)]
                     if mode == "echo":
@@ -274,6 +277,7 @@ class KernelIut(Iut):
             with contextlib.suppress(OSError):
                 conn.close()
             report.sha256_sent, report.sha256_received = sent.hexdigest(), received.hexdigest()
+            report.divergences = checker.finish()
             report.duration_s = time.monotonic() - started
             self._add_report(report)
 
