@@ -280,7 +280,11 @@ class KernelMptcp:
             MPTCP_PM_CMD_ADD_ADDR, attrs, f"add endpoint {canonical} {sorted(flagset)}"
         )
         for endpoint in self.endpoints():
-            if endpoint.address == canonical and (id is None or endpoint.id == id):
+            # the kernel may spell an address otherwise (::ffff:198.51.100.2 for an
+            # IPv4-mapped one), so compare addresses, not their text
+            if ipaddress.ip_address(endpoint.address) == ipaddress.ip_address(canonical) and (
+                id is None or endpoint.id == id
+            ):
                 return endpoint
         raise KernelMptcpError(f"endpoint {canonical} was added but the kernel does not list it")
 

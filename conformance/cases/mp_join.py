@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 
-from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases import INITIATOR, LISTENER, MAY, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     accept_join,
     answer_join,
     capable_syn,
+    complete_iut_join,
     established,
     exchange,
     expect_fourth_ack,
@@ -46,8 +47,9 @@ from stack.wire.mptcp import (
     MpJoinSyn,
     MpJoinSynAck,
     MpTcpRst,
+    RemoveAddr,
 )
-from stack.wire.tcp import RST, MaxSegmentSize
+from stack.wire.tcp import FIN, RST, MaxSegmentSize
 
 DUAL = "dual_homed"
 
@@ -774,23 +776,6 @@ def _join_to_announced(
     )  # fmt: skip
 
 
-def _complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
-    """The tester's side of the IUT's join: the SYN's token must be the tester's, the
-    SYN/ACK carries HMAC-B, and the IUT's third ACK (`expect_next`, its SYN sent again
-    excepted) must carry a valid HMAC-A; the tester then sends the fourth ACK."""
-    if syn.need(MpJoinSyn).token != conn.local_token:
-        raise deviates(f"join SYN token is not the tester's {conn.local_token:#x}: "
-                       f"{syn.describe()}")  # fmt: skip
-    join = accept_join(ctx, conn, syn)
-    answer_join(conn, join)
-    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
-                           skip=syn_again(join))  # fmt: skip
-    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
-        raise deviates(f"third ACK HMAC-A does not verify: {ack.describe()}")
-    join.send("A", [conn.data_ack()])
-    return join
-
-
 @case(
     section="3.2",
     level=MUST,
@@ -807,7 +792,7 @@ def iut_joins_announced_address(ctx: Context) -> None:
     (the join's token and HMACs). The v0 form is `add_addr.tester_add_addr_v0_leads_to_join`."""
     ctx.iut.set_limits(2, 2)
     conn, sf = established(ctx)
-    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5))
+    complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5))
 
 
 @case(
@@ -826,7 +811,7 @@ def iut_joins_announced_address_with_port(ctx: Context) -> None:
     over ID‖address‖port. The v0 form is `add_addr.tester_add_addr_v0_with_port_leads_to_join`."""
     ctx.iut.set_limits(2, 2)
     conn, sf = established(ctx)
-    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5, port=6002))
+    complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5, port=6002))
 
 
 @case(
@@ -977,7 +962,7 @@ def initiator_refused_join_moves_to_next_endpoint(ctx: Context) -> None:
     syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2,
                    what=f"a join SYN from the other endpoint {other}",
                    where=lambda s: s.src == other)  # fmt: skip
-    _complete_iut_join(ctx, conn, syn)
+    complete_iut_join(ctx, conn, syn)
 
 
 # Linux's join SYN gives up after net.ipv4.tcp_syn_retries retransmissions (default 6,
@@ -1018,4 +1003,93 @@ def initiator_timed_out_join_moves_to_next_endpoint(ctx: Context) -> None:
     syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=JOIN_TIMEOUT + 1.5,
                    what=f"after the first join timed out, a join SYN from {other}",
                    where=lambda s: s.src == other)  # fmt: skip
-    _complete_iut_join(ctx, conn, syn)
+    complete_iut_join(ctx, conn, syn)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (mptcp_join.sh "add subflow" / "remove single subflow", the IPv4-mapped
+# tests): endpoints added and removed during the connection, an endpoint given as an
+# IPv4-mapped IPv6 address.
+
+
+def _join_after_live_endpoint(ctx: Context, address: str) -> tuple[MptcpConnection, Subflow]:
+    """The IUT connects with no endpoint; once the connection is established a subflow
+    endpoint `address` is added. Its join SYN (`expect`: it opens a subflow) must come from
+    the IPv4 address of eth1 with the tester's token; the tester answers it and the third
+    ACK (`expect_next`: the answer to the SYN/ACK) must carry a valid HMAC-A. Returns the
+    connection and the joined subflow, its fourth ACK sent."""
+    ctx.iut.set_limits(2, 0)
+    conn, _, _ = initiated(ctx)
+    ctx.iut.add_endpoint(address, flags={"subflow"})
+    source = ctx.iut_address("eth1")
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                            what=f"a join SYN from {source}")  # fmt: skip
+    if syn.src != source:
+        raise deviates(f"join SYN from {syn.src}, not the new endpoint's {source}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = complete_iut_join(ctx, conn, syn)
+    join.address_id = syn.need(MpJoinSyn).address_id
+    return conn, join
+
+
+@case(
+    section="3.2",
+    level=MAY,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A subflow endpoint added while the IUT's connection is open makes it join "
+    "from that address: a join SYN with the tester's token, then a third ACK with a "
+    "valid HMAC-A.",
+)
+def initiator_joins_from_endpoint_added(ctx: Context) -> None:
+    """expect for the join SYN (a local change, not an answer); expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 8684 §3.2: a host may open subflows at any time
+    (mptcp_join.sh "add single subflow": `ip mptcp endpoint add ... subflow`
+    mid-connection)."""
+    _join_after_live_endpoint(ctx, ctx.iut_address("eth1"))
+
+
+@case(
+    section="3.4.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="When the subflow endpoint the IUT joined from is removed, it sends "
+    "REMOVE_ADDR with that address ID (its join SYN's) and closes the subflow (RST or FIN).",
+)
+def initiator_endpoint_removed_sends_remove_addr(ctx: Context) -> None:
+    """expect: REMOVE_ADDR and the close follow a local change, not a segment; other
+    traffic may come first. RFC 8684 §3.4.2: an address that is no longer valid SHOULD be
+    announced removed, and its subflows closed (mptcp_join.sh "remove single subflow")."""
+    conn, join = _join_after_live_endpoint(ctx, ctx.iut_address("eth1"))
+    ctx.iut.delete_endpoint(ctx.iut_address("eth1"))
+    removal = ctx.tester.expect_pattern(
+        Pattern(option=RemoveAddr, what="REMOVE_ADDR"), 1,
+        owner=lambda s: any(sf.owns(s) for sf in conn.subflows),
+    )  # fmt: skip
+    if join.address_id not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR without the join's ID {join.address_id}: "
+                       f"{removal.describe()}")  # fmt: skip
+    join.expect(within=1, what="RST or FIN on the removed address's subflow",
+                where=lambda s: bool(s.flags & (RST | FIN)))  # fmt: skip
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A subflow endpoint given as an IPv4-mapped IPv6 address (::ffff:ADDR) is "
+    "the IPv4 address ADDR: on an IPv4 connection the IUT joins from it over IPv4 (token, "
+    "HMAC-A valid).",
+)
+def initiator_joins_from_ipv4_mapped_endpoint(ctx: Context) -> None:
+    """expect for the join SYN (a local change, not an answer); expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 4291 §2.5.5.2: ::ffff:ADDR represents the IPv4
+    address ADDR; RFC 8684 §3.2 lets a join use any of the host's addresses of the
+    connection's family (mptcp_join.sh "single subflow IPv4-mapped")."""
+    mapped = f"::ffff:{ctx.iut_address('eth1')}"
+    _join_after_live_endpoint(ctx, mapped)

@@ -199,6 +199,23 @@ def accept_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
     return join
 
 
+def complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
+    """The tester's side of the IUT's join: the SYN's token must be the tester's, the
+    SYN/ACK carries HMAC-B, and the IUT's third ACK (`expect_next`, its SYN sent again
+    excepted) must carry a valid HMAC-A; the tester then sends the fourth ACK."""
+    if syn.need(MpJoinSyn).token != conn.local_token:
+        raise deviates(f"join SYN token is not the tester's {conn.local_token:#x}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = accept_join(ctx, conn, syn)
+    answer_join(conn, join)
+    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
+                           skip=syn_again(join))  # fmt: skip
+    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
+        raise deviates(f"third ACK HMAC-A does not verify: {ack.describe()}")
+    join.send("A", [conn.data_ack()])
+    return join
+
+
 def answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:
     """SYN/ACK with MP_JOIN to the IUT's join SYN: HMAC-B (or `hmac`) and R-B."""
     mac = synack_hmac(conn, join) if hmac is None else hmac
