@@ -81,6 +81,7 @@ def iut_add_addr_v0_form(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.4.1",
     level=MUST,
     role=LISTENER,
@@ -325,6 +326,7 @@ def _removed(
 
 
 @case(
+    ipv6=True,
     section="3.4.2",
     level=MUST,
     versions=(0, 1),
@@ -353,7 +355,14 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
 )
 def iut_remove_addr_on_endpoint_removal(ctx: Context) -> None:
     """expect: REMOVE_ADDR follows a local change, not a segment; other traffic may come first."""
-    conn, sf, announce = _announce(ctx)
+    _announced_then_removed(ctx)
+
+
+def _announced_then_removed(ctx: Context, **endpoint: Any) -> None:
+    """The IUT announces its eth1 endpoint (`_announce`, with `endpoint`'s settings), the
+    tester echoes it (v1), the endpoint is removed: a REMOVE_ADDR with the announced ID
+    must follow (`expect`: it follows a local change, other traffic may come first)."""
+    conn, sf, announce = _announce(ctx, **endpoint)
     address_id = _acknowledge(ctx, conn, sf, announce)
     ctx.iut.delete_endpoint(ctx.iut_address("eth1"))
     removal = sf.expect(option=RemoveAddr, within=1, what="REMOVE_ADDR")
@@ -523,6 +532,7 @@ def tester_add_addr_ipv4_on_ipv6_connection(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.4.2",
     level=MUST,
     versions=(0, 1),
@@ -587,6 +597,7 @@ def _send_add_addr(
 
 
 @case(
+    ipv6=True,
     section="3.4.1",
     level=MAY,
     versions=(0, 1),
@@ -608,6 +619,53 @@ def iut_add_addr_on_endpoint_added(ctx: Context) -> None:
     option: AddAddrV1 | AddAddrV0 = announce.need(kind)
     if str(option.address) != address:
         raise deviates(f"announced {option.address}, not the new endpoint: {announce.describe()}")
+    if isinstance(option, AddAddrV1):
+        mac = crypto.add_addr_hmac(conn.remote_key or 0, conn.local_key, option.address_id,
+                                   option.address, option.port)  # fmt: skip
+        if option.hmac != mac:
+            raise deviates(f"ADD_ADDR HMAC does not verify: {announce.describe()}")
+
+
+@case(
+    section="3.4.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT removes a signal endpoint that it announced with a port, it "
+    "sends REMOVE_ADDR with the announced address ID (REMOVE_ADDR names IDs, not ports).",
+)
+def iut_remove_addr_of_endpoint_with_port(ctx: Context) -> None:
+    """expect: REMOVE_ADDR follows a local change, not a segment; other traffic may come
+    first. RFC 8684 §3.4.2 (mptcp_join.sh "remove signal address with port"). v1: RFC
+    6824's ADD_ADDR port is announced the same way, but our v0 IUTs take no ports."""
+    _announced_then_removed(ctx, port=6001)
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="A signal endpoint given as an IPv4-mapped IPv6 address (::ffff:ADDR), added "
+    "during an IPv4 connection, is announced as the IPv4 address ADDR (v1: a 16-byte "
+    "ADD_ADDR, its HMAC over the 4-byte address; v0: IP version 4).",
+)
+def iut_announces_ipv4_mapped_endpoint_as_ipv4(ctx: Context) -> None:
+    """expect: the ADD_ADDR follows a local change, not a segment; other traffic may come
+    first. RFC 4291 §2.5.5.2: ::ffff:ADDR represents the IPv4 address ADDR, and RFC
+    8684 §3.4.1 announces an IPv4 address in the IPv4 form (mptcp_join.sh "signal
+    address IPv4-mapped")."""
+    conn, sf = established(ctx)
+    address = ctx.iut_address("eth1")
+    ctx.iut.add_endpoint(f"::ffff:{address}", flags={"signal"})
+    kind: type[AddAddrV1] | type[AddAddrV0] = AddAddrV1 if ctx.version == 1 else AddAddrV0
+    announce = sf.expect(option=kind, within=1, where=_not_echo,
+                         what=f"ADD_ADDR v{ctx.version} of the mapped endpoint")  # fmt: skip
+    option: AddAddrV1 | AddAddrV0 = announce.need(kind)
+    if option.address != ipaddress.IPv4Address(address):
+        raise deviates(f"announced {option.address}, not the IPv4 address {address}: "
+                       f"{announce.describe()}")  # fmt: skip
     if isinstance(option, AddAddrV1):
         mac = crypto.add_addr_hmac(conn.remote_key or 0, conn.local_key, option.address_id,
                                    option.address, option.port)  # fmt: skip

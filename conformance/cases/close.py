@@ -29,6 +29,7 @@ from stack.wire.tcp import FIN
 
 
 @case(
+    ipv6=True,
     section="3.5",
     level=MUST,
     versions=(0, 1),
@@ -57,6 +58,7 @@ def fastclose_with_wrong_key_ignored(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.5",
     level=MUST,
     versions=(0, 1),

@@ -11,9 +11,11 @@ from conformance.cases import INITIATOR, LISTENER, MAY, MUST, SHOULD, Context, c
 from conformance.cases.steps import (
     capable_syn,
     established,
+    exchange,
     has_mapping,
     initiated,
     iut_syn,
+    joined,
     plain_synack,
     syn_again,
     tester_syn,
@@ -33,7 +35,7 @@ from stack.wire.mptcp import (
     MpCapable,
     MpJoinSyn,
 )
-from stack.wire.tcp import MaxSegmentSize, UnknownTcpOption
+from stack.wire.tcp import SYN, MaxSegmentSize, UnknownTcpOption
 from testbed.mptcp import KernelMptcpError
 
 
@@ -968,3 +970,44 @@ def initiator_tfo_rejected_cookie_data_sent_again(ctx: Context) -> None:
                            f"{conn.remote_idsn + 1:#x}: {data.describe()}")  # fmt: skip
     elif data.option(MpCapable) is None:
         raise deviates(f"the SYN's data has neither a mapping nor MP_CAPABLE: {data.describe()}")
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (mptcp_join.sh "deny_join_id0"): a listener that takes no joins at its
+# initial address says so with C, and keeps to it.
+ALLOW_JOIN_INITIAL = "net.mptcp.allow_join_initial_addr_port"
+
+
+def _c_flag_listener(ctx: Context) -> MptcpConnection:
+    """The IUT listens configured to take no joins at its initial address and port
+    (Linux: net.mptcp.allow_join_initial_addr_port=0); the tester connects: the SYN/ACK
+    (`expect_next`, `Tester.connect`) must carry C, and the connection echoes."""
+    ctx.iut.set_limits(2, 0)
+    ctx.iut.set_sysctl(ALLOW_JOIN_INITIAL, 0)
+    ctx.iut.listen(ctx.port)
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    synack = next(s for s in ctx.tester.received(sf.owns) if s.flags & SYN)
+    if not synack.need(MpCapable).flags & MPC_FLAG_C:
+        raise deviates(f"the SYN/ACK does not set C: {synack.describe()}")
+    exchange(ctx, conn, sf, b"hello", first=True)
+    return conn
+
+
+@case(
+    section="3.1",
+    level=MAY,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="A listener configured to take no joins at its initial address sets C in its "
+    "SYN/ACK, and still accepts a join to its other address (eth1): SYN/ACK with a valid "
+    "HMAC-B, then the fourth ACK.",
+)
+def listener_c_flag_accepts_join_to_other_address(ctx: Context) -> None:
+    """expect_next (`Tester.connect`, `joined`): the SYN/ACKs and the fourth ACK answer
+    the SYNs and the third ACK. RFC 8684 §3.1: C says the sender "will not accept
+    additional MPTCP subflows to the source address and port" (the MUST is the peer's:
+    not to try); the host's other addresses still take joins (mptcp_join.sh
+    "deny_join_id0"). Linux still accepts a join to the initial address after setting C;
+    the RFC does not require the refusal, so no case asks for it."""
+    conn = _c_flag_listener(ctx)
+    joined(ctx, conn, ifname="eth1")  # to the IUT's eth1 address

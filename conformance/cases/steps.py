@@ -216,6 +216,23 @@ def complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subf
     return join
 
 
+def join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
+    """After a join SYN: a RST, either at once or, when the IUT answered SYN/ACK with
+    MP_JOIN, after a valid third ACK (the join is never completed: no fourth ACK). Each
+    is the IUT's next segment (`expect_next`)."""
+    answer = sf.expect_next(
+        within=1,
+        what="RST or SYN/ACK with MP_JOIN",
+        where=lambda s: is_rst(s) or s.option(MpJoinSynAck) is not None,
+    )
+    if is_rst(answer):
+        return answer
+    sf.connection = conn
+    sf.remote_nonce = answer.option(MpJoinSynAck).nonce  # type: ignore[union-attr]
+    sf.send("A", [MpJoinAck(hmac=ctx.tester.join_ack_hmac(conn, sf))])
+    return expect_rst(sf)
+
+
 def answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:
     """SYN/ACK with MP_JOIN to the IUT's join SYN: HMAC-B (or `hmac`) and R-B."""
     mac = synack_hmac(conn, join) if hmac is None else hmac
