@@ -610,20 +610,8 @@ def iut_add_addr_on_endpoint_added(ctx: Context) -> None:
     """expect: the ADD_ADDR follows a local change, not a segment; other traffic may come
     first. RFC 8684 §3.4.1: addresses may be announced at any time during a connection
     (mptcp_join.sh "add single address": `ip mptcp endpoint add ... signal` mid-connection)."""
-    conn, sf = established(ctx)
     address = ctx.iut_address("eth1")
-    ctx.iut.add_endpoint(address, flags={"signal"})
-    kind: type[AddAddrV1] | type[AddAddrV0] = AddAddrV1 if ctx.version == 1 else AddAddrV0
-    announce = sf.expect(option=kind, within=1, where=_not_echo,
-                         what=f"ADD_ADDR v{ctx.version} of the new endpoint")  # fmt: skip
-    option: AddAddrV1 | AddAddrV0 = announce.need(kind)
-    if str(option.address) != address:
-        raise deviates(f"announced {option.address}, not the new endpoint: {announce.describe()}")
-    if isinstance(option, AddAddrV1):
-        mac = crypto.add_addr_hmac(conn.remote_key or 0, conn.local_key, option.address_id,
-                                   option.address, option.port)  # fmt: skip
-        if option.hmac != mac:
-            raise deviates(f"ADD_ADDR HMAC does not verify: {announce.describe()}")
+    _live_announcement(ctx, configured=address, announced=address)
 
 
 @case(
@@ -656,16 +644,22 @@ def iut_announces_ipv4_mapped_endpoint_as_ipv4(ctx: Context) -> None:
     first. RFC 4291 §2.5.5.2: ::ffff:ADDR represents the IPv4 address ADDR, and RFC
     8684 §3.4.1 announces an IPv4 address in the IPv4 form (mptcp_join.sh "signal
     address IPv4-mapped")."""
-    conn, sf = established(ctx)
     address = ctx.iut_address("eth1")
-    ctx.iut.add_endpoint(f"::ffff:{address}", flags={"signal"})
+    _live_announcement(ctx, configured=f"::ffff:{address}", announced=address)
+
+
+def _live_announcement(ctx: Context, *, configured: str, announced: str) -> None:
+    """Once the connection is established, a signal endpoint `configured` is added: the
+    IUT's ADD_ADDR of the case's version (`expect`: it follows a local change) must carry
+    the address `announced` and, in v1, a valid HMAC."""
+    conn, sf = established(ctx)
+    ctx.iut.add_endpoint(configured, flags={"signal"})
     kind: type[AddAddrV1] | type[AddAddrV0] = AddAddrV1 if ctx.version == 1 else AddAddrV0
     announce = sf.expect(option=kind, within=1, where=_not_echo,
-                         what=f"ADD_ADDR v{ctx.version} of the mapped endpoint")  # fmt: skip
+                         what=f"ADD_ADDR v{ctx.version} of endpoint {configured}")  # fmt: skip
     option: AddAddrV1 | AddAddrV0 = announce.need(kind)
-    if option.address != ipaddress.IPv4Address(address):
-        raise deviates(f"announced {option.address}, not the IPv4 address {address}: "
-                       f"{announce.describe()}")  # fmt: skip
+    if option.address != ipaddress.ip_address(announced):
+        raise deviates(f"announced {option.address}, not {announced}: {announce.describe()}")
     if isinstance(option, AddAddrV1):
         mac = crypto.add_addr_hmac(conn.remote_key or 0, conn.local_key, option.address_id,
                                    option.address, option.port)  # fmt: skip
