@@ -130,7 +130,7 @@ def bad_hmac_in_third_ack_reset(ctx: Context) -> None:
     "HMAC-A, on a new subflow) gets a SYN/ACK with a fresh R-B, and the replayed HMAC-A, "
     "which no longer verifies, gets the subflow reset (RST); the connection goes on.",
 )
-def replayedjoin_refused(ctx: Context) -> None:
+def replayed_join_refused(ctx: Context) -> None:
     """expect_next for the SYN/ACKs, the fourth ACK and the RST (the answer to the replayed HMAC-A);
     expect for the echo after it."""
     # The nonces are what defeats a replay (RFC 8684 §5, RFC 6824 §5): R-B must change,
@@ -291,7 +291,7 @@ def fresh_nonces(ctx: Context) -> None:
     "prohibited; v0 has no MP_TCPRST).",
 )
 def subflow_limit_reason_3(ctx: Context) -> None:
-    """expect_next (`_join_refused`): the refusal is the answer, at the SYN or to the third ACK."""
+    """expect_next (`join_refused`): the refusal is the answer, at the SYN or to the third ACK."""
     ctx.iut.set_limits(0, 0)
     conn, _ = established(ctx)
     sf, _ = join_syn(ctx, conn.remote_token)
