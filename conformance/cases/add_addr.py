@@ -552,6 +552,38 @@ def remove_addr_id_0_closes_initial_subflow(ctx: Context) -> None:
 
 
 @case(
+    section="3.4.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT stops using its initial address (the MP_CAPABLE subflow's, "
+    "address ID 0), it sends REMOVE_ADDR carrying ID 0 and closes the initial subflow "
+    "(RST or FIN); the connection goes on on the tester's join.",
+)
+def iut_remove_addr_id_0_when_initial_address_removed(ctx: Context) -> None:
+    """expect: REMOVE_ADDR and the close follow a local change, not a segment; other
+    traffic may come first; expect for the echo on the join. RFC 8684 §3.4.2: an address
+    that is no longer valid SHOULD be announced removed, with the ID the peer knows it
+    by: 0 for the initial subflow's address (§3.2). Linux: `ip mptcp endpoint delete id
+    0 ADDR` (mptcp_join.sh "remove id 0 address"); the stack: its `remove_endpoint`
+    command for an address that only the initial subflows use."""
+    ctx.iut.set_limits(2, 0)
+    conn, first = established(ctx)
+    second = joined(ctx, conn, address_id=4)
+    ctx.iut.delete_endpoint(ctx.iut_address("eth0"))
+    removal = ctx.tester.expect_pattern(
+        Pattern(option=RemoveAddr, what="REMOVE_ADDR"), 1,
+        owner=lambda s: first.owns(s) or second.owns(s),
+    )  # fmt: skip
+    if 0 not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR for the initial address without ID 0: {removal.describe()}")
+    first.expect(within=1, what="RST or FIN on the initial subflow",
+                 where=lambda s: bool(s.flags & (RST | FIN)))  # fmt: skip
+    exchange(ctx, conn, second, b"on the join", on=second)
+
+
+@case(
     section="3.4.1",
     level=SHOULD,
     versions=(0, 1),
