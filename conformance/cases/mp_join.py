@@ -1077,3 +1077,28 @@ def initiator_joins_from_ipv4_mapped_endpoint(ctx: Context) -> None:
     connection's family (mptcp_join.sh "single subflow IPv4-mapped")."""
     mapped = f"::ffff:{ctx.iut_address('eth1')}"
     _join_after_live_endpoint(ctx, mapped)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A connection the IUT's application opens to the tester's IPv4-mapped IPv6 "
+    "address (::ffff:ADDR, an IPv6 socket) runs over IPv4, and the IUT's IPv4 subflow "
+    "endpoint joins it over IPv4 (token, HMAC-A valid).",
+)
+def initiator_ipv4_mapped_connection_joins_over_ipv4(ctx: Context) -> None:
+    """expect for the SYNs, which open subflows; expect_next for the third ACKs, the
+    answers to the SYN/ACKs (`initiated`, `complete_iut_join`). RFC 4291 §2.5.5.2: the
+    mapped address is the IPv4 node's, so the connection and its subflows are IPv4 ones
+    (mptcp_join.sh "single subflow v4-map-v6": an IPv6 socket, an IPv4 path)."""
+    _subflow_endpoint(ctx)
+    mapped = f"::ffff:{ctx.tester.address('eth0')}"
+    conn, sf, _ = initiated(ctx, address=mapped)
+    if ":" in sf.remote:
+        raise deviates(f"the connection to {mapped} is not over IPv4: {sf!r}")
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                            what="the IUT's join SYN over IPv4")  # fmt: skip
+    complete_iut_join(ctx, conn, syn)

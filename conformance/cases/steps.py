@@ -78,11 +78,14 @@ def _data_pattern() -> Pattern:
 
 
 def iut_syn(
-    ctx: Context, *, mode: str = "sink", nbytes: int = 0, source: str | None = None
-) -> Segment:
-    """The IUT connects to the tester: its SYN with MP_CAPABLE."""
+    ctx: Context, *, mode: str = "sink", nbytes: int = 0, source: str | None = None,
+    address: str | None = None,
+) -> Segment:  # fmt: skip
+    """The IUT connects to the tester (its eth0 address, or `address`, a spelling of it
+    such as the IPv4-mapped one): its SYN with MP_CAPABLE."""
     t = ctx.tester
-    ctx.iut.connect(t.address("eth0"), ctx.port, mode=mode, nbytes=nbytes, source=source)
+    target = address or t.address("eth0")
+    ctx.iut.connect(target, ctx.port, mode=mode, nbytes=nbytes, source=source)
     # the deadline covers the IUT's start (a userspace IUT is a new process, slow on a
     # loaded machine), not a protocol timer
     return t.expect("S", MpCapable, dport=ctx.port, within=5, what="SYN with MP_CAPABLE")
@@ -95,12 +98,13 @@ def initiated(
     nbytes: int = 0,
     source: str | None = None,
     synack_flags: int | None = None,
+    address: str | None = None,
 ) -> tuple[MptcpConnection, Subflow, Segment]:
     """The IUT connects to the tester, which accepts MP_CAPABLE, reads Key-A from the
     third ACK (the IUT's next segment: `expect_next`, its SYN sent again excepted) and
     acknowledges it at the data level (fully established). In v0 Key-A came on the SYN
     already, and the third ACK must repeat it (RFC 6824 §3.1)."""
-    syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source)
+    syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source, address=address)
     kwargs = {} if synack_flags is None else {"flags": synack_flags}
     conn, sf = ctx.tester.accept_mp_capable(syn, version=ctx.version, **kwargs)
     ack = sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
