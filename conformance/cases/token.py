@@ -6,7 +6,7 @@ RFC 8684; the tester derives tokens and IDSNs with the case's version.
 
 from __future__ import annotations
 
-from conformance.cases import INITIATOR, LISTENER, MUST, Context, case
+from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     capable_syn,
     established,
@@ -14,6 +14,7 @@ from conformance.cases.steps import (
     expect_data_ack,
     expect_rst,
     initiated,
+    join_refused,
     join_syn,
     joined,
     tester_syn,
@@ -22,6 +23,7 @@ from conformance.model import deviates
 from conformance.tester import TesterError
 from stack import crypto
 from stack.wire.mptcp import Dss, MpCapable, MpFastclose, MpJoinSynAck
+from stack.wire.tcp import FIN
 
 
 @case(
@@ -261,3 +263,31 @@ def initiator_data_ack_uses_tester_idsn(ctx: Context) -> None:
     payload = b"y" * 100
     ctx.tester.send_data(conn, sf, payload)
     expect_data_ack(sf, conn.data_snd_nxt)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    role=LISTENER,
+    versions=(0, 1),
+    expected="Once a connection is closed in order (both DATA_FINs acknowledged, the "
+    "subflow closed with FINs both ways), a join SYN with its token is refused with RST "
+    "(at the SYN, or at the latest after the third ACK).",
+)
+def join_token_of_connection_closed_in_order(ctx: Context) -> None:
+    """expect for the IUT's DATA_FIN and FIN, its own (other segments may come first);
+    expect_next (`join_refused`) for the refusal, the answer to the join. RFC 8684 §3.2:
+    a token that names no connection is refused with RST; after §3.3.3's orderly close
+    the connection is gone (`join_token_of_closed_connection` is the MP_FASTCLOSE way)."""
+    conn, sf = established(ctx, mode="source", nbytes=300)
+    data_fin = sf.expect(option=Dss, within=2, what="the IUT's DATA_FIN",
+                         where=lambda s: s.need(Dss).data_fin)  # fmt: skip
+    sf.send("A", [conn.data_ack()])
+    dss = conn.mapping(sf, b"", data_fin=True)
+    sf.send("A", [dss])
+    fin = data_fin if data_fin.flags & FIN else sf.expect(
+        within=1.5, what="the IUT's subflow FIN", where=lambda s: bool(s.flags & FIN)
+    )  # fmt: skip
+    sf.send("FA", [conn.data_ack()], ack=(fin.seq + len(fin.payload) + 1) & 0xFFFFFFFF)
+    join, _ = join_syn(ctx, conn.remote_token, address_id=3)
+    join_refused(ctx, conn, join)
