@@ -92,7 +92,9 @@ class KernelIut(Iut):
             if endpoint.address == address:
                 self.control.delete_endpoint(endpoint.id)
                 return
-        raise IutError(f"kernel: no endpoint {address}")
+        # no endpoint: the address of the initial subflows, ID 0 (as mptcp_join.sh's
+        # "remove id 0" tests: `ip mptcp endpoint delete id 0 ADDR`)
+        self.control.delete_initial_address(address)
 
     def set_sysctl(self, name: str, value: str | int) -> None:
         self.control.set_sysctl(name, value)
