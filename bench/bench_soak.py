@@ -705,6 +705,9 @@ def evidence(transfer: Transfer) -> list[str]:
         found.append(f"stack subflows: {stack}; counters: {counters}")
     else:
         found.append("stack: no report of this connection")
+    at_abort = transfer.server.get("mptcp", {}).get("state_at_abort")
+    if at_abort:
+        found.append(f"stack state when its close gave up: {json.dumps(at_abort)}")
     if transfer.stack_state:
         found.append(f"stack state at the stall: {json.dumps(transfer.stack_state)}")
     if transfer.client_counters:

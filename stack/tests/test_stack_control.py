@@ -346,6 +346,21 @@ def test_state_shows_each_live_connection_and_its_subflows(
         wait_until(lambda: _closing_done(stack), 10, "the subflows to finish closing")
 
 
+def test_memory_says_where_the_memory_is(topology: Callable[..., Topology]) -> None:
+    """`{"cmd": "memory"}`: what a user asks when the process grows: VmRSS, glibc's heap,
+    the live connections and the most numerous object types (no tracemalloc here)."""
+    with served(topology, ",signal") as (topo, stack, kernel):
+        sock = kernel_client(topo, kernel)
+        wait_until(lambda: _received(stack) >= BLOCK, 10, "the first MiB at the data level")
+        answer = stack.command(json.dumps({"cmd": "memory", "top": 5}))
+        assert answer["ok"] is True and answer["connections"] == 1, answer
+        assert answer["rss_kib"] > 0 and len(answer["objects"]) == 5
+        if answer["malloc"] is not None:  # glibc 2.33 and later
+            assert answer["malloc"]["heap"] >= answer["malloc"]["heap_in_use"] > 0
+        assert "traced" not in answer
+        finish(sock, stack, 2 * BLOCK)
+
+
 def _closing_done(stack: StackProcess) -> bool:
     connections = stack.command(json.dumps({"cmd": "state"}))["connections"]
     return all(
