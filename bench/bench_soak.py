@@ -395,6 +395,8 @@ class Client(threading.Thread):
                 "error": report.error, "duration_s": report.duration_s, "mptcp": report.mptcp,
                 "joins": sum(not s.get("initial") for s in subflows),
                 "subflows": subflows,
+                # the stack's internals when its close gave up (data unacknowledged)
+                "state_at_abort": report.extra.get("mptcp", {}).get("state_at_abort"),
                 "counters": {k: v for k, v in report.extra.get("mptcp", {}).get("counters", {})
                              .items() if v},
             }  # fmt: skip
@@ -705,7 +707,7 @@ def evidence(transfer: Transfer) -> list[str]:
         found.append(f"stack subflows: {stack}; counters: {counters}")
     else:
         found.append("stack: no report of this connection")
-    at_abort = transfer.server.get("mptcp", {}).get("state_at_abort")
+    at_abort = transfer.server.get("state_at_abort")
     if at_abort:
         found.append(f"stack state when its close gave up: {json.dumps(at_abort)}")
     if transfer.stack_state:
