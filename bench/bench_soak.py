@@ -107,7 +107,8 @@ WARMUP_S = 60.0
 SHARE = 0.20  # the first and last 20 % of the measured time
 GOAL_RSS = 0.10
 CHUNK = 1 << 18
-NOTED_COUNTERS = ("Join", "Rst", "Reset", "Fail", "Fallback", "DSS", "Mismatch", "Drop")
+NOTED_COUNTERS = ("Join", "Rst", "Reset", "Fail", "Fallback", "DSS", "Mismatch", "Drop",
+                  "Duplicate", "Retrans")  # fmt: skip
 
 Progress = Any  # Callable[[str], None]
 
@@ -679,7 +680,7 @@ def lines(figures: dict[str, Any]) -> list[str]:
         "stack CPU: n/a",
         f"stack subflows ended by an error: {sum(errors.values())}",
         *(f"  {count} x {error}" for error, count in errors.items()),
-        "kernel client's MPTcpExt counters (joins, resets, fallbacks): " + (", ".join(
+        "kernel client's MPTcpExt counters (joins, resets, retransmissions): " + (", ".join(
             f"{name} {value}" for name, value in figures["kernel_counters"].items()
             if any(word in name for word in NOTED_COUNTERS)) or "none moved"),
     ]  # fmt: skip

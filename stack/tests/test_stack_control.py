@@ -267,7 +267,8 @@ def test_connect_takes_commands_too(topology: Callable[..., Topology]) -> None:
     [
         ("not json", "not JSON"),
         ("[1, 2]", "expected a JSON object"),
-        ('{"cmd": "reboot"}', "unknown cmd 'reboot'; commands: add_endpoint, memory, remove_endpoint"),
+        ('{"cmd": "reboot"}',
+         "unknown cmd 'reboot'; commands: add_endpoint, memory, remove_endpoint"),
         ('{"cmd": "set_backup", "address": "198.51.100.2"}', "needs 'backup': true or false"),
         ('{"cmd": "set_backup", "address": "nowhere", "backup": true}',
          "'nowhere' is not an IP address"),
