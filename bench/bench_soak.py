@@ -107,7 +107,8 @@ WARMUP_S = 60.0
 SHARE = 0.20  # the first and last 20 % of the measured time
 GOAL_RSS = 0.10
 CHUNK = 1 << 18
-NOTED_COUNTERS = ("Join", "Rst", "Reset", "Fail", "Fallback", "DSS", "Mismatch", "Drop")
+NOTED_COUNTERS = ("Join", "Rst", "Reset", "Fail", "Fallback", "DSS", "Mismatch", "Drop",
+                  "Duplicate", "Retrans")  # fmt: skip
 
 Progress = Any  # Callable[[str], None]
 
@@ -197,6 +198,10 @@ class Transfer:
     duration_s: float = 0.0
     client_mptcp: dict[str, Any] = field(default_factory=dict)
     client_subflows: list[dict[str, Any]] = field(default_factory=list)  # on failure
+    # on a stall or failure: the stack's `state` of this connection, the kernel's ss -tinmM
+    stack_state: dict[str, Any] = field(default_factory=dict)
+    client_state: str = ""
+    client_counters: dict[str, int] = field(default_factory=dict)
     error: str = ""
     stalled: str = ""
     outcome: str = "running"  # intact, corrupted, stalled, failed
@@ -300,12 +305,30 @@ class Client(threading.Thread):
             transfer.client_mptcp = mptcp_status(sock)
         token = transfer.client_mptcp.get("token")
         if token is None:
+            self._capture_state()
             return
         with contextlib.suppress(Exception):  # evidence only: never fails the judgement
             transfer.client_subflows = [
                 {**asdict(s), "state": s.state_name}
                 for s in self.bench.client.control.subflows(token)
             ]
+        self._capture_state()
+
+    def _capture_state(self) -> None:
+        """Both ends' view of a connection that stalled or failed, while it is still
+        open: the stack's `state` control command (data level, every subflow) for this
+        connection, and the kernel's `ss -tinmM` (msk and subflows, tcp_info, memory)."""
+        transfer = self.transfer
+        with contextlib.suppress(Exception):  # evidence only
+            states = json.loads(self.bench.stack.snapshot() or "null") or []
+            transfer.stack_state = next(
+                (c for c in states if c.get("remote") == transfer.local), {"connections": states}
+            )
+        with contextlib.suppress(Exception):
+            transfer.client_state = self.bench.client.snapshot()
+        with contextlib.suppress(Exception):  # the client host's MPTcpExt since the start
+            transfer.client_counters = counters_diff(self.bench.counters_before,
+                                                     self.bench.client.counters())  # fmt: skip
 
     def _exchange(self, sock: socket.socket) -> None:
         """Send the N bytes (then SHUT_WR) while reading the echo, until its end of stream."""
@@ -373,6 +396,8 @@ class Client(threading.Thread):
                 "error": report.error, "duration_s": report.duration_s, "mptcp": report.mptcp,
                 "joins": sum(not s.get("initial") for s in subflows),
                 "subflows": subflows,
+                # the stack's internals when its close gave up (data unacknowledged)
+                "state_at_abort": report.extra.get("mptcp", {}).get("state_at_abort"),
                 "counters": {k: v for k, v in report.extra.get("mptcp", {}).get("counters", {})
                              .items() if v},
             }  # fmt: skip
@@ -426,6 +451,7 @@ class Soak:
         self.topo, self.client, self.stack = topo, client, stack
         self.args, self.progress = args, progress
         self.kernel_counters: dict[str, int] = {}  # the client's MPTcpExt that moved
+        self.counters_before: dict[str, int] = {}
         self.duration = args.minutes * 60.0
         self.pid = stack._processes[0].pid
         rng = random.Random(args.seed)
@@ -517,7 +543,7 @@ class Soak:
         sampler = threading.Thread(target=self._sample, daemon=True, name="rss")
         sampler.start()
         next_progress = PROGRESS_EVERY
-        before = self.client.counters()
+        before = self.counters_before = self.client.counters()
         try:
             while (t := self.now()) < self.duration:
                 self.wake.clear()
@@ -654,7 +680,7 @@ def lines(figures: dict[str, Any]) -> list[str]:
         "stack CPU: n/a",
         f"stack subflows ended by an error: {sum(errors.values())}",
         *(f"  {count} x {error}" for error, count in errors.items()),
-        "kernel client's MPTcpExt counters (joins, resets, fallbacks): " + (", ".join(
+        "kernel client's MPTcpExt counters (joins, resets, retransmissions): " + (", ".join(
             f"{name} {value}" for name, value in figures["kernel_counters"].items()
             if any(word in name for word in NOTED_COUNTERS)) or "none moved"),
     ]  # fmt: skip
@@ -682,6 +708,19 @@ def evidence(transfer: Transfer) -> list[str]:
         found.append(f"stack subflows: {stack}; counters: {counters}")
     else:
         found.append("stack: no report of this connection")
+    at_abort = transfer.server.get("state_at_abort")
+    if at_abort:
+        found.append(f"stack state when its close gave up: {json.dumps(at_abort)}")
+    if transfer.stack_state:
+        found.append(f"stack state at the stall: {json.dumps(transfer.stack_state)}")
+    if transfer.client_counters:
+        found.append(
+            "kernel client's MPTcpExt counters that had moved at the stall: "
+            + ", ".join(f"{k} {v}" for k, v in transfer.client_counters.items())
+        )
+    if transfer.client_state:
+        found.append("kernel client's ss -tinmM at the stall:")
+        found.extend(f"  {line}" for line in transfer.client_state.splitlines())
     return found
 
 

@@ -53,6 +53,8 @@ def run_connection(
     report.mptcp = sock.msk.describe()
     if sock.close_error and not report.error:
         report.error = sock.close_error  # what was sent may not have arrived
+    if sock.close_state:
+        report.mptcp["state_at_abort"] = sock.close_state
     return report
 
 

@@ -639,6 +639,7 @@ class MptcpSocket:
         # set when close() had to abort with our data not all acknowledged (close
         # returns like a kernel socket's; a report says what was lost)
         self.close_error = ""
+        self.close_state: dict[str, Any] = {}  # the connection's internals when close gave up
 
     @property
     def msk(self) -> MptcpConnection:
@@ -712,6 +713,9 @@ class MptcpSocket:
             self._wait(lambda: msk.finished, timeout, "close")
         if not msk.finished:
             lost = not msk.sent_done
+            if lost:  # what it waited on, for the report (`internals`, as cmd "state")
+                with contextlib.suppress(Exception):
+                    self.close_state = self.stack._on_loop(msk.internals)
             self.abort()
             if lost:  # what the application wrote may not have arrived: say so
                 self.close_error = (f"close: the peer had not acknowledged all our data "

@@ -8,6 +8,7 @@ One JSON object per line on stdin, each answered by exactly one line on stdout, 
     {"cmd": "remove_endpoint", "address": A}             # REMOVE_ADDR, A's subflows reset
     {"cmd": "add_endpoint", "address": A, "flags": ["signal"], "id": N, "port": P}
     {"cmd": "state"}                 # each live connection's data-level and subflow state
+    {"cmd": "memory", "top": 20}     # where the process's memory is (see `_memory`)
 
 `add_endpoint` takes one of the stack's `--interface` addresses that has no endpoint
 flags now (given without any, or removed before); `id` defaults to the ID the address
@@ -17,11 +18,15 @@ the process: it gets an answer naming the problem. End of input ends the channel
 
 from __future__ import annotations
 
+import collections
+import gc
 import ipaddress
 import json
+import tracemalloc
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from stack.alloc import malloc_stats
 from stack.api import Stack
 from stack.mptcp.pm import FLAG_NAMES, Endpoint
 
@@ -117,7 +122,27 @@ def _state(stack: Stack, command: dict[str, Any]) -> Answer:
     return {"connections": stack.connection_states()}
 
 
+def _memory(stack: Stack, command: dict[str, Any]) -> Answer:
+    """What holds the process's memory, for a user watching it grow: VmRSS, glibc's
+    account of its heap (`malloc_stats`), the live connections, the `top` most numerous
+    object types (gc), and, when the process runs with tracemalloc on
+    (PYTHONTRACEMALLOC=1), the `top` source lines holding the most memory."""
+    top = _field(command, "top", int, "a count") if "top" in command else 20
+    with open("/proc/self/status") as status:
+        rss = next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+    types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    answer: Answer = {"rss_kib": rss, "malloc": malloc_stats(),
+                      "connections": len(stack._drivers),
+                      "objects": dict(types.most_common(top))}  # fmt: skip
+    if tracemalloc.is_tracing():
+        stats = tracemalloc.take_snapshot().statistics("lineno")[:top]
+        answer["traced"] = [{"where": str(s.traceback[0]), "kib": s.size // 1024,
+                             "count": s.count} for s in stats]  # fmt: skip
+    return answer
+
+
 COMMANDS: dict[str, Callable[[Stack, dict[str, Any]], Answer]] = {
+    "memory": _memory,
     "state": _state,
     "set_backup": _set_backup,
     "remove_endpoint": _remove_endpoint,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from stack.alloc import pin_mmap_threshold
+from stack.alloc import pin_mmap_threshold, release_free_memory
 from stack.link import LOCAL_QUEUE_LIMIT, RawLink, in_netns, open_in_netns
 from stack.linkwatch import LinkWatcher
 from stack.neighbour import NeighbourCounters, NeighbourTable, Release, Solicit
@@ -77,6 +77,10 @@ from stack.wire.tcp import (
 ETH_P_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
 EPHEMERAL_PORTS = range(32768, 61000)  # as Linux's ip_local_port_range
+# s between two returns of the heap's free pages to the system, done by a busy loop
+# (stack/alloc.py): a trim costs about a millisecond, and pages it gives back that are
+# used again cost a fault each
+TRIM_EVERY = 5.0
 
 FourTuple = tuple[IPAddress, int, IPAddress, int]  # local address, port, remote address, port
 
@@ -158,6 +162,7 @@ class Host:
         self._listeners: dict[int, PortListener] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
+        self._trimmed = clock()  # when the heap's free pages last went back (alloc.py)
         self._calls: deque[Callable[[], None]] = deque()
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
@@ -293,6 +298,10 @@ class Host:
                 self._end_batch()
         while self._calls:
             self._calls.popleft()()
+        now = self.clock()
+        if now - self._trimmed >= TRIM_EVERY:
+            self._trimmed = now
+            release_free_memory()
 
     def _on_link_changes(self, changes: list[tuple[str, bool]]) -> None:
         if not changes:

@@ -64,7 +64,7 @@ from stack.tcp.events import (
     Reset,
     TcpState,
 )
-from stack.tcp.segment import ACK, PSH, RST, SYN, Segment
+from stack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 from stack.wire.mptcp import (
     MPC_FLAG_C,
     MPTCP_RST_EMIDDLEBOX,
@@ -582,6 +582,19 @@ class MptcpConnection:
         elif not sf.initial and sf.tcp.passive and sf.phase is Phase.CONNECTING:
             self._on_join_ack(sf, options)
             return
+        elif (
+            not sf.initial
+            and sf.tcp.passive
+            and rel == 1
+            and not seg.payload
+            and not flags & FIN
+            and any(isinstance(o, MpJoinAck) for o in options)
+        ):
+            # the joining peer sent its third ACK again: our fourth ACK was lost, and
+            # it sends no data until it has one (RFC 8684 §3.2). Answered at once, as
+            # Linux (check_fully_established: tcp_send_ack on a passive join's 3rd
+            # ACK retransmission), so the join completes even if we have nothing to send
+            sf.ack_due = True
         elif sf.phase is Phase.PRE_ESTABLISHED or (faults.ACTIVE and sf.join_ack_due):
             # the fourth ACK (RFC 8684 §3.2): the join is complete, data may flow
             sf.phase = Phase.ESTABLISHED
@@ -1530,14 +1543,25 @@ class MptcpConnection:
         ack = next((o for o in options if isinstance(o, MpJoinAck)), None)
         join = sf.join
         assert join is not None
-        if ack is None or (
-            ack.hmac != join.expected_ack_hmac()
-            and not (faults.ACTIVE and faults.on("join_accept_bad_hmac_a"))
+        if ack is None:
+            # no HMAC-A to check, so the subflow cannot be authenticated: reset (RFC
+            # 8684 §3.2), as Linux (a fallback, fatal for a join: MP_TCPRST reason 1,
+            # and no MPJoinAckHMacFailure). Linux itself sends this: a joining Linux
+            # whose third ACK was lost repeats it without MP_JOIN once a DATA_FIN of
+            # its own is pending (options.c: "DATA_FIN and TCP shutdown take
+            # precedence"), a DSS with the DATA_FIN in its place; no HMAC failed
+            self._count("MPJoinAckMissing")
+            sf.phase = Phase.FAILED
+            sf.rst_reason = MPTCP_RST_EMPTCP
+            sf.error = "third ACK without MP_JOIN (no HMAC-A)"
+            return
+        if ack.hmac != join.expected_ack_hmac() and not (
+            faults.ACTIVE and faults.on("join_accept_bad_hmac_a")
         ):
             self._count("MPJoinAckHMacFailure")
             sf.phase = Phase.FAILED
             sf.rst_reason = MPTCP_RST_EMPTCP
-            sf.error = "third ACK without a valid MP_JOIN HMAC"
+            sf.error = "third ACK with a wrong MP_JOIN HMAC-A"
             return
         if (self.paths is not None and not self.paths.accept_join()
                 and not (faults.ACTIVE and faults.on("join_no_subflow_limit"))):  # fmt: skip

@@ -282,7 +282,8 @@ def test_connect_takes_commands_too(topology: Callable[..., Topology]) -> None:
     [
         ("not json", "not JSON"),
         ("[1, 2]", "expected a JSON object"),
-        ('{"cmd": "reboot"}', "unknown cmd 'reboot'; commands: add_endpoint, remove_endpoint"),
+        ('{"cmd": "reboot"}',
+         "unknown cmd 'reboot'; commands: add_endpoint, memory, remove_endpoint"),
         ('{"cmd": "set_backup", "address": "198.51.100.2"}', "needs 'backup': true or false"),
         ('{"cmd": "set_backup", "address": "nowhere", "backup": true}',
          "'nowhere' is not an IP address"),
@@ -359,6 +360,21 @@ def test_state_shows_each_live_connection_and_its_subflows(
         finish(sock, stack, 2 * BLOCK)
         # both DATA_FINs done: what is left waits only on TCP's TIME_WAIT (2 MSL)
         wait_until(lambda: _closing_done(stack), 10, "the subflows to finish closing")
+
+
+def test_memory_says_where_the_memory_is(topology: Callable[..., Topology]) -> None:
+    """`{"cmd": "memory"}`: what a user asks when the process grows: VmRSS, glibc's heap,
+    the live connections and the most numerous object types (no tracemalloc here)."""
+    with served(topology, ",signal") as (topo, stack, kernel):
+        sock = kernel_client(topo, kernel)
+        wait_until(lambda: _received(stack) >= BLOCK, 10, "the first MiB at the data level")
+        answer = stack.command(json.dumps({"cmd": "memory", "top": 5}))
+        assert answer["ok"] is True and answer["connections"] == 1, answer
+        assert answer["rss_kib"] > 0 and len(answer["objects"]) == 5
+        if answer["malloc"] is not None:  # glibc 2.33 and later
+            assert answer["malloc"]["heap"] >= answer["malloc"]["heap_in_use"] > 0
+        assert "traced" not in answer
+        finish(sock, stack, 2 * BLOCK)
 
 
 def _closing_done(stack: StackProcess) -> bool:
