@@ -7,8 +7,8 @@ a `result`, or `ok` false with `error` (text) and `kind` (the exception's class 
 Unsolicited lines are events: `{"event": "ready", ...}` once booted, `{"event": "report",
 ...}` each time an application connection of the IUT ends. Commands:
 
-- `ping`: the kernel release; `run` (argv, timeout): wait and return the exit status and
-  output; `start` (argv): a handle; `wait` (handle, timeout); `kill` (handle); `exit`:
+- `ping`: the kernel release; `run` (argv, within: seconds): wait and return the exit status and
+  output; `start` (argv): a handle; `wait` (handle, within); `kill` (handle); `exit`:
   power off.
 - `setup` (host, interfaces): a fresh network namespace holding the NICs, renamed and
   addressed as the topology's server host (its MACs, MTUs, addresses, routes, sysctls),
@@ -164,7 +164,7 @@ class Agent:
         try:
             done = subprocess.run(
                 request["argv"], capture_output=True, text=True,
-                timeout=float(request.get("timeout", 30)), check=False,
+                timeout=float(request.get("within", 30)), check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return {"returncode": None, "stdout": "", "stderr": "timed out"}
@@ -183,7 +183,7 @@ class Agent:
     def do_wait(self, request: dict[str, Any]) -> dict[str, Any]:
         process = self.processes[int(request["handle"])]
         try:
-            stdout, stderr = process.communicate(timeout=float(request.get("timeout", 30)))
+            stdout, stderr = process.communicate(timeout=float(request.get("within", 30)))
         except subprocess.TimeoutExpired:
             return {"returncode": None}
         del self.processes[process.pid]

@@ -128,6 +128,7 @@ class VirtualMachine:
                 raise VmError(f"{tool} is missing: apt-get install qemu-system-x86 "
                               "(.ci/bootstrap installs it)")  # fmt: skip
         initrd = initramfs.build(self.kernel.modules, cache_dir() / "initramfs")
+        reclaim()  # the files of VMs whose run was killed
         try:
             self.ns = Namespace.create(f"{VM_PREFIX}{secrets.token_hex(3)}")
             self.dir = RUN_DIR / self.ns.name
@@ -254,14 +255,17 @@ class VirtualMachine:
         assert self.dir is not None
         deadline = started + self.boot_timeout
         while not self._ready_event.wait(0.05):
-            if self._dead:
-                raise VmError(f"the guest died while booting ({self._dead}); console: "
-                              f"{_tail(self.dir / 'console.log')}")  # fmt: skip
+            if self._dead and self.qemu is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.qemu.wait(2.0)  # the channel closes first when QEMU gives up
             if self.qemu is not None and self.qemu.poll() is not None:
                 raise VmError(
                     f"QEMU exited {self.qemu.returncode} while booting {self.kernel.name}: "
-                    f"{_tail(self.dir / 'qemu.log')} console: {_tail(self.dir / 'console.log')}"
+                    f"{_tail(self.dir / 'qemu.log')}; console: {_tail(self.dir / 'console.log')}"
                 )
+            if self._dead:
+                raise VmError(f"the guest died while booting ({self._dead}); console: "
+                              f"{_tail(self.dir / 'console.log')}")  # fmt: skip
             if time.monotonic() > deadline:
                 raise VmError(
                     f"the guest ({self.kernel.name}) was not up within {self.boot_timeout:.0f} s "
