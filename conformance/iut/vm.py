@@ -48,24 +48,26 @@ _machines: dict[str, VirtualMachine] = {}
 _machines_lock = threading.Lock()
 
 
-def machine(kernel: kernels.Kernel) -> VirtualMachine:
-    """This process's VM of `kernel`, booted on first use (or again after it died)."""
+def machine(kernel: kernels.Kernel, role: str = "server") -> VirtualMachine:
+    """This process's VM of `kernel` for the host `role` (an interop cell of a kernel
+    against itself needs two), booted on first use (or again after it died)."""
+    key = f"{kernel.name}/{role}"
     with _machines_lock:
-        vm = _machines.get(kernel.name)
+        vm = _machines.get(key)
         if vm is not None and not vm.alive():
-            _machines.pop(kernel.name)
+            _machines.pop(key)
             vm.close()
             vm = None
         if vm is None:
             vm = VirtualMachine(kernel)
             vm.start()
-            _machines[kernel.name] = vm
+            _machines[key] = vm
         return vm
 
 
-def discard(kernel_name: str) -> None:
+def discard(key: str) -> None:
     with _machines_lock:
-        vm = _machines.pop(kernel_name, None)
+        vm = _machines.pop(key, None)
     if vm is not None:
         vm.close()
 
@@ -106,8 +108,9 @@ class VmKernelIut(Iut):
         self._set_up = False
         self._stopped = False
         kernel = self.kernel()
+        self._key = f"{kernel.name}/{host}"
         try:
-            self.vm = machine(kernel)
+            self.vm = machine(kernel, host)
         except VmError as error:
             raise IutError(f"{self.name}: {error}") from None
         self.vm.on_event = self._event
@@ -124,7 +127,7 @@ class VmKernelIut(Iut):
         except BaseException as error:
             self._unwire()
             if isinstance(error, VmError) and not self.vm.alive():
-                discard(kernel.name)
+                discard(self._key)
             if isinstance(error, (VmError, subprocess.CalledProcessError)):
                 raise IutError(f"{self.name}: setting the guest up failed: {error}") from None
             raise
@@ -293,7 +296,7 @@ class VmKernelIut(Iut):
                 self.vm.call("teardown", TEARDOWN_TIMEOUT)
         except VmError as error:  # the reset failed: the next case gets a new VM
             log.warning("%s: %s; the VM is closed", self.name, error)
-            discard(self.kernel().name)
+            discard(self._key)
         finally:
             self.vm.on_event = None
             with contextlib.suppress(Exception):

@@ -326,16 +326,49 @@ class Agent:
 
 
 def _guest_iut_class() -> type:
-    from conformance.iut.base import AppReport
+    import errno
+
+    from conformance.iut.base import AppReport, NotSupported
     from conformance.iut.kernel import KernelIut
 
     class _GuestKernelIut(KernelIut):
+        """The host kernel's driver, unchanged, but for what an older kernel lacks: that
+        is not applicable to it (NotSupported), not a harness fault."""
+
         agent: Agent | None = None
 
         def _add_report(self, report: AppReport) -> None:
             super()._add_report(report)
             if self.agent is not None:
                 self.agent.send({"event": "report", "pickle": pack(report)})
+
+        def set_sysctl(self, name: str, value: str | int) -> None:
+            if not Path("/proc/sys", *name.split(".")).exists():
+                raise NotSupported(
+                    f"Linux {os.uname().release} has no sysctl {name}: the case needs it"
+                )
+            super().set_sysctl(name, value)
+
+        def listen(self, port: int, **kwargs: Any) -> None:
+            try:
+                super().listen(port, **kwargs)
+            except OSError as error:
+                self._no_fastopen(error, "TCP_FASTOPEN on a listener")
+                raise
+
+        def connect(self, address: str, port: int, **kwargs: Any) -> None:
+            try:
+                super().connect(address, port, **kwargs)
+            except OSError as error:
+                self._no_fastopen(error, "TCP_FASTOPEN_CONNECT")
+                raise
+
+        def _no_fastopen(self, error: OSError, what: str) -> None:
+            if self._fastopen and error.errno == errno.ENOPROTOOPT:
+                raise NotSupported(
+                    f"MPTCP sockets of Linux {os.uname().release} take no {what} "
+                    "(ENOPROTOOPT): no TCP Fast Open there"
+                ) from None
 
     return _GuestKernelIut
 
