@@ -279,13 +279,21 @@ class VmKernelIut(Iut):
     def listen(
         self, port: int, *, mode: str = "echo", nbytes: int = 0, address: str | None = None
     ) -> None:
+        self._send_data_seed()
         self._call("listen", port, mode=mode, nbytes=nbytes, address=address)
 
     def connect(
         self, address: str, port: int, *, mode: str = "sink", nbytes: int = 0,
         source: str | None = None,
     ) -> None:  # fmt: skip
+        self._send_data_seed()
         self._call("connect", address, port, mode=mode, nbytes=nbytes, source=source)
+
+    def _send_data_seed(self) -> None:
+        """What a `source` sends is chosen on this side (`data_seed`): the guest's driver
+        must send the same."""
+        if self.data_seed is not None:
+            self._call("set_data_seed", self.data_seed)
 
     def stop(self) -> None:
         if self._stopped:

@@ -45,7 +45,7 @@ IUT_METHODS = frozenset(
     {
         "set_limits", "add_endpoint", "set_backup", "delete_endpoint", "set_sysctl",
         "enable_fastopen", "listen", "connect", "counters", "subflows", "connections",
-        "snapshot", "reports",
+        "snapshot", "reports", "set_data_seed",
     }
 )  # fmt: skip
 
@@ -327,20 +327,44 @@ class Agent:
 
 def _guest_iut_class() -> type:
     import errno
+    import socket
 
     from conformance.iut.base import AppReport, NotSupported
     from conformance.iut.kernel import KernelIut
+    from testbed.mptcp import TCP_IS_MPTCP
+
+    SOL_MPTCP, MPTCP_INFO = 284, 1  # linux/socket.h, linux/mptcp.h
 
     class _GuestKernelIut(KernelIut):
         """The host kernel's driver, unchanged, but for what an older kernel lacks: that
         is not applicable to it (NotSupported), not a harness fault."""
 
         agent: Agent | None = None
+        _in_use: dict[int, bool] = {}  # thread -> MPTCP in use (see _play)
+
+        def _play(self, conn: socket.socket, mode: str, nbytes: int) -> None:
+            """Linux 6.1's MPTCP sockets answer no TCP_IS_MPTCP: there MPTCP_INFO tells
+            (a connection that fell back passes it to TCP, which refuses it)."""
+            try:
+                conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP)
+            except OSError:
+                try:
+                    conn.getsockopt(SOL_MPTCP, MPTCP_INFO, 64)
+                    self._in_use[threading.get_ident()] = True
+                except OSError:
+                    self._in_use[threading.get_ident()] = False
+            super()._play(conn, mode, nbytes)
 
         def _add_report(self, report: AppReport) -> None:
+            in_use = self._in_use.pop(threading.get_ident(), None)
+            if report.mptcp is None and in_use is not None:
+                report.mptcp = in_use
             super()._add_report(report)
             if self.agent is not None:
                 self.agent.send({"event": "report", "pickle": pack(report)})
+
+        def set_data_seed(self, seed: int | None) -> None:
+            self.data_seed = seed  # what a `source` sends (the interop matrix sets it)
 
         def set_sysctl(self, name: str, value: str | int) -> None:
             if not Path("/proc/sys", *name.split(".")).exists():
