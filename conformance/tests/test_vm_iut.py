@@ -1,9 +1,9 @@
 """Conformance cases against kernels in VMs (kernel-6.12, kernel-6.1), real packets.
 
 One test per kernel runs a few cases in one VM (booted once, 5-7 s): a handshake over
-IPv4 and IPv6, the kernel as initiator, a join with endpoints and a live backup change,
-checks the reset between them, and an interop cell (stack-v1 uploading to it). Skipped, with the fetch command, when the kernel is
-not fetched.
+IPv4 and IPv6, the kernel as initiator, a join with endpoints, a live backup change and
+TCP Fast Open, with the reset checked between them, then an interop cell (stack-v1
+uploading to it). Skipped, with the fetch command, when the kernel is not fetched.
 """
 
 from __future__ import annotations
