@@ -142,3 +142,20 @@ def test_unfetched_kernel_is_unavailable_with_the_reason(
         pytest.skip("qemu-system-x86_64 is missing: run .ci/bootstrap")
     reason = Kernel61Iut.unavailable()
     assert reason == "kernel 6.1 not fetched: run python -m testbed vm fetch 6.1"
+
+
+def test_kernel_without_mptcp_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose kernel has no /proc/sys/net/mptcp (as its agent reports) is closed
+    with a clear error. (No such kernel is at hand: the boot is stubbed.)"""
+    kernel = _kernel("6.12")
+    vm = VirtualMachine(kernel)
+    for step in ("_start_virtiofsd", "_start_qemu", "_connect"):
+        monkeypatch.setattr(vm, step, lambda *args: None)
+
+    def booted(started: float) -> None:
+        vm.ready = {"event": "ready", "mptcp": False, "release": "6.0.0-custom"}
+
+    monkeypatch.setattr(vm, "_wait_ready", booted)
+    with pytest.raises(VmError, match=r"\(6.0.0-custom\) has no MPTCP"):
+        vm.start()
+    assert vm.ns is None and vm.dir is None

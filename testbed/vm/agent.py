@@ -107,17 +107,23 @@ class Agent:
 
     def _name_nics(self) -> list[str]:
         """Rename the NICs present in this namespace `vmnicN`; the slots still missing."""
+        from pyroute2 import IPRoute
+
         present = nic_paths()
         missing = []
+        renames = []
         for slot, path in enumerate(self.slots):
             name = present.get(path)
             if name is None:
                 missing.append(f"{NIC_PREFIX}{slot}")
             elif name != f"{NIC_PREFIX}{slot}":
-                subprocess.run(
-                    ["ip", "link", "set", name, "down", "name", f"{NIC_PREFIX}{slot}"],
-                    capture_output=True, check=False,
-                )  # fmt: skip
+                renames.append((name, f"{NIC_PREFIX}{slot}"))
+        if renames:
+            with IPRoute() as ipr:
+                for name, wanted in renames:
+                    (index,) = ipr.link_lookup(ifname=name)
+                    ipr.link("set", index=index, state="down")
+                    ipr.link("set", index=index, ifname=wanted)
         return missing
 
     # -- the loop --
@@ -216,7 +222,9 @@ class Agent:
 
         if self.case is not None:
             raise RuntimeError("the previous case was not torn down")
+        phases = [("start", time.monotonic())]
         missing = self._wait_nics(RESET_TIMEOUT)
+        phases.append(("nics", time.monotonic()))
         if missing:
             raise RuntimeError(f"reset check: NICs {', '.join(missing)} did not come back")
         spec = unpack(request["host"])
@@ -225,9 +233,11 @@ class Agent:
             raise RuntimeError(f"the host has {len(interfaces)} interfaces, the VM "
                                f"{len(self.slots)} NICs")  # fmt: skip
         ns = Namespace.create(CASE_NS)
+        phases.append(("netns", time.monotonic()))
         try:
             with ns.entered():
                 _write_sysctls(_base_sysctls(spec))
+            phases.append(("sysctls", time.monotonic()))
             with IPRoute() as root:
                 for slot, _, _, _ in interfaces:
                     (index,) = root.link_lookup(ifname=f"{NIC_PREFIX}{slot}")
@@ -235,6 +245,7 @@ class Agent:
             with ns.entered():
                 ipr = NetlinkIn(ns, IPRoute())
             host = HostHandle(spec=spec, ns=ns, ipr=ipr)
+            phases.append(("moved", time.monotonic()))
             ipr.link("set", index=1, state="up")
             for slot, iface, mac, mtu in interfaces:
                 (index,) = ipr.link_lookup(ifname=f"{NIC_PREFIX}{slot}")
@@ -249,14 +260,18 @@ class Agent:
                         prefixlen=address.network.prefixlen,
                         flags=IFA_F_NODAD if address.version == 6 else 0,
                     )  # fmt: skip
+            phases.append(("addressed", time.monotonic()))
             _install_routes(host)
+            phases.append(("routed", time.monotonic()))
             iut = GuestKernelIut(SimpleNamespace(hosts={spec.name: host}), spec.name)
             iut.agent = self
         except BaseException:
             self._release(ns, host.ipr if "host" in locals() else None)
             raise
         self.case = (ns, iut)
-        return {}
+        phases.append(("driver", time.monotonic()))
+        return {"ms": {name: round((t - phases[i][1]) * 1000, 1)
+                       for i, (name, t) in enumerate(phases[1:])}}  # fmt: skip
 
     def do_iut(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.case is None:
@@ -278,7 +293,9 @@ class Agent:
                 iut.stop()
             except Exception as error:
                 problems.append(f"stop: {error}")
+            stopped = time.monotonic()
             problems += self._release(ns, iut.host.ipr)
+            released = time.monotonic()
         missing = self._wait_nics(RESET_TIMEOUT)
         if missing:
             problems.append(f"NICs {', '.join(missing)} did not come back")
@@ -288,7 +305,12 @@ class Agent:
             problems.append(f"{len(self.processes)} started processes still tracked")
         if problems:
             raise RuntimeError("reset check failed: " + "; ".join(problems))
-        return {"seconds": time.monotonic() - started}
+        done = time.monotonic()
+        if "released" in locals():
+            return {"ms": {"stop": round((stopped - started) * 1000, 1),
+                           "release": round((released - stopped) * 1000, 1),
+                           "check": round((done - released) * 1000, 1)}}  # fmt: skip
+        return {"ms": {"check": round((done - started) * 1000, 1)}}
 
     def _release(self, ns: Any, ipr: Any) -> list[str]:
         """Move the NICs back here and delete the namespace. The NICs are moved by hand:
