@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("versions", nargs="+", help="short versions: 6.1, 6.12")
     fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
     boot = vm_sub.add_parser("boot", help="boot a kernel, measure it, power it off")
-    boot.add_argument("kernel", help="6.1, 6.12, or IMAGE[,modules=DIR]")
+    boot.add_argument("kernel", help="6.1, 6.12, or IMAGE[:MODULES]")
     args = parser.parse_args(argv)
     try:
         return _run(args)

@@ -9,7 +9,7 @@ from conformance.iut.vm import Kernel61Iut, Kernel612Iut, custom_driver
 
 
 class _Drivers(dict[str, type[Iut]]):
-    """The registered drivers, and `kernel-vm:IMAGE[,modules=DIR]` made on demand."""
+    """The registered drivers, and `kernel-vm:IMAGE[:MODULES]` made on demand."""
 
     def __missing__(self, name: str) -> type[Iut]:
         if name.startswith("kernel-vm:"):

@@ -1,6 +1,6 @@
 """Other Linux kernels as IUTs, each in a virtual machine that plays the server host:
 `kernel-6.1`, `kernel-6.12` (Debian's cloud kernels, `python -m testbed vm fetch`) and
-`kernel-vm:IMAGE[,modules=DIR]` (any bzImage, with its modules directory).
+`kernel-vm:IMAGE[:MODULES]` (any bzImage, with its modules directory).
 
 The VM (`testbed.vm.machine`) boots once per process and serves every case that process
 runs. The topology leaves the server host bare (`bare = True`), as for the userspace
@@ -101,7 +101,7 @@ class VmKernelIut(Iut):
     versions: ClassVar[frozenset[int]] = frozenset({1})
     bare: ClassVar[bool] = True  # the guest owns the host's addresses, as a bare host's
     description: ClassVar[str] = "Linux MPTCP of another kernel, in a VM (QEMU)"
-    kernel_name: ClassVar[str] = ""  # "6.1", "6.12", or "IMAGE[,modules=DIR]"
+    kernel_name: ClassVar[str] = ""  # "6.1", "6.12", or "IMAGE[:MODULES]"
 
     def __init__(self, topo: Any, host: str = "server") -> None:
         super().__init__(topo, host)
@@ -367,10 +367,10 @@ _custom: dict[str, type[VmKernelIut]] = {}
 
 
 def custom_driver(name: str) -> type[VmKernelIut]:
-    """The driver of `kernel-vm:IMAGE[,modules=DIR]`."""
+    """The driver of `kernel-vm:IMAGE[:MODULES]`."""
     path = name.removeprefix("kernel-vm:")
     if not path:
-        raise KeyError(f"{name!r}: name the kernel image, kernel-vm:IMAGE[,modules=DIR]")
+        raise KeyError(f"{name!r}: name the kernel image, kernel-vm:IMAGE[:MODULES]")
     if name not in _custom:
         _custom[name] = type(
             "CustomKernelVmIut", (VmKernelIut,),

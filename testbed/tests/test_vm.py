@@ -117,6 +117,15 @@ def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     assert "does not exist" in (driver.unavailable() or "")
 
 
+def test_custom_kernel_finds_its_modules(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "lib" / "modules" / "6.9.0-test").mkdir(parents=True)
+    image = tmp_path / "boot" / "vmlinuz-6.9.0-test"
+    assert kernels.custom(str(image)).modules == tmp_path / "lib" / "modules" / "6.9.0-test"
+    assert kernels.custom(f"{tmp_path}/bzImage").modules is None
+    assert kernels.custom(f"{tmp_path}/bzImage:{tmp_path}/mods").modules == tmp_path / "mods"
+
+
 def test_not_a_kernel_and_boot_bound(tmp_path: Path) -> None:
     """An image QEMU cannot boot, and a guest not up within the bound: VmError with the
     logs, everything removed."""

@@ -40,7 +40,9 @@ arg() {
 }
 fail() { echo "init: $*"; echo o > /proc/sysrq-trigger; sleep 5; poweroff -f; }
 python=$(arg mptl.python)
-mount -t virtiofs -o ro rootfs /newroot || fail "cannot mount the shared root (virtiofs)"
+mount -t virtiofs -o ro rootfs /newroot \
+    || fail "cannot mount the shared root (virtiofs): if fuse, virtiofs or virtio_pci" \
+            "are modules, give their directory (kernel-vm:IMAGE:MODULES)"
 for dir in etc var; do
     mkdir -p /overlay/$dir
     mount -t tmpfs -o mode=0755 tmpfs /overlay/$dir

@@ -78,16 +78,17 @@ def not_fetched_reason(version: str) -> str | None:
 
 
 def custom(path: str) -> Kernel:
-    """`kernel-vm:PATH`: PATH is a bzImage, with its modules at PATH's `modules=DIR`
-    (`kernel-vm:IMAGE,modules=DIR`) or, when omitted, none (everything built in)."""
-    image, _, rest = path.partition(",")
-    modules: Path | None = None
-    for field in filter(None, rest.split(",")):
-        key, _, value = field.partition("=")
-        if key != "modules" or not value:
-            raise KernelError(f"kernel-vm:{path}: expected kernel-vm:IMAGE[,modules=DIR]")
-        modules = Path(value).resolve()
-    return Kernel(path, Path(image).resolve(), modules)
+    """`kernel-vm:IMAGE[:MODULES]`: a bzImage, and the directory of its modules (as
+    `make modules_install` leaves it, `lib/modules/<release>`). Without MODULES: the
+    image's own tree's when it is `.../boot/vmlinuz-<release>` beside
+    `.../lib/modules/<release>` (an unpacked package), else none (all built in)."""
+    image_text, _, modules_text = path.partition(":")
+    image = Path(image_text).resolve()
+    modules: Path | None = Path(modules_text).resolve() if modules_text else None
+    if modules is None and image.name.startswith("vmlinuz-"):
+        beside = image.parent.parent / "lib" / "modules" / image.name.removeprefix("vmlinuz-")
+        modules = beside if beside.is_dir() else None
+    return Kernel(path, image, modules)
 
 
 def newest_package(version: str) -> str:
