@@ -15,8 +15,8 @@ with the interfaces' names, addresses, routes and the host's sysctls (the same
 `testbed.builder` code as a kernel host), and runs the host kernel's driver,
 `conformance.iut.kernel.KernelIut`, there: each `Iut` call is one agent request. At the
 case's end the namespace is deleted (with every socket, endpoint and sysctl of the case)
-and the agent checks the reset: every NIC back, no namespace left. A failed reset or a
-dead guest closes the VM; the next case boots a new one.
+and the agent checks the reset: every NIC back, no namespace left. A failed setup or
+reset, or a dead guest, closes the VM; the next case boots a new one.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from conformance.iut.base import AppReport, Iut, IutError, NotSupported
+from testbed.errors import TestbedError
 from testbed.vm import kernels
 from testbed.vm.agent import pack, unpack
 from testbed.vm.machine import QEMU, VIRTIOFSD, VirtualMachine, VmError
@@ -111,7 +112,7 @@ class VmKernelIut(Iut):
         self._key = f"{kernel.name}/{host}"
         try:
             self.vm = machine(kernel, host)
-        except VmError as error:
+        except TestbedError as error:  # VmError, KernelError, InitramfsError
             raise IutError(f"{self.name}: {error}") from None
         self.vm.on_event = self._event
         try:
@@ -126,7 +127,7 @@ class VmKernelIut(Iut):
             self._set_up = True
         except BaseException as error:
             self._unwire()
-            if isinstance(error, VmError) and not self.vm.alive():
+            if isinstance(error, VmError):  # whatever the guest holds now: a new VM next
                 discard(self._key)
             if isinstance(error, (VmError, subprocess.CalledProcessError)):
                 raise IutError(f"{self.name}: setting the guest up failed: {error}") from None
