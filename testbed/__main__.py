@@ -132,9 +132,10 @@ def _run(args: argparse.Namespace) -> int:
         from testbed.vm.machine import reclaim as reclaim_vms
 
         reclaimed = reclaim_stale()
-        reclaimed += [f"{name} (VM files)" for name in reclaim_vms()]
-        print(json.dumps(reclaimed) if args.json else "\n".join(reclaimed))
-        print(f"reclaimed {len(reclaimed)} namespaces", file=sys.stderr)
+        vm_dirs = reclaim_vms()
+        print(json.dumps(reclaimed + vm_dirs) if args.json else "\n".join(reclaimed))
+        print(f"reclaimed {len(reclaimed)} namespaces and the files of {len(vm_dirs)} VMs",
+              file=sys.stderr)  # fmt: skip
         return 0
     if args.command == "smoke":
         from testbed.smoke import run_smoke

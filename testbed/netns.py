@@ -275,6 +275,32 @@ def unwind_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminate)
 
 
+def worker_init() -> None:
+    """The initializer of a pool's worker process: SIGTERM unwinds it
+    (`unwind_on_sigterm`), and it gets SIGTERM when the process that started it dies,
+    even by SIGKILL (PR_SET_PDEATHSIG), so that its namespaces and VMs are removed
+    rather than kept alive by an orphaned worker that reclaim cannot touch."""
+    import ctypes
+
+    global _worker_parent
+    _worker_parent = os.getppid()
+    unwind_on_sigterm()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if orphaned():  # the parent died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_worker_parent: int | None = None
+
+
+def orphaned() -> bool:
+    """True in a worker (`worker_init`) whose parent has died: the SIGTERM unwound the
+    job it was running, but a pool's worker takes the next queued job; it must exit
+    instead (`conformance.iut.vm.leave_if_orphaned`)."""
+    return _worker_parent is not None and os.getppid() != _worker_parent
+
+
 def reclaim_stale() -> list[str]:
     """Remove namespaces (and processes in them) whose owning process is gone."""
     if os.geteuid() != 0:

@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 from conformance.interop.cell import CellResult, run_cell
 from conformance.interop.scenarios import AGGREGATION_RATIO, SCENARIOS, Scenario
 from conformance.iut import DRIVERS
-from testbed.netns import unwind_on_sigterm
+from testbed.netns import worker_init
 
 REFERENCE = "kernel"
 
@@ -75,6 +75,9 @@ def _run_json(
     scenario: str, client: str, server: str, quick: bool, artifacts: str | None
 ) -> dict[str, Any]:
     """Worker-process entry point (picklable arguments and result)."""
+    from conformance.iut.vm import leave_if_orphaned
+
+    leave_if_orphaned()
     result = run_cell(
         SCENARIOS[scenario],
         client,
@@ -118,7 +121,7 @@ def run(
     if workers > 1 and len(shared) > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=unwind_on_sigterm
+            workers, mp_context=context, initializer=worker_init
         ) as pool:
             futures = {
                 pool.submit(_run_json, p.scenario, p.client, p.server, quick, where): p
