@@ -15,7 +15,9 @@
 `run` prints progress, the verdict matrix, the diff of stack-v1 against the kernel and
 a summary line. Exit status: 0, or 1 when `--check-baseline` finds a changed verdict
 (either way) or an error, or 2 on a usage error. `interop` prints one grid per scenario
-(client in rows, server in columns) and exits 1 when any cell fails. `fuzz` exits 1 on
+(client in rows, server in columns) and exits 1 when a cell fails that no documented
+defect of an implementation explains (`KNOWN_DEFECTS` in conformance/interop/cell.py:
+such a cell is still shown failed, with the defect named). `fuzz` exits 1 on
 a crash, a hang, growth or a new divergence class (docs/conformance.md, "Fuzzer").
 `--html` (run, interop) writes one self-contained page (`conformance/html_report.py`).
 Artefacts go under the current directory (`./conformance-artifacts`,
@@ -253,6 +255,7 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
 
 def _interop(args: argparse.Namespace) -> int:
     from conformance.interop import matrix
+    from conformance.interop.cell import KNOWN_DEFECTS
     from conformance.interop.scenarios import SCENARIOS
 
     try:
@@ -286,6 +289,9 @@ def _interop(args: argparse.Namespace) -> int:
         if result.verdict == "fail" or (result.verdict == "pass" and result.detail):
             print(f"{result.scenario} {result.client} -> {result.server}: {result.verdict}: "
                   f"{result.detail}")  # fmt: skip
+            if result.known_defect:
+                print(f"    known defect, not counted as a failure of this run: "
+                      f"{KNOWN_DEFECTS[result.known_defect]}")  # fmt: skip
             for path in result.artifacts:
                 print(f"    {path}")
     if args.json:
@@ -304,7 +310,7 @@ def _interop(args: argparse.Namespace) -> int:
         html_report.write(args.html, text)
         print(f"HTML report: {args.html}")
     print(matrix.summary(results, wall))
-    return 1 if any(r.verdict == "fail" for r in results) else 0
+    return 1 if matrix.new_failures(results) else 0
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:

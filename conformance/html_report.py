@@ -447,6 +447,7 @@ def interop_page(
                         f'data-parent="scenario-{n}" hidden>'
                         f"<h3>{esc(name)}: {esc(client)} → {esc(server)}: fail</h3>"
                         f'<p class="seen"><span class="detail-text">{esc(result.detail)}</span></p>'
+                        f"{_known_defect(result.known_defect)}"
                         f"{_figures(result.figures)}"
                         f'<p class="muted">took {result.duration_s:.1f} s</p>'
                         f"{_interop_artifacts(result.artifacts, page_dir)}</div>"
@@ -725,3 +726,12 @@ SCRIPT = r"""
   document.documentElement.setAttribute("data-ready", "1");
 })();
 """
+
+
+def _known_defect(key: str) -> str:
+    if not key:
+        return ""
+    from conformance.interop.cell import KNOWN_DEFECTS
+
+    text = esc(KNOWN_DEFECTS[key])
+    return f'<p class="muted">Known defect, not a failure of this run: {text}</p>'

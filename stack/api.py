@@ -433,6 +433,10 @@ class Stack:
     def connect(self, remote: Address, *, source: str | None = None, timeout: float = 10.0,
                 config: MptcpConfig | None = None) -> MptcpSocket:  # fmt: skip
         address = ipaddress.ip_address(remote[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # ::ffff:ADDR is the IPv4 node ADDR (RFC 4291 §2.5.5.2): an IPv4 connection, as
+            # an IPv6 socket's connect() to it is on Linux
+            address = address.ipv4_mapped
         route = self.host.routing.route(address, ipaddress.ip_address(source) if source else None)
         config = _on_host(config, self.host) if config is not None else self.config
 

@@ -72,9 +72,14 @@ def _field(command: dict[str, Any], key: str, kind: type | tuple[type, ...], wha
 def _address(command: dict[str, Any]) -> str:
     text = _field(command, "address", str, "an IP address")
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise ControlError(f"{command['cmd']}: {text!r} is not an IP address") from None
+    # an IPv4-mapped IPv6 address (::ffff:198.51.100.2) is the IPv4 address it maps (RFC
+    # 4291 §2.5.5.2), as Linux's path manager takes an endpoint given that way
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _set_backup(stack: Stack, command: dict[str, Any]) -> Answer:

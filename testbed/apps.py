@@ -112,10 +112,10 @@ class AppReport:
     remote: str = ""
     mptcp: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-    # Where the received bytes differ from the seeded stream (at most MAX_DIVERGENCES
-    # ranges); empty when they match.
+    # Where the received bytes differ from the stream of the run's seed (at most
+    # MAX_DIVERGENCES ranges); empty when they match.
     divergences: list[Divergence] = field(default_factory=list)
-    # Whether what arrived began as the seeded stream (only then are divergences located)
+    # Whether what arrived began as that stream (only then are divergences located)
     seeded_stream: bool = False
 
     @property
@@ -235,7 +235,8 @@ _SAMPLE = 32  # bytes of each range looked up in the stream, to tell where they 
 
 
 class StreamChecker:
-    """Compares received bytes with the seeded stream as they arrive, so that a failed
+    """Compares received bytes with the stream of a seed (the seeded stream by default:
+    what a `source` of that seed sends) as they arrive, so that a failed
     digest comes with where it failed. A copy and a memcmp per read (~10 us per 256 KiB);
     only a read that differs is scanned byte by byte. Differing bytes less than
     _MERGE_GAP apart form one range (random data matches the expected byte 1 time in 256).
@@ -246,7 +247,8 @@ class StreamChecker:
     SHA-256 of what arrived is what says whether a transfer is intact; this only says where
     a seeded transfer went wrong."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = SEED) -> None:
+        self.seed = seed  # the stream expected: what a `source` of this seed sends
         self.offset = 0
         self.divergences: list[Divergence] = []
         self.is_stream: bool | None = None  # None until the first bytes arrive
@@ -262,7 +264,7 @@ class StreamChecker:
         while n > 0:
             index, start = divmod(offset, BLOCK)
             if index != self._index:
-                self._index, self._chunk = index, stream_chunk(index)
+                self._index, self._chunk = index, stream_chunk(index, self.seed)
             piece = self._chunk[start : start + n]
             out += piece
             offset, n = offset + len(piece), n - len(piece)
@@ -323,11 +325,11 @@ def _looks_like(got: bytes, expected: bytes) -> bool:
     return same * 2 >= len(got)
 
 
-def _receive_all(conn: socket.socket, report: AppReport, reply: bool) -> None:
-    """Read to EOF, hashing what arrives and checking it against the seeded stream (what
-    every source sends, echoed or not); with `reply`, send it all back (echo)."""
+def _receive_all(conn: socket.socket, report: AppReport, reply: bool, seed: int = SEED) -> None:
+    """Read to EOF, hashing what arrives and checking it against the stream of `seed` (what
+    a source of that seed sends, echoed or not); with `reply`, send it all back (echo)."""
     received, sent = hashlib.sha256(), hashlib.sha256()
-    checker = StreamChecker()
+    checker = StreamChecker(seed)
     buffer = bytearray(_RECV_SIZE)
     view = memoryview(buffer)
     while True:
@@ -355,7 +357,7 @@ def _source(conn: socket.socket, nbytes: int, report: AppReport, seed: int = SEE
 
     def read_back() -> None:
         try:
-            _receive_all(conn, report, reply=False)
+            _receive_all(conn, report, reply=False, seed=seed)
         except OSError as error:
             errors.append(error)
 
@@ -382,7 +384,8 @@ def _source(conn: socket.socket, nbytes: int, report: AppReport, seed: int = SEE
 
 def play(conn: socket.socket, role: str, nbytes: int, report: AppReport, seed: int = SEED) -> None:
     """Play `role` on a connected socket; fills `report` (errors included) and closes it.
-    A `source` sends the stream of `seed` (the seeded stream by default)."""
+    A `source` sends the stream of `seed` (the seeded stream by default); a `sink` or an
+    `echo` locates where what it receives differs from that stream."""
     started = time.monotonic()
     try:
         report.local = _endpoint(conn.getsockname())
@@ -392,7 +395,7 @@ def play(conn: socket.socket, role: str, nbytes: int, report: AppReport, seed: i
         if role == "source":
             _source(conn, nbytes, report, seed)
         elif role in ("sink", "echo"):
-            _receive_all(conn, report, reply=role == "echo")
+            _receive_all(conn, report, reply=role == "echo", seed=seed)
         else:
             raise ValueError(f"role {role!r}: use sink, echo or source")
         if report.protocol == "mptcp" and report.mptcp.get("in_use"):
@@ -474,34 +477,29 @@ def connect_one(
     return report
 
 
-# The largest DSS mapping Linux sends (one GSO skb): how far a misapplied one can shift.
+# The largest DSS mapping Linux sends (one GSO skb): the longest run a misapplied one
+# can misplace
 _MAX_MAPPING = 1 << 16
+# How far it can misplace it: the distance from the msk's ack_seq at the join to the
+# join's first DSN is at most what the sender had in flight, within the receive window
+# (74,888 bytes seen in the interop aggregation cell; tcp_rmem's default maximum is 6 MiB)
+_MAX_REMAP_SHIFT = 1 << 23
 
 
-def kernel_join_remap(result: TransferResult, receiver_mib: dict[str, int]) -> str:
-    """Whether a failed transfer shows the Linux 6.18 receiver bug documented in
-    docs/architecture.md ("Kernel data corruption at a join"), and the evidence if so;
-    "" otherwise (any other failure is not it).
+def join_remap_evidence(divergences: list[Divergence], receiver_mib: dict[str, int]) -> str:
+    """The evidence that wrong received bytes are the Linux 6.18 receiver bug documented
+    in docs/architecture.md ("Kernel data corruption at a join"), or "" if they are not.
 
-    The signature: every byte counted and the sender's digest right, one run of received
-    bytes that belong `shift` bytes later in the stream (0 < shift, both at most one
-    64 KiB mapping), and a join counted by the receiver (MPJoinAckRx). The evidence
+    For a transfer whose byte counts and sender digest are right: one run of received
+    bytes (at most one 64 KiB mapping long) that belong `shift` bytes later in the stream
+    (0 < shift ≤ 8 MiB), and a join counted by the receiver (MPJoinAckRx). The evidence
     quotes the counters that vary between occurrences (DuplicateData, DSSNotMatching,
     MPRstTx when the receiver later resets the join)."""
-    sender, receiver = (
-        (result.client, result.server)
-        if result.direction == "upload"
-        else (result.server, result.client)
-    )
-    if result.intact or result.direction == "echo" or sender.error or receiver.error:
+    if len(divergences) != 1:
         return ""
-    if not (sender.bytes_sent == receiver.bytes_received == result.nbytes):
-        return ""
-    if sender.sha256_sent != stream_sha256(result.nbytes) or len(receiver.divergences) != 1:
-        return ""
-    run = receiver.divergences[0]
+    run = divergences[0]
     shift = run.source - run.offset
-    if not (0 < shift <= _MAX_MAPPING and run.length <= _MAX_MAPPING):
+    if not (0 < shift <= _MAX_REMAP_SHIFT and run.length <= _MAX_MAPPING):
         return ""
     if receiver_mib.get("MPJoinAckRx", 0) < 1:
         return ""
@@ -513,6 +511,23 @@ def kernel_join_remap(result: TransferResult, receiver_mib: dict[str, int]) -> s
         f"received bytes [{run.offset}, {run.offset + run.length}) are the stream's bytes from "
         f"{run.source}: a mapping applied {shift} bytes early after a join ({counters})"
     )
+
+
+def kernel_join_remap(result: TransferResult, receiver_mib: dict[str, int]) -> str:
+    """`join_remap_evidence` for a transfer of the seeded stream: "" unless the transfer
+    failed with every byte counted and the sender's digest right."""
+    sender, receiver = (
+        (result.client, result.server)
+        if result.direction == "upload"
+        else (result.server, result.client)
+    )
+    if result.intact or result.direction == "echo" or sender.error or receiver.error:
+        return ""
+    if not (sender.bytes_sent == receiver.bytes_received == result.nbytes):
+        return ""
+    if sender.sha256_sent != stream_sha256(result.nbytes):
+        return ""
+    return join_remap_evidence(receiver.divergences, receiver_mib)
 
 
 _DIRECTIONS = {  # direction -> (server role, client role)
@@ -581,7 +596,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bytes", type=int, default=0, help="bytes to send as source")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per socket wait")
     parser.add_argument("--seed", type=int, default=SEED,
-                        help="source: send other random bytes than the seeded stream")  # fmt: skip
+                        help="source: send the random bytes of this seed instead of the "
+                        "seeded stream; sink, echo: locate differences against them")  # fmt: skip
     parser.add_argument("--count", type=int, default=1, help="connections to serve")
     parser.add_argument("--json", action="store_true", help="end with JSON reports")
     return parser

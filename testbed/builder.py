@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -49,6 +50,8 @@ from testbed.spec import (
 
 IFA_F_NODAD = 0x02
 POLICY_TABLE_BASE = 100
+LINK_UP_TIMEOUT = 10.0  # s: a link set up must be operational within this
+LINK_UP_POLL = 0.001  # s between two looks at its operstate
 POLICY_RULE_PRIORITY_BASE = 1000
 
 _live: set[Topology] = set()
@@ -245,6 +248,7 @@ class LinkHandle:
             host = self.topo.hosts[end.host]
             if not end.bare:
                 _install_routes(host, only=end.ifname)
+        _wait_operational(self.topo, [self.a, self.b])
         self.is_up = True
 
     def blackhole(self, on: bool = True) -> None:
@@ -500,6 +504,35 @@ def _build(topo: Topology) -> None:
             for iface in (live.a, live.b):
                 live._apply_qdisc(iface)
     _configure_middleboxes(topo)
+    topo.step = "waiting for every link to be operational"
+    _wait_operational(topo, [end for live in topo.links.values() for end in (live.a, live.b)])
+
+
+def _wait_operational(topo: Topology, ends: list[Interface]) -> None:
+    """Return once every end's operstate is UP. A veth whose carrier has just come on
+    keeps its noop qdisc, which drops everything sent, until the kernel's linkwatch work
+    has run, and that work waits for a CPU: under load, 7 of 100 datagrams sent right
+    after a build were lost, the first SYN of a case among them. Polls netlink (a few
+    ms, normally) up to LINK_UP_TIMEOUT, then names the interfaces that stayed down."""
+    deadline = time.monotonic() + LINK_UP_TIMEOUT
+    pending = list(ends)
+    while True:
+        pending = [end for end in pending if _operstate(topo, end) != "UP"]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(f"{end.host}/{end.ifname}" for end in pending)
+            raise TestbedError(
+                f"{names}: not operational (operstate UP) {LINK_UP_TIMEOUT:g} s after "
+                "being set up; the kernel's linkwatch work has not run (is the machine "
+                "overloaded?)"
+            )
+        time.sleep(LINK_UP_POLL)
+
+
+def _operstate(topo: Topology, end: Interface) -> str:
+    [msg] = topo.hosts[end.host].ipr.link("get", index=end.index)
+    return str(msg.get("operstate"))
 
 
 def _add_veth(ipr: IPRoute, ifname: str, peer: str, peer_ns: Namespace, mtu: int) -> None:

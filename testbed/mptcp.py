@@ -37,6 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.mptcp import (
     MPTCP,
     MPTCP_PM_CMD_ADD_ADDR,
+    MPTCP_PM_CMD_DEL_ADDR,
     MPTCP_PM_CMD_SET_FLAGS,
 )
 
@@ -280,7 +281,11 @@ class KernelMptcp:
             MPTCP_PM_CMD_ADD_ADDR, attrs, f"add endpoint {canonical} {sorted(flagset)}"
         )
         for endpoint in self.endpoints():
-            if endpoint.address == canonical and (id is None or endpoint.id == id):
+            # the kernel may spell an address otherwise (::ffff:198.51.100.2 for an
+            # IPv4-mapped one), so compare addresses, not their text
+            if ipaddress.ip_address(endpoint.address) == ipaddress.ip_address(canonical) and (
+                id is None or endpoint.id == id
+            ):
                 return endpoint
         raise KernelMptcpError(f"endpoint {canonical} was added but the kernel does not list it")
 
@@ -289,6 +294,14 @@ class KernelMptcp:
         endpoint = self._endpoint(id)
         target = {("addr6" if ":" in endpoint.address else "addr4"): endpoint.address}
         self._request(f"delete endpoint {id}", lambda pm: pm.endpoint("del", id=id, **target))
+
+    def delete_initial_address(self, address: str) -> None:
+        """Stop using `address` as the initial subflows' address (`ip mptcp endpoint
+        delete id 0 ADDR`): every connection whose initial subflow is from it sends
+        REMOVE_ADDR for address ID 0 and closes that subflow."""
+        canonical = str(ipaddress.ip_address(address))
+        attrs = [*_address_attrs(canonical), ("MPTCP_PM_ADDR_ATTR_ID", 0)]
+        self._pm_command(MPTCP_PM_CMD_DEL_ADDR, attrs, f"delete id 0 {canonical}")
 
     def flush_endpoints(self) -> None:
         self._request("flush endpoints", lambda pm: pm.endpoint("flush"))

@@ -15,19 +15,16 @@ from typing import Any
 
 from conformance.cases import LISTENER, MAY, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
-    accept_join,
-    answer_join,
+    complete_iut_join,
     established,
     exchange,
-    iut_hmac_a,
     joined,
     pure_ack,
-    syn_again,
 )
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
-from stack.wire.mptcp import AddAddrV0, AddAddrV1, MpJoinAck, MpJoinSyn, RemoveAddr
+from stack.wire.mptcp import AddAddrV0, AddAddrV1, MpJoinSyn, RemoveAddr
 from stack.wire.tcp import FIN, RST
 
 ECHO_TRANSIT = 0.1  # s: ample for a frame across a veth and the IUT's handling
@@ -84,6 +81,7 @@ def iut_add_addr_v0_form(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.4.1",
     level=MUST,
     role=LISTENER,
@@ -178,15 +176,7 @@ def _v0_announcement_joined(ctx: Context, port: int | None) -> None:
         "S", MpJoinSyn, within=2, what=f"a join SYN to {address} port {wanted}",
         where=lambda s: s.dst == str(address) and s.dport == wanted,
     )  # fmt: skip
-    if syn.need(MpJoinSyn).token != conn.local_token:
-        raise deviates(f"join SYN token is not SHA-1(Key-A)'s {conn.local_token:#x}: "
-                       f"{syn.describe()}")  # fmt: skip
-    join = accept_join(ctx, conn, syn)
-    answer_join(conn, join)
-    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
-                           skip=syn_again(join))  # fmt: skip
-    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
-        raise deviates(f"third ACK HMAC-A is not HMAC-SHA1's: {ack.describe()}")
+    complete_iut_join(ctx, conn, syn)  # the token and HMAC-A in v0: SHA-1's
 
 
 @case(
@@ -325,7 +315,18 @@ def _expect_closed(removed: Subflow) -> None:
     )  # fmt: skip
 
 
+def _removed(
+    ctx: Context, conn: MptcpConnection, *, on: Subflow, address_id: int, closes: Subflow
+) -> None:
+    """REMOVE_ADDR for `address_id` sent on `on` closes the subflow `closes`
+    (`_expect_closed`); the connection goes on on `on` (its echo: `expect`)."""
+    on.send("A", [RemoveAddr((address_id,)), conn.data_ack()])
+    _expect_closed(closes)
+    exchange(ctx, conn, on, b"still here", on=on)
+
+
 @case(
+    ipv6=True,
     section="3.4.2",
     level=MUST,
     versions=(0, 1),
@@ -340,9 +341,7 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
     closing, not that nothing precedes it), nothing else; expect for the echo after it."""
     conn, first = established(ctx)
     second = joined(ctx, conn, address_id=4)
-    first.send("A", [RemoveAddr((4,)), conn.data_ack()])
-    _expect_closed(second)
-    exchange(ctx, conn, first, b"still here", on=first)
+    _removed(ctx, conn, on=first, address_id=4, closes=second)
 
 
 @case(
@@ -356,7 +355,14 @@ def remove_addr_closes_subflow(ctx: Context) -> None:
 )
 def iut_remove_addr_on_endpoint_removal(ctx: Context) -> None:
     """expect: REMOVE_ADDR follows a local change, not a segment; other traffic may come first."""
-    conn, sf, announce = _announce(ctx)
+    _announced_then_removed(ctx)
+
+
+def _announced_then_removed(ctx: Context, **endpoint: Any) -> None:
+    """The IUT announces its eth1 endpoint (`_announce`, with `endpoint`'s settings), the
+    tester echoes it (v1), the endpoint is removed: a REMOVE_ADDR with the announced ID
+    must follow (`expect`: it follows a local change, other traffic may come first)."""
+    conn, sf, announce = _announce(ctx, **endpoint)
     address_id = _acknowledge(ctx, conn, sf, announce)
     ctx.iut.delete_endpoint(ctx.iut_address("eth1"))
     removal = sf.expect(option=RemoveAddr, within=1, what="REMOVE_ADDR")
@@ -518,3 +524,176 @@ def tester_add_addr_ipv4_on_ipv6_connection(ctx: Context) -> None:
         conn, sf = established(ctx)
         sf.send("A", [AddAddrV0(5, ipaddress.ip_address(address)), conn.data_ack()])
     exchange(ctx, conn, sf, b"after an IPv4 ADD_ADDR", on=sf)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (more of mptcp_join.sh): address ID 0 removed both ways, an announced
+# address that never answers, endpoints added and removed during the connection.
+
+
+@case(
+    ipv6=True,
+    section="3.4.2",
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="REMOVE_ADDR carrying address ID 0 (the tester's initial address, the "
+    "MP_CAPABLE subflow's), sent on a joined subflow, makes the IUT close the initial "
+    "subflow (RST or FIN) while the connection goes on on the join.",
+)
+def remove_addr_id_0_closes_initial_subflow(ctx: Context) -> None:
+    """expect_next on the initial subflow (pure ACKs skipped, as in
+    `remove_addr_closes_subflow`): closing it is the prescribed answer (§3.4.2; the
+    initial subflow's address has ID 0, §3.2); expect for the echo on the join."""
+    conn, first = established(ctx)
+    second = joined(ctx, conn, address_id=4)
+    _removed(ctx, conn, on=second, address_id=0, closes=first)
+
+
+@case(
+    section="3.4.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT stops using its initial address (the MP_CAPABLE subflow's, "
+    "address ID 0), it sends REMOVE_ADDR carrying ID 0 and closes the initial subflow "
+    "(RST or FIN); the connection goes on on the tester's join.",
+)
+def iut_remove_addr_id_0_when_initial_address_removed(ctx: Context) -> None:
+    """expect: REMOVE_ADDR and the close follow a local change, not a segment; other
+    traffic may come first; expect for the echo on the join. RFC 8684 §3.4.2: an address
+    that is no longer valid SHOULD be announced removed, with the ID the peer knows it
+    by: 0 for the initial subflow's address (§3.2). Linux: `ip mptcp endpoint delete id
+    0 ADDR` (mptcp_join.sh "remove id 0 address"); the stack: its `remove_endpoint`
+    command for an address that only the initial subflows use."""
+    ctx.iut.set_limits(2, 0)
+    conn, first = established(ctx)
+    second = joined(ctx, conn, address_id=4)
+    ctx.iut.delete_endpoint(ctx.iut_address("eth0"))
+    removal = ctx.tester.expect_pattern(
+        Pattern(option=RemoveAddr, what="REMOVE_ADDR"), 1,
+        owner=lambda s: first.owns(s) or second.owns(s),
+    )  # fmt: skip
+    if 0 not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR for the initial address without ID 0: {removal.describe()}")
+    first.expect(within=1, what="RST or FIN on the initial subflow",
+                 where=lambda s: bool(s.flags & (RST | FIN)))  # fmt: skip
+    exchange(ctx, conn, second, b"on the join", on=second)
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="A join to an announced address that never answers (the tester's eth1: its "
+    "join SYN is black-holed) neither stalls the connection nor stops the IUT from "
+    "joining a second announced address (the tester's eth0, another port).",
+)
+def unreachable_announced_address_connection_goes_on(ctx: Context) -> None:
+    """expect for the join SYNs, which open subflows, and for the echo, which a pure ACK
+    may precede; expect_next for the third ACK, the answer to the SYN/ACK. RFC 8684
+    §3.4.1: an announced address may be unreachable, the host "MAY" try it; a failed
+    attempt is a subflow's failure, not the connection's (mptcp_join.sh "signal invalid
+    addresses": the valid one is still joined)."""
+    ctx.iut.set_limits(3, 3)
+    conn, sf = established(ctx)
+    unreachable = ipaddress.ip_address(ctx.tester.address("eth1"))
+    _send_add_addr(ctx, conn, sf, 5, unreachable, None)
+    t = ctx.tester
+    t.expect("S", MpJoinSyn, within=2, what=f"a join SYN to {unreachable}",
+             where=lambda s: s.dst == str(unreachable))  # fmt: skip
+    exchange(ctx, conn, sf, b"while the join hangs", on=sf)
+    reachable = ipaddress.ip_address(ctx.tester.address("eth0"))
+    _send_add_addr(ctx, conn, sf, 6, reachable, 6002)
+    syn = t.expect("S", MpJoinSyn, within=2, what=f"a join SYN to {reachable} port 6002",
+                   where=lambda s: s.dst == str(reachable) and s.dport == 6002)  # fmt: skip
+    complete_iut_join(ctx, conn, syn)
+    exchange(ctx, conn, sf, b"after the second join", on=sf)
+
+
+def _send_add_addr(
+    ctx: Context, conn: MptcpConnection, sf: Subflow, address_id: int,
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int | None,
+) -> None:  # fmt: skip
+    """The tester announces `address` (`port`) with ID `address_id`, in the case's version
+    (v1 with its HMAC)."""
+    if ctx.version == 0:
+        sf.send("A", [AddAddrV0(address_id, address, port), conn.data_ack()])
+        return
+    mac = crypto.add_addr_hmac(conn.local_key, conn.remote_key or 0, address_id, address, port)
+    sf.send("A", [AddAddrV1(address_id, address, port, mac), conn.data_ack()])
+
+
+@case(
+    ipv6=True,
+    section="3.4.1",
+    level=MAY,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="A signal endpoint added while a connection is open is announced on it: "
+    "ADD_ADDR with the new address (v1: with a valid HMAC).",
+)
+def iut_add_addr_on_endpoint_added(ctx: Context) -> None:
+    """expect: the ADD_ADDR follows a local change, not a segment; other traffic may come
+    first. RFC 8684 §3.4.1: addresses may be announced at any time during a connection
+    (mptcp_join.sh "add single address": `ip mptcp endpoint add ... signal` mid-connection)."""
+    address = ctx.iut_address("eth1")
+    _live_announcement(ctx, configured=address, announced=address)
+
+
+@case(
+    section="3.4.2",
+    level=MUST,
+    role=LISTENER,
+    topology=DUAL,
+    expected="When the IUT removes a signal endpoint that it announced with a port, it "
+    "sends REMOVE_ADDR with the announced address ID (REMOVE_ADDR names IDs, not ports).",
+)
+def iut_remove_addr_of_endpoint_with_port(ctx: Context) -> None:
+    """expect: REMOVE_ADDR follows a local change, not a segment; other traffic may come
+    first. RFC 8684 §3.4.2 (mptcp_join.sh "remove signal address with port"). v1: RFC
+    6824's ADD_ADDR port is announced the same way, but our v0 IUTs take no ports."""
+    _announced_then_removed(ctx, port=6001)
+
+
+@case(
+    section="3.4.1",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    topology=DUAL,
+    expected="A signal endpoint given as an IPv4-mapped IPv6 address (::ffff:ADDR), added "
+    "during an IPv4 connection, is announced as the IPv4 address ADDR (v1: a 16-byte "
+    "ADD_ADDR, its HMAC over the 4-byte address; v0: IP version 4).",
+)
+def iut_announces_ipv4_mapped_endpoint_as_ipv4(ctx: Context) -> None:
+    """expect: the ADD_ADDR follows a local change, not a segment; other traffic may come
+    first. RFC 4291 §2.5.5.2: ::ffff:ADDR represents the IPv4 address ADDR, and RFC
+    8684 §3.4.1 announces an IPv4 address in the IPv4 form (mptcp_join.sh "signal
+    address IPv4-mapped")."""
+    address = ctx.iut_address("eth1")
+    _live_announcement(ctx, configured=f"::ffff:{address}", announced=address)
+
+
+def _live_announcement(ctx: Context, *, configured: str, announced: str) -> None:
+    """Once the connection is established, a signal endpoint `configured` is added: the
+    IUT's ADD_ADDR of the case's version (`expect`: it follows a local change) must carry
+    the address `announced` and, in v1, a valid HMAC."""
+    conn, sf = established(ctx)
+    ctx.iut.add_endpoint(configured, flags={"signal"})
+    kind: type[AddAddrV1] | type[AddAddrV0] = AddAddrV1 if ctx.version == 1 else AddAddrV0
+    announce = sf.expect(option=kind, within=1, where=_not_echo,
+                         what=f"ADD_ADDR v{ctx.version} of endpoint {configured}")  # fmt: skip
+    option: AddAddrV1 | AddAddrV0 = announce.need(kind)
+    if option.address != ipaddress.ip_address(announced):
+        raise deviates(f"announced {option.address}, not {announced}: {announce.describe()}")
+    if isinstance(option, AddAddrV1):
+        mac = crypto.add_addr_hmac(conn.remote_key or 0, conn.local_key, option.address_id,
+                                   option.address, option.port)  # fmt: skip
+        if option.hmac != mac:
+            raise deviates(f"ADD_ADDR HMAC does not verify: {announce.describe()}")

@@ -116,6 +116,7 @@ def data_moves_to_backup_when_blackholed(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.3.8",
     level=MUST,
     versions=(0, 1),

@@ -11,12 +11,13 @@ import hashlib
 import time
 from dataclasses import replace
 
-from conformance.cases import LISTENER, MUST, SHOULD, Context, case
+from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     established,
     exchange,
     expect_data_ack,
     expect_rst,
+    initiated,
     is_rst,
     join_syn,
     joined,
@@ -24,11 +25,12 @@ from conformance.cases.steps import (
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
-from stack.wire.mptcp import Dss, MpFail, MpFastclose, MpTcpRst
+from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, Dss, MpFail, MpFastclose, MpTcpRst
 from stack.wire.tcp import FIN
 
 
 @case(
+    ipv6=True,
     section="3.5",
     level=MUST,
     versions=(0, 1),
@@ -57,6 +59,7 @@ def fastclose_with_wrong_key_ignored(ctx: Context) -> None:
 
 
 @case(
+    ipv6=True,
     section="3.5",
     level=MUST,
     versions=(0, 1),
@@ -549,6 +552,30 @@ def mp_fail_received_sender_falls_back(ctx: Context) -> None:
     MP_FAIL MUST also respond with an MP_FAIL"); expect for the echoes, which pure ACKs
     may precede."""
     conn, sf = established(ctx, checksum=True)
+    _mp_fail_answered_then_fallback(ctx, conn, sf)
+
+
+@case(
+    section={1: "3.7", 0: "3.6"},
+    level=MUST,
+    versions=(0, 1),
+    role=INITIATOR,
+    expected="An initiating IUT (checksums asked for by the tester's SYN/ACK, one subflow) "
+    "that gets MP_FAIL at the DSN of its data answers with MP_FAIL, its first data after "
+    "it carries an infinite mapping, and its later data no mapping: it fell back to TCP.",
+)
+def initiator_mp_fail_received_sender_falls_back(ctx: Context) -> None:
+    """expect_next: MP_FAIL is the prescribed answer to MP_FAIL; expect for the echoes,
+    which pure ACKs may precede (as `mp_fail_received_sender_falls_back`, the IUT
+    connecting and echoing)."""
+    conn, sf, _ = initiated(ctx, mode="echo", synack_flags=MPC_FLAG_H | MPC_FLAG_A)
+    _mp_fail_answered_then_fallback(ctx, conn, sf)
+
+
+def _mp_fail_answered_then_fallback(ctx: Context, conn: MptcpConnection, sf: Subflow) -> None:
+    """The tester's data is echoed; the tester fails the echo's mapping (MP_FAIL at its
+    DSN): the IUT's next segment carries MP_FAIL (`expect_next`), its first data after
+    the tester's infinite mapping carries one too, and later data no mapping."""
     ctx.tester.send_data(conn, sf, b"said to be corrupted")
     failed = sf.expect(data=True, within=1, what="the echo the tester will fail")
     dss = failed.need(Dss)

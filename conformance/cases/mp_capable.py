@@ -7,13 +7,15 @@ v0 but "ignore the option" in v1, and v0 asks for checksums by default (A SHOULD
 
 from __future__ import annotations
 
-from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases import INITIATOR, LISTENER, MAY, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     capable_syn,
     established,
+    exchange,
     has_mapping,
     initiated,
     iut_syn,
+    joined,
     plain_synack,
     syn_again,
     tester_syn,
@@ -33,7 +35,7 @@ from stack.wire.mptcp import (
     MpCapable,
     MpJoinSyn,
 )
-from stack.wire.tcp import MaxSegmentSize, UnknownTcpOption
+from stack.wire.tcp import SYN, MaxSegmentSize, UnknownTcpOption
 from testbed.mptcp import KernelMptcpError
 
 
@@ -664,10 +666,45 @@ def tfo_syn_data_with_cookie_delivered(ctx: Context) -> None:
     data is mapped from IDSN-B + 1 as on any connection."""
     first, _, cookie = _tfo_cookie_from_listener(ctx)
     first.send("R")
+    payload = b"data on the SYN, with a cookie"
+    _syn_data_taken(ctx, _tfo_syn(ctx, bytes((TFO_KIND, 2 + len(cookie))) + cookie, payload),
+                    payload)  # fmt: skip
+
+
+@case(
+    section="B.2",
+    level=MUST,
+    role=LISTENER,
+    expected="A SYN with MP_CAPABLE, data and a Fast Open cookie the IUT never issued gets "
+    "a SYN/ACK with MP_CAPABLE that acknowledges only the SYN (a listener without TFO may "
+    "instead take the data, as TCP queues SYN data); either way the data, sent again "
+    "after the handshake when it was not acknowledged, reaches the application once.",
+)
+def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
+    """expect_next for the SYN/ACK, the answer to the SYN; expect for the echo, which a pure
+    ACK may precede. RFC 7413 §4.2.2: a server that does not validate the cookie drops
+    the SYN's data and acknowledges only the SYN's sequence number; RFC 8684 Appendix B.2
+    keeps that under MPTCP. An IUT without TFO runs it as a plain MPTCP listener (RFC
+    9293 §3.10.7.2 lets TCP queue a SYN's data until the handshake completes): the data
+    must still arrive exactly once."""
+    try:
+        ctx.iut.enable_fastopen()
+        fastopen = True
+    except NotSupported:
+        fastopen = False
+    ctx.iut.listen(ctx.port)
+    payload = b"data on the SYN, with a cookie never issued"
+    _syn_data_once(ctx, _tfo_syn(ctx, bytes((TFO_KIND, 10)) + bytes(8), payload), payload,
+                   fastopen=fastopen)  # fmt: skip
+
+
+def _syn_data_taken(ctx: Context, sf: Subflow, payload: bytes) -> None:
+    """The IUT takes `payload`, sent on the tester's MP_CAPABLE SYN `sf`: its SYN/ACK
+    (`expect_next`) acknowledges the data and carries MP_CAPABLE with Key-B; after the
+    third ACK (both keys) and the first data, the SYN's data is echoed once and first,
+    the echo mapped from IDSN-B + 1 (`expect`: a pure ACK may precede it)."""
     t = ctx.tester
     conn = t.connection(1)
-    payload = b"data on the SYN, with a cookie"
-    sf = _tfo_syn(ctx, bytes((TFO_KIND, 2 + len(cookie))) + cookie, payload)
     sf.connection = conn
     conn.subflows.append(sf)
     synack = sf.expect_next("SA", MpCapable, within=1, what="SYN/ACK with MP_CAPABLE")
@@ -707,32 +744,14 @@ def tfo_syn_data_with_cookie_delivered(ctx: Context) -> None:
     sf.expect_none(data=True, within=0.2, what="the SYN's data a second time")
 
 
-@case(
-    section="B.2",
-    level=MUST,
-    role=LISTENER,
-    expected="A SYN with MP_CAPABLE, data and a Fast Open cookie the IUT never issued gets "
-    "a SYN/ACK with MP_CAPABLE that acknowledges only the SYN (a listener without TFO may "
-    "instead take the data, as TCP queues SYN data); either way the data, sent again "
-    "after the handshake when it was not acknowledged, reaches the application once.",
-)
-def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
-    """expect_next for the SYN/ACK, the answer to the SYN; expect for the echo, which a pure
-    ACK may precede. RFC 7413 §4.2.2: a server that does not validate the cookie drops
-    the SYN's data and acknowledges only the SYN's sequence number; RFC 8684 Appendix B.2
-    keeps that under MPTCP. An IUT without TFO runs it as a plain MPTCP listener (RFC
-    9293 §3.10.7.2 lets TCP queue a SYN's data until the handshake completes): the data
-    must still arrive exactly once."""
-    try:
-        ctx.iut.enable_fastopen()
-        fastopen = True
-    except NotSupported:
-        fastopen = False
-    ctx.iut.listen(ctx.port)
+def _syn_data_once(ctx: Context, sf: Subflow, payload: bytes, *, fastopen: bool) -> bytes:
+    """The tester's MP_CAPABLE SYN `sf` carried `payload` under a cookie the IUT must not
+    validate: its SYN/ACK (`expect_next`) acknowledges only the SYN (`fastopen`; an IUT
+    without TFO may take the data, as TCP queues a SYN's data); after the handshake the
+    data not acknowledged is sent again and the echo (`expect`) carries it once. Returns
+    the SYN/ACK's cookie, if any."""
     t = ctx.tester
     conn = t.connection(1)
-    payload = b"data on the SYN, with a cookie never issued"
-    sf = _tfo_syn(ctx, bytes((TFO_KIND, 10)) + bytes(8), payload)
     sf.connection = conn
     conn.subflows.append(sf)
     sf.snd_nxt = (sf.iss + 1) & 0xFFFFFFFF  # a SYN/ACK of the SYN alone answers it too
@@ -741,7 +760,7 @@ def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
     sf.snd_nxt = (sf.iss + 1 + acked) & 0xFFFFFFFF
     if acked not in (0, len(payload)) or (fastopen and acked):
         raise deviates(f"the SYN/ACK acknowledges {acked} bytes of the SYN's data, sent with "
-                       f"a cookie the IUT never issued: {synack.describe()}")  # fmt: skip
+                       f"a cookie the IUT must not take: {synack.describe()}")  # fmt: skip
     key = synack.need(MpCapable).sender_key
     if key is None:
         raise deviates(f"SYN/ACK MP_CAPABLE carries no key: {synack.describe()}")
@@ -760,15 +779,19 @@ def tfo_syn_data_with_invalid_cookie_delivered_once(ctx: Context) -> None:
     if echoed != expected:
         raise deviates(f"echoed {echoed!r}, expected {expected!r} once")
     sf.expect_none(data=True, within=0.2, what="the data a second time")
+    return _tfo_cookie(synack) or b""
 
 
-def _tfo_accept(ctx: Context, syn: Segment, tfo: bytes = b"") -> tuple[MptcpConnection, Subflow]:
+def _tfo_accept(
+    ctx: Context, syn: Segment, tfo: bytes = b"", *, take_data: bool = True
+) -> tuple[MptcpConnection, Subflow]:
     """The tester's SYN/ACK to the IUT's MP_CAPABLE SYN: MSS, `tfo` (a cookie), and
-    MP_CAPABLE v1 with Key-B; it acknowledges the SYN's data, if any (taken)."""
+    MP_CAPABLE v1 with Key-B; it acknowledges the SYN's data, if any, when `take_data`
+    (else the SYN alone, as a server that rejects the cookie)."""
     t = ctx.tester
     conn = t.connection(1)
     sf = t.accept(syn)
-    sf.rcv_nxt = (syn.seq + 1 + len(syn.payload)) & 0xFFFFFFFF
+    sf.rcv_nxt = (syn.seq + 1 + (len(syn.payload) if take_data else 0)) & 0xFFFFFFFF
     sf.connection = conn
     conn.subflows.append(sf)
     capable = MpCapable(version=1, flags=MPC_FLAG_H, sender_key=conn.local_key)
@@ -776,20 +799,10 @@ def _tfo_accept(ctx: Context, syn: Segment, tfo: bytes = b"") -> tuple[MptcpConn
     return conn, sf
 
 
-@case(
-    section="B.1",
-    level=SHOULD,
-    role=INITIATOR,
-    expected="An initiator with TCP Fast Open asks for a cookie on its MP_CAPABLE SYN; "
-    "holding the cookie from that connection, its next connection's SYN carries the "
-    "cookie, its first data and MP_CAPABLE v1 (no key), and after a SYN/ACK that "
-    "acknowledges the data its third ACK carries both keys.",
-)
-def initiator_tfo_cookie_then_syn_data(ctx: Context) -> None:
-    """expect for the SYNs, which open connections (nothing to answer); expect_next for
-    the third ACK, the answer to the SYN/ACK (its SYN sent again excepted). RFC 8684
-    Appendix B.1 and B.3: the cookie request and then the cookie ride on MP_CAPABLE
-    SYNs, and the SYN's data goes with the v1 SYN's MP_CAPABLE (no key)."""
+def _iut_syn_with_cookie(ctx: Context) -> Segment:
+    """The IUT (TFO on) connects and asks for a cookie on its MP_CAPABLE SYN (`expect`:
+    it opens a connection); the tester gives one, and the IUT's next connection's SYN
+    must carry that cookie, data and MP_CAPABLE v1 without a key: returned."""
     ctx.iut.enable_fastopen()
     t = ctx.tester
     syn = iut_syn(ctx, mode="source", nbytes=100)
@@ -810,9 +823,191 @@ def initiator_tfo_cookie_then_syn_data(ctx: Context) -> None:
     if _tfo_cookie(second) != cookie or not second.payload:
         raise deviates(f"the second SYN does not carry the cookie and data: {second.describe()}")
     _capable_format(second, "SYN", version=1, key=False)
-    conn2, sf2 = _tfo_accept(ctx, second)
-    ack = sf2.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
-                          skip=syn_again(sf2))  # fmt: skip
+    return second
+
+
+def _third_ack_with_both_keys(
+    ctx: Context, syn: Segment, *, take_data: bool = True
+) -> tuple[MptcpConnection, Subflow, Segment]:
+    """The tester's SYN/ACK to the IUT's SYN (`_tfo_accept`); the IUT's next segment
+    (`expect_next`, its SYN sent again excepted) is the third ACK with both keys."""
+    conn, sf = _tfo_accept(ctx, syn, take_data=take_data)
+    ack = sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
+                         skip=syn_again(sf))  # fmt: skip
     option = ack.need(MpCapable)
-    if option.receiver_key != conn2.local_key or option.sender_key is None:
+    if option.receiver_key != conn.local_key or option.sender_key is None:
         raise deviates(f"third ACK MP_CAPABLE without both keys: {ack.describe()}")
+    conn.learn_remote_key(option.sender_key)
+    conn.start_data()
+    return conn, sf, ack
+
+
+@case(
+    section="B.1",
+    level=SHOULD,
+    role=INITIATOR,
+    expected="An initiator with TCP Fast Open asks for a cookie on its MP_CAPABLE SYN; "
+    "holding the cookie from that connection, its next connection's SYN carries the "
+    "cookie, its first data and MP_CAPABLE v1 (no key), and after a SYN/ACK that "
+    "acknowledges the data its third ACK carries both keys.",
+)
+def initiator_tfo_cookie_then_syn_data(ctx: Context) -> None:
+    """expect for the SYNs, which open connections (nothing to answer); expect_next for
+    the third ACK, the answer to the SYN/ACK (its SYN sent again excepted). RFC 8684
+    Appendix B.1 and B.3: the cookie request and then the cookie ride on MP_CAPABLE
+    SYNs, and the SYN's data goes with the v1 SYN's MP_CAPABLE (no key)."""
+    second = _iut_syn_with_cookie(ctx)
+    _third_ack_with_both_keys(ctx, second)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (packetdrill fastopen/): the no-cookie modes both ways, the initiator
+# whose cookie is rejected, the listener whose key was replaced.
+TFO_SYSCTL = "net.ipv4.tcp_fastopen"
+TFO_SERVER_NO_COOKIE = 0x200  # Linux: TFO_SERVER_COOKIE_NOT_REQD
+TFO_CLIENT_NO_COOKIE = 0x4  # Linux: TFO_CLIENT_NO_COOKIE
+
+
+@case(
+    section="B.2",
+    level=MAY,
+    role=LISTENER,
+    expected="A listener configured to take Fast Open data without a cookie acknowledges "
+    "the data of an MP_CAPABLE SYN that carries no TFO option in its SYN/ACK (with "
+    "MP_CAPABLE and Key-B), and the data reaches the application once and first.",
+)
+def tfo_syn_data_without_cookie_taken(ctx: Context) -> None:
+    """expect_next for the SYN/ACK, the answer to the SYN; expect for the echo, which a
+    pure ACK may precede. RFC 7413 §3 leaves the cookie to the server's policy (Linux:
+    net.ipv4.tcp_fastopen 0x200, packetdrill fastopen/server "no cookie"); RFC 8684
+    Appendix B.2 has the SYN's data delivered first, the IUT's own data mapped from
+    IDSN-B + 1."""
+    ctx.iut.enable_fastopen()
+    ctx.iut.set_sysctl(TFO_SYSCTL, 3 | TFO_SERVER_NO_COOKIE)
+    ctx.iut.listen(ctx.port)
+    payload = b"data on the SYN, no cookie"
+    _syn_data_taken(ctx, _tfo_syn(ctx, b"", payload), payload)
+
+
+@case(
+    section="B.2",
+    level=SHOULD,
+    role=LISTENER,
+    expected="A Fast Open cookie the IUT issued before its server key was replaced no "
+    "longer validates: the SYN/ACK (MP_CAPABLE, Key-B) acknowledges only the SYN and "
+    "offers no cookie but a new one, and the data, sent again after the handshake, "
+    "reaches the application once.",
+)
+def tfo_cookie_of_replaced_key_rejected(ctx: Context) -> None:
+    """expect_next for the SYN/ACKs, the answers to the SYNs; expect for the echo, which a
+    pure ACK may precede. RFC 7413 §4.1.2: the cookie is a MAC under the server's secret
+    key, and a server that changes its key stops validating cookies made with the old
+    one (Linux: net.ipv4.tcp_fastopen_key; packetdrill fastopen/server "key"); RFC 8684
+    Appendix B.2: the SYN's data then goes as the first data."""
+    ctx.iut.set_sysctl("net.ipv4.tcp_fastopen_key", "00000001-00000002-00000003-00000004")
+    first, _, cookie = _tfo_cookie_from_listener(ctx)
+    first.send("R")
+    ctx.iut.set_sysctl("net.ipv4.tcp_fastopen_key", "0000000a-0000000b-0000000c-0000000d")
+    payload = b"data on the SYN, under the old key's cookie"
+    sf = _tfo_syn(ctx, bytes((TFO_KIND, 2 + len(cookie))) + cookie, payload)
+    offered = _syn_data_once(ctx, sf, payload, fastopen=True)
+    if offered == cookie:
+        raise deviates(f"the SYN/ACK offers the old key's cookie {cookie.hex()} again")
+
+
+@case(
+    section="B.1",
+    level=MAY,
+    role=INITIATOR,
+    expected="An initiator configured to send Fast Open data without a cookie puts its "
+    "first data on its MP_CAPABLE SYN (v1, no key), and after a SYN/ACK that acknowledges "
+    "the data its third ACK carries both keys.",
+)
+def initiator_tfo_syn_data_without_cookie(ctx: Context) -> None:
+    """expect for the SYN, which opens the connection (nothing to answer); expect_next for
+    the third ACK, the answer to the SYN/ACK. RFC 7413 §3 leaves the cookie to policy
+    (Linux: net.ipv4.tcp_fastopen 0x4, packetdrill fastopen/client "no cookie"); RFC 8684
+    Appendix B.3: the SYN's data goes with the v1 SYN's MP_CAPABLE (no key)."""
+    ctx.iut.enable_fastopen()
+    ctx.iut.set_sysctl(TFO_SYSCTL, 3 | TFO_CLIENT_NO_COOKIE)
+    # more than a SYN holds: the shutdown comes after the handshake (as in the cookie case)
+    syn = iut_syn(ctx, mode="source", nbytes=20_000)
+    if not syn.payload:
+        raise deviates(f"the SYN carries no data: {syn.describe()}")
+    _capable_format(syn, "SYN", version=1, key=False)
+    _third_ack_with_both_keys(ctx, syn)
+
+
+@case(
+    section="B.3",
+    level=MUST,
+    role=INITIATOR,
+    expected="When the SYN/ACK acknowledges only the SYN (the cookie rejected), the "
+    "initiator's next segment carries MP_CAPABLE with both keys, and it sends its SYN's "
+    "data again as the connection's first data: from relative sequence 1, mapped at "
+    "IDSN-A + 1.",
+)
+def initiator_tfo_rejected_cookie_data_sent_again(ctx: Context) -> None:
+    """expect for the SYNs and the data (they are the IUT's own); expect_next for the
+    third ACK, the answer to the SYN/ACK: whether it carries data or not, it must carry
+    MP_CAPABLE with both keys (RFC 8684 §3.1: the initiator's first segment after the
+    SYN/ACK completes MP_CAPABLE; a listener that gets data without it falls back, §3.7).
+    RFC 7413 §4.2.2 (and TCP): data the SYN/ACK does not acknowledge is retransmitted;
+    RFC 8684 Appendix B.3: it is then the first data, mapped from IDSN-A + 1
+    (MP_CAPABLE's implicit mapping, or a DSS)."""
+    second = _iut_syn_with_cookie(ctx)
+    conn, sf, ack = _third_ack_with_both_keys(ctx, second, take_data=False)
+    data = ack if ack.payload else sf.expect(data=True, within=1, what="the SYN's data again")
+    if (data.seq - (sf.irs or 0)) & 0xFFFFFFFF != 1:
+        raise deviates(f"the first data is not at relative sequence 1: {data.describe()}")
+    if not data.payload.startswith(second.payload[: len(data.payload)]):
+        raise deviates(f"the first data is not the SYN's: {data.describe()}")
+    dss = data.option(Dss)
+    if dss is not None and dss.dsn is not None:
+        dsn = dss.dsn if dss.dsn_64 else dss.dsn | (conn.data_rcv_nxt & ~0xFFFFFFFF)
+        if dsn != conn.data_rcv_nxt and dsn != conn.remote_idsn + 1:
+            raise deviates(f"the SYN's data mapped at DSN {dsn:#x}, not IDSN-A + 1 "
+                           f"{conn.remote_idsn + 1:#x}: {data.describe()}")  # fmt: skip
+    elif data.option(MpCapable) is None:
+        raise deviates(f"the SYN's data has neither a mapping nor MP_CAPABLE: {data.describe()}")
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (mptcp_join.sh "deny_join_id0"): a listener that takes no joins at its
+# initial address says so with C, and keeps to it.
+ALLOW_JOIN_INITIAL = "net.mptcp.allow_join_initial_addr_port"
+
+
+def _c_flag_listener(ctx: Context) -> MptcpConnection:
+    """The IUT listens configured to take no joins at its initial address and port
+    (Linux: net.mptcp.allow_join_initial_addr_port=0); the tester connects: the SYN/ACK
+    (`expect_next`, `Tester.connect`) must carry C, and the connection echoes."""
+    ctx.iut.set_limits(2, 0)
+    ctx.iut.set_sysctl(ALLOW_JOIN_INITIAL, 0)
+    ctx.iut.listen(ctx.port)
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    synack = next(s for s in ctx.tester.received(sf.owns) if s.flags & SYN)
+    if not synack.need(MpCapable).flags & MPC_FLAG_C:
+        raise deviates(f"the SYN/ACK does not set C: {synack.describe()}")
+    exchange(ctx, conn, sf, b"hello", first=True)
+    return conn
+
+
+@case(
+    section="3.1",
+    level=MAY,
+    role=LISTENER,
+    topology="dual_homed",
+    expected="A listener configured to take no joins at its initial address sets C in its "
+    "SYN/ACK, and still accepts a join to its other address (eth1): SYN/ACK with a valid "
+    "HMAC-B, then the fourth ACK.",
+)
+def listener_c_flag_accepts_join_to_other_address(ctx: Context) -> None:
+    """expect_next (`Tester.connect`, `joined`): the SYN/ACKs and the fourth ACK answer
+    the SYNs and the third ACK. RFC 8684 §3.1: C says the sender "will not accept
+    additional MPTCP subflows to the source address and port" (the MUST is the peer's:
+    not to try); the host's other addresses still take joins (mptcp_join.sh
+    "deny_join_id0"). Linux still accepts a join to the initial address after setting C;
+    the RFC does not require the refusal, so no case asks for it."""
+    conn = _c_flag_listener(ctx)
+    joined(ctx, conn, ifname="eth1")  # to the IUT's eth1 address

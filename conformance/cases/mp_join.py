@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 
-from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
+from conformance.cases import INITIATOR, LISTENER, MAY, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
     accept_join,
     answer_join,
     capable_syn,
+    complete_iut_join,
     established,
     exchange,
     expect_fourth_ack,
@@ -26,8 +27,8 @@ from conformance.cases.steps import (
     expect_refusal,
     expect_rst,
     initiated,
-    is_rst,
     iut_hmac_a,
+    join_refused,
     join_syn,
     joined,
     syn_again,
@@ -46,8 +47,9 @@ from stack.wire.mptcp import (
     MpJoinSyn,
     MpJoinSynAck,
     MpTcpRst,
+    RemoveAddr,
 )
-from stack.wire.tcp import RST, MaxSegmentSize
+from stack.wire.tcp import FIN, RST, MaxSegmentSize
 
 DUAL = "dual_homed"
 
@@ -164,23 +166,6 @@ def v0_third_ack_with_sha256_hmac_reset(ctx: Context) -> None:
 
     sf, _ = ctx.tester.join(conn, ctx.port, ifname="eth0", ack_hmac=v1_hmac)
     expect_rst(sf)
-
-
-def _join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
-    """After a join SYN: a RST, either at once or, when the IUT answered SYN/ACK with
-    MP_JOIN, after a valid third ACK (the join is never completed: no fourth ACK). Each
-    is the IUT's next segment (`expect_next`)."""
-    answer = sf.expect_next(
-        within=1,
-        what="RST or SYN/ACK with MP_JOIN",
-        where=lambda s: is_rst(s) or s.option(MpJoinSynAck) is not None,
-    )
-    if is_rst(answer):
-        return answer
-    sf.connection = conn
-    sf.remote_nonce = answer.option(MpJoinSynAck).nonce  # type: ignore[union-attr]
-    sf.send("A", [MpJoinAck(hmac=ctx.tester.join_ack_hmac(conn, sf))])
-    return expect_rst(sf)
 
 
 @case(
@@ -306,11 +291,11 @@ def fresh_nonces(ctx: Context) -> None:
     "prohibited; v0 has no MP_TCPRST).",
 )
 def subflow_limit_reason_3(ctx: Context) -> None:
-    """expect_next (`_join_refused`): the refusal is the answer, at the SYN or to the third ACK."""
+    """expect_next (`join_refused`): the refusal is the answer, at the SYN or to the third ACK."""
     ctx.iut.set_limits(0, 0)
     conn, _ = established(ctx)
     sf, _ = join_syn(ctx, conn.remote_token)
-    expect_refusal(ctx, _join_refused(ctx, conn, sf), MPTCP_RST_EPROHIBIT)
+    expect_refusal(ctx, join_refused(ctx, conn, sf), MPTCP_RST_EPROHIBIT)
 
 
 @case(
@@ -330,7 +315,7 @@ def join_to_fallen_back_connection(ctx: Context) -> None:
     sf.send("PA", payload=b"no mapping: fall back")  # first data without DSS
     sf.expect(data=True, within=1, what="the echo")
     join, _ = join_syn(ctx, conn.remote_token)
-    _join_refused(ctx, conn, join)
+    join_refused(ctx, conn, join)
 
 
 @case(
@@ -774,23 +759,6 @@ def _join_to_announced(
     )  # fmt: skip
 
 
-def _complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
-    """The tester's side of the IUT's join: the SYN's token must be the tester's, the
-    SYN/ACK carries HMAC-B, and the IUT's third ACK (`expect_next`, its SYN sent again
-    excepted) must carry a valid HMAC-A; the tester then sends the fourth ACK."""
-    if syn.need(MpJoinSyn).token != conn.local_token:
-        raise deviates(f"join SYN token is not the tester's {conn.local_token:#x}: "
-                       f"{syn.describe()}")  # fmt: skip
-    join = accept_join(ctx, conn, syn)
-    answer_join(conn, join)
-    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
-                           skip=syn_again(join))  # fmt: skip
-    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
-        raise deviates(f"third ACK HMAC-A does not verify: {ack.describe()}")
-    join.send("A", [conn.data_ack()])
-    return join
-
-
 @case(
     section="3.2",
     level=MUST,
@@ -807,7 +775,7 @@ def iut_joins_announced_address(ctx: Context) -> None:
     (the join's token and HMACs). The v0 form is `add_addr.tester_add_addr_v0_leads_to_join`."""
     ctx.iut.set_limits(2, 2)
     conn, sf = established(ctx)
-    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5))
+    complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5))
 
 
 @case(
@@ -826,7 +794,7 @@ def iut_joins_announced_address_with_port(ctx: Context) -> None:
     over ID‖address‖port. The v0 form is `add_addr.tester_add_addr_v0_with_port_leads_to_join`."""
     ctx.iut.set_limits(2, 2)
     conn, sf = established(ctx)
-    _complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5, port=6002))
+    complete_iut_join(ctx, conn, _join_to_announced(ctx, conn, sf, 5, port=6002))
 
 
 @case(
@@ -872,7 +840,7 @@ def subflow_limit_one_accepts_one_join(ctx: Context) -> None:
     conn, _ = established(ctx)
     first = joined(ctx, conn, ifname="eth0", address_id=2)
     second, _ = join_syn(ctx, conn.remote_token, address_id=3)
-    expect_refusal(ctx, _join_refused(ctx, conn, second), MPTCP_RST_EPROHIBIT)
+    expect_refusal(ctx, join_refused(ctx, conn, second), MPTCP_RST_EPROHIBIT)
     exchange(ctx, conn, first, b"on the one join allowed", on=first)
 
 
@@ -977,7 +945,7 @@ def initiator_refused_join_moves_to_next_endpoint(ctx: Context) -> None:
     syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=2,
                    what=f"a join SYN from the other endpoint {other}",
                    where=lambda s: s.src == other)  # fmt: skip
-    _complete_iut_join(ctx, conn, syn)
+    complete_iut_join(ctx, conn, syn)
 
 
 # Linux's join SYN gives up after net.ipv4.tcp_syn_retries retransmissions (default 6,
@@ -1018,4 +986,119 @@ def initiator_timed_out_join_moves_to_next_endpoint(ctx: Context) -> None:
     syn = t.expect("S", MpJoinSyn, dport=ctx.port, within=JOIN_TIMEOUT + 1.5,
                    what=f"after the first join timed out, a join SYN from {other}",
                    where=lambda s: s.src == other)  # fmt: skip
-    _complete_iut_join(ctx, conn, syn)
+    complete_iut_join(ctx, conn, syn)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 13, part 2 (mptcp_join.sh "add subflow" / "remove single subflow", the IPv4-mapped
+# tests): endpoints added and removed during the connection, an endpoint given as an
+# IPv4-mapped IPv6 address.
+
+
+def _join_after_live_endpoint(ctx: Context, address: str) -> tuple[MptcpConnection, Subflow]:
+    """The IUT connects with no endpoint; once the connection is established a subflow
+    endpoint `address` is added. Its join SYN (`expect`: it opens a subflow) must come from
+    the IPv4 address of eth1 with the tester's token; the tester answers it and the third
+    ACK (`expect_next`: the answer to the SYN/ACK) must carry a valid HMAC-A. Returns the
+    connection and the joined subflow, its fourth ACK sent."""
+    ctx.iut.set_limits(2, 0)
+    conn, _, _ = initiated(ctx)
+    ctx.iut.add_endpoint(address, flags={"subflow"})
+    source = ctx.iut_address("eth1")
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                            what=f"a join SYN from {source}")  # fmt: skip
+    if syn.src != source:
+        raise deviates(f"join SYN from {syn.src}, not the new endpoint's {source}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = complete_iut_join(ctx, conn, syn)
+    join.address_id = syn.need(MpJoinSyn).address_id
+    return conn, join
+
+
+@case(
+    ipv6=True,
+    section="3.2",
+    level=MAY,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A subflow endpoint added while the IUT's connection is open makes it join "
+    "from that address: a join SYN with the tester's token, then a third ACK with a "
+    "valid HMAC-A.",
+)
+def initiator_joins_from_endpoint_added(ctx: Context) -> None:
+    """expect for the join SYN (a local change, not an answer); expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 8684 §3.2: a host may open subflows at any time
+    (mptcp_join.sh "add single subflow": `ip mptcp endpoint add ... subflow`
+    mid-connection)."""
+    _join_after_live_endpoint(ctx, ctx.iut_address("eth1"))
+
+
+@case(
+    section="3.4.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="When the subflow endpoint the IUT joined from is removed, it sends "
+    "REMOVE_ADDR with that address ID (its join SYN's) and closes the subflow (RST or FIN).",
+)
+def initiator_endpoint_removed_sends_remove_addr(ctx: Context) -> None:
+    """expect: REMOVE_ADDR and the close follow a local change, not a segment; other
+    traffic may come first. RFC 8684 §3.4.2: an address that is no longer valid SHOULD be
+    announced removed, and its subflows closed (mptcp_join.sh "remove single subflow")."""
+    conn, join = _join_after_live_endpoint(ctx, ctx.iut_address("eth1"))
+    ctx.iut.delete_endpoint(ctx.iut_address("eth1"))
+    removal = ctx.tester.expect_pattern(
+        Pattern(option=RemoveAddr, what="REMOVE_ADDR"), 1,
+        owner=lambda s: any(sf.owns(s) for sf in conn.subflows),
+    )  # fmt: skip
+    if join.address_id not in removal.need(RemoveAddr).address_ids:
+        raise deviates(f"REMOVE_ADDR without the join's ID {join.address_id}: "
+                       f"{removal.describe()}")  # fmt: skip
+    join.expect(within=1, what="RST or FIN on the removed address's subflow",
+                where=lambda s: bool(s.flags & (RST | FIN)))  # fmt: skip
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A subflow endpoint given as an IPv4-mapped IPv6 address (::ffff:ADDR) is "
+    "the IPv4 address ADDR: on an IPv4 connection the IUT joins from it over IPv4 (token, "
+    "HMAC-A valid).",
+)
+def initiator_joins_from_ipv4_mapped_endpoint(ctx: Context) -> None:
+    """expect for the join SYN (a local change, not an answer); expect_next for the third
+    ACK, the answer to the SYN/ACK. RFC 4291 §2.5.5.2: ::ffff:ADDR represents the IPv4
+    address ADDR; RFC 8684 §3.2 lets a join use any of the host's addresses of the
+    connection's family (mptcp_join.sh "single subflow IPv4-mapped")."""
+    mapped = f"::ffff:{ctx.iut_address('eth1')}"
+    _join_after_live_endpoint(ctx, mapped)
+
+
+@case(
+    section="3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=INITIATOR,
+    topology=DUAL,
+    expected="A connection the IUT's application opens to the tester's IPv4-mapped IPv6 "
+    "address (::ffff:ADDR, an IPv6 socket) runs over IPv4, and the IUT's IPv4 subflow "
+    "endpoint joins it over IPv4 (token, HMAC-A valid).",
+)
+def initiator_ipv4_mapped_connection_joins_over_ipv4(ctx: Context) -> None:
+    """expect for the SYNs, which open subflows; expect_next for the third ACKs, the
+    answers to the SYN/ACKs (`initiated`, `complete_iut_join`). RFC 4291 §2.5.5.2: the
+    mapped address is the IPv4 node's, so the connection and its subflows are IPv4 ones
+    (mptcp_join.sh "single subflow v4-map-v6": an IPv6 socket, an IPv4 path)."""
+    _subflow_endpoint(ctx)
+    mapped = f"::ffff:{ctx.tester.address('eth0')}"
+    conn, sf, _ = initiated(ctx, address=mapped)
+    if ":" in sf.remote:
+        raise deviates(f"the connection to {mapped} is not over IPv4: {sf!r}")
+    syn = ctx.tester.expect("S", MpJoinSyn, dport=ctx.port, within=2,
+                            what="the IUT's join SYN over IPv4")  # fmt: skip
+    complete_iut_join(ctx, conn, syn)

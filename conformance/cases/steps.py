@@ -78,11 +78,14 @@ def _data_pattern() -> Pattern:
 
 
 def iut_syn(
-    ctx: Context, *, mode: str = "sink", nbytes: int = 0, source: str | None = None
-) -> Segment:
-    """The IUT connects to the tester: its SYN with MP_CAPABLE."""
+    ctx: Context, *, mode: str = "sink", nbytes: int = 0, source: str | None = None,
+    address: str | None = None,
+) -> Segment:  # fmt: skip
+    """The IUT connects to the tester (its eth0 address, or `address`, a spelling of it
+    such as the IPv4-mapped one): its SYN with MP_CAPABLE."""
     t = ctx.tester
-    ctx.iut.connect(t.address("eth0"), ctx.port, mode=mode, nbytes=nbytes, source=source)
+    target = address or t.address("eth0")
+    ctx.iut.connect(target, ctx.port, mode=mode, nbytes=nbytes, source=source)
     # the deadline covers the IUT's start (a userspace IUT is a new process, slow on a
     # loaded machine), not a protocol timer
     return t.expect("S", MpCapable, dport=ctx.port, within=5, what="SYN with MP_CAPABLE")
@@ -95,12 +98,13 @@ def initiated(
     nbytes: int = 0,
     source: str | None = None,
     synack_flags: int | None = None,
+    address: str | None = None,
 ) -> tuple[MptcpConnection, Subflow, Segment]:
     """The IUT connects to the tester, which accepts MP_CAPABLE, reads Key-A from the
     third ACK (the IUT's next segment: `expect_next`, its SYN sent again excepted) and
     acknowledges it at the data level (fully established). In v0 Key-A came on the SYN
     already, and the third ACK must repeat it (RFC 6824 §3.1)."""
-    syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source)
+    syn = iut_syn(ctx, mode=mode, nbytes=nbytes, source=source, address=address)
     kwargs = {} if synack_flags is None else {"flags": synack_flags}
     conn, sf = ctx.tester.accept_mp_capable(syn, version=ctx.version, **kwargs)
     ack = sf.expect_next("A", MpCapable, within=1, what="third ACK with MP_CAPABLE",
@@ -197,6 +201,40 @@ def accept_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
     join.remote_nonce = syn.need(MpJoinSyn).nonce
     join.local_nonce = crypto.generate_nonce()
     return join
+
+
+def complete_iut_join(ctx: Context, conn: MptcpConnection, syn: Segment) -> Subflow:
+    """The tester's side of the IUT's join: the SYN's token must be the tester's, the
+    SYN/ACK carries HMAC-B, and the IUT's third ACK (`expect_next`, its SYN sent again
+    excepted) must carry a valid HMAC-A; the tester then sends the fourth ACK."""
+    if syn.need(MpJoinSyn).token != conn.local_token:
+        raise deviates(f"join SYN token is not the tester's {conn.local_token:#x}: "
+                       f"{syn.describe()}")  # fmt: skip
+    join = accept_join(ctx, conn, syn)
+    answer_join(conn, join)
+    ack = join.expect_next("A", MpJoinAck, within=1, what="the third ACK with HMAC-A",
+                           skip=syn_again(join))  # fmt: skip
+    if ack.need(MpJoinAck).hmac != iut_hmac_a(conn, join):
+        raise deviates(f"third ACK HMAC-A does not verify: {ack.describe()}")
+    join.send("A", [conn.data_ack()])
+    return join
+
+
+def join_refused(ctx: Context, conn: MptcpConnection, sf: Subflow) -> Segment:
+    """After a join SYN: a RST, either at once or, when the IUT answered SYN/ACK with
+    MP_JOIN, after a valid third ACK (the join is never completed: no fourth ACK). Each
+    is the IUT's next segment (`expect_next`)."""
+    answer = sf.expect_next(
+        within=1,
+        what="RST or SYN/ACK with MP_JOIN",
+        where=lambda s: is_rst(s) or s.option(MpJoinSynAck) is not None,
+    )
+    if is_rst(answer):
+        return answer
+    sf.connection = conn
+    sf.remote_nonce = answer.option(MpJoinSynAck).nonce  # type: ignore[union-attr]
+    sf.send("A", [MpJoinAck(hmac=ctx.tester.join_ack_hmac(conn, sf))])
+    return expect_rst(sf)
 
 
 def answer_join(conn: MptcpConnection, join: Subflow, hmac: bytes | None = None) -> None:

@@ -227,7 +227,7 @@ def cell_text(result: CellResult) -> str:
         return "n/a"
     key = _SHOWN.get(result.scenario, "goodput_MBps")
     figure = result.figures.get(key)
-    text = result.verdict
+    text = result.verdict + (" (known defect)" if result.known_defect else "")
     if figure is not None:
         text += " " + _FIGURE[key].format(figure)
     if "versus_kernel" in result.figures:
@@ -259,10 +259,17 @@ def grids(results: Sequence[CellResult], impls: Sequence[str]) -> str:
 
 def summary(results: Sequence[CellResult], wall: float) -> str:
     counts = {v: sum(r.verdict == v for r in results) for v in ("pass", "fail", "n/a")}
+    known = sum(r.verdict == "fail" and bool(r.known_defect) for r in results)
     return (
-        f"{len(results)} cells: {counts['pass']} pass, {counts['fail']} fail, "
-        f"{counts['n/a']} n/a in {wall:.1f} s"
+        f"{len(results)} cells: {counts['pass']} pass, {counts['fail']} fail"
+        + (f" ({known} of them a known defect of an implementation)" if known else "")
+        + f", {counts['n/a']} n/a in {wall:.1f} s"
     )
+
+
+def new_failures(results: Sequence[CellResult]) -> list[CellResult]:
+    """The failed cells that no documented defect explains: what makes the command fail."""
+    return [r for r in results if r.verdict == "fail" and not r.known_defect]
 
 
 def to_json(results: Sequence[CellResult]) -> list[dict[str, Any]]:
@@ -276,6 +283,7 @@ def to_json(results: Sequence[CellResult]) -> list[dict[str, Any]]:
             "figures": r.figures,
             "artifacts": r.artifacts,
             "duration_s": r.duration_s,
+            "known_defect": r.known_defect,
         }
         for r in results
     ]

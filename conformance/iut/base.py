@@ -18,9 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from conformance.model import RFC_OF_VERSION
+
+if TYPE_CHECKING:
+    from testbed.apps import Divergence
 
 # close-unread: close as data arrives, unread; abort: read once, close with SO_LINGER 0
 MODES = ("sink", "echo", "source", "close-unread", "abort")
@@ -79,6 +82,9 @@ class AppReport:
     sha256_sent: str = ""  # of every byte sent / received ("": the driver cannot tell)
     sha256_received: str = ""
     duration_s: float = 0.0  # from the connection's start to its end
+    # Where the received bytes differ from what a source of the run's `data_seed` sends
+    # (testbed.apps.StreamChecker): [] when they match or the driver cannot tell
+    divergences: list[Divergence] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

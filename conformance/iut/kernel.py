@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from conformance.iut.base import MODES, AppReport, Iut, IutError, source_bytes
+from testbed.apps import SEED, StreamChecker
 from testbed.mptcp import IPPROTO_MPTCP, TCP_IS_MPTCP, KernelMptcp
 
 KEEP_DATA = 1 << 16
@@ -91,7 +92,9 @@ class KernelIut(Iut):
             if endpoint.address == address:
                 self.control.delete_endpoint(endpoint.id)
                 return
-        raise IutError(f"kernel: no endpoint {address}")
+        # no endpoint: the address of the initial subflows, ID 0 (as mptcp_join.sh's
+        # "remove id 0" tests: `ip mptcp endpoint delete id 0 ADDR`)
+        self.control.delete_initial_address(address)
 
     def set_sysctl(self, name: str, value: str | int) -> None:
         self.control.set_sysctl(name, value)
@@ -213,6 +216,7 @@ class KernelIut(Iut):
         with contextlib.suppress(OSError):
             report.mptcp = bool(conn.getsockopt(socket.SOL_TCP, TCP_IS_MPTCP))
         sent, received = hashlib.sha256(), hashlib.sha256()
+        checker = StreamChecker(SEED if self.data_seed is None else self.data_seed)
         # What is still to send, as a queue of views: no copy of the rest on each send
         queue: collections.deque[memoryview] = collections.deque()
         if mode == "source":
@@ -264,6 +268,7 @@ class KernelIut(Iut):
                         break
                     report.bytes_received += len(chunk)
                     received.update(chunk)
+                    checker.update(chunk)
                     if len(report.data) < KEEP_DATA:
                         report.data += chunk[: KEEP_DATA - len(report.data)]
                     if mode == "echo":
@@ -274,6 +279,7 @@ class KernelIut(Iut):
             with contextlib.suppress(OSError):
                 conn.close()
             report.sha256_sent, report.sha256_received = sent.hexdigest(), received.hexdigest()
+            report.divergences = checker.finish()
             report.duration_s = time.monotonic() - started
             self._add_report(report)
 

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 from conformance.iut.base import MODES, AppReport, Iut, IutError, NotSupported, project_version
 from conformance.iut.launcher import ROOT, ForkedProcess, Launcher, LaunchError
+from testbed.apps import Divergence
 
 READY_TIMEOUT = 5.0
 CONTROL_TIMEOUT = 5.0
@@ -292,6 +293,7 @@ class StackIut(Iut):
                     sha256_sent=str(data.get("sha256_sent") or ""),
                     sha256_received=str(data.get("sha256_received") or ""),
                     duration_s=float(data.get("duration_s") or 0.0),
+                    divergences=_divergences(data.get("divergences")),
                     extra=data,
                 )
             )
@@ -343,3 +345,13 @@ class StackV0Iut(StackIut):
     versions: ClassVar[frozenset[int]] = frozenset({0})
     version: ClassVar[int] = 0
     description: ClassVar[str] = "the project's userspace stack, RFC 6824 (v0)"
+
+
+def _divergences(raw: Any) -> list[Divergence]:
+    """The `divergences` of a report line; a malformed entry is left out."""
+    found = []
+    for item in raw if isinstance(raw, list) else []:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            found.append(Divergence(int(item["offset"]), int(item["length"]),
+                                    int(item.get("source", -1))))  # fmt: skip
+    return found

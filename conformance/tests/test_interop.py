@@ -15,9 +15,10 @@ import pytest
 
 import topologies
 from conformance.interop import matrix
-from conformance.interop.cell import Cell, CellResult, run_cell
+from conformance.interop.cell import DATA_SEED, Cell, CellFailed, CellResult, run_cell
 from conformance.interop.scenarios import SCENARIOS, Scenario
-from conformance.iut import DRIVERS
+from conformance.iut import DRIVERS, AppReport
+from testbed.apps import Divergence, stream_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,6 +89,54 @@ def test_the_json_of_a_cell_has_the_documented_fields() -> None:
     [entry] = matrix.to_json([_result("kernel", "stack-v1", "transfer", goodput_MBps=1.0)])
     assert {"scenario", "client", "server", "verdict", "detail", "figures"} <= set(entry)
     json.dumps(entry)
+
+
+class _Receiver:
+    """A driver as far as check_intact looks at it: its name, reports and counters."""
+
+    def __init__(self, name: str, report: AppReport, counters: dict[str, int]) -> None:
+        self.name, self._report, self._counters = name, report, counters
+
+    def reports(self) -> list[AppReport]:
+        return [self._report]
+
+    def counters(self) -> dict[str, int]:
+        return self._counters
+
+
+def _corrupt_upload(server: str, counters: dict[str, int]) -> CellFailed:
+    """An upload whose receiver got every byte, 51872 of them the ones sent 74888 bytes
+    later (the kernel's join remap, as the aggregation cell met it)."""
+    nbytes = 1 << 20
+    sent = AppReport(bytes_sent=nbytes, sha256_sent=stream_sha256(nbytes, DATA_SEED))
+    got = AppReport(bytes_received=nbytes, sha256_received="0" * 64,
+                    divergences=[Divergence(98_184, 51_872, 173_072)])  # fmt: skip
+    client = _Receiver("kernel", sent, {})
+    cell = Cell(None, client, _Receiver(server, got, counters), quick=True)  # type: ignore[arg-type]
+    with pytest.raises(CellFailed) as failed:
+        cell.check_intact(sent, got, nbytes, "upload")
+    return failed.value
+
+
+def test_a_corruption_says_where_and_names_the_known_kernel_defect() -> None:
+    failure = _corrupt_upload("kernel", {"MPJoinAckRx": 1, "DuplicateData": 2})
+    assert "bytes [98184, 150056) differ (they are the sent bytes from 173072)" in str(failure)
+    assert failure.known_defect == "kernel-join-remap"
+    # Not without a join, and never for the stack: the stack has no such known defect.
+    assert _corrupt_upload("kernel", {"DuplicateData": 2}).known_defect == ""
+    assert _corrupt_upload("stack-v1", {"MPJoinAckRx": 1}).known_defect == ""
+
+
+def test_a_known_defect_fails_its_cell_but_not_the_command() -> None:
+    known = CellResult("aggregation", "kernel", "kernel", "fail", "corrupt",
+                       known_defect="kernel-join-remap")  # fmt: skip
+    other = CellResult("transfer", "kernel", "stack-v1", "fail", "corrupt")
+    assert matrix.new_failures([known]) == []
+    assert matrix.new_failures([known, other]) == [other]
+    assert "(known defect)" in matrix.cell_text(known)
+    assert "1 of them a known defect" in matrix.summary([known, other], 1.0)
+    [entry] = matrix.to_json([known])
+    assert entry["known_defect"] == "kernel-join-remap"
 
 
 def _testbed_routed_server(bare: tuple[str, ...]) -> object:

@@ -1441,18 +1441,22 @@ class MptcpConnection:
 
     def remove_local_address(self, address_id: int, address: IPAddress, now: float) -> None:
         """An endpoint went away: tell the peer (REMOVE_ADDR, RFC 8684 §3.4.2) and reset
-        the subflows that use the address (the initial one is left: removing it would
-        end the connection's first path, which the kernel does not do either)."""
+        the subflows that use the address. The peer knows the initial subflow's address
+        by ID 0 (§3.2), whatever the endpoint's ID: when the address is that one, the
+        REMOVE_ADDR carries 0 and the initial subflow goes too, as Linux does for ID 0
+        (`ip mptcp endpoint delete id 0 ADDR`, mptcp_join.sh "remove id 0 address")."""
         if self.fallback or self.version is None or self.closed:
             return
         self._unechoed.pop(address_id, None)
         self._announce = [a for a in self._announce
                           if getattr(a, "address_id", None) != address_id]  # fmt: skip
+        first = self.first_subflow
+        initial = first is not None and first.local[0] == address
         if not (faults.ACTIVE and faults.on("remove_addr_not_sent")):
-            self._announce.append(RemoveAddr((address_id,)))
+            self._announce.append(RemoveAddr((0,) if initial else (address_id,)))
             self._count("RmAddrTx")
         for sf in list(self.subflows):
-            if not sf.initial and not sf.gone and sf.local[0] == address:
+            if not sf.gone and sf.local[0] == address:
                 self._reset_subflow(sf, MPTCP_RST_EUNSPEC, "local address removed")
                 self._after(sf, now)  # gone now: its data reinjected, not at the next timer
         usable = [sf for sf in self.subflows if sf.usable]

@@ -86,6 +86,9 @@ class TcpConfig:
     timestamps: bool = True
     sack: bool = True
     delayed_ack: float = 0.040  # RFC 5681 §4.2: < 500 ms; ACK at least every 2 full segments
+    # quick-ACK mode: at most this many segments ACKed at once after the first data and
+    # after a silence longer than the RTO (Linux's TCP_MAX_QUICKACKS); 0: never
+    max_quick_acks: int = 16
     initial_rto: float = 1.0  # RFC 6298 (2.1)
     min_rto: float = 1.0  # RFC 6298 (2.4); Linux uses 0.2
     max_rto: float = 120.0
@@ -212,6 +215,11 @@ class TcpConnection:
         self._unacked_bytes = 0
         self._ack_now = False  # an ACK is owed at once (out of order, duplicate, window...)
         self._ack_due = False  # two full segments unacknowledged: ACK at the end of the batch
+        # Linux's quick-ACK mode (tcp_incr_quickack): after the first data and after a
+        # silence longer than the RTO, this many segments are acknowledged without delay
+        self._quick_acks = 0
+        self._unacked_segments = 0
+        self._last_data_at: float | None = None
         self._data_event = False
         # timers (absolute deadlines on the caller's clock)
         self.rto_deadline: float | None = None
@@ -934,10 +942,24 @@ class TcpConnection:
             self._ack_now = True
             return
         self._unacked_bytes += advanced
-        if self._unacked_bytes >= 2 * self._rcv_mss:
+        self._unacked_segments += 1
+        self._note_arrival(now)
+        if self._unacked_bytes >= 2 * self._rcv_mss or self._quick_acks:
             self._ack_due = True  # every second full segment; a batch shares one ACK
         elif self.delack_deadline is None:
             self.delack_deadline = now + self.config.delayed_ack
+
+    def _note_arrival(self, now: float) -> None:
+        """Enter quick-ACK mode on the first data and after a silence longer than the RTO,
+        as Linux's tcp_event_data_recv(): the sender is (re)starting its window, or
+        failing over to this subflow, and a delayed ACK would only slow it down (a
+        kernel sender then re-arms its data-level timer at TCP_RTO_MIN)."""
+        last, self._last_data_at = self._last_data_at, now
+        if last is not None and now - last <= self.rto.rto:
+            return
+        window = max(self.rcv_adv - self.rcv_nxt, 0)
+        quick = min(max(window // (2 * self._rcv_mss), 2), self.config.max_quick_acks)
+        self._quick_acks = max(self._quick_acks, quick)
 
     def _take_fin(self, now: float) -> None:
         self.fin_received = True
@@ -1018,7 +1040,8 @@ class TcpConnection:
             seg.sack_blocks = tuple(((irs + a) & SEQ_MASK, (irs + b) & SEQ_MASK) for a, b in blocks)
         self.last_ack_sent = rcv_nxt
         self._ack_now = self._ack_due = False
-        self._unacked_bytes = 0
+        self._quick_acks = max(self._quick_acks - self._unacked_segments, 0)
+        self._unacked_bytes = self._unacked_segments = 0
         self.delack_deadline = None
         self._emit(seg)
         return seg

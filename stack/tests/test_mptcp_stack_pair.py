@@ -218,6 +218,43 @@ def test_a_removed_address_that_returns_is_joined_again(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_removing_the_initial_address_sends_remove_addr_for_id_0(
+    topology: Callable[..., Topology], version: int
+) -> None:
+    """The server stops using its initial address (the MP_CAPABLE subflow's): the peer
+    knows it by ID 0 (RFC 8684 §3.2), so REMOVE_ADDR carries 0, not the endpoint's ID,
+    and the initial subflow closes (as Linux's `ip mptcp endpoint delete id 0 ADDR`);
+    the upload finishes intact on the join."""
+    size = 20_000_000
+    with pair(topology, version, server_flags=",signal", rate="40mbit") as (_, server, client):
+        sock, _, finish = run(server, client, "source", size, server_mode="sink")
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join to the announced address")
+        server.remove_endpoint("192.0.2.2")
+        wait_until(lambda: sock.info()["subflows"][0]["state"] == "failed", 5,
+                   "the initial subflow closed")  # fmt: skip
+        client_end, server_end = finish()
+    assert_upload(client_end, server_end, size)
+    assert server_end.mptcp["counters"]["RmAddrTx"] == 1
+    assert client_end.mptcp["counters"]["RmAddr"] == 1
+    assert server_end.mptcp["subflows"][0]["error"] == "local address removed"
+
+
+def test_a_connection_to_an_ipv4_mapped_address_is_ipv4_and_joins(
+    topology: Callable[..., Topology],
+) -> None:
+    """connect(("::ffff:192.0.2.2", port)) is an IPv4 connection (RFC 4291 §2.5.5.2, as
+    an IPv6 socket's on Linux), and the client's IPv4 subflow endpoint joins it."""
+    size = 4_000_000
+    with pair(topology, 1, client_flags=",subflow") as (_, server, client):
+        sock, _, finish = run(server, client, "source", size, server_mode="sink",
+                              address="::ffff:192.0.2.2")  # fmt: skip
+        wait_until(lambda: subflows_up(sock) == 2, 5, "the join from the IPv4 endpoint")
+        client_end, server_end = finish()
+    assert_upload(client_end, server_end, size)
+    assert client_end.mptcp["subflows"][0]["remote"] == "192.0.2.2:8000"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_traffic_returns_at_once_when_a_link_comes_back(
     topology: Callable[..., Topology], version: int
 ) -> None:

@@ -222,6 +222,21 @@ def test_add_endpoint_gives_an_address_without_flags_signal(
     assert moved["AddAddr"] == 1
 
 
+def test_add_endpoint_takes_an_ipv4_mapped_address_as_its_ipv4_address(
+    topology: Callable[..., Topology],
+) -> None:
+    """An endpoint given as ::ffff:ADDR is the IPv4 address ADDR (RFC 4291 §2.5.5.2), as
+    Linux's path manager takes it: announced and joined over IPv4."""
+    with served(topology, "") as (topo, stack, kernel), kernel.counters_delta() as moved:
+        sock = kernel_client(topo)
+        answer = stack.command(json.dumps({"cmd": "add_endpoint", "flags": ["signal"],
+                                           "address": f"::ffff:{SERVER[1]}"}))  # fmt: skip
+        assert answer["ok"] and answer["address"] == SERVER[1], answer
+        wait_until(lambda: joined(kernel, SERVER[1]), 10, "the kernel's join to eth1")
+        finish(sock, stack, 2 * BLOCK)
+    assert moved["AddAddr"] == 1
+
+
 def test_connect_takes_commands_too(topology: Callable[..., Topology]) -> None:
     """`connect --control stdin`: the stack's subflow endpoint joins the kernel, and a
     backup flip sends MP_PRIO on that subflow (the kernel's MPPrioRx); the upload is

@@ -13,6 +13,9 @@ MSS = 1000
 
 
 def receiver(**cfg):
+    """Our connection, established, receiving from a scripted peer. Quick-ACK mode is off
+    unless asked for: these tests are about the delayed ACK that follows it."""
+    cfg.setdefault("max_quick_acks", 0)
     config = TcpConfig(mss=MSS, timestamps=False, **cfg)
     conn = TcpConnection(ADDR_A, ADDR_B, config=config, isn_secret=b"k", now=0.0)
     conn.connect(0.0)
@@ -31,6 +34,29 @@ def test_delayed_ack_on_timer_for_a_single_segment():
     [ack] = conn.poll_segments()
     assert peer.ack_of(ack) == 1 + MSS and conn.stats.DelayedACKs == 1
     assert conn.next_timer() is None
+
+
+def test_quick_acks_for_the_first_segments_and_after_a_silence():
+    # Linux's tcp_event_data_recv(): the first data, and data after a gap longer than
+    # the RTO, put the receiver in quick-ACK mode for up to TCP_MAX_QUICKACKS segments
+    # (rcv_wnd / 2 MSS at least 2): each is ACKed without waiting for a second one
+    conn, peer = receiver(max_quick_acks=16, receive_buffer=4 * MSS)  # room for 2 quick
+    seq = 1
+    for i in range(2):
+        [ack] = peer.send(ACK, 1.0 + i * 0.001, seq=seq, ack=1, payload=b"x" * MSS)
+        seq += MSS
+        assert peer.ack_of(ack) == seq
+        conn.receive(1 << 20, 1.0 + i * 0.001)
+        conn.poll_segments()  # a window update, if any
+    assert peer.send(ACK, 1.01, seq=seq, ack=1, payload=b"x" * MSS) == []  # delayed again
+    conn.handle_timer(1.01 + 0.040)
+    [ack] = conn.poll_segments()
+    seq += MSS
+    conn.receive(1 << 20, 1.06)
+    conn.poll_segments()
+    silence = 1.06 + conn.rto.rto + 0.001  # longer than the RTO: a sender restarting
+    [ack] = peer.send(ACK, silence, seq=seq, ack=1, payload=b"y" * 100)
+    assert peer.ack_of(ack) == seq + 100
 
 
 def test_ack_every_second_full_segment():

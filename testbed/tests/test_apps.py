@@ -15,6 +15,7 @@ from testbed.apps import (
     Divergence,
     StreamChecker,
     TransferResult,
+    join_remap_evidence,
     kernel_join_remap,
     stream_chunk,
     stream_sha256,
@@ -192,7 +193,7 @@ def test_kernel_join_remap_needs_its_whole_signature() -> None:
     assert kernel_join_remap(_upload(received, replay), mib) == ""
     two = [*found, Divergence(500_000, 10, 600_000)]
     assert kernel_join_remap(_upload(received, two), mib) == ""
-    far = [Divergence(88_752, 8_624, 88_752 + (1 << 16) + 1)]
+    far = [Divergence(88_752, 8_624, 88_752 + (8 << 20) + 1)]  # beyond any receive window
     assert kernel_join_remap(_upload(received, far), mib) == ""
     # Neither are missing bytes.
     short = _upload(received, found)
@@ -200,6 +201,32 @@ def test_kernel_join_remap_needs_its_whole_signature() -> None:
     assert kernel_join_remap(short, mib) == ""
     intact = _upload(stream_chunk(0) + stream_chunk(1), [])
     assert intact.intact and kernel_join_remap(intact, mib) == ""
+
+
+# The interop aggregation cell (kernel->kernel, 60 MB of the stream of seed 4242) as
+# received on 2026-12-05: the join's first mapping (DSN 163640, 61304 bytes) applied at
+# the msk's ack_seq 88752, so its bytes from 173072 on arrived at 98184.
+_INTEROP_SEED = 4242  # conformance.interop.cell.DATA_SEED
+_INTEROP_SHIFTED = (98_184, 173_072, 224_944)
+
+
+def test_stream_checker_of_a_seed_locates_the_interop_remap() -> None:
+    start, source, end = _INTEROP_SHIFTED
+    stream = b"".join(stream_chunk(i, _INTEROP_SEED) for i in range(2))
+    received = stream[:start] + stream[source:end] + stream[start + end - source :]
+    checker = StreamChecker(_INTEROP_SEED)
+    for at in range(0, len(received), 1 << 18):
+        checker.update(received[at : at + (1 << 18)])
+    [run] = checker.finish()
+    assert (run.offset, run.source) == (start, source) and run.length <= end - source
+    # The default seed does not take that data for its stream: nothing is located.
+    assert _check_in_reads(received, 1 << 18) == []
+    # The shift (74888) is larger than a mapping: still the join remap, with a join.
+    evidence = join_remap_evidence([run], {"MPJoinAckRx": 1, "DuplicateData": 2})
+    assert "74888 bytes early" in evidence and "DuplicateData 2" in evidence
+    assert join_remap_evidence([run], {"DuplicateData": 2}) == ""
+    beyond = Divergence(start, run.length, start + (8 << 20) + 1)
+    assert join_remap_evidence([beyond], {"MPJoinAckRx": 1}) == ""
 
 
 def test_intact_is_false_when_the_ends_disagree() -> None:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 
 import topologies
-from testbed import HostHandle, Topology, _linux
+from testbed import HostHandle, Topology, _linux, builder
+from testbed.errors import TestbedError
 from testbed.spec import LinkProps
 
 pytestmark = pytest.mark.netns
@@ -193,6 +194,44 @@ def test_blackhole_and_down_cut_the_path_and_restore_it(topology: Callable[..., 
     table = client.policy_tables["eth0"]
     routes = client.ipr.route("dump", table=table)
     assert any(r.get("dst") == "192.0.2.0" for r in routes)
+
+
+def _operstates(topo: Topology) -> set[str]:
+    states = set()
+    for live in topo.links.values():
+        for end in (live.a, live.b):
+            [msg] = topo.hosts[end.host].ipr.link("get", index=end.index)
+            states.add(str(msg.get("operstate")))
+    return states
+
+
+def test_a_built_or_restored_link_is_operational_at_once(
+    topology: Callable[..., Topology],
+) -> None:
+    """Until the kernel's linkwatch work has run, a veth just set up drops what is sent
+    (its noop qdisc): under load, the first SYN of a case was lost that way. build() and
+    up() return only once every end's operstate is UP, and the first datagram arrives."""
+    topo = topology(topologies.dual_homed())
+    assert _operstates(topo) == {"UP"}
+    client, server = topo.hosts["client"], topo.hosts["server"]
+    assert udp_delivery(client, server, server.address("eth0"), 1) == 1
+    path1 = topo.links["path1"]
+    path1.down()
+    path1.up()
+    assert _operstates(topo) == {"UP"}
+    assert udp_delivery(client, server, server.address("eth0"), 1) == 1
+
+
+def test_a_link_that_never_comes_up_is_named(
+    topology: Callable[..., Topology], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topo = topology(topologies.single_path())
+    link = topo.links["path1"]
+    server_end = link.b
+    topo.hosts[server_end.host].ipr.link("set", index=server_end.index, state="down")
+    monkeypatch.setattr(builder, "LINK_UP_TIMEOUT", 0.2)
+    with pytest.raises(TestbedError, match=r"client/eth0, server/eth0: not operational"):
+        builder._wait_operational(topo, [link.a, link.b])
 
 
 def test_link_mtu_is_applied(topology: Callable[..., Topology]) -> None:
