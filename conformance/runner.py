@@ -24,7 +24,7 @@ from conformance.cases import Context, by_id
 from conformance.iut import DRIVERS, Iut, NotSupported
 from conformance.model import Case, Outcome, Result, Verdict
 from conformance.tester import Tester
-from testbed.netns import worker_init
+from testbed.netns import worker_init, worker_job
 
 # Relative: resolved against the current directory when a case writes its artefacts.
 DEFAULT_ARTIFACTS = Path("conformance-artifacts")
@@ -99,11 +99,9 @@ def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_A
 
 def _run_by_id(case_id: str, iut_name: str, artifacts: str | None) -> dict[str, object]:
     """Worker-process entry point (picklable arguments and result)."""
-    from conformance.iut.vm import leave_if_orphaned
-
-    leave_if_orphaned()
     case = by_id()[case_id]
-    return run_one(case, iut_name, Path(artifacts) if artifacts else None).to_json()
+    with worker_job():  # SIGTERM (the run died) unwinds it, then ends the worker
+        return run_one(case, iut_name, Path(artifacts) if artifacts else None).to_json()
 
 
 def available(iuts: Iterable[str]) -> tuple[list[str], dict[str, str]]:

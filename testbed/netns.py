@@ -276,29 +276,46 @@ def unwind_on_sigterm() -> None:
 
 
 def worker_init() -> None:
-    """The initializer of a pool's worker process: SIGTERM unwinds it
-    (`unwind_on_sigterm`), and it gets SIGTERM when the process that started it dies,
-    even by SIGKILL (PR_SET_PDEATHSIG), so that its namespaces and VMs are removed
-    rather than kept alive by an orphaned worker that reclaim cannot touch."""
+    """The initializer of a pool's worker process. SIGTERM, which it also gets when the
+    process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), unwinds the job it
+    is running (KeyboardInterrupt: topologies torn down) and then ends the worker, with
+    its exit handlers (VMs closed), instead of letting it take the next queued job or
+    wait for one forever: reclaim spares what a live process owns."""
     import ctypes
 
-    global _worker_parent
-    _worker_parent = os.getppid()
-    unwind_on_sigterm()
+    signal.signal(signal.SIGTERM, _leave)
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if orphaned():  # the parent died before the signal was asked for
+    if os.getppid() == 1:  # the parent died before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-_worker_parent: int | None = None
+_idle = threading.Event()
+_idle.set()
 
 
-def orphaned() -> bool:
-    """True in a worker (`worker_init`) whose parent has died: the SIGTERM unwound the
-    job it was running, but a pool's worker takes the next queued job; it must exit
-    instead (`conformance.iut.vm.leave_if_orphaned`)."""
-    return _worker_parent is not None and os.getppid() != _worker_parent
+@contextlib.contextmanager
+def worker_job() -> Iterator[None]:
+    """Around a job of a pool's worker: SIGTERM unwinds it before the worker ends."""
+    _idle.clear()
+    try:
+        yield
+    finally:
+        _idle.set()
+
+
+def _leave(signum: int, frame: object) -> None:
+    threading.Thread(target=_leave_when_idle, daemon=True).start()
+    if not _idle.is_set():
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _leave_when_idle() -> None:
+    import atexit
+
+    _idle.wait()
+    atexit._run_exitfuncs()  # the VMs and topologies of this process
+    os._exit(1)
 
 
 def reclaim_stale() -> list[str]:

@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 from conformance.interop.cell import CellResult, run_cell
 from conformance.interop.scenarios import AGGREGATION_RATIO, SCENARIOS, Scenario
 from conformance.iut import DRIVERS
-from testbed.netns import worker_init
+from testbed.netns import worker_init, worker_job
 
 REFERENCE = "kernel"
 
@@ -75,16 +75,14 @@ def _run_json(
     scenario: str, client: str, server: str, quick: bool, artifacts: str | None
 ) -> dict[str, Any]:
     """Worker-process entry point (picklable arguments and result)."""
-    from conformance.iut.vm import leave_if_orphaned
-
-    leave_if_orphaned()
-    result = run_cell(
-        SCENARIOS[scenario],
-        client,
-        server,
-        quick=quick,
-        artifacts=Path(artifacts) if artifacts else None,
-    )
+    with worker_job():  # SIGTERM (the run died) unwinds it, then ends the worker
+        result = run_cell(
+            SCENARIOS[scenario],
+            client,
+            server,
+            quick=quick,
+            artifacts=Path(artifacts) if artifacts else None,
+        )
     return result.to_json()
 
 

@@ -85,17 +85,6 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def leave_if_orphaned() -> None:
-    """In a pool's worker whose run was killed: close this process's VMs and exit now,
-    rather than run the jobs still queued (a worker survives its parent, and reclaim
-    spares what a live process owns)."""
-    from testbed.netns import orphaned
-
-    if orphaned():
-        shutdown()
-        os._exit(1)
-
-
 def _tools_missing() -> str | None:
     for tool in (QEMU, VIRTIOFSD, "/usr/bin/busybox"):
         if shutil.which(tool) is None:

@@ -8,6 +8,9 @@ uploading to it). Skipped, with the fetch command, when the kernel is not fetche
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from conformance.cases import by_id
@@ -60,3 +63,78 @@ def test_cases_in_one_vm(iut: str) -> None:
     # The counters come from the guest's kernel
     join = next(r for r in results if r.case_id == "mp_join.valid_join_completes")
     assert join.counters.get("MPJoinSynRx", 0) >= 1, join.counters
+
+
+def test_a_killed_run_takes_its_workers_and_vms_along() -> None:
+    """SIGKILL a `conformance run -n 2` once its workers are booting their VMs: the
+    workers (SIGTERM at their parent's death) unwind, close their VMs and exit instead of
+    going on with the queued cases; reclaim then leaves nothing of them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from testbed.netns import RUN_NETNS, reclaim_stale
+    from testbed.vm import machine
+
+    reason = DRIVERS["kernel-6.12"].unavailable()
+    if reason:
+        pytest.skip(reason)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "run", "--iut", "kernel-6.12", "-n", "2",
+         "-k", "mp_join", "--pcap-dir", os.devnull, "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    workers: set[int] = set()
+    qemus: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(qemus) < 2 and time.monotonic() < deadline and run.poll() is None:
+            workers = {p for p in _processes() if _parent(p) == run.pid and
+                       b"spawn_main" in _cmdline(p)}  # fmt: skip
+            qemus = {p for p in _processes() if _parent(p) in workers and
+                     _cmdline(p).startswith(b"qemu-system")}  # fmt: skip
+            time.sleep(0.1)
+        assert len(qemus) == 2, "the run's two workers did not start their VMs"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in workers | qemus):
+        assert time.monotonic() < deadline, "workers or QEMU outlived the killed run"
+        time.sleep(0.1)
+    reclaim_stale()
+    machine.reclaim()
+    left = [name for name in os.listdir(RUN_NETNS) if _owner(name) in workers]
+    assert not left and not [d for d in machine.RUN_DIR.glob("*") if _owner(d.name) in workers]
+
+
+def _processes() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _parent(pid: int) -> int:
+    """The parent of `pid` (of a process that is gone: -1)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _owner(name: str) -> int:
+    try:
+        with open(f"/run/mptcp-lab/{name}") as f:
+            return int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError):
+        return -1
