@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="record this run's verdicts as the baseline")  # fmt: skip
     run_p.add_argument("--baseline", type=Path, default=baseline.DEFAULT_PATH)
     run_p.add_argument("-q", "--quiet", action="store_true", help="no per-case progress")
+    run_p.add_argument("--diff", action="append", default=[], metavar="LEFT,RIGHT",
+                       help="also print where two IUTs differ (repeatable); stack-v1,kernel, "
+                       "kernel-6.1,kernel-6.12 and kernel-6.12,kernel are printed when "
+                       "both ran")  # fmt: skip
     inter = sub.add_parser("interop", help="the interop matrix: every implementation as "
                            "client and as server")  # fmt: skip
     inter.add_argument("--impl", default=",".join(DRIVERS),
@@ -197,9 +201,12 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(report.matrix(cases, iuts, results))
     print()
-    if "stack-v1" in iuts and "kernel" in iuts:
-        print(report.diff(cases, results))
-        print()
+    pairs = [("stack-v1", "kernel"), ("kernel-6.1", "kernel-6.12"), ("kernel-6.12", "kernel")]
+    pairs += [tuple(p.split(",", 1)) for p in args.diff if "," in p]
+    for left, right in dict.fromkeys(pairs):
+        if left in iuts and right in iuts:
+            print(report.diff(cases, results, left, right))
+            print()
     for result in results:
         if result.verdict in (Verdict.DEVIATES, Verdict.ERROR):
             counters = f" counters {result.counters}" if result.counters else ""

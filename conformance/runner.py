@@ -24,7 +24,7 @@ from conformance.cases import Context, by_id
 from conformance.iut import DRIVERS, Iut, NotSupported
 from conformance.model import Case, Outcome, Result, Verdict
 from conformance.tester import Tester
-from testbed.netns import unwind_on_sigterm
+from testbed.netns import worker_init, worker_job
 
 # Relative: resolved against the current directory when a case writes its artefacts.
 DEFAULT_ARTIFACTS = Path("conformance-artifacts")
@@ -100,7 +100,8 @@ def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_A
 def _run_by_id(case_id: str, iut_name: str, artifacts: str | None) -> dict[str, object]:
     """Worker-process entry point (picklable arguments and result)."""
     case = by_id()[case_id]
-    return run_one(case, iut_name, Path(artifacts) if artifacts else None).to_json()
+    with worker_job():  # SIGTERM (the run died) unwinds it, then ends the worker
+        return run_one(case, iut_name, Path(artifacts) if artifacts else None).to_json()
 
 
 def available(iuts: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -138,7 +139,7 @@ def run(
         return results
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=unwind_on_sigterm
+        workers, mp_context=context, initializer=worker_init
     ) as pool:
         futures = {
             pool.submit(_run_by_id, case.id, iut, str(artifacts) if artifacts else None): (

@@ -275,6 +275,49 @@ def unwind_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminate)
 
 
+def worker_init() -> None:
+    """The initializer of a pool's worker process. SIGTERM, which it also gets when the
+    process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), unwinds the job it
+    is running (KeyboardInterrupt: topologies torn down) and then ends the worker, with
+    its exit handlers (VMs closed), instead of letting it take the next queued job or
+    wait for one forever: reclaim spares what a live process owns."""
+    import ctypes
+
+    signal.signal(signal.SIGTERM, _leave)
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_idle = threading.Event()
+_idle.set()
+
+
+@contextlib.contextmanager
+def worker_job() -> Iterator[None]:
+    """Around a job of a pool's worker: SIGTERM unwinds it before the worker ends."""
+    _idle.clear()
+    try:
+        yield
+    finally:
+        _idle.set()
+
+
+def _leave(signum: int, frame: object) -> None:
+    threading.Thread(target=_leave_when_idle, daemon=True).start()
+    if not _idle.is_set():
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _leave_when_idle() -> None:
+    import atexit
+
+    _idle.wait()
+    atexit._run_exitfuncs()  # the VMs and topologies of this process
+    os._exit(1)
+
+
 def reclaim_stale() -> list[str]:
     """Remove namespaces (and processes in them) whose owning process is gone."""
     if os.geteuid() != 0:

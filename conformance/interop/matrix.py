@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 from conformance.interop.cell import CellResult, run_cell
 from conformance.interop.scenarios import AGGREGATION_RATIO, SCENARIOS, Scenario
 from conformance.iut import DRIVERS
-from testbed.netns import unwind_on_sigterm
+from testbed.netns import worker_init, worker_job
 
 REFERENCE = "kernel"
 
@@ -75,13 +75,14 @@ def _run_json(
     scenario: str, client: str, server: str, quick: bool, artifacts: str | None
 ) -> dict[str, Any]:
     """Worker-process entry point (picklable arguments and result)."""
-    result = run_cell(
-        SCENARIOS[scenario],
-        client,
-        server,
-        quick=quick,
-        artifacts=Path(artifacts) if artifacts else None,
-    )
+    with worker_job():  # SIGTERM (the run died) unwinds it, then ends the worker
+        result = run_cell(
+            SCENARIOS[scenario],
+            client,
+            server,
+            quick=quick,
+            artifacts=Path(artifacts) if artifacts else None,
+        )
     return result.to_json()
 
 
@@ -118,7 +119,7 @@ def run(
     if workers > 1 and len(shared) > 1:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=unwind_on_sigterm
+            workers, mp_context=context, initializer=worker_init
         ) as pool:
             futures = {
                 pool.submit(_run_json, p.scenario, p.client, p.server, quick, where): p
