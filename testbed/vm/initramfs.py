@@ -40,6 +40,7 @@ arg() {
 }
 fail() { echo "init: $*"; echo o > /proc/sysrq-trigger; sleep 5; poweroff -f; }
 python=$(arg mptl.python)
+root=$(arg mptl.root)
 mount -t virtiofs -o ro rootfs /newroot \
     || fail "cannot mount the shared root (virtiofs): if fuse, virtiofs or virtio_pci" \
             "are modules, give their directory (kernel-vm:IMAGE:MODULES)"
@@ -58,6 +59,7 @@ mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 cd /newroot
 export PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$root"  # the host's checkout, whatever the venv was installed from
 exec switch_root /newroot "$python" -m testbed.vm.agent
 """
 

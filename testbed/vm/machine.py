@@ -44,6 +44,7 @@ from testbed.vm.kernels import Kernel, cache_dir
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 RUN_DIR = Path("/run/mptcp-lab-vm")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout the guest runs
 VM_PREFIX = f"{PREFIX}vm-"
 BOOT_TIMEOUT = float(os.environ.get("MPTL_VM_BOOT_TIMEOUT", "60"))
 CALL_TIMEOUT = 30.0
@@ -182,6 +183,9 @@ class VirtualMachine:
             "no_timer_check",
             "rdinit=/init",
             f"mptl.python={python}",
+            # the guest runs this checkout's code, not whatever the venv's editable
+            # install points at (a second worktree sharing one venv ran the other's)
+            f"mptl.root={PROJECT_ROOT}",
         ]
         argv = [
             QEMU, "-name", self.ns.name, "-accel", "tcg,thread=multi,tb-size=64",
