@@ -41,19 +41,30 @@ def main(argv: list[str] | None = None) -> int:
     durations: list[float] = []  # cases that ran: a not-applicable one takes no time
     per_iut: dict[str, list[float]] = defaultdict(list)
     verdicts: dict[tuple[str, str], set[str]] = defaultdict(set)
+    # each (case, IUT)'s verdicts with the run and the detail: a flip is no use to the
+    # next engineer without what the case saw
+    seen: dict[tuple[str, str], list[str]] = defaultdict(list)
     for index in range(args.runs):
         started = time.monotonic()
         results = run(cases, iuts, workers=args.workers, artifacts=None)
         walls.append(time.monotonic() - started)
         for result in results:
             verdicts[(result.case_id, result.iut)].add(result.verdict.value)
+            seen[(result.case_id, result.iut)].append(
+                f"run {index + 1} {result.verdict.value}: {result.detail}"
+            )
             if result.verdict.value != "not-applicable":
                 durations.append(result.duration_s)
                 per_iut[result.iut].append(result.duration_s)
         print(f"run {index + 1}/{args.runs}: {len(results)} results in {walls[-1]:.1f} s",
               flush=True)  # fmt: skip
-    flaky = sorted(f"{iut} {case}: {sorted(v)}" for (case, iut), v in verdicts.items()
-                   if len(v) > 1)  # fmt: skip
+    changed = sorted(key for key, v in verdicts.items() if len(v) > 1)
+    flaky = [f"{iut} {case}: {sorted(verdicts[(case, iut)])}" for case, iut in changed]
+    # the runs whose verdict was the rarer one, with their detail
+    flips = {
+        f"{iut} {case}": [line for line in seen[(case, iut)] if _rarer(line, seen[(case, iut)])]
+        for case, iut in changed
+    }
     figures = {
         "runs": args.runs,
         "workers": args.workers,
@@ -66,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         **{f"case_s_median[{iut}]": round(statistics.median(t), 3) for iut, t in per_iut.items()},
         "verdict_changes": len(flaky),
         "flaky": flaky,
+        "flips": flips,
     }
-    rows = [[k, v] for k, v in figures.items() if k != "flaky"]
+    rows = [[k, v] for k, v in figures.items() if k not in ("flaky", "flips")]
     print(tabulate(rows, headers=["figure", "value"]))
     for line in flaky:
         print(f"  flaky: {line}")
+    for name, lines in flips.items():
+        for line in lines:
+            print(f"    {name}: {line}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     ok = figures["wall_s_max"] <= 120 and figures["case_s_median"] <= 0.5 and not flaky
@@ -80,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(flaky)} verdict change(s)"
     )
     return 0 if ok else 1
+
+
+def _rarer(line: str, lines: list[str]) -> bool:
+    """Whether `line`'s verdict is not the most common of `lines` ("run N VERDICT: ...");
+    on a tie, every line is."""
+    verdict = line.split(" ", 3)[2].rstrip(":")
+    counts: dict[str, int] = defaultdict(int)
+    for other in lines:
+        counts[other.split(" ", 3)[2].rstrip(":")] += 1
+    top = max(counts.values())
+    return counts[verdict] < top or list(counts.values()).count(top) > 1  # a tie: all
 
 
 if __name__ == "__main__":
