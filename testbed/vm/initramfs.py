@@ -44,7 +44,9 @@ root=$(arg mptl.root)
 mount -t virtiofs -o ro rootfs /newroot \
     || fail "cannot mount the shared root (virtiofs): if fuse, virtiofs or virtio_pci" \
             "are modules, give their directory (kernel-vm:IMAGE:MODULES)"
-for dir in etc var; do
+# /etc, /var and /tmp are the host's, writable through an overlay (a checkout or a
+# virtualenv under /tmp stays visible: CI clones often live there)
+for dir in etc var tmp; do
     mkdir -p /overlay/$dir
     mount -t tmpfs -o mode=0755 tmpfs /overlay/$dir
     mkdir -p /overlay/$dir/upper /overlay/$dir/work
@@ -52,7 +54,7 @@ for dir in etc var; do
     mount -t overlay -o "$layers" overlay /newroot/$dir \
         || mount -t tmpfs -o mode=0755 tmpfs /newroot/$dir
 done
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+chmod 1777 /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
