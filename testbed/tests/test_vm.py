@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_the_guest_sees_the_hosts_tmp() -> None:
+    """A CI clone and its virtualenv may live under /tmp: the guest must see them."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        marker = Path(directory) / "seen-by-the-guest"
+        marker.write_text("host\n")
+        with VirtualMachine(_kernel("6.12")) as vm:
+            done = vm.call("run", argv=["cat", str(marker)])
+            assert (done["returncode"], done["stdout"]) == (0, "host\n"), done
+            assert vm.call("run", argv=["touch", f"{directory}/guest"])["returncode"] == 0
+        assert not (Path(directory) / "guest").exists()  # written in the guest's overlay
 
 
 def test_boot_and_agent_commands() -> None:
