@@ -14,7 +14,8 @@
 
 `run` prints progress, the verdict matrix, the diff of stack-v1 against the kernel and
 a summary line. Exit status: 0, or 1 when `--check-baseline` finds a changed verdict
-(either way) or an error, or 2 on a usage error. `interop` prints one grid per scenario
+(either way) or an error, or 2 on a usage error; every command exits 130, with one line
+and after removing what it made, on Ctrl-C or SIGTERM. `interop` prints one grid per scenario
 (client in rows, server in columns) and exits 1 when a cell fails that no documented
 defect of an implementation explains (`KNOWN_DEFECTS` in conformance/interop/cell.py:
 such a cell is still shown failed, with the defect named). `fuzz` exits 1 on
@@ -428,15 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         unwind_on_sigterm()  # a killed run still removes its namespaces
-    if args.command == "selftest":
-        return _selftest(args)
-    if args.command == "list":
-        return _list(args)
-    if args.command == "fuzz":
-        return _fuzz(args)
-    if args.command == "interop":
-        return _interop(args)
-    return _run(args)
+    commands = {"selftest": _selftest, "list": _list, "fuzz": _fuzz, "interop": _interop}
+    try:
+        return commands.get(args.command, _run)(args)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C or SIGTERM: everything was unwound on the way here; say so in one line
+        print(f"conformance {args.command}: interrupted ({interrupt or 'Ctrl-C'}); "
+              "its namespaces and processes were removed", file=sys.stderr)  # fmt: skip
+        # A netlink call cut short leaves a pyroute2 coroutine that the interpreter's exit
+        # collects on a closed event loop ("Exception ignored in ..."): expected now
+        sys.unraisablehook = lambda unraisable: None
+        return 130
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def test_a_run_killed_with_sigterm_removes_its_namespaces() -> None:
     run = subprocess.Popen(
         [sys.executable, "-m", "conformance", "interop", "--impl", "kernel",
          "--scenario", "transfer", "-n", "1", "--quiet"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -221,8 +221,11 @@ def test_a_run_killed_with_sigterm_removes_its_namespaces() -> None:
             time.sleep(0.05)  # polling for the namespaces to appear, with a deadline
         assert owned_by_process(run.pid), "no namespace of the run appeared within 30 s"
         run.send_signal(signal.SIGTERM)
-        run.wait(timeout=60)
+        _, errors = run.communicate(timeout=60)
         assert owned_by_process(run.pid) == []
+        # one line that says what happened, not a traceback
+        assert "Traceback" not in errors and "interrupted (signal 15)" in errors, errors
+        assert run.returncode == 130
     finally:
         if run.poll() is None:
             run.kill()
