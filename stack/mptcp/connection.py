@@ -1142,7 +1142,9 @@ class MptcpConnection:
         self._rearm_data_rtx(now)
 
     def _maybe_close_subflows(self) -> None:
-        """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3)."""
+        """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3). A full close,
+        as Linux's __tcp_close() of each subflow: data still arriving on one is stale
+        (the data level has it all) and gets a RST (`TcpConnection.close`)."""
         sendq = self.sendq
         if self.fallback or sendq is None:
             return
@@ -1151,7 +1153,7 @@ class MptcpConnection:
                 if sf.tcp.fin_seq is None and sf.tcp.state in (
                     TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_RECEIVED
                 ):  # fmt: skip
-                    sf.tcp.shutdown_write(self._now)
+                    sf.tcp.close(self._now)
 
     # ------------------------------------------------------------------ subflow events
 

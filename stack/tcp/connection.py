@@ -132,6 +132,7 @@ class TcpStats:
     TCPLossProbes: int = 0
     DelayedACKs: int = 0
     OutOfWindowDrops: int = 0
+    TCPAbortOnData: int = 0  # new data after a full close(): answered with RST
 
 
 class TcpConnection:
@@ -211,6 +212,7 @@ class TcpConnection:
         self.rcv_adv = 0  # right edge of the window we advertised (never moves left)
         self._peer_fin_seq: int | None = None
         self.fin_received = False
+        self.closed_by_app = False  # close(): nothing more is read (shutdown_write reads on)
         self._rcv_mss = self._default_mss
         self._unacked_bytes = 0
         self._ack_now = False  # an ACK is owed at once (out of order, duplicate, window...)
@@ -392,7 +394,9 @@ class TcpConnection:
         self._output(now)
 
     def close(self, now: float) -> None:
-        """Full close: FIN after the data; with unread data, abort with RST (RFC 2525 §2.17)."""
+        """Full close: FIN after the data; with unread data, abort with RST (RFC 2525 §2.17).
+        New data arriving afterwards is also answered with RST (`_abort_on_data`)."""
+        self.closed_by_app = True
         if self.rcvbuf.readable and self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}:
             self.abort(now)
             return
@@ -772,6 +776,8 @@ class TcpConnection:
             return
         # 7. data
         if plen and st in _RECEIVES_DATA and not drop_data:
+            if self._abort_on_data(seq, plen, now):
+                return
             self._receive_data(seq, payload, now)
         elif plen:
             self._ack_now = True
@@ -784,6 +790,21 @@ class TcpConnection:
         elif flags & FIN and st is TcpState.TIME_WAIT:
             self._ack_now = True
             self.timewait_deadline = now + self.config.time_wait
+
+    def _abort_on_data(self, seq: int, plen: int, now: float) -> bool:
+        """New data after the application's full close: nobody will read it, so say so
+        with RST (RFC 1122 §4.2.2.13, "if new data is received after CLOSE is called, its
+        TCP SHOULD send a RST"), as Linux does in FIN_WAIT1/2 (TCPAbortOnData). Without
+        it, a peer keeps sending into a connection nobody reads: a kernel MPTCP client
+        whose old subflow came back after a failover pushed its stale queue for seconds,
+        beside its next connection."""
+        if not self.closed_by_app or seq + plen <= self.rcvbuf.rcv_nxt:
+            return False
+        if self.state not in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+            return False
+        self.stats.TCPAbortOnData += 1
+        self.abort(now)
+        return True
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §3.2/§4.2/§5.2, rate-limited per connection (§7)."""

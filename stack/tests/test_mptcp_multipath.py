@@ -414,3 +414,48 @@ def test_removed_endpoint_sends_remove_addr(topology: Callable[..., Topology]) -
     assert_transfer_intact(stack_end, kernel_end, size)
     assert kernel["RmAddr"] == 1 and stack_end.mptcp["counters"]["RmAddrTx"] == 1
     assert stack_end.mptcp["subflows"][1]["error"] == "local address removed"
+
+
+def _send_queue(s: Session, local: str) -> int:
+    """The kernel's Send-Q (bytes not yet acknowledged) of its subflow from `local`."""
+    host = s.topo.hosts[s.kernel_role]
+    out = host.run(["ss", "-tnH", "state", "all", "src", local], check=False).stdout
+    return sum(int(line.split()[2]) for line in out.splitlines() if line.strip())
+
+
+def test_stale_subflow_data_after_the_connection_ended_is_reset(
+    topology: Callable[..., Topology],
+) -> None:
+    """A kernel client uploads with a backup subflow; its regular path is blackholed
+    mid-transfer, and the rest goes over the backup. Both ends close once the data is
+    through, but the client's regular subflow still holds a queue the data level no
+    longer needs. When the path returns, it retransmits that queue: nobody will read it,
+    so the stack, whose subflows were fully closed, answers with RST (RFC 1122
+    §4.2.2.13; Linux's TCPAbortOnData), as a Linux server does. It used to ACK the whole
+    stale queue, a second flow on the path for seconds beside the client's next
+    connection (the interop `failover` cell: the kernel then failed over more slowly
+    with the stack as receiver)."""
+    size = 8_000_000
+    rate = LinkProps(rate="100mbit")
+    client_first, client_second = USER_ADDRESSES["client"]
+    with session(topology, "server", limits=Limits(2, 0), props=(rate, rate),
+                 spec=topologies.user_dual_homed, addresses=USER_ADDRESSES) as s:  # fmt: skip
+        s.kernel.set_limits(subflows=2, add_addr_accepted=0)
+        s.kernel.add_endpoint(client_second, flags={"subflow", "backup"}, ifname="eth1")
+        s.start("sink", "source", size)
+        wait_until(lambda: len(established_subflows(s)) == 2, 5, "the backup subflow", s)
+        path1 = s.topo.links["path1"]
+        wait_until(lambda: path1.sent_by("client") > 2_000_000, 10, "data on path 1")
+        path1.blackhole(True)
+        stack_end, kernel_end = s.finish()
+        assert_transfer_intact(stack_end, kernel_end, size)
+        stale = _send_queue(s, client_first)
+        assert stale > 100_000, f"the client's path-1 subflow holds only {stale} bytes"
+        before = path1.sent_by("client")
+        path1.blackhole(False)
+        # its retransmission timer has backed off: the stale queue comes within seconds
+        wait_until(lambda: path1.sent_by("client") > before, 10, "the stale retransmission")
+        wait_until(lambda: _send_queue(s, client_first) == 0, 3,
+                   "the client's stale subflow to be reset")  # fmt: skip
+        resent = path1.sent_by("client") - before
+    assert resent < stale // 2, f"{resent} of the {stale} stale bytes were taken again"

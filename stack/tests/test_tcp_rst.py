@@ -144,6 +144,34 @@ def test_abort_sends_reset_and_close_with_unread_data_aborts():
     assert conn.poll_events()[-1] == Closed(CloseReason.ABORTED)
 
 
+def test_new_data_after_close_gets_reset_and_old_data_does_not():
+    """RFC 1122 §4.2.2.13: new data after a full close is answered with RST (Linux's
+    TCPAbortOnData in FIN_WAIT1/2); a retransmission of what was read is only ACKed."""
+    conn, peer = established()
+    peer.send(ACK, 0.1, seq=1, ack=1, payload=b"read")
+    assert conn.receive(100, 0.1) == b"read"
+    conn.poll_segments()
+    conn.close(0.2)
+    assert any(seg.flags & FIN for seg in conn.poll_segments())
+    assert conn.state is TcpState.FIN_WAIT_1
+    [ack] = peer.send(ACK, 0.3, seq=1, ack=1, payload=b"read")  # a duplicate: ACKed
+    assert ack.flags & ACK and not ack.flags & RST and conn.state is TcpState.FIN_WAIT_1
+    [rst] = peer.send(ACK, 0.4, seq=5, ack=2, payload=b"more")  # new: nobody will read it
+    assert rst.flags & RST
+    assert conn.state is TcpState.CLOSED and conn.stats.TCPAbortOnData == 1
+    assert conn.poll_events()[-1] == Closed(CloseReason.ABORTED)
+
+
+def test_half_close_still_receives():
+    """shutdown_write() is not close(): the peer may go on sending (RFC 9293 §3.10.4)."""
+    conn, peer = established()
+    conn.shutdown_write(0.1)
+    conn.poll_segments()
+    peer.send(ACK, 0.2, seq=1, ack=2, payload=b"still wanted")
+    assert conn.receive(100, 0.2) == b"still wanted"
+    assert conn.state is TcpState.FIN_WAIT_2 and conn.stats.TCPAbortOnData == 0
+
+
 def test_paws_drops_old_timestamp():
     conn, peer = established(timestamp=(1000, 0))
     peer.send(ACK, 0.1, seq=1, ack=1, payload=b"new", timestamp=(1010, 0))
