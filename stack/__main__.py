@@ -96,6 +96,7 @@ def _config(args: Any) -> MptcpConfig:
         scheduler=args.scheduler,
         congestion=args.cc,
         add_addr_timeout=args.add_addr_timeout,
+        deny_join_initial=args.deny_join_initial_address,
         syn_retrans_before_fallback=(
             None if args.syn_retrans_before_fallback >= 128 else args.syn_retrans_before_fallback
         ),

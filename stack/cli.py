@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
             "SYN/ACK, a checksum on every mapping",
         )  # fmt: skip
         p.add_argument(
+            "--deny-join-initial-address", action="store_true",
+            help="set C in MP_CAPABLE: peers must not join this host's initial address and "
+            "port (as net.mptcp.allow_join_initial_addr_port=0; joins there are still "
+            "taken, as Linux takes them)",
+        )  # fmt: skip
+        p.add_argument(
             "--add-addr-timeout", type=_seconds, default=None, metavar="S",
             help="resend an unechoed ADD_ADDR every S seconds, at most 3 times, 0: never "
             "(as net.mptcp.add_addr_timeout); default: after 1 s, doubling",

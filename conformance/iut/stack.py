@@ -58,6 +58,12 @@ SYSCTL_FLAGS = {
     "net.mptcp.add_addr_timeout": "--add-addr-timeout",
     "net.mptcp.syn_retrans_before_tcp_fallback": "--syn-retrans-before-fallback",
     "net.ipv4.tcp_syn_retries": "--syn-retries",
+    "net.mptcp.allow_join_initial_addr_port": "--deny-join-initial-address",
+}
+# Switches without a value: sysctl value -> whether the switch is given
+SYSCTL_SWITCHES = {
+    "--checksum": {"0": False, "1": True},
+    "--deny-join-initial-address": {"0": True, "1": False},
 }
 
 
@@ -161,10 +167,11 @@ class StackIut(Iut):
             )
         if self._processes:
             raise NotSupported(f"the stack takes {name} only at start ({flag})")
-        if flag == "--checksum":
-            if str(value) not in ("0", "1"):
+        switch = SYSCTL_SWITCHES.get(flag)
+        if switch is not None:
+            if str(value) not in switch:
                 raise IutError(f"{self.name}: {name}={value!r}, expected 0 or 1")
-            if str(value) == "1":
+            if switch[str(value)]:
                 self._sysctls[flag] = ""
             else:
                 self._sysctls.pop(flag, None)

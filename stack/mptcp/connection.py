@@ -124,11 +124,15 @@ class MptcpConfig:
     # the shorter RTT makes a loaded machine's ACK gaps look like a dead path: spurious
     # data on a backup subflow and slower failover in the loaded test runs
     small_queues: bool = False
+    # net.mptcp.allow_join_initial_addr_port=0: C set in our MP_CAPABLE (RFC 8684 §3.1),
+    # peers must not join our initial address and port
+    deny_join_initial: bool = False
 
     @property
     def capable(self) -> CapableConfig:
         return CapableConfig(self.versions, self.want_checksum, self.v0_policy,
-                             self.syn_retrans_before_fallback)  # fmt: skip
+                             self.syn_retrans_before_fallback,
+                             self.deny_join_initial)  # fmt: skip
 
 
 def _expand(value: int, reference: int, wide: bool) -> int:
@@ -462,7 +466,8 @@ class MptcpConnection:
             if self.server:
                 if self.version is not None:
                     decision = handshake.ListenerDecision(self.version, self.checksum)
-                    options.append(handshake.synack_option(decision, self.local_key))
+                    options.append(handshake.synack_option(
+                        decision, self.local_key, self.config.deny_join_initial))  # fmt: skip
             elif self._capable_syn_dropped(sf):
                 if not self.syn_without_capable:
                     self._count("MPCapableSYNTXDrop")
@@ -505,8 +510,10 @@ class MptcpConnection:
         checksum: int | None = None
         if sf.capable_ack_due and not payload:
             sf.capable_ack_due = False
-            options.append(handshake.ack_option(self.version or 0, self.checksum, self.local_key,
-                                                self.remote_key))  # fmt: skip
+            options.append(
+                handshake.ack_option(self.version or 0, self.checksum, self.local_key,
+                                     self.remote_key, self.config.deny_join_initial)
+            )  # fmt: skip
             return
         if payload:
             chunk = sf.sendmap.mapping(rel, len(payload))
@@ -523,7 +530,7 @@ class MptcpConnection:
                 options.append(
                     handshake.first_data_option(
                         self.checksum, self.local_key, self.remote_key, chunk.length,
-                        chunk.checksum,
+                        chunk.checksum, self.config.deny_join_initial,
                     )
                 )  # fmt: skip
                 return

@@ -32,7 +32,7 @@ from enum import Enum
 
 from stack import faults
 from stack.crypto import generate_nonce, join_ack_hmac, join_synack_hmac
-from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, MpCapable
+from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_C, MPC_FLAG_H, MpCapable
 
 
 class V0Policy(Enum):
@@ -49,6 +49,8 @@ class CapableConfig:
     v0_policy: V0Policy = V0Policy.FALLBACK
     # SYN + MP_CAPABLE retransmissions before a plain SYN (None: never drop MP_CAPABLE)
     syn_retrans_before_fallback: int | None = 2
+    # net.mptcp.allow_join_initial_addr_port=0: C in every v1 MP_CAPABLE we send
+    deny_join_initial: bool = False
 
     @property
     def highest(self) -> int:
@@ -66,10 +68,20 @@ class ListenerDecision:
     drop: bool = False  # no answer at all: the SYN is silently ignored
 
 
+def _flags(version: int, checksum: bool, deny_join_initial: bool) -> int:
+    """H, A when checksums are used, and C (v1 only: RFC 6824 has no C) when this host
+    takes no joins at its initial address and port. Linux sets C in the SYN, the SYN/ACK
+    and the third ACK alike (net.mptcp.allow_join_initial_addr_port=0, seen on the wire)."""
+    flags = MPC_FLAG_H | (MPC_FLAG_A if checksum else 0)
+    if deny_join_initial and version >= 1:
+        flags |= MPC_FLAG_C
+    return flags
+
+
 def syn_option(config: CapableConfig, local_key: int, version: int | None = None) -> MpCapable:
     """The initiator's SYN option for `version` (default: the highest configured)."""
     version = config.highest if version is None else version
-    flags = MPC_FLAG_H | (MPC_FLAG_A if config.want_checksum or version == 0 else 0)
+    flags = _flags(version, config.want_checksum or version == 0, config.deny_join_initial)
     if version == 0:
         return MpCapable(version=0, flags=flags, sender_key=local_key)
     return MpCapable(version=version, flags=flags)
@@ -102,9 +114,11 @@ def listener_decision(config: CapableConfig, syn: MpCapable) -> ListenerDecision
     return ListenerDecision(0, True, remote_key=syn.sender_key)
 
 
-def synack_option(decision: ListenerDecision, local_key: int) -> MpCapable:
+def synack_option(
+    decision: ListenerDecision, local_key: int, deny_join_initial: bool = False
+) -> MpCapable:
     assert decision.version is not None
-    flags = MPC_FLAG_H | (MPC_FLAG_A if decision.checksum else 0)
+    flags = _flags(decision.version, decision.checksum, deny_join_initial)
     return MpCapable(version=decision.version, flags=flags, sender_key=local_key)
 
 
@@ -145,19 +159,26 @@ def initiator_outcome(
     return InitiatorOutcome(version, checksum, remote_key=synack.sender_key)
 
 
-def ack_option(version: int, checksum: bool, local_key: int, remote_key: int) -> MpCapable:
+def ack_option(
+    version: int, checksum: bool, local_key: int, remote_key: int, deny_join_initial: bool = False
+) -> MpCapable:
     """The third ACK's MP_CAPABLE: both keys (Key-A first)."""
     if faults.ACTIVE and faults.on("mpc_third_ack_keys_swapped"):
         local_key, remote_key = remote_key, local_key
-    flags = MPC_FLAG_H | (MPC_FLAG_A if checksum else 0)
+    flags = _flags(version, checksum, deny_join_initial)
     return MpCapable(version=version, flags=flags, sender_key=local_key, receiver_key=remote_key)
 
 
 def first_data_option(
-    checksum_used: bool, local_key: int, remote_key: int, length: int, checksum: int | None
+    checksum_used: bool,
+    local_key: int,
+    remote_key: int,
+    length: int,
+    checksum: int | None,
+    deny_join_initial: bool = False,
 ) -> MpCapable:
     """v1: the MP_CAPABLE the initiator repeats on its first data (RFC 8684 §3.1)."""
-    flags = MPC_FLAG_H | (MPC_FLAG_A if checksum_used else 0)
+    flags = _flags(1, checksum_used, deny_join_initial)
     return MpCapable(
         version=1,
         flags=flags,

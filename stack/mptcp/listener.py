@@ -38,6 +38,7 @@ from stack.mptcp.token import TokenTable
 from stack.tcp.connection import TcpConnection, TcpState
 from stack.tcp.segment import ACK, RST, SYN, Segment
 from stack.wire.mptcp import (
+    MPC_FLAG_C,
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EPROHIBIT,
     MPTCP_RST_ERESOURCE,
@@ -137,6 +138,8 @@ class MptcpListener:
             if self.paths is not None
             else None
         )
+        if paths is not None and capable is not None and capable.flags & MPC_FLAG_C:
+            paths.initial_remote_joinable = False  # RFC 8684 §3.1: "MUST NOT try"
         msk = MptcpConnection(self.config, self.tokens, isn_secret=self.isn_secret, server=True,
                               allocate_port=self.allocate_port, paths=paths)  # fmt: skip
         msk.opened_at = now

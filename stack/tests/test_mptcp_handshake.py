@@ -9,17 +9,21 @@ from stack.mptcp.handshake import (
     CapableConfig,
     JoinCrypto,
     V0Policy,
+    ack_option,
+    first_data_option,
     initiator_outcome,
     listener_decision,
     syn_option,
     synack_option,
 )
 from stack.mptcp.listener import MptcpListener
+from stack.mptcp.pm import Endpoint, Limits, PathManager
 from stack.mptcp.token import TokenTable
 from stack.tcp.segment import RST, SYN, Segment
 from stack.wire.mptcp import (
     MPC_FLAG_A,
     MPC_FLAG_B,
+    MPC_FLAG_C,
     MPC_FLAG_H,
     MpCapable,
     MpJoinSyn,
@@ -136,3 +140,42 @@ def test_initiator_ignores_synack_capable_with_b_set_or_h_clear(
     v0 retry either: the peer speaks MPTCP, only not this way)."""
     outcome = initiator_outcome(config, 1, MpCapable(1, flags, sender_key=7))
     assert outcome.version is None and not outcome.retry_v0
+
+
+@pytest.mark.parametrize("deny", [False, True])
+def test_c_flag_in_every_v1_mp_capable_when_joins_to_the_initial_address_are_denied(
+    deny: bool,
+) -> None:
+    """net.mptcp.allow_join_initial_addr_port=0 (`deny_join_initial`): Linux sets C in
+    the SYN, the SYN/ACK and the third ACK (seen on the wire); RFC 6824 has no C."""
+    v1 = CapableConfig(frozenset({1}), deny_join_initial=deny)
+    decision = listener_decision(v1, MpCapable(1, MPC_FLAG_H))
+    options = [
+        syn_option(v1, 1),
+        synack_option(decision, 7, deny),
+        ack_option(1, False, 1, 7, deny),
+        first_data_option(False, 1, 7, 100, None, deny),
+    ]
+    for option in options:
+        assert bool(option.flags & MPC_FLAG_C) == deny
+        assert parse_mptcp_option(option.emit()) == option
+    v0 = CapableConfig(frozenset({0}), deny_join_initial=True)
+    assert not syn_option(v0, 5).flags & MPC_FLAG_C
+    assert not ack_option(0, True, 1, 7, True).flags & MPC_FLAG_C
+
+
+@pytest.mark.parametrize("flags", [MPC_FLAG_H, MPC_FLAG_H | MPC_FLAG_C])
+def test_listener_takes_the_peers_c_flag_from_its_syn(flags: int) -> None:
+    """RFC 8684 §3.1: a peer that set C must not be joined at its initial address and
+    port: the listener's path manager learns it from the SYN (Linux: "set
+    remote_deny_join_id0 on SYN recv")."""
+    paths = PathManager([Endpoint(1, ipaddress.ip_address("198.51.100.2"), subflow=True)], Limits())
+    listener = MptcpListener(80, MptcpConfig(), TokenTable(), isn_secret=b"k", paths=paths)
+    local, remote = (
+        (ipaddress.ip_address("192.0.2.2"), 80),
+        (ipaddress.ip_address("192.0.2.1"), 999),
+    )
+    syn = Segment(999, 80, 1, 0, SYN, 65535, mss=1460, extra_options=(MpCapable(1, flags),))
+    msk = listener.handle_syn(local, remote, syn, 0.0)
+    assert msk is not None and msk.paths is not None
+    assert msk.paths.initial_remote_joinable == (not flags & MPC_FLAG_C)

@@ -459,3 +459,25 @@ def test_stale_subflow_data_after_the_connection_ended_is_reset(
                    "the client's stale subflow to be reset")  # fmt: skip
         resent = path1.sent_by("client") - before
     assert resent < stale // 2, f"{resent} of the {stale} stale bytes were taken again"
+
+
+@pytest.mark.parametrize("allow", [1, 0])
+def test_stack_server_respects_the_clients_c_flag(
+    topology: Callable[..., Topology], allow: int
+) -> None:
+    """RFC 8684 §3.1: a peer that set C in its MP_CAPABLE "MUST NOT" be joined at its
+    initial address and port. A Linux client with net.mptcp.allow_join_initial_addr_port
+    =0 sets C in its SYN (and SYN/ACK, third ACK); the stack server's `subflow` endpoint
+    then tries nothing, where with the client's default it sends a join SYN to the
+    client's address (which a Linux client, having no listener, refuses with RST)."""
+    size = 2_000_000
+    with session(topology, "server", ("", ",subflow")) as s:
+        s.topo.hosts["client"].set_sysctl("net.mptcp.allow_join_initial_addr_port", allow)
+        s.start("sink", "source", size)
+        if allow:
+            wait_until(lambda: len(s.stack_subflows()) == 2, 5, "the stack's join SYN", s)
+        stack_end, kernel_end = s.finish()
+    assert_transfer_intact(stack_end, kernel_end, size)
+    attempts = stack_end.mptcp["counters"].get("MPJoinSynTx", 0)
+    assert (attempts >= 1) if allow else (attempts == 0), stack_end.mptcp
+    assert len(stack_end.mptcp["subflows"]) == (2 if allow else 1), stack_end.mptcp
