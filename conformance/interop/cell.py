@@ -6,7 +6,8 @@ end, runs the scenario, and turns its ending into a `CellResult`: returning is `
 `CellFailed` is `fail` with what was seen, `NotSupported` from a driver is `n/a`, and
 anything else is a `fail` that names the harness error. A failed cell keeps its pcaps
 and both ends' reports (JSON) under the artifacts directory, with each end's state
-(`Iut.snapshot`: `ss -tinmM`, or the stack's `state` command) when a transfer hung.
+(`Iut.snapshot`: `ss -tinmM`, or the stack's `state` command) when a transfer hung. A
+cell whose figure is judged against the kernel's afterwards keeps them until then.
 """
 
 from __future__ import annotations
@@ -260,7 +261,10 @@ def run_cell(
                 for capture in captures:
                     with contextlib.suppress(Exception):
                         capture.stop()
-                if result.verdict == "fail" and artifacts is not None:
+                # A passing cell whose figure is still to be judged against the kernel's
+                # keeps them too, until the judgement (`matrix.judge_against_kernel`)
+                judged_later = result.verdict == "pass" and scenario.versus_kernel is not None
+                if (result.verdict == "fail" or judged_later) and artifacts is not None:
                     result.artifacts = _keep(result, scratch, artifacts, client, server)
     except Exception as error:  # the topology itself failed
         result.verdict, result.detail = "fail", f"topology: {type(error).__name__}: {error}"

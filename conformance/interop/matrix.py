@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,7 @@ def run(
         )
     ordered = [results[p] for p in cells]
     judge_against_kernel(ordered)
+    discard_judged_artifacts(ordered)
     return ordered
 
 
@@ -190,6 +192,26 @@ def judge_against_kernel(results: list[CellResult]) -> None:
                 f"{key} {ours:g} exceeds kernel→kernel's {theirs:g} by more than the "
                 f"kernel's own spread in this run ({ref.figures.get(f'{key}_samples')})"
             )
+
+
+def discard_judged_artifacts(results: list[CellResult]) -> None:
+    """After `judge_against_kernel`: the pcaps and reports of cells whose figure passed
+    go; a failed figure keeps its own, and the kernel->kernel cell it was judged
+    against keeps its, to compare with."""
+    judged_failing = {
+        r.scenario
+        for r in results
+        if r.verdict == "fail" and SCENARIOS[r.scenario].versus_kernel is not None
+    }
+    for result in results:
+        if result.verdict != "pass" or SCENARIOS[result.scenario].versus_kernel is None:
+            continue
+        reference = (result.client, result.server) == (REFERENCE, REFERENCE)
+        if reference and result.scenario in judged_failing:
+            continue
+        for kept in result.artifacts:
+            shutil.rmtree(kept, ignore_errors=True)
+        result.artifacts = []
 
 
 def _spread(samples: Any) -> float:

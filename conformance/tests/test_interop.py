@@ -85,6 +85,34 @@ def test_throughput_and_failover_figures_are_judged_against_kernel_to_kernel() -
     assert results[6].detail == "no kernel→kernel figure in this run to compare with"
 
 
+def test_a_figure_that_fails_its_judgement_keeps_its_pcaps_and_the_references(
+    tmp_path: Path,
+) -> None:
+    """Cells with a figure keep their artifacts until judged: a failed judgement keeps
+    them (and kernel->kernel's, to compare with); passing figures drop theirs."""
+
+    def kept(result: CellResult) -> CellResult:
+        directory = tmp_path / f"{result.scenario}.{result.client}.{result.server}"
+        directory.mkdir()
+        (directory / "client-eth0.pcap").write_bytes(b"")
+        result.artifacts = [str(directory)]
+        return result
+
+    results = [
+        kept(_result("kernel", "kernel", "failover", resume_ms=60.0)),
+        kept(_result("kernel", "stack-v1", "failover", resume_ms=250.0)),
+        kept(_result("stack-v1", "kernel", "failover", resume_ms=50.0)),
+        kept(_result("kernel", "kernel", "aggregation", goodput_MBps=23.0)),
+        kept(_result("kernel", "stack-v1", "aggregation", goodput_MBps=23.0)),
+    ]
+    matrix.judge_against_kernel(results)
+    matrix.discard_judged_artifacts(results)
+    assert [r.verdict for r in results] == ["pass", "fail", "pass", "pass", "pass"]
+    assert [bool(r.artifacts) for r in results] == [True, True, False, False, False]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["failover.kernel.kernel", "failover.kernel.stack-v1"]
+
+
 def test_the_json_of_a_cell_has_the_documented_fields() -> None:
     [entry] = matrix.to_json([_result("kernel", "stack-v1", "transfer", goodput_MBps=1.0)])
     assert {"scenario", "client", "server", "verdict", "detail", "figures"} <= set(entry)
