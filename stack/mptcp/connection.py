@@ -1151,7 +1151,9 @@ class MptcpConnection:
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close the subflows in order (RFC 8684 §3.3.3). A full close,
         as Linux's __tcp_close() of each subflow: data still arriving on one is stale
-        (the data level has it all) and gets a RST (`TcpConnection.close`)."""
+        (the data level has it all) and gets a RST (`TcpConnection.close`). Bytes a
+        subflow holds undrained are copies of what the data level has (Linux drops them
+        as they come): no reason for a RST."""
         sendq = self.sendq
         if self.fallback or sendq is None:
             return
@@ -1160,7 +1162,7 @@ class MptcpConnection:
                 if sf.tcp.fin_seq is None and sf.tcp.state in (
                     TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_RECEIVED
                 ):  # fmt: skip
-                    sf.tcp.close(self._now)
+                    sf.tcp.close(self._now, unread_aborts=False)
 
     # ------------------------------------------------------------------ subflow events
 

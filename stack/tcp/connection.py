@@ -393,11 +393,16 @@ class TcpConnection:
         self.state = TcpState.LAST_ACK if st is TcpState.CLOSE_WAIT else TcpState.FIN_WAIT_1
         self._output(now)
 
-    def close(self, now: float) -> None:
-        """Full close: FIN after the data; with unread data, abort with RST (RFC 2525 §2.17).
-        New data arriving afterwards is also answered with RST (`_abort_on_data`)."""
+    def close(self, now: float, *, unread_aborts: bool = True) -> None:
+        """Full close: FIN after the data; with unread data, abort with RST (RFC 2525 §2.17)
+        unless `unread_aborts` is False (the caller knows those bytes are copies). New data
+        arriving afterwards is answered with RST (`_abort_on_data`)."""
         self.closed_by_app = True
-        if self.rcvbuf.readable and self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}:
+        if (
+            unread_aborts
+            and self.rcvbuf.readable
+            and self.state in _SYNCHRONIZED_SEND | {TcpState.FIN_WAIT_2}
+        ):
             self.abort(now)
             return
         self.shutdown_write(now)
