@@ -279,11 +279,12 @@ def mp_prio_live(cell: Cell) -> None:
     _backup_idle(cell, "server", after)
 
 
-# Cuts per cell. The kernel as sender resumes after ~60 ms or, in about a third of the
-# cuts, after ~250 ms (its msk timer then runs at TCP_RTO_MIN: no tail loss probe was
-# pending), whatever the receiver: with 3 cuts a cell's median fell on the slow side
-# often enough that kernel-sender cells flaked against kernel->kernel (4 of 20 in 5
-# runs); 5 cuts halve that, and the comparison stays the same (`judge_against_kernel`)
+# Cuts per cell. The kernel as sender resumes after ~60 ms or, in about a fifth of the
+# cuts, after 250 ms or more (its msk timer then runs at TCP_RTO_MIN: no tail loss probe
+# was pending), whatever the receiver. The cell is judged against kernel->kernel's cuts
+# by a rank test (`matrix.judge_against_kernel`, `ranktest`): 5 cuts keep its false
+# failures at 1/252 and catch a stack slower than the kernel in every cut; finer
+# differences need `bench.bench_failover_judge`'s 50 cuts.
 FAILOVER_SAMPLES = 5
 
 
@@ -319,9 +320,10 @@ def _failover(cell: Cell, cut: Callable[[bool], None]) -> None:
 @scenario(
     setup="client: second endpoint `subflow backup`; both paths tbf 100 Mbit/s; path1 "
     "taken down (both ends) mid-upload",
-    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; median time from the cut "
-    "to data on path2 "
-    "≤ kernel→kernel's in the same run (within the kernel's own spread)",
+    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; the times from the cut "
+    "to data on path2 (figure: their median) "
+    "not slower than kernel→kernel's in the same run (one-sided rank test over the "
+    "cuts, p ≤ 0.005: fails when every cut is slower than every one of the kernel's)",
     topology=_user_dual(SHAPED),
     quick=False,
     exclusive=True,
@@ -334,9 +336,10 @@ def failover(cell: Cell) -> None:
 
 @scenario(
     setup="as failover, but path1 is blackholed with nftables (links stay up)",
-    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; median time from the cut "
-    "to data on path2 "
-    "≤ kernel→kernel's in the same run (within the kernel's own spread)",
+    pass_when=f"{FAILOVER_SAMPLES} cuts, each completes intact; the times from the cut "
+    "to data on path2 (figure: their median) "
+    "not slower than kernel→kernel's in the same run (one-sided rank test over the "
+    "cuts, p ≤ 0.005: fails when every cut is slower than every one of the kernel's)",
     topology=_user_dual(SHAPED),
     quick=False,
     exclusive=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import topologies
-from conformance.interop import matrix
+from conformance.interop import matrix, ranktest
 from conformance.interop.cell import DATA_SEED, Cell, CellFailed, CellResult, run_cell
 from conformance.interop.scenarios import SCENARIOS, Scenario
 from conformance.iut import DRIVERS, AppReport
@@ -83,6 +83,31 @@ def test_throughput_and_failover_figures_are_judged_against_kernel_to_kernel() -
     assert "0.91 x kernel" in results[2].detail
     assert "exceeds kernel" in results[5].detail
     assert results[6].detail == "no kernel→kernel figure in this run to compare with"
+
+
+def test_time_to_resume_is_judged_by_a_rank_test_over_the_cuts() -> None:
+    """With cuts on both sides, a cell fails only when its cuts are slower than the
+    kernel's beyond chance (one-sided p ≤ 0.005): with 5 against 5, every one of its
+    cuts slower than every one of the kernel's. A median above the kernel's, from a
+    kernel whose cuts fall in both of its modes, is not enough."""
+    kernel_cuts = [61.0, 58.0, 250.0, 70.0, 66.0]
+
+    def failover(client: str, server: str, cuts: list[float]) -> CellResult:
+        figures = {"resume_ms": sorted(cuts)[2], "resume_ms_samples": cuts}
+        return CellResult("failover", client, server, "pass", figures=figures)
+
+    results = [
+        failover("kernel", "kernel", kernel_cuts),
+        failover("kernel", "stack-v1", [251.0, 255.0, 260.0, 270.0, 300.0]),  # all slower
+        failover("stack-v1", "kernel", [62.0, 255.0, 260.0, 270.0, 300.0]),  # one faster
+        failover("stack-v1", "stack-v1", [5.0, 5.2, 4.9, 5.1, 5.0]),
+    ]
+    matrix.judge_against_kernel(results)
+    assert [r.verdict for r in results] == ["pass", "fail", "pass", "pass"]
+    assert "one-sided rank test p = 0.0040" in results[1].detail
+    assert results[2].figures["resume_ms_p_slower"] > ranktest.ALPHA
+    assert ranktest.p_slower([2.0] * 5, [1.0] * 5) == 1 / 252
+    assert ranktest.p_slower([1.0] * 5, [2.0] * 5) == 1.0
 
 
 def test_a_figure_that_fails_its_judgement_keeps_its_pcaps_and_the_references(
