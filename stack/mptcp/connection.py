@@ -1002,7 +1002,8 @@ class MptcpConnection:
             if not chosen:
                 break
             room = min(min(s.send_space for s in chosen), MAX_MAPPING)
-            if not sendq.reinjecting:
+            resend = sendq.reinjecting
+            if not resend:
                 room = min(room, self._data_window_room())
                 if room <= 0:
                     break  # the peer's connection-level window is full
@@ -1011,7 +1012,7 @@ class MptcpConnection:
                 break
             dsn, data = chunk
             for sf in chosen:
-                self._send_chunk(sf, dsn, data, now)
+                self._send_chunk(sf, dsn, data, now, resend)
         self._arm_data_rtx(now)
         if sendq.fin_requested and not sendq.has_work() and not sendq.fin_sent:
             ready = [s for s in self.subflows if s.usable]
@@ -1022,8 +1023,11 @@ class MptcpConnection:
                     send_ack_now(sf.tcp, now)
                 self._fin_deadline = now + DATA_FIN_RTO
 
-    def _send_chunk(self, sf: Subflow, dsn: int, data: bytes, now: float) -> None:
-        """One mapping's worth of the stream onto `sf` (its TCP has room for it)."""
+    def _send_chunk(
+        self, sf: Subflow, dsn: int, data: bytes, now: float, resend: bool = False
+    ) -> None:
+        """One mapping's worth of the stream onto `sf` (its TCP has room for it); `resend`:
+        bytes sent before (a reinjection or a data-level retransmission)."""
         checksum = (
             dss_checksum(dsn, sf.sendmap.write_seq, len(data), data) if self.checksum else None
         )
@@ -1032,6 +1036,8 @@ class MptcpConnection:
         sf.sendmap.append(dsn, len(data), checksum)
         sf.tcp.send(data, now)
         sf.counters.bytes_sent += len(data)
+        if resend:
+            sf.counters.bytes_resent += len(data)
 
     def _data_rto(self, now: float) -> float:
         """The data-level retransmission interval, as Linux's msk timer: until the latest
@@ -1145,7 +1151,7 @@ class MptcpConnection:
             if chunk is not None:
                 self._data_rtx_backoff += 1
                 self._count("MPTCPRetrans")
-                self._send_chunk(target, chunk[0], chunk[1], now)
+                self._send_chunk(target, chunk[0], chunk[1], now, resend=True)
         self._rearm_data_rtx(now)
 
     def _maybe_close_subflows(self) -> None:

@@ -35,6 +35,7 @@ class SubflowCounters:
     bytes_sent: int = 0  # data-level bytes handed to this subflow (reinjections included)
     bytes_received: int = 0  # data-level bytes delivered from this subflow
     reinjected_away: int = 0  # bytes moved to other subflows when this one failed
+    bytes_resent: int = 0  # of bytes_sent, data-level resends (reinjections, MPTCPRetrans)
 
 
 @dataclass(eq=False)
@@ -162,6 +163,7 @@ class Subflow:
             "state": self.phase.value,
             "bytes_sent": self.counters.bytes_sent,
             "bytes_received": self.counters.bytes_received,
+            "bytes_resent": self.counters.bytes_resent,
             "error": self.error,
         }
 
