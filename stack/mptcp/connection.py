@@ -1904,6 +1904,7 @@ def _subflow_internals(sf: Subflow) -> dict[str, Any]:
         "snd_max": tcp.snd_max,
         "snd_wnd": tcp.snd_wnd,
         "cwnd": tcp.cc.cwnd,
+        "srtt_ms": round(sf.srtt * 1000, 2),  # the data-level interval follows it
         "unacked": sf.unacked,
         "send_space": sf.send_space,
         "retries": tcp.retries,
