@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from conformance.cases import Context
+from conformance.iut import NotSupported
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow
 from stack import crypto
@@ -278,10 +280,44 @@ def pure_ack(segment: Segment) -> bool:
     return all(isinstance(o, Dss) and o.dsn is None and not o.data_fin for o in segment.mptcp)
 
 
-def expect_rst(sf: Subflow, within: float = 1.0, *, since: float | None = None) -> Segment:
+def expect_rst(
+    sf: Subflow,
+    within: float = 1.0,
+    *,
+    since: float | None = None,
+    after_pure_acks: bool = False,
+) -> Segment:
     """The IUT's next segment on `sf` is a RST (`expect_next`; its SYN or SYN/ACK
-    retransmitted across the tester's segment excepted): for resets the RFC prescribes."""
-    return sf.expect_next(within=within, what="RST", where=is_rst, skip=syn_again(sf), since=since)
+    retransmitted across the tester's segment excepted): for resets the RFC prescribes.
+    `after_pure_acks`: pure ACKs may come first, where the RFC prescribes closing the
+    subflow on what the tester sent rather than an answer to it (`pure_ack`)."""
+    again = syn_again(sf)
+    skip = (lambda s: again(s) or pure_ack(s)) if after_pure_acks else again
+    return sf.expect_next(within=within, what="RST", where=is_rst, skip=skip, since=since)
+
+
+def after_seq(seq: int) -> Callable[[Segment], bool]:
+    """Whether a segment starts at or after subflow sequence `seq` (mod 2^32): new bytes,
+    not a retransmission of earlier ones."""
+    return lambda segment: (segment.seq - seq) & 0xFFFFFFFF < 0x80000000
+
+
+def wait_until_connection_gone(ctx: Context, token: int, within: float = 2.0) -> None:
+    """Poll the IUT's connections until none holds `token`, for at most `within` s: what
+    a "later" join after the IUT closed means. Linux unhashes a token only once it has
+    finished destroying the connection, which a guest under TCG takes long enough for
+    a join 1 ms after the RST to meet. An IUT that cannot list its connections (the
+    stack drops the token as it closes) is not waited for; one that still lists it
+    after `within` s is joined all the same, and must refuse."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            live = [c for c in ctx.iut.connections() if getattr(c, "token", None) == token]
+        except NotSupported:
+            return
+        if not live:
+            return
+        time.sleep(0.005)  # polling the IUT's connection table
 
 
 def expect_only_rst(
