@@ -27,7 +27,7 @@ class DataReassembly:
         # Out-of-order chunks keyed by offset from next_dsn at insertion time; kept as
         # absolute DSNs and sorted by their distance from next_dsn when needed.
         self._starts: list[int] = []  # offsets relative to self._base
-        self._chunks: dict[int, bytes] = {}
+        self._chunks: dict[int, bytearray] = {}
         self._base = self.next_dsn
         self.duplicate_bytes = 0
         self.out_of_window_bytes = 0
@@ -74,10 +74,18 @@ class DataReassembly:
             return gained
         key = (self.next_dsn + offset - self._base) % DSN_MOD
         existing = self._chunks.get(key)
-        if existing is None or len(existing) < length:
-            if existing is None:
-                bisect.insort(self._starts, key)
-            self._chunks[key] = bytes(data)
+        if existing is None:
+            at = bisect.bisect_left(self._starts, key)
+            before = self._chunks[self._starts[at - 1]] if at else None
+            if before is not None and self._starts[at - 1] + len(before) == key:
+                # continues the chunk before it: one growing buffer per run of data
+                # past a hole, not an object per mapping (the soak's heap, issue 11)
+                before += data
+                return 0
+            self._starts.insert(at, key)
+            self._chunks[key] = bytearray(data)
+        elif len(existing) < length:
+            self._chunks[key] = bytearray(data)
         else:
             self.duplicate_bytes += length
         return 0

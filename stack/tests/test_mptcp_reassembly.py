@@ -18,6 +18,19 @@ def test_in_order_out_of_order_and_duplicates() -> None:
     assert r.duplicate_bytes == 5
 
 
+def test_mappings_after_a_hole_are_held_as_one_chunk() -> None:
+    """Mappings that follow one another past a hole extend one chunk (issue 11: fewer,
+    larger buffers on the heap), across the 2^64 wrap too; the bytes come out whole."""
+    start = DSN_MOD - 3000
+    data = random.Random(5).randbytes(1400 * 40)
+    r = DataReassembly(start, window=1 << 20)
+    for k in range(1, 40):  # the first mapping is late
+        assert r.add((start + 1400 * k) % DSN_MOD, data[1400 * k : 1400 * (k + 1)]) == 0
+    assert len(r._chunks) == 1
+    assert r.add(start, data[:1400]) == len(data)
+    assert r.read() == data and not r._chunks
+
+
 def test_beyond_the_window_is_dropped() -> None:
     r = DataReassembly(0, window=10)
     assert r.add(8, b"xxxxxx") == 0

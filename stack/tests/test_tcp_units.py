@@ -71,6 +71,21 @@ def test_reassembly_out_of_order_overlaps_and_duplicates():
     assert rb.read(10_000) == data
 
 
+def test_a_run_of_segments_after_a_hole_is_held_as_one_piece():
+    """After a loss, the segments that follow in order extend one out-of-order piece
+    (as Linux coalesces its ofo queue), rather than each becoming an object of its own
+    (the soak's heap: issue 11); SACK still reports the whole run as one block."""
+    rb = ReceiveBuffer(1 << 20)
+    data = random.Random(3).randbytes(1448 * 60)
+    for k in range(1, 60):  # segment 0 lost
+        segment = memoryview(data)[1448 * k : 1448 * (k + 1)]
+        rb.insert(1 + 1448 * k, segment)
+    assert len(rb._pieces) == 1 and rb.out_of_order_bytes == 1448 * 59
+    assert rb.sack_blocks(4) == [(1 + 1448, 1 + 1448 * 60)]
+    rb.insert(1, data[:1448])
+    assert rb.read(1 << 20) == data and not rb.has_out_of_order
+
+
 @given(st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 700)), max_size=40))
 def test_reassembly_property(pieces):
     data = random.Random(7).randbytes(4000)
