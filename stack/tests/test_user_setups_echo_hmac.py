@@ -323,10 +323,10 @@ class InProcessStack(Iut):
     def stop(self) -> None:
         if self.sock is not None:
             self.sock.abort()  # the application ends at once (a RST to the tester)
+        for thread in self._threads:  # before the stack goes: the application closes on it
+            thread.join(10)
         if self.stack is not None:
             self.stack.close()
-        for thread in self._threads:
-            thread.join(10)
 
 
 @pytest.mark.netns
