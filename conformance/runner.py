@@ -13,7 +13,6 @@ inside the package (which may be installed read-only, or shared by other runs).
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import re
 import time
 import traceback
@@ -24,7 +23,7 @@ from conformance.cases import Context, by_id
 from conformance.iut import DRIVERS, Iut, NotSupported
 from conformance.model import Case, Outcome, Result, Verdict
 from conformance.tester import Tester
-from testbed.netns import worker_init, worker_job
+from testbed.netns import worker_job, worker_pool
 
 # Relative: resolved against the current directory when a case writes its artefacts.
 DEFAULT_ARTIFACTS = Path("conformance-artifacts")
@@ -137,10 +136,7 @@ def run(
             if progress:
                 progress(result, len(results), total)
         return results
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=worker_init
-    ) as pool:
+    with worker_pool(workers) as pool:
         futures = {
             pool.submit(_run_by_id, case.id, iut, str(artifacts) if artifacts else None): (
                 case,

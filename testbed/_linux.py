@@ -118,3 +118,12 @@ def process_start_time(pid: int) -> int | None:
     # Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+def process_cmdline(pid: int) -> bytes:
+    """The command line of `pid`, NUL-separated (of a process that is gone: empty)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

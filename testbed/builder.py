@@ -31,7 +31,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 from testbed import _linux, nft, shaping
 from testbed import delay as delay_element
 from testbed.errors import TestbedError, TopologyError
-from testbed.netns import PREFIX, Namespace, NetlinkIn, kill_processes_in, reclaim_stale
+from testbed.netns import (
+    PREFIX,
+    Namespace,
+    NetlinkIn,
+    kill_processes_in,
+    reclaim_stale,
+    shielded,
+)
 from testbed.spec import (
     End,
     Host,
@@ -384,6 +391,10 @@ class Topology:
         return [ns.name for ns in self._namespaces]
 
     def teardown(self) -> None:
+        with shielded():  # an interrupt waits until everything is removed
+            self._teardown()
+
+    def _teardown(self) -> None:
         if self._torn_down:
             return
         self._torn_down = True
@@ -451,8 +462,9 @@ def _build(topo: Topology) -> None:
     needs_delay_box = not shaping.netem_available()
     for host in spec.hosts:
         topo.step = f"creating the namespace of host {host.name!r}"
-        ns = Namespace.create(_ns_name(topo, host.name))
-        topo._namespaces.append(ns)
+        with shielded():  # made and recorded, or neither
+            ns = Namespace.create(_ns_name(topo, host.name))
+            topo._namespaces.append(ns)
         with ns.entered():
             ipr = cast(IPRoute, NetlinkIn(ns, IPRoute()))  # calls from any thread stay in ns
             _write_sysctls(_base_sysctls(host))
@@ -468,8 +480,9 @@ def _build(topo: Topology) -> None:
             _add_veth(ha.ipr, link.a.ifname, link.b.ifname, hb.ns, mtu)
             continue
         # a/ifname <-> box/a ... box/b <-> b/ifname; the box forwards in userspace.
-        box_ns = Namespace.create(_ns_name(topo, f"d-{link.name}"))
-        topo._namespaces.append(box_ns)
+        with shielded():
+            box_ns = Namespace.create(_ns_name(topo, f"d-{link.name}"))
+            topo._namespaces.append(box_ns)
         with box_ns.entered():
             box_ipr = cast(IPRoute, NetlinkIn(box_ns, IPRoute()))
         try:

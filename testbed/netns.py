@@ -12,14 +12,17 @@ SIGKILL, and `reclaim_stale()` removes it and kills whatever still runs in it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from testbed import _linux
@@ -79,6 +82,36 @@ def _entered(fd: int) -> Iterator[None]:
         os.close(home)
 
 
+_shield = threading.local()
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Hold a SIGTERM's interrupt until the end of the block: a namespace made and not
+    yet recorded by its owner, or half removed, would otherwise be left behind. (Only
+    SIGTERM, which `unwind_on_sigterm` and `worker_init` turn into KeyboardInterrupt
+    through `_interrupt`; Ctrl-C stays Python's.)"""
+    depth = getattr(_shield, "depth", 0)
+    _shield.depth = depth + 1
+    try:
+        yield
+    finally:
+        _shield.depth = depth
+        pending = getattr(_shield, "pending", None)
+        if depth == 0 and pending:
+            _shield.pending = None
+            raise KeyboardInterrupt(pending)
+
+
+def _interrupt(reason: str) -> None:
+    """From a signal handler (the main thread): KeyboardInterrupt now, or at the end of
+    the shielded block the thread is in."""
+    if getattr(_shield, "depth", 0):
+        _shield.pending = reason
+        return
+    raise KeyboardInterrupt(reason)
+
+
 class Namespace:
     """One named network namespace, owned by this process until `delete()`."""
 
@@ -92,6 +125,13 @@ class Namespace:
 
     @classmethod
     def create(cls, name: str) -> Namespace:
+        """Make the namespace; a caller that must record it before an interrupt comes
+        makes and records it in one `shielded()` block."""
+        with shielded():
+            return cls._create(name)
+
+    @classmethod
+    def _create(cls, name: str) -> Namespace:
         require_root()
         _ensure_run_netns()
         path = f"{RUN_NETNS}/{name}"
@@ -137,11 +177,12 @@ class Namespace:
         """Kill what runs inside, then remove the namespace. Safe to call twice."""
         if self.fd < 0:
             return
-        kill_processes_in([self.inode])
-        os.close(self.fd)
-        self.fd = -1
-        _remove_namespace_file(self.name)
-        _remove_marker(self.name)
+        with shielded():
+            kill_processes_in([self.inode])
+            os.close(self.fd)
+            self.fd = -1
+            _remove_namespace_file(self.name)
+            _remove_marker(self.name)
 
 
 def _write_marker(name: str) -> None:
@@ -269,10 +310,27 @@ def unwind_on_sigterm() -> None:
     leave the namespaces behind. Only where nobody installed a handler of their own."""
 
     def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        _interrupt(f"signal {signum}")
 
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, terminate)
+        _on_swallowed_interrupt(lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def _on_swallowed_interrupt(then: Callable[[], None]) -> None:
+    """An interrupt raised inside a weakref callback or a finalizer cannot propagate
+    (Python reports it as "Exception ignored" with a traceback): call `then` instead of
+    printing it. For a run, SIGTERM again, raised where it can unwind."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, KeyboardInterrupt) and str(value).startswith("signal"):
+            then()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def worker_init() -> None:
@@ -284,38 +342,90 @@ def worker_init() -> None:
     import ctypes
 
     signal.signal(signal.SIGTERM, _leave)
+    # a swallowed interrupt: the job runs to its end, then the worker leaves
+    _on_swallowed_interrupt(lambda: None)
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-_idle = threading.Event()
-_idle.set()
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A pool of `worker_init` processes. Left by an exception (Ctrl-C, or SIGTERM via
+    `unwind_on_sigterm`), it does not run the queued jobs first, as the executor's own
+    exit would (a killed catalogue run went on for minutes): they are cancelled, each
+    worker gets SIGTERM (its running job unwinds, its VMs close) and is waited for, so
+    that nothing of the run is left when its process exits."""
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=worker_init
+    )
+    try:
+        yield pool
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                process.join(WORKER_UNWIND_S)
+                if process.is_alive():  # stuck: what it made is reclaimed by the next run
+                    process.kill()
+        raise
+    pool.shutdown(wait=True)
+
+
+# A worker's job unwinds a topology (and its VMs close, 2 s each at most): ample.
+WORKER_UNWIND_S = 60.0
+
+
+# A worker runs one job at a time under this lock. Once it is leaving (SIGTERM), no job
+# starts, and the thread that ends it waits for the lock: a job that was running unwinds
+# first (its topology, its VMs), and none is half-built when the process goes.
+_job_lock = threading.Lock()
+_in_job = False
+_leaving = threading.Event()
 
 
 @contextlib.contextmanager
 def worker_job() -> Iterator[None]:
-    """Around a job of a pool's worker: SIGTERM unwinds it before the worker ends."""
-    _idle.clear()
-    try:
-        yield
-    finally:
-        _idle.set()
+    """Around a job of a pool's worker: SIGTERM unwinds it before the worker ends; a job
+    handed over after SIGTERM (the pool's queue runs ahead) does not start."""
+    global _in_job
+    with _job_lock:
+        if _leaving.is_set():
+            raise KeyboardInterrupt("the worker is leaving (SIGTERM)")
+        _in_job = True
+        try:
+            yield
+        finally:
+            _in_job = False
 
 
 def _leave(signum: int, frame: object) -> None:
-    threading.Thread(target=_leave_when_idle, daemon=True).start()
-    if not _idle.is_set():
-        raise KeyboardInterrupt(f"signal {signum}")
+    # Only the first SIGTERM interrupts the job: more may follow while it unwinds (the
+    # executor terminates the other workers once one has ended), and a second interrupt
+    # would cut its teardown short and leave its namespaces behind.
+    if _leaving.is_set():
+        return
+    _leaving.set()
+    # Not a daemon: the pool's worker loop may end the main thread meanwhile (its call
+    # queue closed under it), and the interpreter would kill a daemon thread in the
+    # middle of closing the VMs
+    threading.Thread(target=_leave_when_idle).start()
+    if _in_job:
+        _interrupt(f"signal {signum}")
 
 
 def _leave_when_idle() -> None:
     import atexit
 
-    _idle.wait()
-    atexit._run_exitfuncs()  # the VMs and topologies of this process
-    os._exit(1)
+    with _job_lock:
+        atexit._run_exitfuncs()  # the VMs and topologies of this process
+        os._exit(1)
 
 
 def reclaim_stale() -> list[str]:

@@ -12,7 +12,7 @@ import os
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from testbed.netns import Namespace
+from testbed.netns import Namespace, shielded
 
 
 def tbf_parameters(rate_bps: int, mtu: int) -> dict[str, int]:
@@ -43,7 +43,13 @@ def set_rate(ipr: IPRoute, index: int, rate_bps: int | None, mtu: int) -> None:
 
 @functools.cache
 def netem_available() -> bool:
-    """Whether this kernel has netem, tried on a scratch namespace's loopback."""
+    """Whether this kernel has netem, tried on a scratch namespace's loopback (a few
+    ms, shielded from SIGTERM: the scratch namespace is never left behind)."""
+    with shielded():
+        return _netem_probe()
+
+
+def _netem_probe() -> bool:
     ns = Namespace.create(f"mptl-probe-{os.getpid()}")
     try:
         with ns.entered():

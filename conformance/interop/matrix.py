@@ -11,7 +11,6 @@ the kernel->kernel cell of the same run.
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from conformance.interop import ranktest
 from conformance.interop.cell import CellResult, run_cell
 from conformance.interop.scenarios import AGGREGATION_RATIO, SCENARIOS, Scenario
 from conformance.iut import DRIVERS
-from testbed.netns import worker_init, worker_job
+from testbed.netns import worker_job, worker_pool
 
 REFERENCE = "kernel"
 
@@ -119,10 +118,7 @@ def run(
     alone = [p for p in runnable if SCENARIOS[p.scenario].exclusive]
     where = str(artifacts) if artifacts else None
     if workers > 1 and len(shared) > 1:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=worker_init
-        ) as pool:
+        with worker_pool(workers) as pool:
             futures = {
                 pool.submit(_run_json, p.scenario, p.client, p.server, quick, where): p
                 for p in shared

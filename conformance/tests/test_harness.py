@@ -248,3 +248,56 @@ def test_selection_expression() -> None:
     assert select_cases(cases, "token or fastclose") == [
         c for c in cases if c.area == "token" or "token" in c.id or "fastclose" in c.id
     ]
+
+
+def test_a_run_killed_with_sigterm_drops_its_queued_cases_and_leaves_nothing() -> None:
+    """SIGTERM a `conformance run -n 2` with a catalogue's worth of jobs queued: the run
+    cancels them (a pool's own exit would run every one first: a killed VM run went on
+    for minutes), its workers unwind their case and end, and nothing of it is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from testbed._linux import process_cmdline
+    from testbed.netns import owned_by_process
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "run", "--iut", "kernel,stack-v1", "-n", "2",
+         "--pcap-dir", os.devnull, "-q"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert run.poll() is None, "the run ended before its workers built a topology"
+            workers = [c for c in _children(run.pid) if b"spawn_main" in process_cmdline(c)]
+            if any(owned_by_process(w) for w in workers):
+                break
+            time.sleep(0.05)  # polling for the workers' namespaces, with a deadline
+        assert any(owned_by_process(w) for w in workers), "no worker namespace within 60 s"
+        killed = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        _, errors = run.communicate(timeout=60)
+        took = time.monotonic() - killed
+        assert "interrupted (signal 15)" in errors and "Traceback" not in errors, errors
+        assert run.returncode == 130
+        # the catalogue takes a minute and more; unwinding one case per worker, seconds
+        assert took < 20, f"the run took {took:.1f} s to end after SIGTERM"
+        assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "a worker outlived it"
+        left = [(w, n) for w in [run.pid, *workers] for n in owned_by_process(w)]
+        assert not left, errors
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []

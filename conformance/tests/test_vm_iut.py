@@ -76,6 +76,7 @@ def test_a_killed_run_takes_its_workers_and_vms_along() -> None:
     import time
     from pathlib import Path
 
+    from testbed._linux import process_cmdline
     from testbed.netns import RUN_NETNS, reclaim_stale
     from testbed.vm import machine
 
@@ -93,9 +94,9 @@ def test_a_killed_run_takes_its_workers_and_vms_along() -> None:
         deadline = time.monotonic() + 120
         while len(qemus) < 2 and time.monotonic() < deadline and run.poll() is None:
             workers = {p for p in _processes() if _parent(p) == run.pid and
-                       b"spawn_main" in _cmdline(p)}  # fmt: skip
+                       b"spawn_main" in process_cmdline(p)}  # fmt: skip
             qemus = {p for p in _processes() if _parent(p) in workers and
-                     _cmdline(p).startswith(b"qemu-system")}  # fmt: skip
+                     process_cmdline(p).startswith(b"qemu-system")}  # fmt: skip
             time.sleep(0.1)
         assert len(qemus) == 2, "the run's two workers did not start their VMs"
     finally:
@@ -122,14 +123,6 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return -1
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def _owner(name: str) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 from testbed import _linux
 from testbed.errors import TestbedError
-from testbed.netns import PREFIX, Namespace
+from testbed.netns import PREFIX, Namespace, shielded
 from testbed.vm import initramfs
 from testbed.vm.kernels import Kernel, cache_dir
 
@@ -131,7 +131,8 @@ class VirtualMachine:
         initrd = initramfs.build(self.kernel.modules, cache_dir() / "initramfs")
         reclaim()  # the files of VMs whose run was killed
         try:
-            self.ns = Namespace.create(f"{VM_PREFIX}{secrets.token_hex(3)}")
+            with shielded():  # made and recorded, or neither
+                self.ns = Namespace.create(f"{VM_PREFIX}{secrets.token_hex(3)}")
             self.dir = RUN_DIR / self.ns.name
             self.dir.mkdir(parents=True, exist_ok=True)
             self._start_virtiofsd()
