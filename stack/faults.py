@@ -75,6 +75,8 @@ FAULTS: dict[str, Fault] = _table(
           "a joining host sends data before its third ACK is acknowledged"),
     Fault("join_no_third_ack_retransmit", "mp_join", "3.2",
           "a joining host never retransmits its third ACK"),
+    Fault("join_third_ack_fixed_timer", "mp_join", "3.2",
+          "a joining host retransmits its third ACK on a fixed timer (one RTO), no backoff"),
     Fault("join_fixed_nonce", "mp_join", "3.2",
           "every MP_JOIN nonce is the same number instead of a fresh random one"),
     # backup and MP_PRIO

@@ -281,8 +281,7 @@ class Host:
             poller.close()
 
     def _iterate(self, poller: select.epoll) -> None:
-        timeout = self._run_timers()
-        events = poller.poll(timeout)
+        events = poller.poll(self._poll_timeout())
         for fd, _ in events:
             if fd == self._wake_read.fileno():
                 with contextlib.suppress(BlockingIOError):
@@ -298,6 +297,10 @@ class Host:
                 self._end_batch()
         while self._calls:
             self._calls.popleft()()
+        # Timers after the input: one that came due while this process waited for the
+        # CPU sees the ACKs queued meanwhile first (a data-level timer fired on them
+        # sent spurious retransmissions onto a backup path on a loaded machine)
+        self._run_timers()
         now = self.clock()
         if now - self._trimmed >= TRIM_EVERY:
             self._trimmed = now
@@ -332,8 +335,8 @@ class Host:
         for end_of_batch in batch.values():
             end_of_batch(now)
 
-    def _run_timers(self) -> float:
-        """Fire due timers; return the poll timeout in seconds (-1: none)."""
+    def _run_timers(self) -> None:
+        """Fire due timers."""
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
@@ -342,8 +345,11 @@ class Host:
         next_neighbour = self.neighbours.next_timer()
         if next_neighbour is not None and next_neighbour <= now:
             self._neighbour_timer(now)
-            next_neighbour = self.neighbours.next_timer()
+
+    def _poll_timeout(self) -> float:
+        """Seconds until the next timer (0: one is due; -1: none)."""
         deadlines = [t[0] for t in self._timers[:1]]
+        next_neighbour = self.neighbours.next_timer()
         if next_neighbour is not None:
             deadlines.append(next_neighbour)
         if not deadlines:

@@ -1706,7 +1706,10 @@ class MptcpConnection:
         self._count("MPJoinAckRetrans")
         if not (faults.ACTIVE and faults.on("join_no_third_ack_retransmit")):
             send_ack_now(sf.tcp, now)
-        sf.join_ack_deadline = now + sf.tcp.rto.rto * (1 << sf.join_ack_tries)
+        backoff = 1 << sf.join_ack_tries
+        if faults.ACTIVE and faults.on("join_third_ack_fixed_timer"):
+            backoff = 1
+        sf.join_ack_deadline = now + sf.tcp.rto.rto * backoff
 
     def poll_segments(self) -> list[tuple[Subflow, Segment]]:
         out = []
