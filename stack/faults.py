@@ -137,6 +137,9 @@ FAULTS: dict[str, Fault] = _table(
           "data without a DSS on the only subflow resets it instead of falling back"),
     Fault("mp_fail_without_rst", "dss", "3.7",
           "a checksum failure with several subflows discards the data without a RST"),
+    Fault("mp_fail_infinite_map_off_line", "close", "3.7",
+          "after MP_FAIL the infinite mapping puts the MP_FAIL DSN on the first new "
+          "packet, as a sender that resends the failed bytes would (off their line)"),
     Fault("mp_fail_wrong_dsn", "dss", "3.7",
           "MP_FAIL carries the DSN after the failed mapping instead of its start"),
 )  # fmt: skip

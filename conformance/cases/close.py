@@ -579,9 +579,11 @@ def initiator_mp_fail_received_sender_falls_back(ctx: Context) -> None:
 def _mp_fail_answered_then_fallback(ctx: Context, conn: MptcpConnection, sf: Subflow) -> None:
     """The tester's data is echoed; the tester fails the echo's mapping (MP_FAIL at its
     DSN): the IUT's next segment carries MP_FAIL (`expect_next`), its first data after
-    the tester's infinite mapping carries one too, and later data no mapping. Each echo
-    is the first data segment past the previous one: a retransmission of an earlier echo
-    (a guest under TCG sends some) keeps the mapping it had."""
+    the tester's infinite mapping carries one too, on the line of the failed mapping
+    (RFC 8684 §3.7: it "acts retroactively", so the failed bytes stay in the stream and
+    are not sent again), and later data no mapping. Each echo is the first data segment
+    past the previous one: a retransmission of an earlier echo (a guest under TCG sends
+    some) keeps the mapping it had."""
     ctx.tester.send_data(conn, sf, b"said to be corrupted")
     failed = sf.expect(data=True, within=1, what="the echo the tester will fail")
     dss = failed.need(Dss)
@@ -599,12 +601,17 @@ def _mp_fail_answered_then_fallback(ctx: Context, conn: MptcpConnection, sf: Sub
     mapping = echo.option(Dss)
     if mapping is None or mapping.dsn is None or mapping.data_level_length != 0:
         raise deviates(f"first data after MP_FAIL without an infinite mapping: {echo.describe()}")
-    # Where the mapping starts is left open here: RFC 8684 §3.7 has it "act
-    # retroactively, referring to the start of the subflow sequence number of the most
-    # recent segment that was known to be delivered intact"; Linux maps its new segment
-    # at its own DSN (the stream's offset kept, the failed bytes left as delivered), the
-    # stack sends the failed bytes again from the MP_FAIL DSN as new subflow bytes. See
-    # docs/conformance.md, "MP_FAIL's infinite mapping: two readings".
+    # "a Data Sequence Mapping that acts retroactively, referring to the start of the
+    # subflow sequence number of the most recent segment that was known to be delivered
+    # intact (i.e., was successfully DATA_ACKed)": any point of the failed mapping's
+    # line (its DSN less its subflow sequence number) will do (Linux: its own segment),
+    # one off it sends bytes twice or skips some
+    line = (dss.dsn - (dss.subflow_seq or 0)) & 0xFFFFFFFF
+    if (mapping.dsn - (mapping.subflow_seq or 0)) & 0xFFFFFFFF != line:
+        raise deviates(
+            f"infinite mapping off the failed mapping's line (DSN {dss.dsn:#x} at subflow "
+            f"sequence {dss.subflow_seq}): {echo.describe()}"
+        )
     sf.send("A")
     sf.send("PA", payload=b"plain TCP now")
     later = sf.expect(data=True, within=1, what="the echo of plain TCP data",

@@ -336,6 +336,14 @@ def _bad_checksum(
     """Send `payload` with a wrong DSS checksum; the IUT's next segment (`expect_next`),
     which must carry MP_FAIL or be a RST (RFC 8684 §3.7: MP_FAIL on the ACK of the
     failed data, or a RST), and the DSN of the bad mapping."""
+    dsn, answer, _ = _bad_checksum_mapping(ctx, conn, sf, payload)
+    return dsn, answer
+
+
+def _bad_checksum_mapping(
+    ctx: Context, conn: MptcpConnection, sf: Subflow, payload: bytes
+) -> tuple[int, Segment, Dss]:
+    """`_bad_checksum`, and the bad mapping itself."""
     dss = conn.mapping(sf, payload)
     sf.send("PA", [replace(dss, checksum=(dss.checksum or 0) ^ 0xFFFF)], payload)
     answer = sf.expect_next(within=1, what="MP_FAIL or RST", skip=syn_again(sf))
@@ -344,7 +352,7 @@ def _bad_checksum(
     if answer.option(MpFail) is None and not answer.flags & RST:
         raise deviates(f"expected MP_FAIL or a RST next, the answer to a failed checksum; "
                        f"first came {answer.describe()}")  # fmt: skip
-    return dss.dsn or 0, answer
+    return dss.dsn or 0, answer, dss
 
 
 @case(
@@ -353,20 +361,24 @@ def _bad_checksum(
     versions=(0, 1),
     role=LISTENER,
     expected="With checksums required by the IUT and a single subflow, data whose DSS "
-    "checksum fails is never delivered (the receiver MUST discard the data from the DSN "
-    "in its MP_FAIL on): the IUT answers MP_FAIL carrying the DSN of the failed mapping "
-    "(on an ACK, or on a RST if it closes the subflow). After MP_FAIL on an ACK, the "
-    "tester answers MP_FAIL and sends the data again from that DSN under an infinite "
-    "mapping (data-level length 0), then as plain TCP: the IUT delivers that stream as "
-    "TCP (the echo comes back whole).",
+    "checksum fails gets MP_FAIL carrying the DSN of the failed mapping (on the ACK of "
+    "that data, or on a RST if the IUT closes the subflow). After MP_FAIL on an ACK, the "
+    "tester answers MP_FAIL and puts an infinite mapping (data-level length 0) on its "
+    "first new packet, one that acts retroactively from the failed mapping's start, so "
+    "the failed bytes stay in the stream and are not sent again; then plain TCP. The IUT "
+    "delivers that stream as TCP: the echo comes back whole, the failed bytes once, in "
+    "place.",
 )
 def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
-    """expect_next for MP_FAIL, the answer to the failed checksum (§3.7); expect for the echo after
-    the fallback, which pure ACKs may precede."""
+    """expect_next for MP_FAIL, the answer to the failed checksum (§3.7); expect for the echo,
+    which pure ACKs may precede (and which may start before the tester falls back: the
+    failed bytes are the stream's, RFC 8684 §3.7's retroactive mapping; Linux delivers
+    them at once)."""
     _checksums_required(ctx)
     conn, sf = established(ctx)
     payload = b"flipped on the way"
-    dsn, answer = _bad_checksum(ctx, conn, sf, payload)
+    echo_start = sf.rcv_nxt
+    dsn, answer, failed = _bad_checksum_mapping(ctx, conn, sf, payload)
     fail = answer.option(MpFail)
     if fail is None:
         # RFC 8684 §3.7: a subflow closed for a checksum failure gets "a RST that
@@ -374,13 +386,11 @@ def bad_checksum_single_subflow_mp_fail(ctx: Context) -> None:
         raise deviates(f"answer to a failed checksum without MP_FAIL: {answer.describe()}")
     if fail.dsn != dsn:
         raise deviates(f"MP_FAIL names DSN {fail.dsn:#x}, the failed mapping is at {dsn:#x}")
-    sf.expect_none(
-        data=True, within=1, what="echo of the data that failed its checksum",
-        where=lambda s: payload in s.payload,
-    )  # fmt: skip
     if is_rst(answer):
         return  # the non-contiguous case of §3.7: the subflow is closed
-    _infinite_mapping_fallback(conn, sf, dsn, payload)
+    # an echo that carried the MP_FAIL itself was the answer: it counts
+    echoed = answer.payload if answer.seq == echo_start else b""
+    _infinite_mapping_fallback(conn, sf, failed, payload, echo_start, echoed)
 
 
 def _at_seq(seq: int) -> Callable[[Segment], bool]:
@@ -388,33 +398,39 @@ def _at_seq(seq: int) -> Callable[[Segment], bool]:
 
 
 def _infinite_mapping_fallback(
-    conn: MptcpConnection, sf: Subflow, dsn: int, payload: bytes
+    conn: MptcpConnection,
+    sf: Subflow,
+    failed: Dss,
+    payload: bytes,
+    echo_start: int,
+    echoed: bytes,
 ) -> None:
-    """The tester as the receiver of MP_FAIL (RFC 8684 §3.7): MP_FAIL in answer, the
-    data again from `dsn` under an infinite mapping (its subflow sequence number is the
-    segment's), then plain TCP; the IUT's echo, read as plain TCP, must be both."""
+    """The tester as the receiver of MP_FAIL (RFC 8684 §3.7): MP_FAIL in answer, and an
+    infinite mapping on its first new packet that acts retroactively, from the failed
+    mapping's DSN and subflow sequence number (nothing sent twice), then plain TCP; the
+    IUT's echo, read as TCP from where it stood before the failed data, must be all of
+    it, the failed bytes once."""
     sf.send("A", [MpFail(conn.data_rcv_nxt)])
+    more = b", then sent as plain TCP"
     infinite = Dss(
-        data_ack=conn.data_rcv_nxt, data_ack_64=True, dsn=dsn, dsn_64=True,
-        subflow_seq=(sf.snd_nxt - sf.iss) & 0xFFFFFFFF, data_level_length=0,
+        data_ack=conn.data_rcv_nxt, data_ack_64=True, dsn=failed.dsn, dsn_64=True,
+        subflow_seq=failed.subflow_seq, data_level_length=0,
         checksum=0 if conn.checksum else None,
     )  # fmt: skip
-    sf.send("PA", [infinite], payload)
-    more = b", then sent as plain TCP"
-    sf.send("PA", [], more)
+    sf.send("PA", [infinite], more[:8])
+    sf.send("PA", [], more[8:])
     expected = payload + more
-    start, echoed = sf.rcv_nxt, b""
     while len(echoed) < len(expected):
         echo = sf.expect(
-            data=True, within=2, what="the echo, as plain TCP, of the data after MP_FAIL",
-            where=_at_seq((start + len(echoed)) & 0xFFFFFFFF),
+            data=True, within=2, what="the echo, as TCP, of the data around MP_FAIL",
+            where=_at_seq((echo_start + len(echoed)) & 0xFFFFFFFF),
         )  # fmt: skip
         echoed += echo.payload
         sf.send("A")  # acknowledges what the tester tracked in order
     if echoed != expected:
         raise deviates(
-            f"after MP_FAIL and an infinite mapping at DSN {dsn:#x}, the IUT echoed "
-            f"{echoed!r}, not {expected!r}"
+            f"after MP_FAIL and a retroactive infinite mapping at DSN {failed.dsn:#x}, the "
+            f"IUT echoed {echoed!r}, not {expected!r}"
         )
 
 

@@ -356,9 +356,8 @@ class MptcpConnection:
         assert self.reasm is not None
         return self.config.receive_buffer - self.reasm.readable
 
-    def _fall_back(self, sf: Subflow, reason: str, resume: int | None = None) -> None:
-        """Continue as plain TCP on `sf`, the only subflow (RFC 8684 §3.7). `resume`: the
-        DSN our next new subflow byte carries (after MP_FAIL: sending restarts there)."""
+    def _fall_back(self, sf: Subflow, reason: str) -> None:
+        """Continue as plain TCP on `sf`, the only subflow (RFC 8684 §3.7)."""
         if self.fallback:
             return
         self.fallback = True
@@ -372,14 +371,12 @@ class MptcpConnection:
             self.mptcp_decided = True
         # Everything given to the subflow is in order on it: DSN = subflow seq + offset.
         offset = sf.sendmap.dsn_offset()
-        if resume is not None:
-            offset = (resume - sf.sendmap.write_seq) % DSN_MOD
-        elif offset is None:
+        if offset is None:
             offset = (self.sendq.snd_nxt - sf.sendmap.write_seq) % DSN_MOD
         self._fb_offset = offset
         sf.tcp.segment_limit = None
         held = sf.recvmap.take_held() if sf.recvmap is not None else None
-        if held is not None and self.mp_fail_dsn is None:
+        if held is not None:
             # a checksummed mapping half received: its bytes are the stream's next
             self.reasm.add(held.dsn, held.data)
         if self.local_token and not self.subflows_joined():
@@ -493,16 +490,17 @@ class MptcpConnection:
 
     def _provide_fallback(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         """After MP_FAIL (RFC 8684 §3.7): our MP_FAIL answer on a pure ACK, and the
-        infinite mapping (data-level length 0) on every segment that holds its first
+        infinite mapping (data-level length 0) on every segment that holds the first new
         byte until that byte is acknowledged; nothing otherwise, as plain TCP."""
         payload = seg.payload
         if sf.mp_fail_due is not None and not payload:
             options.append(MpFail(sf.mp_fail_due))
             sf.mp_fail_due = None
         if sf.infinite_map is not None and payload:
-            dsn, start = sf.infinite_map
-            if rel <= start < rel + len(payload):
-                options.append(self._dss(dsn, start, 0, 0 if self.checksum else None))
+            dsn, subflow_seq, first_new = sf.infinite_map
+            if rel <= first_new < rel + len(payload):
+                options.append(self._dss(dsn, subflow_seq & 0xFFFFFFFF, 0,
+                                         0 if self.checksum else None))  # fmt: skip
 
     def _provide_data(self, sf: Subflow, seg: Segment, rel: int, options: list[Any]) -> None:
         assert self.sendq is not None and self.remote_key is not None
@@ -659,26 +657,37 @@ class MptcpConnection:
         self._aborted_others = True
 
     def _on_mp_fail(self, sf: Subflow, option: MpFail) -> None:
-        """RFC 8684 §3.7 (RFC 6824 §3.6): the peer discarded our data from `option.dsn`
-        on. With all data in flight contiguous on this one subflow, send it again from
-        there under an infinite mapping, answer MP_FAIL ("the receiver of an MP_FAIL
-        MUST also respond with an MP_FAIL") and go on as plain TCP. With other subflows
-        the peer resets this one, and reinjection sends its data on the others."""
+        """RFC 8684 §3.7 (RFC 6824 §3.6): a mapping of ours failed its checksum at the
+        peer. With all data in flight contiguous on this one subflow: answer MP_FAIL
+        ("the receiver of an MP_FAIL MUST also respond with an MP_FAIL"), fall back, and
+        put an infinite mapping on the first new packet, one that "acts retroactively":
+        from the last byte DATA_ACKed (its DSN, and its place on the subflow), so the
+        bytes that failed stay in the stream as the middlebox left them and nothing is
+        sent twice (a receiver that keeps them, as Linux, would otherwise get them
+        twice). With other subflows the peer resets this one, and reinjection sends its
+        data on the others."""
         if not self._infinite_fallback_allowed() or self.sendq is None:
             return
         if self.mp_fail_dsn is not None:
             return  # the answer to ours (Linux: the fail timeout stops); ours stands
-        resume = self.sendq.restart_from(option.dsn)
         sf.mp_fail_due = self._data_ack()
         sf.ack_due = True
         self._count("MPFailTx")
-        self._fall_back(sf, "MP_FAIL from the peer", resume=resume)
-        sf.infinite_map = (resume, sf.sendmap.write_seq)
+        self._fall_back(sf, "MP_FAIL from the peer")
+        acked = self.sendq.snd_una
+        # on the first new packet: the first byte never sent (bytes queued in the
+        # subflow but not sent yet go out plain, before it)
+        sf.infinite_map = (acked, (acked - self._fb_offset) % DSN_MOD, sf.tcp.snd_max)
+        if faults.ACTIVE and faults.on("mp_fail_infinite_map_off_line"):
+            sf.infinite_map = (option.dsn, sf.tcp.snd_max, sf.tcp.snd_max)
         self._count("InfiniteMapTx")
 
     def _await_infinite_mapping(self, sf: Subflow, options: tuple[Any, ...], rel: int) -> None:
-        """We sent MP_FAIL: the peer's infinite mapping (a DSS mapping of length 0) says
-        where its stream resumes; from there on the connection is plain TCP."""
+        """We sent MP_FAIL: the peer's infinite mapping (a DSS mapping of length 0) ties
+        its subflow bytes to DSNs for good, from an earlier byte (retroactive, RFC 8684
+        §3.7) or from its own segment (Linux: the same line); from there on the
+        connection is plain TCP. A line that puts the next subflow byte we read past
+        the next DSN we expect leaves a hole that nothing fills: reset."""
         for option in options:
             if isinstance(option, MpFail):
                 self._count("MPFailRx")  # the peer's answer
@@ -692,11 +701,17 @@ class MptcpConnection:
                 start = option.subflow_seq or rel  # 0: the segment's own start
                 dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
                 self._count("InfiniteMapRx")
-                gap = (dsn - self.reasm.next_dsn) % DSN_MOD
+                # the first subflow byte not yet handed to the data level, from `start`
+                held = sf.recvmap.held_bytes if sf.recvmap is not None else 0
+                ahead = (sf.tcp.read_seq - held - start) & 0xFFFFFFFF
+                ahead -= (ahead >= 1 << 31) << 32
+                next_on_line = (dsn + ahead) % DSN_MOD
+                gap = (next_on_line - self.reasm.next_dsn) % DSN_MOD
                 if 0 < gap < HALF:
                     # the peer resumes past what we have: those bytes are gone for good
                     have = self.reasm.next_dsn
-                    why = f"infinite mapping at {dsn:#x} skips the data from {have:#x}"
+                    why = (f"infinite mapping at {dsn:#x} puts the next byte at "
+                           f"{next_on_line:#x}, past the data from {have:#x}")  # fmt: skip
                     self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, why)
                     return
                 self._infinite_rx = (start, dsn)
@@ -806,7 +821,7 @@ class MptcpConnection:
                 self._data_rtx_deadline = None  # progress: re-armed from now by _push
                 self.peer_data_acked = True
             self._update_send_window(ack, sf, window)
-        if option.dsn is not None and self.mp_fail_dsn is None:
+        if option.dsn is not None:
             self.data_ack_64 = option.dsn_64  # our data ACKs follow its DSN width
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
@@ -875,8 +890,6 @@ class MptcpConnection:
     def _mapping_events(self, sf: Subflow, events: list[Any]) -> None:
         assert self.reasm is not None
         for event in events:
-            if self.mp_fail_dsn is not None:
-                break  # we sent MP_FAIL: the peer's data is discarded until it falls back
             if isinstance(event, Deliver):
                 self.reasm.add(event.dsn, event.data)
                 sf.counters.bytes_received += len(event.data)
@@ -898,29 +911,38 @@ class MptcpConnection:
         self._check_eof()
 
     def _on_checksum_failed(self, sf: Subflow, event: ChecksumFailed) -> None:
-        """RFC 8684 §3.7 (RFC 6824 §3.6): the mapping's data is never delivered. One
-        subflow with contiguous data: MP_FAIL with the mapping's DSN on every pure ACK,
-        and everything from it on discarded until the peer's infinite mapping. Else (or
-        already failing): the subflow is reset, MP_FAIL on the RST, and its data comes
-        again on the others."""
-        sf.mp_fail_due = event.dsn
-        if faults.ACTIVE and faults.on("mp_fail_wrong_dsn"):
-            sf.mp_fail_due = (event.dsn + 1) % DSN_MOD
-        self._count("MPFailTx")
-        if not self._infinite_fallback_allowed() or self.mp_fail_dsn is not None:
+        """RFC 8684 §3.7 (RFC 6824 §3.6). With other subflows (or data not contiguous):
+        the subflow is reset, MP_FAIL on the RST, and its data comes again on the
+        others. One subflow with contiguous data: MP_FAIL with the mapping's DSN on the
+        next pure ACKs, and the bytes stay the stream's: the peer's infinite mapping
+        "acts retroactively", from the last byte we DATA_ACKed, so a middlebox's change
+        becomes the (fallen-back) TCP stream's content, as it does for Linux, which
+        delivers them at once; the peer sends nothing twice. Later failures before its
+        infinite mapping (everything in flight crossed the same middlebox) are the same
+        stream's bytes too."""
+        if self.mp_fail_dsn is None or not self._infinite_fallback_allowed():
+            sf.mp_fail_due = event.dsn
+            if faults.ACTIVE and faults.on("mp_fail_wrong_dsn"):
+                sf.mp_fail_due = (event.dsn + 1) % DSN_MOD
+            self._count("MPFailTx")
+        if not self._infinite_fallback_allowed():
             if faults.ACTIVE and faults.on("mp_fail_without_rst"):
                 sf.mp_fail_due = None
                 return  # the mapping's data is dropped, the subflow goes on
             self._reset_subflow(sf, MPTCP_RST_EMIDDLEBOX, "DSS checksum failed")
             return
-        self.mp_fail_dsn = event.dsn
-        self._mp_fail_deadline = self._now + MP_FAIL_TIMEOUT
-        sf.ack_due = True
+        assert self.reasm is not None
+        self.reasm.add(event.dsn, event.data)
+        sf.counters.bytes_received += len(event.data)
+        if self.mp_fail_dsn is None:
+            self.mp_fail_dsn = event.dsn
+            self._mp_fail_deadline = self._now + MP_FAIL_TIMEOUT
+            sf.ack_due = True
 
     def _deliver_fallback(self, sf: Subflow, data: bytes, start: int) -> None:
         """In-order subflow bytes from `start`, once fallen back: the stream's next
-        bytes; after our MP_FAIL, only those from the infinite mapping's start on, at
-        its DSN (the ones before it are what we discarded)."""
+        bytes; after our MP_FAIL, at the DSNs the peer's infinite mapping gives them
+        (bytes it sends again are duplicates the reassembly drops)."""
         assert self.reasm is not None
         dsn = self.reasm.next_dsn
         if self._infinite_rx is not None:
@@ -952,8 +974,6 @@ class MptcpConnection:
             if self.fallback:
                 self._deliver_fallback(sf, data, start)
                 continue
-            if self.mp_fail_dsn is not None:
-                continue  # discarded: RFC 8684 §3.7, from the MP_FAIL DSN on
             assert sf.recvmap is not None
             events = sf.recvmap.deliver(start, data)
             unmapped = [e for e in events if isinstance(e, Unmapped)]
@@ -1212,7 +1232,7 @@ class MptcpConnection:
                     # option-less ACKs are no proof: Linux sends some, e.g. window updates.)
                     self._fall_back(sf, f"data acknowledged without DATA_ACK: {sf.last_plain}")
                 sf.sendmap.acknowledged(event.snd_una)
-                if sf.infinite_map is not None and event.snd_una > sf.infinite_map[1]:
+                if sf.infinite_map is not None and event.snd_una > sf.infinite_map[2]:
                     sf.infinite_map = None  # the peer has it
                 sf.stale_count = 0  # progress: its timers time the data level again
                 if self.fallback and self.sendq is not None:

@@ -59,6 +59,7 @@ class DataFin:
 class ChecksumFailed:
     dsn: int  # the mapping's start: what MP_FAIL reports
     subflow_seq: int
+    data: bytes = b""  # the mapping's bytes, as they came
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ class SubflowReceiveMapper:
                     events += self._complete(mapping)
         return events
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes read from the subflow and held for a checksum not yet verified."""
+        return len(self._held)
+
     def take_held(self) -> Deliver | None:
         """The bytes of a checksummed mapping received so far, unverified: on fallback
         (RFC 8684 §3.7) the stream goes on as plain TCP, and these bytes are its next."""
@@ -207,7 +213,7 @@ class SubflowReceiveMapper:
             faults.ACTIVE and faults.on("dss_checksum_not_verified")
         ):
             self._forget(mapping)
-            return [ChecksumFailed(mapping.dsn, mapping.subflow_seq)]
+            return [ChecksumFailed(mapping.dsn, mapping.subflow_seq, data)]
         return [Deliver(mapping.dsn, data), *self._complete(mapping)]
 
     def _complete(self, mapping: Mapping) -> list[Event]:

@@ -143,19 +143,6 @@ class DataSendQueue:
             dsn, length = self.snd_una, length - cut
         self._reinject.append((dsn % DSN_MOD, length))
 
-    def restart_from(self, dsn: int) -> int:
-        """Hand everything from `dsn` on out again, in order, as if never sent (MP_FAIL,
-        RFC 8684 §3.7: the peer discarded it). What lies below `dsn` is acknowledged.
-        Returns the DSN sending restarts at: `dsn`, or snd_una if `dsn` is older or
-        beyond what was sent (nothing acknowledged is ever taken back)."""
-        offset = (dsn - self.snd_una) % DSN_MOD
-        if 0 < offset <= self.in_flight:
-            self.acknowledge(dsn)
-        self._reinject.clear()
-        self.snd_nxt = self.snd_una
-        self.fin_sent = False
-        return self.snd_una
-
     def unacknowledged(self) -> tuple[int, int]:
         """(snd_una, bytes in flight): what reinjection of everything would cover."""
         return self.snd_una, self.in_flight

@@ -61,7 +61,9 @@ class Subflow:
     fourth_ack_due: bool = False  # join responder: acknowledge the third ACK at once
     ack_due: bool = False  # send a pure ACK once the segments in hand are processed
     mp_fail_due: int | None = None  # MP_FAIL with this DSN owed to the peer (RFC 8684 §3.7)
-    infinite_map: tuple[int, int] | None = None  # (DSN, subflow seq) of our infinite mapping
+    # our infinite mapping after MP_FAIL: its (DSN, subflow seq), retroactive, and the
+    # first new byte, whose segments carry it
+    infinite_map: tuple[int, int, int] | None = None
     # the kernel's stale detection (net.mptcp.stale_loss_cnt): data-level retransmission
     # intervals that found data outstanding here and nothing received meanwhile
     stale_count: int = 0

@@ -35,7 +35,7 @@ def test_checksum_verified_per_whole_mapping() -> None:
     assert mapper.deliver(5, data[4:]) == [Deliver(DSN, data)]
     bad = SubflowReceiveMapper(checksums=True)
     bad.add_mapping(Mapping(DSN + 10, 11, 4, checksum=good ^ 1), 11)
-    assert bad.deliver(11, b"wxyz") == [ChecksumFailed(DSN + 10, 11)]
+    assert bad.deliver(11, b"wxyz") == [ChecksumFailed(DSN + 10, 11, b"wxyz")]
 
 
 def test_held_bytes_of_a_checksummed_mapping_are_released_on_fallback() -> None:

@@ -2,10 +2,12 @@
 virtual time: a "middlebox" changes one data segment's payload, so the checksum of its
 mapping fails at the receiver.
 
-- One subflow: the receiver sends MP_FAIL with the DSN of the failed mapping and
-  discards the data from there on; the sender answers MP_FAIL, sends everything again
-  from that DSN under an infinite mapping (a DSS mapping of length 0) and both go on as
-  plain TCP. The transfer completes byte-exact, nothing lost or doubled.
+- One subflow: the receiver sends MP_FAIL with the DSN of the failed mapping and keeps
+  its bytes; the sender answers MP_FAIL and puts an infinite mapping (a DSS mapping of
+  length 0) on its first new packet, one that "acts retroactively" from the last byte
+  DATA_ACKed (RFC 8684 §3.7): both go on as plain TCP. The stream arrives with the
+  middlebox's change in it (as between two Linux hosts, whose selftest checks for the
+  inverted bytes), nothing lost or doubled.
 - Two subflows: the failing subflow is reset (RST with MP_FAIL and, in v1, MP_TCPRST
   reason 6) and the connection goes on on the other one.
 """
@@ -29,7 +31,6 @@ from stack.tests.test_mptcp_sim import (
     App,
     ClientEnd,
     ServerEnd,
-    assert_intact,
     run_pair,
 )
 from stack.wire import Dss, MpFail, MpTcpRst
@@ -46,6 +47,8 @@ class Corrupt:
     port: int = CLIENT[1]
     seen: int = 0
     failed_dsn: int | None = None  # the corrupted segment's mapping
+    failed_ssn: int | None = None
+    original: bytes = b""  # the corrupted segment's payload as sent
     options: list[tuple[Segment, object]] = field(default_factory=list)
 
     def __call__(self, seg: Segment) -> bool:
@@ -54,7 +57,8 @@ class Corrupt:
         if seg.src_port == self.port and seg.payload and dss is not None and dss.dsn is not None:
             self.seen += 1
             if self.seen == self.nth:
-                self.failed_dsn = dss.dsn
+                self.failed_dsn, self.failed_ssn = dss.dsn, dss.subflow_seq
+                self.original = bytes(seg.payload)
                 payload = bytearray(seg.payload)  # a copy: the sender's buffer stays intact
                 payload[len(payload) // 2] ^= 0x55
                 seg.payload = bytes(payload)
@@ -62,6 +66,11 @@ class Corrupt:
 
     def of(self, kind: type) -> list:
         return [o for _, o in self.options if isinstance(o, kind)]
+
+    def changed(self, stream: bytes) -> bytes:
+        """`stream` as the middlebox left it: the corrupted segment's byte flipped."""
+        at = stream.find(self.original) + len(self.original) // 2
+        return stream[:at] + bytes([stream[at] ^ 0x55]) + stream[at + 1 :]
 
 
 @dataclass
@@ -82,28 +91,38 @@ def _config(version: int) -> MptcpConfig:
 
 @pytest.mark.parametrize("path", [None, PathConfig(delay=0.005, loss=0.02)], ids=["clean", "lossy"])
 @pytest.mark.parametrize("version", [0, 1])
-def test_single_subflow_mp_fail_falls_back_without_loss(version: int, path: PathConfig) -> None:
+def test_single_subflow_mp_fail_falls_back_keeping_the_changed_bytes(
+    version: int, path: PathConfig
+) -> None:
     to_server, to_client = Corrupt(nth=20), Record()
     client, server, app_a, app_b, up, down = run_pair(
         _config(version), size=600_000, path=path, strip_to_server=to_server,
         strip_to_client=to_client,
     )  # fmt: skip
     assert client.checksum and server.checksum
-    assert to_server.failed_dsn is not None
-    assert_intact(app_a, app_b, up, down)  # the failed bytes came again, once, in place
+    assert to_server.failed_dsn is not None and to_server.failed_ssn is not None
+    # the stream as the middlebox left it, once, in place; the other way intact
+    assert bytes(app_b.received) == to_server.changed(up)
+    assert bytes(app_a.received) == down
     # the receiver of the bad checksum: MP_FAIL with the failed mapping's DSN, no reset
     assert server.counters["DSSChecksumBad"] == 1
     fails = to_client.of(MpFail)
     assert fails and {f.dsn for f in fails} == {to_server.failed_dsn}
     assert not any(seg.flags & RST for seg, _ in to_client.options)
     assert "SubflowReset" not in server.counters and "SubflowReset" not in client.counters
-    # the sender: MP_FAIL in answer ("MUST also respond"), then one infinite mapping at
-    # that DSN, then plain TCP: no other DSS mapping after it
+    # the sender: MP_FAIL in answer ("MUST also respond"), and one infinite mapping,
+    # retroactive (on the line of DSN - subflow seq the failed mapping had), then plain
+    # TCP: no other DSS mapping after it
     assert to_server.of(MpFail), "the sender did not answer MP_FAIL"
-    after = to_server.options[[o for _, o in to_server.options].index(to_server.of(MpFail)[0]) :]
-    mappings = [o for _, o in after if isinstance(o, Dss) and o.dsn is not None]
-    assert mappings and all(m.data_level_length == 0 for m in mappings), mappings
-    assert {m.dsn for m in mappings} == {to_server.failed_dsn}
+    options = [o for _, o in to_server.options]
+    infinite = [o for o in options if isinstance(o, Dss) and o.dsn is not None
+                and o.data_level_length == 0]  # fmt: skip
+    assert len({(m.dsn, m.subflow_seq) for m in infinite}) == 1, infinite
+    after = options[options.index(infinite[0]) :]
+    assert not [o for o in after if isinstance(o, Dss) and o.data_level_length], after
+    line = (to_server.failed_dsn - to_server.failed_ssn) & 0xFFFFFFFF
+    assert (infinite[0].dsn - infinite[0].subflow_seq) & 0xFFFFFFFF == line
+    assert infinite[0].dsn >= to_server.failed_dsn  # from what the peer DATA_ACKed
     assert client.counters["InfiniteMapTx"] == 1 and server.counters["InfiniteMapRx"] == 1
     assert client.fallback and server.fallback
     assert client.fallback_reason == "MP_FAIL from the peer"
@@ -170,7 +189,8 @@ class SkipAhead(Corrupt):
 
 
 def test_an_infinite_mapping_past_the_mp_fail_dsn_resets_instead_of_hanging() -> None:
-    """Bytes between our MP_FAIL's DSN and the peer's infinite mapping would never come:
+    """Bytes between what we have and where the peer's infinite mapping puts its next
+    byte would never come:
     a clear reset (MP_TCPRST reason 6), no stall and nothing delivered out of place."""
     to_server = SkipAhead(nth=5)
     client, server, _, app_b, up, _ = run_pair(_config(1), size=200_000, strip_to_server=to_server)
@@ -178,6 +198,6 @@ def test_an_infinite_mapping_past_the_mp_fail_dsn_resets_instead_of_hanging() ->
     assert server.counters["InfiniteMapRx"] == 1 and not server.fallback
     (sf,) = server.every_subflow()
     assert sf.gone and sf.rst_reason == MPTCP_RST_EMIDDLEBOX
-    assert sf.error.startswith("infinite mapping at") and "skips the data from" in sf.error
-    assert up.startswith(bytes(app_b.received))  # a prefix: nothing out of place
+    assert sf.error.startswith("infinite mapping at") and "past the data from" in sf.error
+    assert to_server.changed(up).startswith(bytes(app_b.received))  # nothing out of place
     assert server.closed and client.closed and client.error

@@ -63,22 +63,6 @@ def test_a_reinjection_acknowledged_meanwhile_is_no_reinjection() -> None:
     assert not q.reinjecting and not q.has_work()
 
 
-def test_restart_from_an_mp_fail_dsn_sends_everything_after_it_again() -> None:
-    """MP_FAIL (RFC 8684 §3.7): the peer discarded the data from its DSN on; below it
-    is acknowledged, from it on everything goes out again, in order, then new data."""
-    q = DataSendQueue(0, capacity=100)
-    q.write(b"abcdefghij")
-    assert q.take(8) == (0, b"abcdefgh")
-    q.reinject(4, 4)  # as if a subflow failed
-    assert q.restart_from(3) == 3
-    assert q.snd_una == 3 and q.in_flight == 0
-    assert q.take(100) == (3, b"defghij")  # once: the reinjection was dropped
-    assert q.take(100) is None
-    assert q.restart_from(1) == 3  # older than snd_una: nothing taken back
-    assert q.restart_from(50) == 3  # beyond what was sent: from snd_una
-    assert q.take(2) == (3, b"de")
-
-
 def test_data_fin_takes_one_dsn() -> None:
     q = DataSendQueue(DSN_MOD - 2, capacity=100)
     q.write(b"xyz")
