@@ -148,12 +148,6 @@ def _expand(value: int, reference: int, wide: bool) -> int:
     return candidate
 
 
-def _pending(tcp: TcpConnection) -> float | None:
-    """When the subflow's next retransmission timer fires (the kernel's icsk_timeout)."""
-    times = [t for t in (tcp.probe_deadline, tcp.rto_deadline) if t is not None]
-    return min(times) if times else None
-
-
 def _transient(event: Reset | Closed) -> bool:
     """Whether a subflow's failure may pass (pm.py: re-joining): retransmissions
     exhausted, or the peer's RST without MP_TCPRST, or with its T flag (RFC 8684 §3.6).
@@ -1067,7 +1061,9 @@ class MptcpConnection:
         waits = [
             deadline - now
             for sf in self.subflows
-            if sf.usable and sf.stale_count == 0 and (deadline := _pending(sf.tcp)) is not None
+            if sf.usable
+            and sf.stale_count == 0
+            and (deadline := sf.tcp.retransmission_timer(now)) is not None
         ]
         base = max(waits, default=0.0)
         if base <= 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stack.tcp.congestion import INITIAL_SSTHRESH, CongestionController, NewReno
+from stack.tcp.delaycap import QueueDelayCap, shrunk
 from stack.tcp.events import (
     Closed,
     CloseReason,
@@ -97,6 +98,7 @@ class TcpConfig:
     time_wait: float = 60.0  # 2*MSL
     initial_cwnd: int = 10  # segments (RFC 6928)
     hystart: bool = True  # end slow start when the RTT grows (RFC 9406), not at a loss
+    queue_delay_cap: bool = True  # stop growing cwnd on a standing queue (tcp/delaycap.py)
     tail_loss_probe: bool = True  # a probe after 2 SRTT of silence (RFC 8985 §7)
     nodelay: bool = True  # False turns Nagle on (RFC 896)
     challenge_ack_limit: int = 10  # per second, per connection (RFC 5961 §7)
@@ -195,6 +197,7 @@ class TcpConnection:
         self.cc = cfg.congestion(self.snd_mss, cfg.initial_cwnd)
         self.scoreboard = Scoreboard()
         self.hystart = SlowStartExit() if cfg.hystart else None
+        self.delay_cap = QueueDelayCap() if cfg.queue_delay_cap else None
         self.retries = 0
         self.rcv_tstamp = now  # when the last acceptable ACK arrived: the path's liveness
         self.dupacks = 0
@@ -530,6 +533,8 @@ class TcpConnection:
             return
         # RFC 6298 (5.4)-(5.6), RFC 5681 §3.1, RFC 6582 §3.2 step 4, RFC 2018 §8
         self.cc.on_timeout(self.flight_size)
+        if self.delay_cap is not None:
+            self.delay_cap.restart()
         self.rto.back_off()
         self.in_recovery = False
         self.recover = self.snd_max
@@ -547,11 +552,14 @@ class TcpConnection:
             self.rto_deadline = now
 
     def _arm_probe(self, now: float) -> None:
-        """Schedule a tail loss probe (RFC 8985 §7.2): 2 SRTT after the last transmission
-        of new data or ACK, plus the worst-case delayed ACK when one segment is in
-        flight; only while open, not recovering, not backed off, and not after the RTO."""
         self._probe_rearm = False
-        self.probe_deadline = None
+        self.probe_deadline = self._probe_deadline_at(now)
+
+    def _probe_deadline_at(self, now: float) -> float | None:
+        """When a tail loss probe scheduled now would go (RFC 8985 §7.2): 2 SRTT after
+        the last transmission of new data or ACK, plus the worst-case delayed ACK when
+        one segment is in flight; only while open, not recovering, not backed off, and
+        not after the RTO. None: no probe."""
         srtt = self.rto.srtt
         flight = self.snd_max - self.snd_una
         if (
@@ -565,11 +573,19 @@ class TcpConnection:
             or self.rto_deadline is None
             or self.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
         ):
-            return
+            return None
         pto = 2 * srtt + (_WORST_DELAYED_ACK if flight <= self.payload_mss else 0.0)
         deadline = now + max(pto, _MIN_PTO)
-        if deadline < self.rto_deadline:
-            self.probe_deadline = deadline
+        return deadline if deadline < self.rto_deadline else None
+
+    def retransmission_timer(self, now: float) -> float | None:
+        """When this connection's next retransmission timer fires (the kernel's
+        icsk_timeout): the tail loss probe or the RTO. A probe that an ACK or new data
+        has asked for counts as armed already, as Linux schedules it while processing
+        the ACK: our output arms it only when it next runs."""
+        probe = self._probe_deadline_at(now) if self._probe_rearm else self.probe_deadline
+        times = [t for t in (probe, self.rto_deadline) if t is not None]
+        return min(times) if times else None
 
     def _on_probe(self, now: float) -> None:
         """The tail loss probe (RFC 8985 §7.3): one new segment if there is one and the
@@ -885,6 +901,11 @@ class TcpConnection:
                 and self.hystart.on_rtt(rtt, ack, self.snd_max, cc.cwnd // self.payload_mss)
             ):
                 cc.ssthresh = cc.cwnd  # the queue grows: congestion avoidance from here
+            cap = self.delay_cap
+            factor = cap.on_rtt(rtt, ack, self.snd_max, now) if cap is not None else 1.0
+            if factor < 1.0 and not self.in_recovery:
+                cc.cwnd = shrunk(cc.cwnd, factor, self.payload_mss)
+                cc.ssthresh = min(cc.ssthresh, cc.cwnd)
         self.rto.reset_backoff()
         self.retries = 0
         data_end = 1 + self.sendbuf.end
@@ -906,7 +927,7 @@ class TcpConnection:
                 if ack >= self._high_rxt:
                     self._retransmit_at(ack, now)
                 self._rxt_credit += 1
-        else:
+        elif self.delay_cap is None or not self.delay_cap.holding:
             self.cc.on_ack(acked, False)
         if self.snd_una >= self.snd_max:
             self.rto_deadline = None
@@ -933,6 +954,8 @@ class TcpConnection:
             self.probe_deadline = None  # recovery repairs the tail itself
             self.recover = self.snd_max
             self.cc.on_enter_recovery(self.flight_size)
+            if self.delay_cap is not None:
+                self.delay_cap.restart()
             self._high_rxt = self.snd_una
             self._rxt_credit = 0
             self._retransmit_at(self.snd_una, now)

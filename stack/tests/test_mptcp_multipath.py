@@ -324,22 +324,27 @@ def test_blackholed_regular_path_fails_over_within_two_probe_timeouts(
     Linux's MPTCP-level retransmission timer runs with the regular subflow's pending
     timer as its interval (its tail loss probe's: 2 SRTT, at least 10 ms here): the
     first firing after the last ACK counts the silent subflow, the second, after the
-    same interval, sends the oldest unacknowledged data on the backup. The send buffer
-    (128 KB) keeps what is in flight, so the tbf queue and the RTT, small (about
-    10 ms) and the path free of losses: two intervals are well within the 200 ms
+    same interval, sends the oldest unacknowledged data on the backup. The queue delay
+    cap (stack/tcp/delaycap.py) keeps the tbf queue, and so the RTT, small (about
+    10-20 ms) and the path free of losses: two intervals are well within the 200 ms
     minimum RTO, which the stack used to wait on top of a probe timeout (about 230 ms).
-    Measured from the link counters, as the interop matrix does."""
-    size = 8_000_000
+    The send buffer is the default (4 MB): a small one (128 KB, 10 ms at this rate)
+    ran dry while a loaded machine held the application back, and with one segment in
+    flight the probe timeout includes the worst-case delayed ACK (200 ms), as Linux's
+    (338 ms once). Measured from the link counters, as the interop matrix does."""
+    size = 12_000_000
     rate = LinkProps(rate="100mbit")
     # user_dual_homed: the kernel answers the join (from our eth1 to its first address)
     # by its connected route, so the backup subflow lies on path 2 both ways (the
     # testbed's source rules would send its ACKs over path 1, into the blackhole)
     with session(topology, "client", ("", ",subflow,backup"), limits=Limits(2, 0),
-                 config=MptcpConfig(send_buffer=128 << 10), props=(rate, rate),
-                 spec=topologies.user_dual_homed, addresses=USER_ADDRESSES) as s:  # fmt: skip
+                 props=(rate, rate), spec=topologies.user_dual_homed,
+                 addresses=USER_ADDRESSES) as s:  # fmt: skip
         s.start("source", "sink", size)
         wait_until(lambda: len(established_subflows(s)) == 2, 5, "the backup subflow", s)
-        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > 2_000_000, 10, "data on path 1")
+        # past the slow start's transient: its overshoot queues up to 700 KB (50 ms)
+        # until the cap (or a loss) drains it, and the cut is about the steady state
+        wait_until(lambda: _bytes_on(s, 0, "bytes_sent") > 5_000_000, 10, "data on path 1")
         # nothing on the backup while path 1 works (resends after a stall excepted)
         assert_backup_unused(
             _bytes_on(s, 1, "bytes_sent"),

@@ -192,8 +192,9 @@ def test_slow_start_ends_on_delay_before_the_bottleneck_queue_overflows(hystart)
     # 4 MB windows over 100 Mbit/s with a 512 KB queue (40 ms of it): slow start alone
     # doubles cwnd until the queue overflows and a window's worth of segments is lost;
     # HyStart (RFC 9406 §4.2) sees each round's minimum RTT grow by the queue it built
-    # and moves to congestion avoidance first, without a loss
-    config = dataclasses.replace(FAST, hystart=hystart)
+    # and moves to congestion avoidance first, without a loss (HyStart alone: the queue
+    # delay cap, which would also stop the growth, is off)
+    config = dataclasses.replace(FAST, hystart=hystart, queue_delay_cap=False)
     queue = 512 * 1024
     t = run_transfer(PathConfig(rate=12.5e6, queue_bytes=queue), PathConfig(), seed=3,
                      size_ab=4_000_000,
@@ -212,7 +213,8 @@ def test_hystart_watches_only_the_initial_slow_start():
     # RFC 9406 §4.3: once a loss has set ssthresh, slow start up to it is the standard
     # one; the delay that the queue builds on the way does not end it early
     queue = 512 * 1024
-    a, b, sim = connection_pair(FAST, FAST, a_to_b=PathConfig(rate=12.5e6, queue_bytes=queue),
+    alone = dataclasses.replace(FAST, queue_delay_cap=False)  # HyStart alone, as above
+    a, b, sim = connection_pair(alone, alone, a_to_b=PathConfig(rate=12.5e6, queue_bytes=queue),
                                 b_to_a=PathConfig(), seed=3)  # fmt: skip
     data = _payload(4_000_000, 3)
     app_a, app_b = StreamApp(a, data), StreamApp(lambda: b.connection, b"")
