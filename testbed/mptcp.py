@@ -186,6 +186,10 @@ class Connection:
     def fallback(self) -> bool:
         return bool(self.flags & MPTCP_INFO_FLAG_FALLBACK)
 
+    @property
+    def state_name(self) -> str:
+        return TCP_STATES.get(self.state, str(self.state))
+
 
 class KernelMptcp:
     """The kernel's MPTCP in one namespace."""

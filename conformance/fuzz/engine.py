@@ -339,6 +339,9 @@ class Run:
                 # wherever the mutations left the tester's sequence
                 seq = sf.iut_ack if sf.iut_ack is not None else sf.snd_nxt
                 self.session.send(sf.lport, Packet(flags, seq, sf.rcv_nxt, options))
+            # and its application lets the connection go: one whose subflows all died
+            # without a DATA_FIN or MP_FASTCLOSE lives on (RFC 8684), as on Linux
+            self.session.close_peer(sf.lport)
             self.session.release(sf.lport)
 
 

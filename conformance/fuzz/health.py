@@ -101,15 +101,17 @@ class Health:
                     )
                 )
         for session in self.sessions:
-            count = session.connections()
-            if count is not None and count > 2 * self.engine.concurrency:
+            states = session.connections()
+            count = sum(states.values()) if states is not None else 0
+            if states is not None and count > 2 * self.engine.concurrency:
+                by_state = ", ".join(f"{n} {state}" for state, n in states.most_common())
                 findings.append(
                     Finding(
                         "growth",
                         session.name,
                         f"{count} live MPTCP "
                         "connections after a batch whose runs all reset theirs "
-                        f"(at most {self.engine.concurrency} in flight)",
+                        f"(at most {self.engine.concurrency} in flight): {by_state}",
                     )
                 )
         return findings

@@ -106,11 +106,17 @@ class Session:
                 return f"{self.name} exited with status {code}" + (f": {tail}" if tail else "")
         return None
 
-    def connections(self) -> int | None:
-        """The kernel IUT's live MPTCP connections (None for the stack)."""
-        return len(self.iut.connections()) if isinstance(self.iut, KernelIut) else None
+    def connections(self) -> collections.Counter[str] | None:
+        """The kernel IUT's live MPTCP connections by state (None for the stack)."""
+        if not isinstance(self.iut, KernelIut):
+            return None
+        return collections.Counter(c.state_name for c in self.iut.connections())
 
     # -- ports and frames --
+
+    def close_peer(self, lport: int) -> None:
+        """The IUT's application lets go of the connection from our port (Iut.close_peer)."""
+        self.iut.close_peer(lport)
 
     def allocate(self) -> int:
         port = self._free.popleft()

@@ -167,6 +167,13 @@ class Iut(ABC):
     def stop(self) -> None:
         """Stop everything started; idempotent; never raises for a dead IUT."""
 
+    def close_peer(self, port: int) -> None:  # noqa: B027 (optional: no-op by default)
+        """The application closes the connection it accepted from peer port `port`, if
+        it still holds one. A RST only closes its subflow; the connection stays alive at
+        the data level (RFC 8684 §3.5, for break-before-make), and Linux keeps it
+        ESTABLISHED until its application closes it. The fuzzer calls this when a run is
+        over. A no-op where the IUT's application lets such connections go itself."""
+
     # -- observation --
 
     def counters(self) -> dict[str, int]:

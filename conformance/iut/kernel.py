@@ -46,7 +46,8 @@ class KernelIut(Iut):
         self.control = KernelMptcp(self.host.ns)
         self._stop_r, self._stop_w = os.pipe()
         self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
+        self._sockets: set[socket.socket] = set()
+        self._accepted: dict[int, socket.socket] = {}  # by the peer's port (close_peer)
         self._lock = threading.Lock()
         self._stopped = False
         self._fastopen = False
@@ -135,12 +136,14 @@ class KernelIut(Iut):
                     raise
                 sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         with self._lock:
-            self._sockets.append(sock)
+            self._sockets.add(sock)
         return sock
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         with self._lock:
+            if len(self._threads) >= 256:  # a fuzzer's thousands of connections
+                self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
 
@@ -193,11 +196,12 @@ class KernelIut(Iut):
     def _accept_loop(self, listener: socket.socket, mode: str, nbytes: int) -> None:
         while self._wait(listener):
             try:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
             except (BlockingIOError, OSError):
                 continue
             with self._lock:
-                self._sockets.append(conn)
+                self._sockets.add(conn)
+                self._accepted[peer[1]] = conn
             conn.setblocking(False)
             self._spawn(self._play, conn, mode, nbytes)
 
@@ -276,12 +280,23 @@ class KernelIut(Iut):
         except OSError as error:
             report.error = str(error)
         finally:
+            with self._lock:
+                self._sockets.discard(conn)
+                self._accepted = {p: c for p, c in self._accepted.items() if c is not conn}
             with contextlib.suppress(OSError):
                 conn.close()
             report.sha256_sent, report.sha256_received = sent.hexdigest(), received.hexdigest()
             report.divergences = checker.finish()
             report.duration_s = time.monotonic() - started
             self._add_report(report)
+
+    def close_peer(self, port: int) -> None:
+        with self._lock:
+            conn = self._accepted.pop(port, None)
+        if conn is not None:
+            # wakes its application thread (its read ends), which closes the socket
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         if self._stopped:

@@ -159,6 +159,13 @@ class Launcher:
             message = json.loads(data)
             if "exited" in message:
                 self._exited[int(message["exited"])] = int(message["status"])
+            if "started" in message:
+                # a new child with the pid of one that exited earlier (pid_max is 32768
+                # here, and busy machines wrap it in minutes): not dead. Its old exit
+                # came first, as the server reaps a child before its pid can be reused.
+                # Taken for dead, a run's stop() left it running and then blocked
+                # closing the pipe its reader thread was reading (a 30-minute hang).
+                self._exited.pop(int(message["started"]), None)
             if wanted(message):
                 return message
 

@@ -157,6 +157,7 @@ class ScriptedSession:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, Packet]] = []
+        self.closed: list[int] = []  # ports whose connection the IUT's application let go
         self.ports = iter(range(30000, 30100))
 
     def allocate(self) -> int:
@@ -167,6 +168,9 @@ class ScriptedSession:
 
     def send(self, lport: int, packet: Packet) -> None:
         self.sent.append((lport, packet))
+
+    def close_peer(self, port: int) -> None:
+        self.closed.append(port)
 
 
 def _segment(flags: int, seq: int, ack: int, options: list, data: bytes = b"") -> TcpHeader:
@@ -220,6 +224,7 @@ def test_a_run_plays_the_data_seed_against_a_scripted_peer() -> None:
     run.cleanup()
     rst = session.sent[-1][1]
     assert rst.flags == RST | ACK and rst.options[0].emit()[2] >> 4 == 7  # MP_FASTCLOSE
+    assert session.closed == [sf.lport for sf in run.subflows]  # and its application lets go
 
 
 def test_a_run_skips_what_a_reset_leaves_impossible() -> None:

@@ -301,3 +301,44 @@ def _children(pid: int) -> list[int]:
             return [int(c) for c in f.read().split()]
     except OSError:
         return []
+
+
+def _rst_only_subflow_then_close_peer(ctx: Any) -> None:
+    """A connection whose only subflow the tester resets lives on, ESTABLISHED (a RST
+    closes its subflow; the connection stays at the data level, RFC 8684 §3.5), until
+    the IUT's application lets it go (`Iut.close_peer`, what the fuzzer does after
+    each run)."""
+    import time
+
+    from conformance.cases.steps import established
+    from conformance.model import Outcome
+
+    conn, sf = established(ctx)
+    sf.send("R", [])
+    token = conn.remote_token
+    deadline = time.monotonic() + 2.0
+    while ctx.iut.control.subflows(token):  # the RST takes the subflow away
+        if time.monotonic() > deadline:
+            raise Outcome(Verdict.DEVIATES, "the subflow outlived its RST by 2 s")
+        time.sleep(0.01)  # polling the IUT's subflow table
+    states = [c.state_name for c in ctx.iut.connections() if c.token == token]
+    if states != ["ESTABLISHED"]:
+        raise Outcome(Verdict.DEVIATES, f"after the subflow's RST: {states}")
+    ctx.iut.close_peer(sf.lport)
+    deadline = time.monotonic() + 2.0
+    while any(c.token == token for c in ctx.iut.connections()):
+        if time.monotonic() > deadline:
+            raise Outcome(Verdict.DEVIATES, "still listed 2 s after close_peer")
+        time.sleep(0.01)  # polling the IUT's connection table
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_close_peer_lets_a_subflowless_kernel_connection_go(tmp_path: Path) -> None:
+    import dataclasses
+
+    template = by_id()["mp_capable.v1_syn_gets_v1_synack"]
+    case = dataclasses.replace(template, id="harness.close_peer",
+                               run=_rst_only_subflow_then_close_peer)  # fmt: skip
+    result = run_one(case, "kernel", tmp_path)
+    assert result.verdict is Verdict.CONFORMS, result

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,3 +106,23 @@ def test_closing_the_launcher_kills_the_stacks_still_running(
     finally:
         launcher.close()
     assert _gone(process.pid, 10.0)
+
+
+def test_a_reused_pid_is_not_taken_for_dead() -> None:
+    """The server reports a child's exit, then (pids wrap) a new child with its pid."""
+    launcher = Launcher.__new__(Launcher)  # the test plays the fork server
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    launcher._socket, launcher._lock, launcher._exited = ours, threading.Lock(), {}
+    theirs.send(json.dumps({"exited": 4242, "status": 0}).encode())
+    theirs.send(json.dumps({"started": 4242}).encode())
+    process = launcher.start(["serve"])
+    try:
+        assert process.pid == 4242
+        assert process.poll() is None  # running, whatever the earlier 4242 did
+        theirs.send(json.dumps({"exited": 4242, "status": -9}).encode())
+        assert process.wait(5) == -9
+    finally:
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+        ours.close()
+        theirs.close()
