@@ -19,9 +19,9 @@ round trips show a standing queue:
   below `MIN_SEGMENTS`: a slow start that overshot drains in two or three rounds.
 
 A loss is still answered as NewReno answers it; the cap only keeps the queue from
-building. It does not take bandwidth from a competing loss-based flow's point of view
-any better than Vegas would: the stack's own flows are what it shares links with in
-this testbed.
+building. Like Vegas, it yields to loss-based flows that share its bottleneck (they
+fill the queue, it backs off): in this testbed the stack shares its links with its own
+flows, and a test that needs NewReno alone turns it off (`TcpConfig.queue_delay_cap`).
 """
 
 from __future__ import annotations
