@@ -142,6 +142,9 @@ FAULTS: dict[str, Fault] = _table(
           "packet, as a sender that resends the failed bytes would (off their line)"),
     Fault("mp_fail_wrong_dsn", "dss", "3.7",
           "MP_FAIL carries the DSN after the failed mapping instead of its start"),
+    Fault("infinite_mapping_kept_mptcp", "close", "3.7",
+          "a peer's infinite mapping with a subflow sequence number maps the bytes on its "
+          "line but the connection stays MPTCP (no fallback)"),
 )  # fmt: skip
 
 

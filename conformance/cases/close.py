@@ -27,7 +27,15 @@ from conformance.cases.steps import (
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
 from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
-from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, Dss, MpFail, MpFastclose, MpTcpRst
+from stack.wire.mptcp import (
+    MPC_FLAG_A,
+    MPC_FLAG_H,
+    Dss,
+    MpCapable,
+    MpFail,
+    MpFastclose,
+    MpTcpRst,
+)
 from stack.wire.tcp import FIN
 
 
@@ -162,6 +170,85 @@ def infinite_mapping_falls_back(ctx: Context) -> None:
     echo = sf.expect(data=True, within=1, what="the echo")
     if echo.option(Dss) is not None and echo.need(Dss).dsn is not None:
         raise deviates(f"echo still carries a mapping after the fallback: {echo.describe()}")
+
+
+@case(
+    section={1: "3.7", 0: "3.6"},
+    level=MUST,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="An infinite mapping in the form a sender puts on its first new packet (RFC "
+    "8684 §3.7: data-level length 0, the DSN and subflow sequence number of a point on "
+    "the stream's line, here the segment's own) makes the IUT fall back: the segment's "
+    "bytes and later plain data are echoed once each, in order, without a DSS mapping.",
+)
+def infinite_mapping_on_the_line_falls_back(ctx: Context) -> None:
+    """expect: each echo may follow a pure ACK of the data. `infinite_mapping_falls_back`
+    sends subflow sequence number 0, which an IUT could take for unmapped data; this one
+    is the mapping a sender that falls back really sends, as Linux's after MP_FAIL."""
+    conn, sf = established(ctx)
+    first, then = b"under an infinite mapping", b"then plain TCP"
+    dss = Dss(
+        data_ack=conn.data_rcv_nxt,
+        data_ack_64=True,
+        dsn=conn.data_snd_nxt,
+        dsn_64=True,
+        subflow_seq=(sf.snd_nxt - sf.iss) & 0xFFFFFFFF,
+        data_level_length=0,
+        checksum=0 if conn.checksum else None,  # an infinite mapping's checksum is zero
+    )
+    sf.send("PA", [dss], first)
+    _expect_plain_echo(sf, first)
+    sf.send("PA", payload=then)
+    _expect_plain_echo(sf, then)
+
+
+@case(
+    section="3.1",
+    level=SHOULD,
+    versions=(1,),
+    role=LISTENER,
+    expected="The v1 client's first data whose MP_CAPABLE (used in place of the DSS) has "
+    "data-level length 0, an infinite mapping, makes the IUT fall back: that data and "
+    "later plain data are echoed once each, in order, without a DSS mapping.",
+)
+def first_data_infinite_mapping_falls_back(ctx: Context) -> None:
+    """expect: each echo may follow a pure ACK of the data."""
+    ctx.iut.listen(ctx.port)
+    conn, sf = ctx.tester.connect(ctx.port, version=ctx.version)
+    first, then = b"first data, infinite mapping", b"then plain TCP"
+    option = MpCapable(
+        version=1,
+        flags=MPC_FLAG_H | (MPC_FLAG_A if conn.checksum else 0),
+        sender_key=conn.local_key,
+        receiver_key=conn.remote_key,
+        data_level_length=0,
+        checksum=0 if conn.checksum else None,  # an infinite mapping's checksum is zero
+    )
+    sf.send("PA", [option], first)
+    _expect_plain_echo(sf, first)
+    sf.send("PA", payload=then)
+    _expect_plain_echo(sf, then)
+
+
+def _expect_plain_echo(sf: Subflow, payload: bytes, within: float = 1.0) -> None:
+    """The IUT's next subflow bytes are `payload`, exactly, with no DSS mapping on them
+    (it fell back); each advance is acknowledged as plain TCP."""
+    start = sf.rcv_nxt
+    stream = bytearray()
+    deadline = time.monotonic() + within
+    while len(stream) < len(payload):
+        left = deadline - time.monotonic()
+        echo = sf.expect(data=True, within=max(left, 0.0), what=f"the echo of {payload!r}")
+        dss = echo.option(Dss)
+        if dss is not None and dss.dsn is not None:
+            raise deviates(f"echo still carries a mapping after the fallback: {echo.describe()}")
+        offset = (echo.seq - start) & 0xFFFFFFFF
+        if offset <= len(stream) < offset + len(echo.payload):
+            stream += echo.payload[len(stream) - offset :]
+        sf.send("A")
+    if bytes(stream) != payload:
+        raise deviates(f"after the fallback the IUT echoed {bytes(stream)!r}, sent {payload!r}")
 
 
 @case(

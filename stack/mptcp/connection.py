@@ -602,8 +602,9 @@ class MptcpConnection:
             self._count("MPJoinAckRx")
             if self.paths is not None and sf.path_key is not None:
                 self.paths.subflow_up(sf.path_key)
-        if self.mp_fail_dsn is not None and self._infinite_rx is None and not flags & RST:
-            self._await_infinite_mapping(sf, options, rel)
+        if (self._infinite_rx is None and not self.fallback and self.mptcp_decided
+                and self.reasm is not None and not flags & RST):  # fmt: skip
+            self._on_infinite_mapping(sf, options, rel)
         if self.fallback or self.version is None:
             return
         sf.plain_ack = not options  # no MPTCP option at all
@@ -676,25 +677,30 @@ class MptcpConnection:
             sf.infinite_map = (option.dsn, sf.tcp.snd_max, sf.tcp.snd_max)
         self._count("InfiniteMapTx")
 
-    def _await_infinite_mapping(self, sf: Subflow, options: tuple[Any, ...], rel: int) -> None:
-        """We sent MP_FAIL: the peer's infinite mapping (a DSS mapping of length 0) ties
-        its subflow bytes to DSNs for good, from an earlier byte (retroactive, RFC 8684
-        §3.7) or from its own segment (Linux: the same line); from there on the
-        connection is plain TCP. A line that puts the next subflow byte we read past
-        the next DSN we expect leaves a hole that nothing fills: reset."""
+    def _on_infinite_mapping(self, sf: Subflow, options: tuple[Any, ...], rel: int) -> None:
+        """RFC 8684 §3.7 (RFC 6824 §3.6): a DSS mapping of data-level length 0 is the
+        peer's fallback to TCP, after our MP_FAIL or on its own (a middlebox it saw). It
+        ties its subflow bytes to DSNs for good, from an earlier byte (retroactive) or
+        from its own segment (subflow sequence number 0, or Linux's: the same line);
+        from there on the connection is plain TCP. As Linux (MAPPING_INVALID), only a
+        connection that could fall back takes it: once a subflow has joined, the
+        subflow is reset (MP_TCPRST 1). A line that puts the next subflow byte we read
+        past the next DSN we expect leaves a hole that nothing fills: reset."""
+        assert self.reasm is not None
         for option in options:
             if isinstance(option, MpFail):
                 self._count("MPFailRx")  # the peer's answer
-            elif (
-                isinstance(option, Dss)
-                and option.dsn is not None
-                and not option.data_level_length
-                and not option.data_fin
-                and self.reasm is not None
-            ):
+            elif isinstance(option, Dss) and option.dsn is not None:
+                planted = faults.ACTIVE and faults.on("infinite_mapping_kept_mptcp")
+                if option.data_level_length or (planted and option.subflow_seq):
+                    continue  # a mapping (or, planted: `_on_dss` maps the bytes on the line)
+                self._count("InfiniteMapRx")
+                if not self._infinite_fallback_allowed():
+                    why = "infinite mapping with other subflows"
+                    self._reset_subflow(sf, MPTCP_RST_EMPTCP, why)
+                    return
                 start = option.subflow_seq or rel  # 0: the segment's own start
                 dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
-                self._count("InfiniteMapRx")
                 # the first subflow byte not yet handed to the data level, from `start`
                 held = sf.recvmap.held_bytes if sf.recvmap is not None else 0
                 ahead = (sf.tcp.read_seq - held - start) & 0xFFFFFFFF
@@ -711,7 +717,8 @@ class MptcpConnection:
                 self._infinite_rx = (start, dsn)
                 self._mp_fail_deadline = None
                 sf.mp_fail_due = None
-                self._fall_back(sf, "infinite mapping after our MP_FAIL")
+                why = "MP_FAIL" if self.mp_fail_dsn is not None else "peer's fallback"
+                self._fall_back(sf, f"infinite mapping ({why})")
                 return
 
     def _on_synack(self, sf: Subflow, options: tuple[Any, ...]) -> None:
@@ -766,7 +773,14 @@ class MptcpConnection:
         if not sf.initial or not self.server or option.receiver_key != self.local_key:
             return
         _, remote_idsn = key_token_idsn(self.remote_key or 0, 1)
-        mapping = Mapping((remote_idsn + 1) % DSN_MOD, 1, option.data_level_length or 0,
+        if not option.data_level_length:
+            # used "in place of the DSS" (RFC 8684 §3.1): length 0 is an infinite
+            # mapping, the peer's fallback from its first byte (as Linux)
+            self._count("InfiniteMapRx")
+            self._infinite_rx = (1, (remote_idsn + 1) % DSN_MOD)
+            self._fall_back(sf, "infinite mapping (peer's fallback)")
+            return
+        mapping = Mapping((remote_idsn + 1) % DSN_MOD, 1, option.data_level_length,
                           option.checksum)  # fmt: skip
         self._mapping_events(sf, sf.recvmap.add_mapping(mapping, sf.tcp.read_seq))
 
@@ -819,8 +833,10 @@ class MptcpConnection:
             self.data_ack_64 = option.dsn_64  # our data ACKs follow its DSN width
             dsn = _expand(option.dsn, self.reasm.next_dsn, option.dsn_64)
             length = option.data_level_length or 0
-            if length == 0 and option.subflow_seq == 0:
-                return  # an infinite mapping from a fallen-back peer (handled as unmapped)
+            if length == 0 and not (
+                faults.ACTIVE and faults.on("infinite_mapping_kept_mptcp") and option.subflow_seq
+            ):
+                return  # an infinite mapping: `_on_infinite_mapping` took it
             mapping = Mapping(dsn, option.subflow_seq or 0, length, option.checksum,
                               option.data_fin)  # fmt: skip
             self._mapping_events(sf, sf.recvmap.add_mapping(mapping, sf.tcp.read_seq))
