@@ -181,6 +181,30 @@ def join_announced(cell: Cell) -> None:
     _both_paths_carry(cell, "client", before)
 
 
+ANNOUNCED_PORT = 10100  # the port of a `signal port` endpoint: its own listener
+
+
+@scenario(
+    setup="server: `signal port 10100` endpoint on eth1 (198.18.0.2); client: no "
+    "endpoints, limits subflows 2, add_addr_accepted 1; both paths tbf 100 Mbit/s; upload",
+    pass_when=f"the client joins the announced address at port {ANNOUNCED_PORT}; each path "
+    f"carries ≥ {BOTH_PATHS_SHARE:.0%} of the bytes; intact",
+    topology=_user_dual(SHAPED),
+)
+def join_announced_port(cell: Cell) -> None:
+    cell.client.set_limits(2, 1)
+    cell.server.set_limits(2, 0)
+    cell.server.add_endpoint(SERVER_SECOND, flags={"signal"}, port=ANNOUNCED_PORT, ifname="eth1")
+    before = _snapshot(cell, "client")
+    _upload(cell, cell.size(20 * MB, 6 * MB))
+    _need_subflows(cell, 2)
+    joined = f"{SERVER_SECOND}:{ANNOUNCED_PORT}"
+    if not any(s.kind == "MP_JOIN" and s.server == joined for s in cell.subflows()):
+        seen = sorted(s.server for s in cell.subflows() if s.kind == "MP_JOIN")
+        raise CellFailed(f"no join to the announced {joined} (joins to: {seen or 'none'})")
+    _both_paths_carry(cell, "client", before)
+
+
 @scenario(
     setup="client: `subflow fullmesh` endpoints on both addresses; server: `signal` "
     "endpoint on eth1; limits 4 subflows, 4 accepted ADD_ADDR on both",
