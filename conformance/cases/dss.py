@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from conformance.cases import INITIATOR, LISTENER, MUST, SHOULD, Context, case
 from conformance.cases.steps import (
@@ -26,10 +27,17 @@ from conformance.cases.steps import (
 )
 from conformance.iut.base import source_bytes
 from conformance.model import deviates
-from conformance.tester import MptcpConnection, Pattern, Segment, Subflow, TesterError
+from conformance.tester import (
+    MptcpConnection,
+    Pattern,
+    Segment,
+    Subflow,
+    TesterError,
+    parse_frame,
+)
 from stack import crypto
 from stack.wire.mptcp import MPC_FLAG_A, MPC_FLAG_H, Dss, MpCapable, MpFail
-from stack.wire.tcp import RST, TcpOption
+from stack.wire.tcp import ACK, RST, TcpOption
 
 
 @case(
@@ -52,6 +60,45 @@ def mapping_covers_payload(ctx: Context) -> None:
         raise deviates(f"mapping shorter than the payload: {echo.describe()}")
     if dss.subflow_seq != before:
         raise deviates(f"subflow seq {dss.subflow_seq}, expected relative {before}")
+
+
+@case(
+    section="3.3.2",
+    level=SHOULD,
+    versions=(0, 1),
+    role=LISTENER,
+    expected="The IUT sends no pure ACK identical to its previous one (the same ACK, window "
+    "and options: the same data ACK) when the tester sent nothing in between: a data ACK "
+    "goes only when it advances (or the window moves), and to a TCP sender such a "
+    "segment is a duplicate ACK, the sign of a loss.",
+)
+def no_duplicate_pure_acks(ctx: Context) -> None:
+    """Reads the whole exchange afterwards: three echoes of growing size (each `exchange`
+    expects its echo, which pure ACKs may precede).
+    The tester offers no window scaling, so the IUT's window field tops out at 65535
+    however large its buffer: an IUT that compares its buffer, not the field, with what it
+    advertised sends a "window update" identical to the last ACK after every read."""
+    conn, sf = established(ctx)
+    for payload in (b"one", b"two" * 300, b"three" * 250):
+        exchange(ctx, conn, sf, payload)
+    previous: tuple[Any, ...] | None = None
+    for record in ctx.tester.records:
+        segment = parse_frame(record.frame, record.ifname, record.time)
+        if segment is None:
+            continue
+        if record.direction == "out":
+            if segment.sport == sf.lport and segment.dport == sf.rport:
+                previous = None  # the tester spoke: the IUT may answer it
+            continue
+        if not sf.owns(segment) or segment.payload or segment.flags != ACK:
+            previous = None
+            continue
+        this = (segment.ack, segment.window, repr(segment.options))
+        if this == previous:
+            raise deviates(f"a pure ACK identical to the one before it, with nothing from "
+                           f"the tester in between: {segment.describe()} window "
+                           f"{segment.window}")  # fmt: skip
+        previous = this
 
 
 @case(

@@ -41,6 +41,14 @@ from stack.tcp.sendbuffer import SendBuffer
 from stack.tcp.seq import SEQ_MASK, seq_lt, unwrap
 
 Address = tuple[Any, int]
+
+
+def _same_ack(a: Segment, b: Segment) -> bool:
+    """Two pure ACKs alike before the layer above adds its options."""
+    return (a.flags == ACK and not a.payload and a.seq == b.seq and a.ack == b.ack
+            and a.window == b.window)  # fmt: skip
+
+
 # hooks: (segment, relative sequence number of its first byte)
 SegmentHook = Callable[[Segment, int], None]
 
@@ -238,6 +246,8 @@ class TcpConnection:
         self._challenge_count = 0
 
         self._out: list[Segment] = []
+        self._repeats: list[int] = []  # `_out` indices of pure ACKs that may repeat the last
+        self._acked_at_in = -1  # InSegs when the last pure ACK was queued
         self._events: list[Event] = []
 
     # ------------------------------------------------------------------ opening
@@ -375,7 +385,10 @@ class TcpConnection:
         window grew enough to matter, RFC 9293 §3.8.6.2.2)."""
         data = self.rcvbuf.read(max_bytes)
         if data and self.state in _RECEIVES_DATA:
-            edge = self.rcv_nxt + max(self.config.receive_buffer - self.rcvbuf.readable, 0)
+            free = max(self.config.receive_buffer - self.rcvbuf.readable, 0)
+            # what the window field can say: unscaled, at most 65535 bytes however large
+            # the buffer (else every read sent an ACK identical to the last, a dupack)
+            edge = self.rcv_nxt + min(free, 0xFFFF << self.rcv_wscale)
             current = self.rcv_adv - self.rcv_nxt
             if edge - self.rcv_adv >= max(self._sws_threshold, current):
                 self._ack_now = True
@@ -427,6 +440,7 @@ class TcpConnection:
         queue stays (the layer above queued a carrier for its options on purpose)."""
         if flush:
             self._out = []
+            self._repeats = []
             self._out_bytes = 0
         if self.state in _SYNCHRONIZED_SEND | {TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_2}:
             seg = Segment(
@@ -444,6 +458,7 @@ class TcpConnection:
         self.rto_deadline = self.delack_deadline = self.persist_deadline = None
         self.probe_deadline = self.throttle_deadline = None
         self._out = []
+        self._repeats = []
         self._out_bytes = 0
 
     # ------------------------------------------------------------------ outputs
@@ -459,7 +474,25 @@ class TcpConnection:
             iss = self.iss
             for seg in out:
                 provider(seg, (seg.seq - iss) & SEQ_MASK)
+        if self._repeats:
+            out = self._without_repeated_acks(out)
         return out
+
+    def _without_repeated_acks(self, out: list[Segment]) -> list[Segment]:
+        """Drop each pure ACK that repeats the one before it exactly, options included:
+        two reasons to ACK in one round (TCP's own, and a layer above asking for one
+        "now") must not put two identical segments on the wire, which the peer's TCP
+        counts as duplicate ACKs, the sign of a loss."""
+        repeats, self._repeats = self._repeats, []
+        drop = {
+            i
+            for i in repeats
+            if out[i].extra_options == out[i - 1].extra_options
+            and out[i].timestamp == out[i - 1].timestamp
+            and out[i].sack_blocks == out[i - 1].sack_blocks
+        }
+        self.stats.OutSegs -= len(drop)
+        return [seg for i, seg in enumerate(out) if i not in drop]
 
     def poll_events(self) -> list[Event]:
         ev = self._events
@@ -1065,8 +1098,15 @@ class TcpConnection:
         return (int(now * 1000) + self._ts_offset) & SEQ_MASK  # 1 ms clock
 
     def _emit(self, seg: Segment) -> None:
+        out = self._out
+        if seg.flags == ACK and not seg.payload:
+            # A pure ACK after another, with nothing received in between: the same ACK
+            # twice unless the layer above gives it other options (`poll_segments`)
+            if out and self._acked_at_in == self.stats.InSegs and _same_ack(out[-1], seg):
+                self._repeats.append(len(out))
+            self._acked_at_in = self.stats.InSegs
         self.stats.OutSegs += 1
-        self._out.append(seg)
+        out.append(seg)
         self._out_bytes += len(seg.payload)
 
     def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:

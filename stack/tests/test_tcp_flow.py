@@ -104,6 +104,38 @@ def test_small_reads_do_not_advertise_silly_windows():
     assert seg.window == 0  # and not advertised either (receiver SWS avoidance)
 
 
+def test_a_read_sends_no_update_when_the_unscaled_field_cannot_grow():
+    """A peer without window scaling: the field tops out at 65535 however large the
+    buffer, so a read that frees buffer space changes nothing on the wire. An "update"
+    would be a copy of the last ACK, which the peer counts as a duplicate ACK."""
+    conn, peer = receiver(receive_buffer=1 << 20)  # the peer's SYN/ACK offers no scaling
+    assert not conn.wscale_enabled
+    for i in range(2):  # two full segments: ACKed at once
+        sent = peer.send(ACK, 1.0, seq=1 + i * MSS, ack=1, payload=b"z" * MSS)
+    [ack] = sent
+    assert ack.window == 0xFFFF and peer.ack_of(ack) == 1 + 2 * MSS
+    assert conn.receive(2 * MSS, 1.01) == b"z" * 2 * MSS
+    assert conn.poll_segments() == []
+
+
+def test_a_pure_ack_repeated_in_one_round_goes_once_unless_its_options_differ():
+    """Two reasons to ACK in one round (TCP's own ACK of the data, then the layer above's
+    "ACK now") give one segment: two identical ones are duplicate ACKs to the peer.
+    When the layer above puts other options on the second (an ADD_ADDR, say), both go."""
+    conn, peer = receiver()
+    segments = [peer.segment(ACK, seq=1 + i * MSS, ack=1, payload=b"z" * MSS) for i in (0, 1)]
+    conn.handle_segments(segments, 1.0)  # two full segments: ACKed in this round
+    conn.send_pure_ack(1.0)  # the layer above's "now", nothing received in between
+    [ack] = conn.poll_segments()
+    assert peer.ack_of(ack) == 1 + 2 * MSS
+    assert conn.stats.OutSegs == 3  # the SYN, the handshake's ACK, and this one
+    tags = iter(("a", "b"))
+    conn.option_provider = lambda seg, rel: setattr(seg, "extra_options", (next(tags),))
+    conn.send_pure_ack(1.1)
+    conn.send_pure_ack(1.1)
+    assert [seg.extra_options for seg in conn.poll_segments()] == [("a",), ("b",)]
+
+
 def test_zero_window_persist_probes_back_off_and_transfer_resumes():
     cfg_a = TcpConfig(min_rto=0.2, time_wait=0.5)
     cfg_b = TcpConfig(min_rto=0.2, time_wait=0.5, receive_buffer=16384)
