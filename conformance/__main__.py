@@ -2,6 +2,7 @@
 
     python -m conformance run [--iut kernel,stack-v1,stack-v0] [-k EXPR] [-n WORKERS]
                               [--json FILE] [--junit FILE] [--html FILE] [--pcap-dir DIR]
+                              [--keep-all-artifacts]
                               [--check-baseline] [--update-baseline] [--quiet]
     python -m conformance list [-k EXPR] [--json [FILE]]
     python -m conformance selftest [--fault NAME ...] [-n WORKERS] [--all-cases]
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--pcap-dir", type=Path, default=DEFAULT_ARTIFACTS,
                        help="where pcaps and ladders of non-conforming cases go "
                        f"(default: ./{DEFAULT_ARTIFACTS})")  # fmt: skip
+    run_p.add_argument("--keep-all-artifacts", action="store_true",
+                       help="write the pcap and ladder of every case, conforming ones "
+                       "too (to compare IUTs' traffic side by side)")  # fmt: skip
     run_p.add_argument("--check-baseline", action="store_true",
                        help="fail when a verdict differs from the committed baseline")  # fmt: skip
     run_p.add_argument("--update-baseline", action="store_true",
@@ -197,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[{done:>3}/{total}] {result.iut:<9} {result.case_id:<48} {mark:<9} "
               f"{result.duration_s:5.2f} s", flush=True)  # fmt: skip
 
-    results = run(cases, iuts, workers=args.workers, artifacts=args.pcap_dir, progress=progress)
+    results = run(cases, iuts, workers=args.workers, artifacts=args.pcap_dir,
+                  keep_all=args.keep_all_artifacts, progress=progress)  # fmt: skip
     wall = time.monotonic() - started
     print()
     print(report.matrix(cases, iuts, results))

@@ -246,7 +246,9 @@ def _matrix(
             label = LABEL[result.verdict]
             verdicts.append(label)
             attributes = _cell_attributes(label, iut=iut)
-            if result.verdict in NON_CONFORMING:
+            if result.verdict in NON_CONFORMING or result.artifacts:
+                # a conforming cell expands too when its artefacts were kept
+                # (`run --keep-all-artifacts`): its ladder, to set beside another IUT's
                 detail_id = f"detail-{n}-{column}"  # ids from positions: names may clash
                 cells.append(
                     f'<td {attributes}><button type="button" '

@@ -7,7 +7,9 @@ turns its ending into a verdict: returning is `conforms`, `deviates(...)`/
 else is `error` with the exception. Teardown is guaranteed by `with build(...)`. A case
 that does not conform leaves a pcap and a ladder diagram in the artifacts directory:
 `./conformance-artifacts` under the current directory unless told otherwise, never
-inside the package (which may be installed read-only, or shared by other runs).
+inside the package (which may be installed read-only, or shared by other runs). With
+`keep_all`, every case does: the ladders of conforming runs, side by side across IUTs,
+show what no case asserts (how the stack's two extra ACKs per segment were found).
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ def version_for(case: Case, iut: type[Iut]) -> int | None:
     return max(common) if common else None
 
 
-def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_ARTIFACTS) -> Result:
+def run_one(
+    case: Case,
+    iut: str | type[Iut],
+    artifacts: Path | None = DEFAULT_ARTIFACTS,
+    *,
+    keep_all: bool = False,
+) -> Result:
     """One case against one IUT (a name in DRIVERS, or a driver class); never raises for
     a case's fault (that is `error`)."""
     from testbed import build
@@ -87,7 +95,8 @@ def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_A
                 if driver is not None:
                     driver.stop()
                 if tester is not None:
-                    if artifacts is not None and verdict in (Verdict.DEVIATES, Verdict.ERROR):
+                    failed = verdict in (Verdict.DEVIATES, Verdict.ERROR)
+                    if artifacts is not None and (failed or keep_all):
                         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{iut_name}.{case.id}")
                         paths = tester.write_artifacts(artifacts, stem)
                     tester.close()
@@ -96,11 +105,14 @@ def run_one(case: Case, iut: str | type[Iut], artifacts: Path | None = DEFAULT_A
     return Result(case.id, iut_name, verdict, detail, time.monotonic() - started, moved, paths)
 
 
-def _run_by_id(case_id: str, iut_name: str, artifacts: str | None) -> dict[str, object]:
+def _run_by_id(
+    case_id: str, iut_name: str, artifacts: str | None, keep_all: bool = False
+) -> dict[str, object]:
     """Worker-process entry point (picklable arguments and result)."""
     case = by_id()[case_id]
     with worker_job():  # SIGTERM (the run died) unwinds it, then ends the worker
-        return run_one(case, iut_name, Path(artifacts) if artifacts else None).to_json()
+        path = Path(artifacts) if artifacts else None
+        return run_one(case, iut_name, path, keep_all=keep_all).to_json()
 
 
 def available(iuts: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -123,22 +135,26 @@ def run(
     *,
     workers: int = 1,
     artifacts: Path | None = DEFAULT_ARTIFACTS,
+    keep_all: bool = False,
     progress: Callable[[Result, int, int], None] | None = None,
 ) -> list[Result]:
-    """Every case against every IUT; `workers` > 1 runs them in worker processes."""
+    """Every case against every IUT; `workers` > 1 runs them in worker processes.
+    `keep_all`: artefacts of every case, not only of those that do not conform."""
     jobs = [(case, iut) for case in cases for iut in iuts]
     results: list[Result] = []
     total = len(jobs)
     if workers <= 1:
         for case, iut in jobs:
-            result = run_one(case, iut, artifacts)
+            result = run_one(case, iut, artifacts, keep_all=keep_all)
             results.append(result)
             if progress:
                 progress(result, len(results), total)
         return results
     with worker_pool(workers) as pool:
         futures = {
-            pool.submit(_run_by_id, case.id, iut, str(artifacts) if artifacts else None): (
+            pool.submit(
+                _run_by_id, case.id, iut, str(artifacts) if artifacts else None, keep_all
+            ): (
                 case,
                 iut,
             )

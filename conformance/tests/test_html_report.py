@@ -440,3 +440,25 @@ def test_a_real_run_writes_its_page_and_its_artefacts_under_the_current_director
     assert (tmp_path / "out" / unquote(href)).resolve() == pcap.resolve()
     env = root.one("table", id_="iut-environment")
     assert "Linux kernel MPTCP" in env.text() and "mptcp-lab userspace stack" in env.text()
+
+
+@pytest.mark.netns
+@pytest.mark.kernel
+def test_keep_all_artifacts_writes_the_ladders_of_conforming_runs_and_opens_their_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = "dss.data_ack_advances"
+    assert baseline.load()["kernel"][case] == "conforms", "pick a case the kernel conforms on"
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--iut", "kernel", "-k", case, "--html", "r.html", "-q"]) == 0
+    assert not (tmp_path / "conformance-artifacts").exists()  # by default: failures only
+    args = ["run", "--iut", "kernel", "-k", case, "--keep-all-artifacts", "--html", "r.html",
+            "-q"]  # fmt: skip
+    assert main(args) == 0
+    ladder = tmp_path / "conformance-artifacts" / f"kernel.{case}.ladder.txt"
+    assert "tester ← IUT" in ladder.read_text()
+    root = parse((tmp_path / "r.html").read_text())
+    row = root.one("tr", cls="item", data_key=case)
+    assert row.one("td", cls="cell").attrs["data-verdict"] == "conforms"
+    detail = root.one("tr", id_=row.one("button", cls="toggle").attrs["aria-controls"])
+    assert len(detail.one("table", cls="ladder").find("tr", cls="arrow")) >= 4
